@@ -1,0 +1,43 @@
+"""Frozen run configuration built from flags in `run.py`; the only thing passed down."""
+
+import dataclasses
+
+from xray_keras.data.loader import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  name: str = "vit_scratch"
+  patch_size: int = 0  # 0: the model's default
+  dropout: float = -1.0  # < 0: the model's default
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  epochs: int = 10
+  batch_size: int = 32
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.0
+  schedule: str = "constant"
+  warmup_epochs: int = 0
+  early_stopping_patience: int = 0
+  monitor: str = "val_auc"
+  restore_best_weights: bool = True
+  class_weights: bool = True
+  augment: tuple = ()
+  tensorboard: bool = False
+  seed: int = 42
+  device: str = "auto"
+  jit_compile: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  experiment: str
+  output_dir: str
+  overwrite: bool
+  data: DataConfig
+  model: ModelConfig
+  train: TrainConfig
+  flags_text: str = ""

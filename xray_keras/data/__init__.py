@@ -1,0 +1,1 @@
+"""Data sources, patient-grouped splits, the decode cache and the training feeder."""

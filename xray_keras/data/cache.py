@@ -1,0 +1,123 @@
+"""Decode-once cache: decoded uint8 arrays on disk, keyed by source files and settings.
+
+A cache entry is a folder `<cache_dir>/<key>/` holding `images.npy` and
+`index.json` (file list, skipped files). It is written to a temporary folder
+and renamed into place, so a killed run never leaves a half-written entry that
+a later run would read. No pickle: arrays are loaded with `allow_pickle=False`.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from absl import logging
+
+from xray_keras.data import decode
+from xray_keras.data.records import Skipped
+
+
+def default_cache_dir():
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "xray_keras")
+
+
+def cache_key(root, paths, image_size, channels, resize_mode):
+  """Hash of the source files (path, size, mtime) and the decode settings."""
+  digest = hashlib.sha256()
+  digest.update(
+      json.dumps([decode.DECODER_VERSION, image_size, channels, resize_mode]).encode()
+  )
+  for rel in paths:
+    try:
+      stat = os.stat(os.path.join(root, rel))
+      digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    except OSError:
+      digest.update(f"{rel}\0missing\n".encode())
+  return digest.hexdigest()[:32]
+
+
+def _decode_file(root, rel, image_size, channels, resize_mode):
+  path = os.path.join(root, rel)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    return None, f"unreadable ({e.strerror or type(e).__name__})", None
+  try:
+    array = decode.decode_image(data, image_size, channels, resize_mode)
+  except decode.DecodeError as e:
+    return None, str(e), None
+  return array, None, hashlib.sha1(data).hexdigest()
+
+
+def decode_files(root, paths, image_size, channels, resize_mode, workers=None):
+  """Decodes files in parallel (Pillow releases the GIL while decoding).
+
+  Returns:
+    (images, kept_paths, skipped, digests): a uint8 array for the decodable
+    files in input order, their paths, `Skipped` for the rest, and the SHA-1 of
+    each kept file's bytes.
+  """
+  workers = workers or min(8, (os.cpu_count() or 1) * 2)
+  images = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
+  kept, skipped, digests = [], [], []
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    results = pool.map(
+        lambda rel: _decode_file(root, rel, image_size, channels, resize_mode), paths
+    )
+    for rel, (array, reason, digest) in zip(paths, results):
+      if array is None:
+        skipped.append(Skipped(rel, reason))
+        continue
+      images[len(kept)] = array
+      kept.append(rel)
+      digests.append(digest)
+  return images[: len(kept)], kept, skipped, digests
+
+
+def load_or_decode(root, paths, image_size, channels, resize_mode, cache_dir):
+  """Returns `(images, kept_paths, skipped, digests)`, from the cache when possible."""
+  key = cache_key(root, paths, image_size, channels, resize_mode)
+  entry = os.path.join(cache_dir, key) if cache_dir else None
+  if entry and os.path.isfile(os.path.join(entry, "index.json")):
+    try:
+      with open(os.path.join(entry, "index.json")) as f:
+        index = json.load(f)
+      images = np.load(os.path.join(entry, "images.npy"), mmap_mode=None, allow_pickle=False)
+      if len(images) != len(index["kept"]) or images.shape[1:] != (image_size, image_size, channels):
+        raise ValueError("shape does not match its index")
+      logging.info("Decode cache hit: %d images from %s", len(images), entry)
+      skipped = [Skipped(p, r) for p, r in index["skipped"]]
+      return images, index["kept"], skipped, index["digests"]
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning("Decode cache entry %s is unreadable (%s); rebuilding it.", entry, e)
+      shutil.rmtree(entry, ignore_errors=True)
+  logging.info("Decode cache miss: decoding %d files at %dpx, %d channel(s)", len(paths), image_size, channels)
+  images, kept, skipped, digests = decode_files(root, paths, image_size, channels, resize_mode)
+  if entry:
+    _write_entry(entry, images, kept, skipped, digests)
+  return images, kept, skipped, digests
+
+
+def _write_entry(entry, images, kept, skipped, digests):
+  parent = os.path.dirname(entry)
+  tmp = None
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    np.save(os.path.join(tmp, "images.npy"), images, allow_pickle=False)
+    index = {"kept": kept, "skipped": [[s.path, s.reason] for s in skipped], "digests": digests}
+    with open(os.path.join(tmp, "index.json"), "w") as f:
+      json.dump(index, f)
+    os.rename(tmp, entry)
+  except OSError as e:
+    if os.path.isdir(entry):
+      logging.info("Decode cache %s was written by another run.", entry)
+    else:
+      logging.warning("Could not write decode cache %s (%s); continuing without it.", entry, e)
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)

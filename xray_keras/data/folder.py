@@ -1,0 +1,116 @@
+"""Find and list the Kermany `chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}` layout.
+
+Copes with the real archive: the user may point at the archive's top, at
+`chest_xray/`, or at a folder holding the splits; `__MACOSX/`, AppleDouble
+`._*` files, `.DS_Store` and the nested duplicate `chest_xray/chest_xray/` are
+never read as images.
+"""
+
+import os
+
+from absl import logging
+
+from xray_keras.data import patients
+from xray_keras.errors import UserError
+from xray_keras.data.records import CLASS_NAMES, Record, Skipped
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+_JUNK_DIRS = ("__MACOSX",)
+_MAX_DEPTH = 4
+
+DATASET_HELP = (
+    "Expected the Kermany 'Chest X-Ray Images (Pneumonia)' layout "
+    "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg. Get it from Kaggle "
+    "(paultimothymooney/chest-xray-pneumonia) or Mendeley Data (doi:10.17632/rscbjbr9sj.2), "
+    "unzip it and pass --data_dir=<the unzipped folder>."
+)
+
+
+class DataError(UserError, ValueError):
+  """The data given cannot be used; the message says what was expected."""
+
+
+def _is_split_root(path):
+  return all(
+      os.path.isdir(os.path.join(path, split, name))
+      for split in ("train", "test")
+      for name in CLASS_NAMES
+  )
+
+
+def find_root(data_dir):
+  """Returns the shallowest folder under `data_dir` holding train/ and test/ splits."""
+  if not os.path.exists(data_dir):
+    raise DataError(f"Data directory {data_dir!r} does not exist. {DATASET_HELP}")
+  if not os.path.isdir(data_dir):
+    raise DataError(f"--data_dir {data_dir!r} is not a directory. {DATASET_HELP}")
+  frontier = [os.path.normpath(data_dir)]
+  for _ in range(_MAX_DEPTH):
+    found = sorted(path for path in frontier if _is_split_root(path))
+    if found:
+      if len(found) > 1:
+        logging.warning("Several dataset roots at the same depth; using %s", found[0])
+      return found[0]
+    next_frontier = []
+    for path in frontier:
+      try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+      except OSError:
+        continue
+      for entry in entries:
+        if entry.name in _JUNK_DIRS or entry.name.startswith("."):
+          continue
+        if entry.is_dir(follow_symlinks=False):
+          next_frontier.append(entry.path)
+    frontier = next_frontier
+  if not any(os.scandir(data_dir)):
+    raise DataError(f"Data directory {data_dir!r} is empty. {DATASET_HELP}")
+  raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
+
+
+def _junk_reason(name):
+  if name.startswith("._"):
+    return "AppleDouble metadata file (not an image)"
+  if name.startswith("."):
+    return "hidden file"
+  if not name.lower().endswith(IMAGE_EXTENSIONS):
+    return "not an image file extension"
+  return None
+
+
+def list_records(data_dir):
+  """Lists the labelled images of every split under the dataset root.
+
+  Returns:
+    (root, records, skipped): the resolved root, a list of `Record` sorted by
+    path (official `val` images have split `official_val`), and a list of
+    `Skipped` for junk found in the class folders.
+  """
+  root = find_root(data_dir)
+  if os.path.isdir(os.path.join(root, os.path.basename(root))):
+    logging.info("Ignoring nested duplicate folder %s", os.path.join(root, os.path.basename(root)))
+  records, skipped = [], []
+  for split in ("train", "val", "test"):
+    for label, class_name in enumerate(CLASS_NAMES):
+      folder = os.path.join(root, split, class_name)
+      if not os.path.isdir(folder):
+        continue
+      for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        rel = os.path.join(split, class_name, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+          continue
+        reason = _junk_reason(entry.name)
+        if reason:
+          skipped.append(Skipped(rel, reason))
+          continue
+        records.append(
+            Record(
+                path=rel,
+                label=label,
+                split="official_val" if split == "val" else split,
+                patient=patients.patient_id(entry.name),
+            )
+        )
+  if not any(r.split == "train" for r in records):
+    raise DataError(f"No training images found under {root!r}. {DATASET_HELP}")
+  return root, records, skipped

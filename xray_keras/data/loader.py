@@ -1,0 +1,288 @@
+"""Load any data source into train/val/test arrays with their records and skips.
+
+Sources: `folder` (the Kermany layout), `npz` (PneumoniaMNIST / MedMNIST),
+`tfds` (the `chest_xray_pneumonia` builder) and `synthetic` (built in).
+"""
+
+import collections
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+from xray_keras.data import cache, decode, folder, patients, synthetic
+from xray_keras.data.folder import DataError
+from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped
+
+SOURCES = ("auto", "folder", "npz", "tfds", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """How to find, split and decode the data."""
+
+  source: str = "auto"
+  data_dir: str = ""
+  image_size: int = 224
+  channels: int = 1
+  resize_mode: str = "squash"
+  val_fraction: float = 0.15
+  split_seed: int = 42
+  merge_official_val: bool = True
+  max_images_per_split: int = 0
+  cache_dir: str = ""
+  synthetic_train_size: int = 800
+  synthetic_test_size: int = 200
+  tfds_data_dir: str = ""
+
+
+@dataclasses.dataclass
+class SplitArrays:
+  images: np.ndarray
+  labels: np.ndarray
+  records: list
+
+
+@dataclasses.dataclass
+class StudyData:
+  """Everything a run needs to know about its data."""
+
+  source: str
+  synthetic: bool
+  name: str
+  splits: dict
+  skipped: list
+  notes: list = dataclasses.field(default_factory=list)
+
+  def counts(self):
+    out = {}
+    for split, arrays in self.splits.items():
+      per_class = np.bincount(arrays.labels.astype(int), minlength=2)
+      out[split] = {name: int(n) for name, n in zip(CLASS_NAMES, per_class)}
+      out[split]["total"] = int(len(arrays.labels))
+    return out
+
+  def summary(self):
+    return {
+        "source": self.source,
+        "synthetic": self.synthetic,
+        "name": self.name,
+        "counts": self.counts(),
+        "skipped_files": len(self.skipped),
+        "notes": self.notes,
+    }
+
+
+def resolve_source(config):
+  if config.source != "auto":
+    return config.source
+  if not config.data_dir:
+    return "synthetic"
+  if config.data_dir.endswith(".npz"):
+    return "npz"
+  return "folder"
+
+
+def load(config):
+  """Loads the configured source. Raises `DataError` with a one-line reason."""
+  source = resolve_source(config)
+  if source in ("folder", "npz", "tfds") and not config.data_dir:
+    raise DataError(f"--data_source={source} needs --data_dir. {folder.DATASET_HELP}")
+  loader = {"folder": _load_folder, "npz": _load_npz, "tfds": _load_tfds, "synthetic": _load_synthetic}
+  data = loader[source](config)
+  for split in ("train", "test"):
+    if not len(data.splits[split].labels):
+      raise DataError(f"The {split} split is empty after loading {data.name}.")
+  counts = data.counts()
+  tag = "SYNTHETIC data" if data.synthetic else f"data from {data.name}"
+  for split in SPLITS:
+    logging.info("%s: %s %s", tag, split, counts[split])
+  if data.skipped:
+    logging.warning("Skipped %d files (listed in skipped_files.csv)", len(data.skipped))
+  return data
+
+
+def select(records, config):
+  """Merges or drops the official val, carves validation by patient, applies the cap."""
+  if config.merge_official_val:
+    records = [dataclasses.replace(r, split="train") if r.split == "official_val" else r for r in records]
+  else:
+    records = [r for r in records if r.split != "official_val"]
+  if not any(r.split == "val" for r in records):
+    records = patients.carve_validation(records, config.val_fraction, config.split_seed)
+  if config.max_images_per_split:
+    records = _cap(records, config.max_images_per_split, config.split_seed)
+  return records
+
+
+def _cap(records, cap, seed):
+  groups = collections.defaultdict(list)
+  for r in records:
+    groups[(r.split, r.label)].append(r)
+  rng = np.random.default_rng(seed)
+  kept = set()
+  for key in sorted(groups):
+    group = groups[key]
+    chosen = rng.permutation(len(group))[:cap]
+    kept.update(group[i].path for i in chosen)
+  return [r for r in records if r.path in kept]
+
+
+def _arrays(images, records):
+  labels = np.array([r.label for r in records], dtype=np.int32)
+  return SplitArrays(images, labels, list(records))
+
+
+def _by_split(images, records):
+  splits = {}
+  for split in SPLITS:
+    index = [i for i, r in enumerate(records) if r.split == split]
+    splits[split] = _arrays(images[index], [records[i] for i in index])
+  return splits
+
+
+def _load_folder(config):
+  root, records, skipped = folder.list_records(config.data_dir)
+  records = select(records, config)
+  cache_dir = config.cache_dir or cache.default_cache_dir()
+  images, kept, bad, digests = cache.load_or_decode(
+      root, [r.path for r in records], config.image_size, config.channels,
+      config.resize_mode, cache_dir,
+  )
+  by_path = {r.path: r for r in records}
+  kept_records = [by_path[p] for p in kept]
+  data = StudyData(
+      source="folder", synthetic=False, name=os.path.basename(os.path.normpath(root)),
+      splits=_by_split(images, kept_records), skipped=skipped + bad,
+  )
+  _note_duplicates(data, kept_records, digests)
+  _note_patient_overlap(data, kept_records)
+  return data
+
+
+def _note_duplicates(data, records, digests):
+  """Logs byte-identical images that sit in different splits (a possible leak)."""
+  seen = {}
+  crossing = 0
+  for record, digest in zip(records, digests):
+    other = seen.setdefault(digest, record)
+    if other is not record and other.split != record.split:
+      crossing += 1
+  if crossing:
+    note = f"{crossing} byte-identical image(s) appear in more than one split"
+    logging.warning(note)
+    data.notes.append(note)
+
+
+def _note_patient_overlap(data, records):
+  """The official train/test split is not patient-disjoint; say how far."""
+  sides = collections.defaultdict(set)
+  for r in records:
+    sides[r.patient].add("test" if r.split == "test" else "train+val")
+  shared = sum(1 for s in sides.values() if len(s) > 1)
+  if shared:
+    note = f"{shared} patient id(s) appear in both the official train and test splits"
+    logging.info(note)
+    data.notes.append(note)
+
+
+def _load_npz(config):
+  path = config.data_dir
+  if not os.path.isfile(path):
+    raise DataError(
+        f"npz file {path!r} does not exist. Expected a MedMNIST file such as pneumoniamnist.npz "
+        "with keys train_images, train_labels, val_images, val_labels, test_images, test_labels."
+    )
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise DataError(f"Cannot read npz file {path!r}: {e}") from None
+  with archive:
+    missing = [f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels") if f"{s}_{k}" not in archive]
+    if missing:
+      raise DataError(f"npz file {path!r} lacks keys {missing}; it has {sorted(archive.files)}.")
+    arrays = {s: (archive[f"{s}_images"], archive[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in archive}
+  name = os.path.basename(path)
+  records, images = [], []
+  for split, (split_images, split_labels) in arrays.items():
+    split_labels = np.asarray(split_labels).reshape(-1).astype(int)
+    if set(np.unique(split_labels)) - {0, 1}:
+      raise DataError(f"npz file {path!r}: {split}_labels must be 0 (NORMAL) or 1 (PNEUMONIA).")
+    images.append(decode.resize_array(split_images, config.image_size, config.channels, config.resize_mode))
+    for i, label in enumerate(split_labels):
+      records.append(Record(f"{name}:{split}/{i}", int(label), split, f"{name}:{split}/{i}"))
+  images = np.concatenate(images)
+  records_by_path = {r.path: i for i, r in enumerate(records)}
+  records = select(records, config)
+  images = images[[records_by_path[r.path] for r in records]]
+  return StudyData(source="npz", synthetic=False, name=name, splits=_by_split(images, records), skipped=[])
+
+
+def _load_tfds(config):
+  import tensorflow_datasets as tfds  # Only this source needs TF.
+
+  from xray_keras.data import tfds_builder  # noqa: F401  (registers the builder)
+
+  builder = tfds.builder("chest_xray_pneumonia", data_dir=config.tfds_data_dir or None)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir)
+    )
+  except AssertionError as e:
+    raise DataError(str(e).splitlines()[0]) from None
+  records, images = [], []
+  for tfds_split, split in (("train", "train"), ("val", "official_val"), ("test", "test")):
+    for example in tfds.as_numpy(builder.as_dataset(split=tfds_split)):
+      image = decode.resize_array(example["image"][None], config.image_size, config.channels, config.resize_mode)
+      images.append(image[0])
+      records.append(Record(example["file_name"].decode(), int(example["label"]), split, example["patient"].decode()))
+  order = np.argsort([r.path for r in records], kind="stable")
+  records = [records[i] for i in order]
+  images = np.stack(images)[order]
+  index = {r.path: i for i, r in enumerate(records)}
+  records = select(records, config)
+  images = images[[index[r.path] for r in records]]
+  return StudyData(
+      source="tfds", synthetic=False, name="tfds:chest_xray_pneumonia",
+      splits=_by_split(images, records), skipped=[],
+  )
+
+
+def _load_synthetic(config):
+  logging.info("No --data_dir given: using the built-in SYNTHETIC chest-X-ray-like data.")
+  parts = [
+      synthetic.generate(split, n, config.image_size, config.channels, config.split_seed)
+      for split, n in (("train", config.synthetic_train_size), ("test", config.synthetic_test_size))
+  ]
+  images = np.concatenate([p[0] for p in parts])
+  records = parts[0][2] + parts[1][2]
+  index = {r.path: i for i, r in enumerate(records)}
+  records = select(records, config)
+  images = images[[index[r.path] for r in records]]
+  return StudyData(
+      source="synthetic", synthetic=True, name="synthetic",
+      splits=_by_split(images, records), skipped=[],
+  )
+
+
+def write_manifest(data, path):
+  """Writes `file,class,split,patient` for every image used."""
+  import csv
+
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["file", "class", "split", "patient"])
+    for split in SPLITS:
+      for r in data.splits[split].records:
+        writer.writerow([r.path, r.class_name, split, r.patient])
+
+
+def write_skipped(skipped, path):
+  import csv
+
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["file", "reason"])
+    for s in skipped:
+      writer.writerow([s.path, s.reason])

@@ -1,0 +1,35 @@
+"""The records every data source produces: one labelled image with its split and patient."""
+
+import dataclasses
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One image known to a data source.
+
+  Attributes:
+    path: str. Relative path under the data root (or a synthetic/npz id).
+    label: int. 0 = NORMAL, 1 = PNEUMONIA.
+    split: str. `train`, `val`, `test`, or `official_val` before merging.
+    patient: str. Patient id parsed from the file name.
+  """
+
+  path: str
+  label: int
+  split: str
+  patient: str
+
+  @property
+  def class_name(self):
+    return CLASS_NAMES[self.label]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """A file that was found but not used, and why."""
+
+  path: str
+  reason: str

@@ -1,0 +1,85 @@
+"""Binary classification metrics in NumPy: the numbers in metrics.json."""
+
+import numpy as np
+
+
+def roc_auc(labels, scores):
+  """ROC-AUC as the Mann-Whitney statistic (ties count one half).
+
+  Returns NaN when only one class is present.
+  """
+  labels = np.asarray(labels).astype(bool)
+  scores = np.asarray(scores, dtype=np.float64)
+  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  order = np.argsort(scores, kind="mergesort")
+  sorted_scores = scores[order]
+  ranks = np.empty(len(scores), dtype=np.float64)
+  # Midranks: tied scores share the mean of their ranks.
+  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+  for start, count in zip(first, counts):
+    ranks[order[start:start + count]] = start + (count + 1) / 2.0
+  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _ratio(num, den):
+  return float(num / den) if den else 0.0
+
+
+def binary_metrics(labels, probabilities, threshold=0.5):
+  """Accuracy, precision, recall (sensitivity), specificity, F1, AUC and the confusion matrix.
+
+  Args:
+    labels: array of 0/1. 1 = PNEUMONIA (the positive class).
+    probabilities: array of float. Predicted PNEUMONIA probability.
+    threshold: float. Predict PNEUMONIA when probability >= threshold.
+
+  Returns:
+    dict; `confusion_matrix` is `[[TN, FP], [FN, TP]]` (rows true, columns predicted).
+  """
+  labels = np.asarray(labels).astype(int).reshape(-1)
+  probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+  predicted = (probabilities >= threshold).astype(int)
+  tp = int(np.sum((predicted == 1) & (labels == 1)))
+  tn = int(np.sum((predicted == 0) & (labels == 0)))
+  fp = int(np.sum((predicted == 1) & (labels == 0)))
+  fn = int(np.sum((predicted == 0) & (labels == 1)))
+  precision = _ratio(tp, tp + fp)
+  recall = _ratio(tp, tp + fn)
+  return {
+      "accuracy": _ratio(tp + tn, len(labels)),
+      "precision": precision,
+      "recall": recall,
+      "specificity": _ratio(tn, tn + fp),
+      "f1": _ratio(2 * precision * recall, precision + recall),
+      "auc": roc_auc(labels, probabilities),
+      "confusion_matrix": [[tn, fp], [fn, tp]],
+      "threshold": float(threshold),
+      "n": int(len(labels)),
+  }
+
+
+def choose_threshold(labels, probabilities):
+  """The threshold maximising Youden's J (sensitivity + specificity - 1).
+
+  Ties go to the threshold closest to 0.5. Use on validation data only.
+  """
+  labels = np.asarray(labels).astype(int).reshape(-1)
+  probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+  if len(np.unique(labels)) < 2:
+    return 0.5
+  best, best_j = 0.5, -np.inf
+  for t in np.unique(probabilities):
+    m = binary_metrics(labels, probabilities, t)
+    j = m["recall"] + m["specificity"] - 1.0
+    if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
+      best, best_j = float(t), j
+  return best
+
+
+def evaluate_split(labels, probabilities, chosen_threshold):
+  """metrics.json's object for one split: metrics at 0.5 plus at the validation threshold."""
+  result = binary_metrics(labels, probabilities, 0.5)
+  result["at_val_threshold"] = binary_metrics(labels, probabilities, chosen_threshold)
+  return result

@@ -1,0 +1,105 @@
+"""Every command-line flag, grouped; read only by `run.py`, which builds a `RunConfig`."""
+
+from absl import flags
+
+from xray_keras import models
+from xray_keras.config import ModelConfig, RunConfig, TrainConfig
+from xray_keras.data import decode, feeder
+from xray_keras.data.loader import SOURCES, DataConfig
+from xray_keras.training import device, trainer
+
+# === Data ===
+_DATA_SOURCE = flags.DEFINE_enum("data_source", "auto", SOURCES, "Where images come from; auto: synthetic without --data_dir, npz for a .npz file, else folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset folder (any level of the Kermany archive), a MedMNIST .npz, or the TFDS manual_dir. Empty: built-in synthetic data.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Square input size in pixels; 0: the model's default.", lower_bound=0)
+_CHANNELS = flags.DEFINE_enum("channels", "1", ["1", "3"], "Image channels: 1 (grayscale) or 3 (RGB).")
+_RESIZE_MODE = flags.DEFINE_enum("resize_mode", "squash", decode.RESIZE_MODES, "How images reach a square: squash, pad (letterbox) or crop (centre).")
+_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.15, "Fraction of each class's train images carved out (whole patients) for validation.", lower_bound=0.0, upper_bound=0.9)
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", 42, "Seed of the patient-grouped validation split and of --max_images_per_split.")
+_MERGE_OFFICIAL_VAL = flags.DEFINE_bool("merge_official_val", True, "Merge the official 16-image val split into train before carving validation (else it is unused).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images_per_split", 0, "Cap per split and class, for quick runs; 0: no cap.", lower_bound=0)
+_CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Decode cache folder; empty: $XDG_CACHE_HOME/xray_keras or ~/.cache/xray_keras.")
+_SYNTHETIC_TRAIN = flags.DEFINE_integer("synthetic_train_size", 800, "Synthetic train images (before validation is carved).", lower_bound=4)
+_SYNTHETIC_TEST = flags.DEFINE_integer("synthetic_test_size", 200, "Synthetic test images.", lower_bound=2)
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir for --data_source=tfds; empty: TFDS's default.")
+
+# === Model ===
+_MODEL = flags.DEFINE_enum("model", "vit_scratch", sorted(models.REGISTRY), "Model to train.")
+_PATCH_SIZE = flags.DEFINE_integer("patch_size", 0, "ViT patch size in pixels; 0: the model's default.", lower_bound=0)
+_DROPOUT = flags.DEFINE_float("dropout", -1.0, "Dropout rate; negative: the model's default.", upper_bound=0.9)
+
+# === Training ===
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", trainer.OPTIMIZERS, "Optimizer.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw).", lower_bound=0.0)
+_SCHEDULE = flags.DEFINE_enum("schedule", "constant", trainer.SCHEDULES, "Learning-rate schedule.")
+_WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).", lower_bound=0)
+_PATIENCE = flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without --monitor improving; 0: off.", lower_bound=0)
+_MONITOR = flags.DEFINE_enum("monitor", "val_auc", ["val_auc", "val_loss", "val_accuracy"], "Validation metric for early stopping.")
+_RESTORE_BEST = flags.DEFINE_bool("restore_best_weights", True, "With early stopping, keep the best epoch's weights.")
+_CLASS_WEIGHTS = flags.DEFINE_bool("class_weights", True, "Weight the loss by inverse class frequency of the train split.")
+_AUGMENT = flags.DEFINE_multi_enum("augment", [], feeder.AUGMENTATIONS, "Augmentations (repeat or comma-separate); default none.")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs into the run directory.")
+_SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
+_DEVICE = flags.DEFINE_enum("device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none.")
+_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile train/predict steps with XLA (slower on small CPUs; try it on GPU).")
+
+# === Output ===
+_EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
+
+
+def flags_text():
+  """The effective value of every flag defined here, as a reusable flagfile."""
+  lines = [flag.serialize() for flag in flags.FLAGS.get_flags_for_module(__name__)]
+  return "\n".join(line for line in lines if line) + "\n"
+
+
+def run_config():
+  """Builds the frozen `RunConfig` from the parsed flags."""
+  data = DataConfig(
+      source=_DATA_SOURCE.value,
+      data_dir=_DATA_DIR.value,
+      image_size=_IMAGE_SIZE.value,
+      channels=int(_CHANNELS.value),
+      resize_mode=_RESIZE_MODE.value,
+      val_fraction=_VAL_FRACTION.value,
+      split_seed=_SPLIT_SEED.value,
+      merge_official_val=_MERGE_OFFICIAL_VAL.value,
+      max_images_per_split=_MAX_IMAGES.value,
+      cache_dir=_CACHE_DIR.value,
+      synthetic_train_size=_SYNTHETIC_TRAIN.value,
+      synthetic_test_size=_SYNTHETIC_TEST.value,
+      tfds_data_dir=_TFDS_DATA_DIR.value,
+  )
+  model = ModelConfig(name=_MODEL.value, patch_size=_PATCH_SIZE.value, dropout=_DROPOUT.value)
+  train = TrainConfig(
+      epochs=_EPOCHS.value,
+      batch_size=_BATCH_SIZE.value,
+      optimizer=_OPTIMIZER.value,
+      learning_rate=_LEARNING_RATE.value,
+      weight_decay=_WEIGHT_DECAY.value,
+      schedule=_SCHEDULE.value,
+      warmup_epochs=_WARMUP_EPOCHS.value,
+      early_stopping_patience=_PATIENCE.value,
+      monitor=_MONITOR.value,
+      restore_best_weights=_RESTORE_BEST.value,
+      class_weights=_CLASS_WEIGHTS.value,
+      augment=tuple(_AUGMENT.value),
+      tensorboard=_TENSORBOARD.value,
+      seed=_SEED.value,
+      device=_DEVICE.value,
+      jit_compile=_JIT_COMPILE.value,
+  )
+  return RunConfig(
+      experiment=_EXPERIMENT.value or _MODEL.value,
+      output_dir=_OUTPUT_DIR.value,
+      overwrite=_OVERWRITE.value,
+      data=data,
+      model=model,
+      train=train,
+      flags_text=flags_text(),
+  )

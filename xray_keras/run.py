@@ -1,0 +1,30 @@
+"""Train, evaluate and time one study model.
+
+  python -m xray_keras.run --flagfile=experiments/vit_scratch.cfg [--flag=value ...]
+
+Without --data_dir it runs on built-in synthetic data. See README.md.
+"""
+
+import sys
+
+from absl import app, logging
+
+from xray_keras import flags as xray_flags
+from xray_keras.errors import UserError
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config = xray_flags.run_config()
+  from xray_keras.training import trainer  # Imports Keras and the backend.
+
+  try:
+    trainer.train_and_evaluate(config)
+  except UserError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

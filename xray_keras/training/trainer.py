@@ -1,0 +1,250 @@
+"""Train, evaluate and time one experiment; write the run directory.
+
+Run directory contract (later tools read these): flags.txt, split_manifest.csv,
+skipped_files.csv, history.csv, timing.json, metrics.json, predictions.csv,
+model.keras, run.log.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import datetime
+import json
+import logging as std_logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+from absl import logging
+
+from xray_keras import models
+from xray_keras.data import feeder, loader
+from xray_keras.errors import UserError
+from xray_keras.evaluation import metrics
+from xray_keras.training import device, testbed
+from xray_keras.training.timing import TimingCallback
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+FINISHED_MARKER = "metrics.json"
+
+
+def run_directory(config):
+  """The run's output folder; refuses to reuse a finished one unless overwrite."""
+  path = config.output_dir or os.path.join(
+      "runs", config.experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  )
+  if os.path.exists(os.path.join(path, FINISHED_MARKER)) and not config.overwrite:
+    raise UserError(f"{path} holds a finished run; choose another --output_dir or pass --overwrite.")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
+  return path
+
+
+@contextlib.contextmanager
+def log_to_file(path):
+  """Copies every log record (absl, Keras, TF Python) into `path`."""
+  handler = std_logging.FileHandler(path)
+  handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  root = std_logging.getLogger()
+  root.addHandler(handler)
+  previous = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)
+  try:
+    yield
+  finally:
+    root.removeHandler(handler)
+    handler.close()
+    logging.set_verbosity(previous)
+
+
+def make_optimizer(train, steps_per_epoch):
+  lr = train.learning_rate
+  if train.schedule == "cosine":
+    total = max(train.epochs * steps_per_epoch, 1)
+    warmup = train.warmup_epochs * steps_per_epoch
+    if warmup:
+      lr = keras.optimizers.schedules.CosineDecay(
+          0.0, max(total - warmup, 1), warmup_target=train.learning_rate, warmup_steps=warmup
+      )
+    else:
+      lr = keras.optimizers.schedules.CosineDecay(train.learning_rate, total)
+  elif train.schedule != "constant":
+    raise UserError(f"Unknown schedule: {train.schedule!r}. Expected one of {SCHEDULES}.")
+  if train.optimizer == "adam":
+    return keras.optimizers.Adam(lr)
+  if train.optimizer == "adamw":
+    return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 1e-4)
+  if train.optimizer == "sgd":
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+  raise UserError(f"Unknown optimizer: {train.optimizer!r}. Expected one of {OPTIMIZERS}.")
+
+
+def resolve_input(config):
+  """Fills the model's default image size when `--image_size` is 0."""
+  spec = models.get_spec(config.model.name)
+  size = config.data.image_size or spec.default_image_size
+  return spec, size, config.data.channels
+
+
+def _callbacks(config, run_dir, timing):
+  train = config.train
+  callbacks = [timing, keras.callbacks.TerminateOnNaN()]
+  if train.early_stopping_patience:
+    callbacks.append(
+        keras.callbacks.EarlyStopping(
+            monitor=train.monitor, mode="min" if "loss" in train.monitor else "max",
+            patience=train.early_stopping_patience, restore_best_weights=train.restore_best_weights,
+            verbose=1,
+        )
+    )
+  callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")))
+  if train.tensorboard:
+    callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")))
+  return callbacks
+
+
+def _predict(model, images, batch_size):
+  return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
+
+
+def _inference_timing(model, images, batch_size):
+  """Throughput of batched prediction and latency of single-image calls."""
+  images = images.astype(np.float32)
+  model.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # warm up
+  start = time.perf_counter()
+  model.predict(images, batch_size=batch_size, verbose=0)
+  throughput = len(images) / (time.perf_counter() - start)
+  single = images[:1]
+  model.predict_on_batch(single)
+  latencies = []
+  for i in range(min(20, len(images))):
+    start = time.perf_counter()
+    model.predict_on_batch(images[i : i + 1])
+    latencies.append(time.perf_counter() - start)
+  return {
+      "images_per_s": throughput,
+      "batch_size": batch_size,
+      "latency_ms_per_image": 1000 * float(np.median(latencies)),
+  }
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, allow_nan=True)
+  os.replace(tmp, path)
+
+
+def _write_predictions(path, data, probabilities):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["file", "split", "label", "probability"])
+    for split, probs in probabilities.items():
+      for record, p in zip(data.splits[split].records, probs):
+        writer.writerow([record.path, split, record.label, f"{p:.6f}"])
+
+
+def train_and_evaluate(config):
+  """Runs one experiment end to end. Returns the run directory."""
+  run_dir = run_directory(config)
+  with log_to_file(os.path.join(run_dir, "run.log")):
+    return _run(config, run_dir)
+
+
+def _run(config, run_dir):
+  start = time.perf_counter()
+  with open(os.path.join(run_dir, "flags.txt"), "w") as f:
+    f.write(config.flags_text)
+  used_device = device.configure(config.train.device)
+  keras.utils.set_random_seed(config.train.seed)
+  spec, size, channels = resolve_input(config)
+  data_config = dataclasses.replace(config.data, image_size=size)
+  data = loader.load(data_config)
+  synthetic = " on SYNTHETIC data" if data.synthetic else ""
+  logging.info("Run %s: %s%s, %dpx x %d channel(s), device %s, backend %s, output %s",
+               config.experiment, spec.display_name, synthetic, size, channels, used_device,
+               keras.backend.backend(), run_dir)
+  loader.write_manifest(data, os.path.join(run_dir, "split_manifest.csv"))
+  loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
+
+  # === Model ===
+  model = models.build_model(
+      config.model.name, (size, size, channels),
+      patch_size=config.model.patch_size or None,
+      dropout=config.model.dropout if config.model.dropout >= 0 else None,
+  )
+  train_split, val_split, test_split = (data.splits[s] for s in ("train", "val", "test"))
+  batch_size = config.train.batch_size
+  steps = math.ceil(len(train_split.labels) / batch_size)
+  model.compile(
+      optimizer=make_optimizer(config.train, steps),
+      loss="binary_crossentropy",
+      metrics=[
+          keras.metrics.BinaryAccuracy(name="accuracy"),
+          keras.metrics.AUC(name="auc"),
+          keras.metrics.Precision(name="precision"),
+          keras.metrics.Recall(name="recall"),
+      ],
+      jit_compile=config.train.jit_compile,
+  )
+  logging.info("Model %s: %d parameters", spec.display_name, model.count_params())
+
+  # === Training ===
+  augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
+  train_ds = feeder.tf_dataset(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
+  val_ds = feeder.tf_dataset(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
+  weights = feeder.class_weights(train_split.labels) if config.train.class_weights else None
+  if weights:
+    logging.info("Class weights: %s", weights)
+  timing = TimingCallback(len(train_split.labels), batch_size)
+  model.fit(
+      train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=weights,
+      callbacks=_callbacks(config, run_dir, timing), verbose=2, shuffle=False,
+  )
+  if any(not math.isfinite(e) for e in model.history.history.get("loss", [])):
+    raise UserError("Training stopped: the loss became NaN. Lower --learning_rate.")
+
+  # === Evaluation ===
+  probabilities = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
+  if len(val_split.labels):
+    threshold = metrics.choose_threshold(val_split.labels, probabilities["val"])
+  else:
+    threshold = 0.5
+  result = {
+      split: metrics.evaluate_split(data.splits[split].labels, probabilities[split], threshold)
+      for split in ("val", "test") if len(data.splits[split].labels)
+  }
+  result["synthetic"] = data.synthetic
+  result["data"] = data.summary()
+  result["model"] = {
+      "name": config.model.name,
+      "display_name": spec.display_name,
+      "params": int(model.count_params()),
+      "input_shape": [size, size, channels],
+  }
+  _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
+  model.save(os.path.join(run_dir, "model.keras"))
+
+  timing_report = timing.summary()
+  timing_report["eval"] = _inference_timing(model, test_split.images, batch_size)
+  timing_report["total_run_s"] = time.perf_counter() - start
+  timing_report["device"] = used_device
+  timing_report["testbed"] = testbed.describe()
+  timing_report["synthetic"] = data.synthetic
+  _write_json(os.path.join(run_dir, "timing.json"), timing_report)
+  # metrics.json is written last: its presence marks a finished run.
+  _write_json(os.path.join(run_dir, FINISHED_MARKER), result)
+  test = result["test"]
+  logging.info(
+      "Done%s: test accuracy %.4f, AUC %.4f (threshold 0.5); accuracy %.4f at validation threshold %.3f. "
+      "%.1f train img/s, %.1fs in all. Outputs in %s",
+      synthetic, test["accuracy"], test["auc"], test["at_val_threshold"]["accuracy"], threshold,
+      timing_report["train_images_per_s"] or 0.0, timing_report["total_run_s"], run_dir,
+  )
+  return run_dir
+
