@@ -40,7 +40,7 @@ _PATIENCE = flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this 
 _MONITOR = flags.DEFINE_enum("monitor", "val_auc", ["val_auc", "val_loss", "val_accuracy"], "Validation metric for early stopping.")
 _RESTORE_BEST = flags.DEFINE_bool("restore_best_weights", True, "With early stopping, keep the best epoch's weights.")
 _CLASS_WEIGHTS = flags.DEFINE_bool("class_weights", True, "Weight the loss by inverse class frequency of the train split.")
-_AUGMENT = flags.DEFINE_multi_enum("augment", [], feeder.AUGMENTATIONS, "Augmentations (repeat or comma-separate); default none.")
+_AUGMENT = flags.DEFINE_list("augment", [], f"Comma-separated augmentations from {','.join(feeder.AUGMENTATIONS)}; default none.")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs into the run directory.")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 _DEVICE = flags.DEFINE_enum("device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none.")
@@ -50,6 +50,12 @@ _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile train/predict st
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
+
+
+flags.register_validator(
+    "augment", lambda names: set(names) <= set(feeder.AUGMENTATIONS),
+    message=f"--augment takes a comma-separated list from: {', '.join(feeder.AUGMENTATIONS)}",
+)
 
 
 def flags_text():

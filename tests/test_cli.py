@@ -1,0 +1,109 @@
+"""The command line as a user runs it: real subprocesses, real images, real output files."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, plant_junk
+
+RUN_FILES = (
+    "flags.txt", "split_manifest.csv", "skipped_files.csv", "history.csv", "timing.json",
+    "metrics.json", "run.log", "model.keras", "predictions.csv",
+)
+METRIC_KEYS = {"accuracy", "precision", "recall", "specificity", "f1", "auc", "confusion_matrix", "threshold", "n"}
+
+
+def run_cli(*args, env=None, timeout=300):
+  return subprocess.run(
+      [sys.executable, "-m", "xray_keras.run", *args], cwd=REPO, capture_output=True, text=True,
+      timeout=timeout, env={**os.environ, **(env or {})},
+  )
+
+
+def _error_lines(result):
+  return [line for line in result.stderr.splitlines() if line.startswith(("error:", "FATAL"))]
+
+
+def test_one_epoch_run_on_real_images(real_tree, tmp_path):
+  plant_junk(real_tree)
+  out = tmp_path / "run"
+  result = run_cli(
+      "--flagfile=experiments/vit_scratch.cfg", f"--data_dir={real_tree}", f"--output_dir={out}",
+      f"--cache_dir={tmp_path / 'cache'}", "--epochs=1", "--image_size=32", "--batch_size=8",
+      "--val_fraction=0.3",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in RUN_FILES:
+    assert (out / name).is_file(), name
+  m = json.loads((out / "metrics.json").read_text())
+  for split in ("val", "test"):
+    assert METRIC_KEYS <= set(m[split]) and METRIC_KEYS <= set(m[split]["at_val_threshold"])
+  assert m["test"]["n"] == 12
+  assert m["synthetic"] is False and m["data"]["synthetic"] is False
+  assert m["data"]["counts"]["test"] == {"NORMAL": 6, "PNEUMONIA": 6, "total": 12}
+  assert m["model"]["display_name"] == "ViT_scratch" and m["model"]["params"] > 100_000
+  timing = json.loads((out / "timing.json").read_text())
+  assert timing["epochs_run"] == 1 and timing["first_step_s"] > 0
+  assert timing["eval"]["images_per_s"] > 0 and timing["eval"]["latency_ms_per_image"] > 0
+  assert timing["testbed"]["cpu_cores"] >= 1 and timing["testbed"]["versions"]["keras"]
+  with open(out / "skipped_files.csv") as f:
+    assert len(list(csv.DictReader(f))) == 6
+  with open(out / "history.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 1 and "val_auc" in rows[0] and "epoch_time_s" in rows[0]
+  log = (out / "run.log").read_text()
+  assert "Skipped 6 files" in log and "Done" in log
+  flags_txt = (out / "flags.txt").read_text()
+  assert "--epochs=1" in flags_txt and "--model=vit_scratch" in flags_txt
+
+  # flags.txt is a usable flagfile, and a finished run is never overwritten.
+  again = run_cli(f"--flagfile={out / 'flags.txt'}")
+  assert again.returncode == 1
+  assert _error_lines(again) == [f"error: {out} holds a finished run; choose another --output_dir or pass --overwrite."]
+
+
+def test_default_main_job_runs_on_synthetic_data(tmp_path):
+  out = tmp_path / "smoke"
+  result = run_cli("--flagfile=experiments/smoke.cfg", f"--output_dir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["synthetic"] is True and m["data"]["source"] == "synthetic"
+  assert "SYNTHETIC" in (out / "run.log").read_text()
+  with open(out / "split_manifest.csv") as f:
+    assert all(row["file"].startswith("synthetic/") for row in csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+        (["--device=tpu"], "value should be one of <auto|cpu|gpu>"),
+        (["--epochs=0"], "--epochs=0"),
+        (["--augment=flip"], "--augment takes a comma-separated list"),
+    ],
+)
+def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):
+  result = run_cli(*args)
+  assert result.returncode != 0
+  lines = _error_lines(result)
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_data_dir_says_what_to_get(tmp_path):
+  result = run_cli(f"--data_dir={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}")
+  assert result.returncode == 1
+  (line,) = _error_lines(result)
+  assert "does not exist" in line and "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}" in line and "Kaggle" in line
+  assert "Traceback" not in result.stderr
+
+
+def test_gpu_device_without_gpu_is_one_clear_line(tmp_path):
+  result = run_cli("--flagfile=experiments/smoke.cfg", "--device=gpu", f"--output_dir={tmp_path / 'out'}")
+  assert result.returncode == 1
+  (line,) = _error_lines(result)
+  assert line.startswith("error: --device=gpu, but TensorFlow sees no GPU")

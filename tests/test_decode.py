@@ -1,0 +1,87 @@
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import real_files, shared_data
+from xray_keras.data import decode
+
+
+def _encode(image, fmt="PNG", **kwargs):
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def _real_jpeg():
+  name = real_files("train", "PNEUMONIA", 1)[0]
+  with open(os.path.join(shared_data(), "train", "PNEUMONIA", name), "rb") as f:
+    return f.read()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
+def test_real_jpeg_decodes_to_requested_shape(channels, mode):
+  array = decode.decode_image(_real_jpeg(), 48, channels, mode)
+  assert array.shape == (48, 48, channels)
+  assert array.dtype == np.uint8
+  assert array.std() > 10  # a real radiograph, not a blank
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (300, 200), 128),
+        Image.new("RGB", (90, 120), (10, 200, 30)),
+        Image.new("RGBA", (64, 64), (255, 255, 255, 255)),
+        Image.new("P", (50, 70), 3),
+        Image.new("CMYK", (40, 40), (0, 0, 0, 0)),
+    ],
+    ids=["gray", "rgb", "rgba", "palette", "cmyk"],
+)
+def test_modes_and_sizes(image):
+  array = decode.decode_image(_encode(image, "JPEG" if image.mode == "CMYK" else "PNG"), 32, 1)
+  assert array.shape == (32, 32, 1)
+
+
+def test_16bit_png_is_scaled_not_clipped():
+  ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # up to 65520
+  array = decode.decode_image(_encode(Image.fromarray(ramp)), 64, 1)
+  assert array.max() == 255 and array.min() == 0
+  assert len(np.unique(array)) > 200
+
+
+def test_rgba_alpha_is_composited_on_black():
+  image = Image.new("RGBA", (16, 16), (255, 255, 255, 0))
+  assert decode.decode_image(_encode(image), 16, 1).max() == 0
+
+
+def test_exif_rotation_is_applied():
+  image = Image.new("L", (40, 20), 0)
+  image.paste(255, (0, 0, 20, 20))  # left half white
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+  array = decode.decode_image(_encode(image, "JPEG", exif=exif.tobytes(), quality=100), 20, 1, "pad")
+  assert array.shape == (20, 20, 1)
+  top, bottom = array[:5, 5:15].mean(), array[-5:, 5:15].mean()
+  assert top > 200 and bottom < 50  # the white half is now on top
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"", "empty"), (b"not an image at all", "not a decodable image"), (None, "not a decodable image")],
+)
+def test_bad_bytes_raise_decode_error(data, reason):
+  if data is None:
+    data = _real_jpeg()[:300]  # truncated JPEG
+  with pytest.raises(decode.DecodeError, match=reason):
+    decode.decode_image(data, 32, 1)
+
+
+def test_resize_array_handles_npz_style_batches():
+  batch = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
+  out = decode.resize_array(batch, 32, 3)
+  assert out.shape == (3, 32, 32, 3) and out.dtype == np.uint8
+  assert np.array_equal(out[..., 0], out[..., 1])
