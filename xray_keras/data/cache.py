@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 from absl import logging
 
@@ -26,10 +27,10 @@ def default_cache_dir():
 
 
 def cache_key(root, paths, image_size, channels, resize_mode):
-  """Hash of the source files (path, size, mtime) and the decode settings."""
+  """Hash of the source files (path, size, mtime), the decode settings and the backend (it resizes)."""
   digest = hashlib.sha256()
   digest.update(
-      json.dumps([decode.DECODER_VERSION, image_size, channels, resize_mode]).encode()
+      json.dumps([decode.DECODER_VERSION, keras.backend.backend(), image_size, channels, resize_mode]).encode()
   )
   for rel in paths:
     try:

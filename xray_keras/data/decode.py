@@ -1,19 +1,25 @@
-"""Decode image bytes into fixed-size uint8 arrays with Pillow (no TensorFlow).
+"""Decode image bytes into fixed-size uint8 arrays (Pillow + `keras.ops`, no TensorFlow).
 
 Handles what real folders hold: grayscale, RGB, RGBA, palette, CMYK, 16-bit and
 EXIF-rotated images, any size. Undecodable input raises `DecodeError` with a
 one-line reason, which callers turn into a logged skip.
+
+The square fit (`fit_square`) uses integer crop/pad arithmetic and
+`keras.ops.image.resize` (bilinear, antialiased): the exported serving graph
+does the same, so on the TensorFlow backend an 8-bit JPEG or PNG gives the
+same pixels in training and in serving.
 """
 
 import io
 import warnings
 
+import keras
 import numpy as np
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 # The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
 MAX_PIXELS = 60_000_000
 
@@ -44,14 +50,43 @@ def _to_mode(image, channels):
   return image.convert(target) if image.mode != target else image
 
 
-def _fit(image, size, resize_mode):
+def resize_plan(height, width, size, resize_mode):
+  """Integer geometry of the square fit: `(crop box, resized shape, pad offsets)`.
+
+  Returns:
+    ((top, left, crop_h, crop_w), (out_h, out_w), (pad_top, pad_left)).
+  """
   if resize_mode == "squash":
-    return image.resize((size, size), Image.Resampling.BILINEAR)
+    return (0, 0, height, width), (size, size), (0, 0)
   if resize_mode == "crop":
-    return ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+    side = min(height, width)
+    return ((height - side) // 2, (width - side) // 2, side, side), (size, size), (0, 0)
   if resize_mode == "pad":
-    return ImageOps.pad(image, (size, size), Image.Resampling.BILINEAR, color=0)
+    longest = max(height, width)
+    out_h = max(1, (height * size + longest // 2) // longest)
+    out_w = max(1, (width * size + longest // 2) // longest)
+    return (0, 0, height, width), (out_h, out_w), ((size - out_h) // 2, (size - out_w) // 2)
   raise ValueError(f"Unknown resize_mode: {resize_mode!r}. Expected one of {RESIZE_MODES}.")
+
+
+def fit_square(array, size, resize_mode="squash"):
+  """Crops, resizes and pads a `(H, W, C)` uint8 array to `(size, size, C)`."""
+  height, width, channels = array.shape
+  (top, left, crop_h, crop_w), (out_h, out_w), (pad_top, pad_left) = resize_plan(
+      height, width, size, resize_mode
+  )
+  array = array[top : top + crop_h, left : left + crop_w]
+  if (crop_h, crop_w) != (out_h, out_w):
+    resized = keras.ops.image.resize(
+        array.astype(np.float32), (out_h, out_w), interpolation="bilinear", antialias=True,
+        data_format="channels_last",
+    )
+    array = np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8)
+  if (out_h, out_w) == (size, size):
+    return array
+  canvas = np.zeros((size, size, channels), np.uint8)
+  canvas[pad_top : pad_top + out_h, pad_left : pad_left + out_w] = array
+  return canvas
 
 
 def decode_image(data, size, channels=1, resize_mode="squash"):
@@ -81,14 +116,8 @@ def decode_image(data, size, channels=1, resize_mode="squash"):
         width, height = image.size
         if width * height > MAX_PIXELS:
           raise DecodeError(f"image too large ({width}x{height} pixels)")
-        if image.format == "JPEG" and size:
-          # Let libjpeg decode at a reduced scale; it keeps at least 2x the target size.
-          image.draft(image.mode, (2 * size, 2 * size))
         image = ImageOps.exif_transpose(image)
-        image = _to_mode(image, channels)
-        if size:
-          image = _fit(image, size, resize_mode)
-        array = np.asarray(image, dtype=np.uint8)
+        array = np.asarray(_to_mode(image, channels), dtype=np.uint8)
   except DecodeError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -98,7 +127,7 @@ def decode_image(data, size, channels=1, resize_mode="squash"):
     raise DecodeError(f"not a decodable image ({type(e).__name__}: {reason})") from None
   if array.ndim == 2:
     array = array[:, :, None]
-  return array
+  return fit_square(array, size, resize_mode) if size else array
 
 
 def resize_array(images, size, channels, resize_mode="squash"):
@@ -112,7 +141,6 @@ def resize_array(images, size, channels, resize_mode="squash"):
   for i, image in enumerate(images):
     mode = "L" if image.shape[-1] == 1 else "RGB"
     pil = Image.fromarray(np.squeeze(image, -1) if mode == "L" else image, mode)
-    pil = _fit(_to_mode(pil, channels), size, resize_mode)
-    array = np.asarray(pil, dtype=np.uint8)
-    out[i] = array[:, :, None] if array.ndim == 2 else array
+    array = np.asarray(_to_mode(pil, channels), dtype=np.uint8)
+    out[i] = fit_square(array[:, :, None] if array.ndim == 2 else array, size, resize_mode)
   return out

@@ -21,7 +21,11 @@ def configure(device):
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu":
-      tf.config.set_visible_devices([], "GPU")
+      if gpus:
+        try:
+          tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+          raise UserError("--device=cpu must take effect before TensorFlow starts; it did not (GPUs already in use).") from None
       return "cpu"
     if device == "gpu" and not gpus:
       raise UserError("--device=gpu, but TensorFlow sees no GPU (check the CUDA driver and the tensorflow[and-cuda] install).")
