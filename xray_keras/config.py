@@ -41,3 +41,5 @@ class RunConfig:
   model: ModelConfig
   train: TrainConfig
   flags_text: str = ""
+  export: bool = False
+  export_dir: str = "saved_models"

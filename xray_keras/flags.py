@@ -50,6 +50,8 @@ _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile train/predict st
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
+_EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/.")
 
 
 flags.register_validator(
@@ -108,4 +110,6 @@ def run_config():
       model=model,
       train=train,
       flags_text=flags_text(),
+      export=_EXPORT.value,
+      export_dir=_EXPORT_DIR.value,
   )

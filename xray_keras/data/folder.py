@@ -68,7 +68,8 @@ def find_root(data_dir):
   raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
 
 
-def _junk_reason(name):
+def junk_reason(name):
+  """Why a file name is not an image to read, or None."""
   if name.startswith("._"):
     return "AppleDouble metadata file (not an image)"
   if name.startswith("."):
@@ -99,7 +100,7 @@ def list_records(data_dir):
         rel = os.path.join(split, class_name, entry.name)
         if entry.is_dir(follow_symlinks=False):
           continue
-        reason = _junk_reason(entry.name)
+        reason = junk_reason(entry.name)
         if reason:
           skipped.append(Skipped(rel, reason))
           continue

@@ -41,3 +41,12 @@ def build_model(name, input_shape, patch_size=None, dropout=None):
   if spec.uses_patches and patch_size:
     kwargs["patch_size"] = patch_size
   return spec.builder(**kwargs)
+
+
+def load_model(path):
+  """Loads a `.keras` model saved by this package, with Keras `safe_mode` on."""
+  import keras
+
+  from xray_keras.models import vit_layers  # noqa: F401  (registers the custom layers)
+
+  return keras.models.load_model(path, safe_mode=True)

@@ -25,8 +25,9 @@ class PatchEmbedding(layers.Layer):
 
   def call(self, images):
     patches = self.projection(images)
-    batch = ops.shape(patches)[0]
-    return ops.reshape(patches, (batch, -1, self.hidden_dim))
+    batch, rows, cols = ops.shape(patches)[0], ops.shape(patches)[1], ops.shape(patches)[2]
+    # An explicit token count (not -1), so an empty batch keeps its shape.
+    return ops.reshape(patches, (batch, rows * cols, self.hidden_dim))
 
   def compute_output_shape(self, input_shape):
     grid = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)

@@ -2,7 +2,7 @@
 
 Run directory contract (later tools read these): flags.txt, split_manifest.csv,
 skipped_files.csv, history.csv, timing.json, metrics.json, predictions.csv,
-model.keras, run.log.
+model.keras, samples/ (a few test images as PNG), run.log.
 """
 
 import contextlib
@@ -140,6 +140,17 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
+def _write_samples(folder, split, per_class=2):
+  """A few images of each class as PNG, for the TF Serving warm-up file and examples."""
+  from PIL import Image
+
+  os.makedirs(folder, exist_ok=True)
+  for label, name in enumerate(("normal", "pneumonia")):
+    for k, i in enumerate(np.flatnonzero(split.labels == label)[:per_class]):
+      image = split.images[i]
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(folder, f"{name}_{k}.png"))
+
+
 def _write_predictions(path, data, probabilities):
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
@@ -228,6 +239,7 @@ def _run(config, run_dir):
       "input_shape": [size, size, channels],
   }
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
+  _write_samples(os.path.join(run_dir, "samples"), test_split)
   model.save(os.path.join(run_dir, "model.keras"))
 
   timing_report = timing.summary()
@@ -239,6 +251,10 @@ def _run(config, run_dir):
   _write_json(os.path.join(run_dir, "timing.json"), timing_report)
   # metrics.json is written last: its presence marks a finished run.
   _write_json(os.path.join(run_dir, FINISHED_MARKER), result)
+  if config.export:
+    from xray_keras.serving import export  # TensorFlow-only
+
+    export.export_run(run_dir, config.export_dir)
   test = result["test"]
   logging.info(
       "Done%s: test accuracy %.4f, AUC %.4f (threshold 0.5); accuracy %.4f at validation threshold %.3f. "

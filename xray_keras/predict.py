@@ -1,0 +1,51 @@
+"""Classify chest X-ray files with an exported model or a `.keras` file.
+
+  python -m xray_keras.predict --model=saved_models/vit_scratch image.jpeg folder/ [--output=preds.csv]
+
+Prints `file<TAB>label<TAB>probability` per image. Exit code: 0 all classified,
+3 some files skipped (listed on stderr), 1 a fatal error.
+"""
+
+import csv
+import sys
+
+from absl import app, flags, logging
+
+from xray_keras.data import decode
+
+_MODEL = flags.DEFINE_string("model", None, "Export base or version folder, or a .keras file.", required=True)
+_OUTPUT = flags.DEFINE_string("output", "", "Also write the results as CSV to this file.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Decision threshold; default: the model card's, or 0.5 for .keras.", lower_bound=0.0, upper_bound=1.0)
+_RESIZE_MODE = flags.DEFINE_enum("resize_mode", "squash", decode.RESIZE_MODES, "Square fit for .keras models (exports carry their own).")
+
+EXIT_SKIPPED = 3
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give one or more image files or folders.")
+  from xray_keras.serving import predict
+
+  try:
+    predictor = predict.load_predictor(_MODEL.value, _RESIZE_MODE.value, _THRESHOLD.value)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: cannot load --model={_MODEL.value}: {str(e).splitlines()[0]}")
+  files, skipped = predict.list_inputs(argv[1:])
+  rows, bad = predict.predict_files(predictor, files)
+  skipped += bad
+  for path, label, probability in rows:
+    print(f"{path}\t{label}\t{probability:.6f}")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["file", "label", "pneumonia_probability"])
+      writer.writerows((p, l, f"{q:.6f}") for p, l, q in rows)
+  for s in skipped:
+    print(f"skipped: {s.path}: {s.reason}", file=sys.stderr)
+  logging.info("Classified %d images, skipped %d", len(rows), len(skipped))
+  if skipped:
+    sys.exit(EXIT_SKIPPED)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,168 @@
+"""Export a finished run as a versioned SavedModel that TF Serving loads unchanged.
+
+Layout: `<export_dir>/<model name>/<version>/` with `assets.extra/model_card.json`
+and `assets.extra/tf_serving_warmup_requests`. The version is written into a
+hidden temporary folder beside it and renamed when complete, so a server
+watching the base path never sees a half-written model.
+"""
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from xray_keras import models
+from xray_keras.data.records import CLASS_NAMES
+from xray_keras.errors import UserError
+from xray_keras.serving import graph
+
+SAMPLES_DIR = "samples"
+# Flags whose values are local paths: the model card keeps only their last component.
+_PATH_FLAGS = ("data_dir", "output_dir", "cache_dir", "tfds_data_dir", "export_dir", "flagfile")
+
+
+def read_flags(path):
+  """Parses a flags.txt written by a run into `{name: value}`."""
+  values = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, has_value, value = line[2:].partition("=")
+      if not has_value:  # absl writes booleans as --name / --noname
+        name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+      values[name] = value
+  return values
+
+
+def _public_flags(values):
+  return {k: (os.path.basename(os.path.normpath(v)) if k in _PATH_FLAGS and v else v) for k, v in values.items()}
+
+
+def next_version(base):
+  """One above the highest integer version folder under `base` (1 if none)."""
+  versions = [int(name) for name in os.listdir(base) if name.isdigit()] if os.path.isdir(base) else []
+  return max(versions, default=0) + 1
+
+
+def _serving_fns(model, size, channels, resize_mode, threshold):
+  classes = tf.constant(list(CLASS_NAMES))
+
+  def outputs(pixels):
+    probability = tf.reshape(tf.cast(model(pixels, training=False), tf.float32), [-1])
+    predicted = tf.cast(probability >= threshold, tf.int32)
+    return {
+        "pneumonia_probability": probability,
+        "probabilities": tf.stack([1.0 - probability, probability], axis=1),
+        "label": tf.gather(classes, predicted),
+        "label_id": predicted,
+    }
+
+  def from_bytes(images):
+    return outputs(tf.cast(graph.decode_batch(images, size, channels, resize_mode), tf.float32))
+
+  def from_pixels(pixels):
+    return outputs(tf.cast(pixels, tf.float32))
+
+  return from_bytes, from_pixels
+
+
+def write_warmup(path, model_name, samples):
+  """TF Serving's warm-up file: PredictionLog records for `serving_default`."""
+  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+  with tf.io.TFRecordWriter(path) as writer:
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+    )
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(samples, dtype=tf.string))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    writer.write(log.SerializeToString())
+
+
+def _samples(run_dir):
+  folder = os.path.join(run_dir, SAMPLES_DIR)
+  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  if not names:
+    raise UserError(f"{run_dir} has no {SAMPLES_DIR}/ images for the TF Serving warm-up file.")
+  out = []
+  for name in names:
+    with open(os.path.join(folder, name), "rb") as f:
+      out.append(f.read())
+  return out
+
+
+def export_run(run_dir, export_dir="saved_models", model_name=None):
+  """Exports the finished run in `run_dir`. Returns the version directory written."""
+  metrics_path = os.path.join(run_dir, "metrics.json")
+  if not os.path.isfile(metrics_path):
+    raise UserError(f"{run_dir} is not a finished run (no metrics.json); nothing to export.")
+  if keras.backend.backend() != "tensorflow":
+    raise UserError("SavedModel export needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+  with open(metrics_path) as f:
+    metrics = json.load(f)
+  flags = read_flags(os.path.join(run_dir, "flags.txt"))
+  model = models.load_model(os.path.join(run_dir, "model.keras"))
+  size, _, channels = metrics["model"]["input_shape"]
+  resize_mode = flags.get("resize_mode", "squash")
+  threshold = float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
+  model_name = model_name or metrics["model"]["name"]
+
+  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+  archive.add_endpoint(
+      "serving_pixels", from_pixels,
+      input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="pixels")],
+  )
+
+  base = os.path.join(export_dir, model_name)
+  os.makedirs(base, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
+  try:
+    archive.write_out(tmp, verbose=False)
+    extra = os.path.join(tmp, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    card = {
+        "model": metrics["model"],
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "input": {"image_size": size, "channels": channels, "resize_mode": resize_mode, "pixel_range": [0, 255]},
+        "signatures": {
+            "serving_default": "images: [batch] encoded JPEG/PNG bytes",
+            "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
+        },
+        "decision_threshold": threshold,
+        "threshold_source": "chosen on the validation split (Youden's J)",
+        "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},
+        "data": metrics["data"],
+        "synthetic": metrics.get("synthetic", False),
+        "flags": _public_flags(flags),
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
+        "exported_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(os.path.join(extra, "model_card.json"), "w") as f:
+      json.dump(card, f, indent=2)
+    write_warmup(os.path.join(extra, "tf_serving_warmup_requests"), model_name, _samples(run_dir))
+    while True:
+      version = next_version(base)
+      target = os.path.join(base, str(version))
+      try:
+        os.rename(tmp, target)  # fails if another export took this version meanwhile
+        break
+      except OSError:
+        if not os.path.exists(target):
+          raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Exported %s version %d to %s", model_name, version, target)
+  return target
