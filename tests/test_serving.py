@@ -190,3 +190,20 @@ def test_predict_cli_on_files_and_folders(trained, tmp_path):
   assert keras_run.returncode == 0, keras_run.stderr[-2000:]
   keras_probs = [float(line.split("\t")[2]) for line in keras_run.stdout.strip().splitlines()]
   np.testing.assert_allclose(keras_probs, [float(l[2]) for l in lines], atol=1e-5)
+
+
+def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path):
+  """The README's request.json, decoded as TF Serving decodes {"b64": ...}, classifies the image."""
+  import base64
+
+  _, export_dir = trained
+  path = os.path.join(shared_data(), "test", "PNEUMONIA", "person100_bacteria_475.jpeg")
+  command = ("import base64, json, sys; print(json.dumps({\"signature_name\": \"serving_default\", "
+             "\"instances\": [{\"b64\": base64.b64encode(open(sys.argv[1], \"rb\").read()).decode()}]}))")
+  request = json.loads(subprocess.run([sys.executable, "-c", command, path], capture_output=True, text=True).stdout)
+  assert request["instances"][0]["b64"].startswith("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsL")
+  payload = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
+  serve = tf.saved_model.load(str(export_dir / "vit_scratch" / "1")).signatures[request["signature_name"]]
+  from_json = serve(images=tf.constant(payload))["pneumonia_probability"].numpy()
+  direct = serve(images=tf.constant([open(path, "rb").read()]))["pneumonia_probability"].numpy()
+  np.testing.assert_array_equal(from_json, direct)

@@ -116,6 +116,13 @@ def select(records, config):
   return records
 
 
+def _select_arrays(images, records, config):
+  """`select` for sources whose images are already decoded: returns the kept images and records."""
+  index = {r.path: i for i, r in enumerate(records)}
+  records = select(records, config)
+  return images[[index[r.path] for r in records]], records
+
+
 def _cap(records, cap, seed):
   groups = collections.defaultdict(list)
   for r in records:
@@ -212,10 +219,7 @@ def _load_npz(config):
     images.append(decode.resize_array(split_images, config.image_size, config.channels, config.resize_mode))
     for i, label in enumerate(split_labels):
       records.append(Record(f"{name}:{split}/{i}", int(label), split, f"{name}:{split}/{i}"))
-  images = np.concatenate(images)
-  records_by_path = {r.path: i for i, r in enumerate(records)}
-  records = select(records, config)
-  images = images[[records_by_path[r.path] for r in records]]
+  images, records = _select_arrays(np.concatenate(images), records, config)
   return StudyData(source="npz", synthetic=False, name=name, splits=_by_split(images, records), skipped=[])
 
 
@@ -239,10 +243,7 @@ def _load_tfds(config):
       records.append(Record(example["file_name"].decode(), int(example["label"]), split, example["patient"].decode()))
   order = np.argsort([r.path for r in records], kind="stable")
   records = [records[i] for i in order]
-  images = np.stack(images)[order]
-  index = {r.path: i for i, r in enumerate(records)}
-  records = select(records, config)
-  images = images[[index[r.path] for r in records]]
+  images, records = _select_arrays(np.stack(images)[order], records, config)
   return StudyData(
       source="tfds", synthetic=False, name="tfds:chest_xray_pneumonia",
       splits=_by_split(images, records), skipped=[],
@@ -255,11 +256,7 @@ def _load_synthetic(config):
       synthetic.generate(split, n, config.image_size, config.channels, config.split_seed)
       for split, n in (("train", config.synthetic_train_size), ("test", config.synthetic_test_size))
   ]
-  images = np.concatenate([p[0] for p in parts])
-  records = parts[0][2] + parts[1][2]
-  index = {r.path: i for i, r in enumerate(records)}
-  records = select(records, config)
-  images = images[[index[r.path] for r in records]]
+  images, records = _select_arrays(np.concatenate([p[0] for p in parts]), parts[0][2] + parts[1][2], config)
   return StudyData(
       source="synthetic", synthetic=True, name="synthetic",
       splits=_by_split(images, records), skipped=[],
