@@ -30,6 +30,10 @@ class TrainConfig:
   seed: int = 42
   device: str = "auto"
   jit_compile: bool = False
+  distribution: str = "auto"
+  per_replica_batch_size: int = 0
+  mixed_precision: str = "none"
+  deterministic: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from xray_keras import models
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
 from xray_keras.data import decode, feeder
 from xray_keras.data.loader import SOURCES, DataConfig
-from xray_keras.training import device, trainer
+from xray_keras.training import device, distribution, trainer
 
 # === Data ===
 _DATA_SOURCE = flags.DEFINE_enum("data_source", "auto", SOURCES, "Where images come from; auto: synthetic without --data_dir, npz for a .npz file, else folder.")
@@ -30,7 +30,8 @@ _DROPOUT = flags.DEFINE_float("dropout", -1.0, "Dropout rate; negative: the mode
 
 # === Training ===
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size (all replicas together).", lower_bound=1)
+_PER_REPLICA_BATCH = flags.DEFINE_integer("per_replica_batch_size", 0, "If set, the global batch is this times the replica count.", lower_bound=0)
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", trainer.OPTIMIZERS, "Optimizer.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw).", lower_bound=0.0)
@@ -45,6 +46,9 @@ _TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs i
 _SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 _DEVICE = flags.DEFINE_enum("device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none.")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile train/predict steps with XLA (slower on small CPUs; try it on GPU).")
+_DISTRIBUTION = flags.DEFINE_enum("distribution", "auto", distribution.STRATEGIES, "auto, cpu, gpu (one device), mirrored (all local devices), multiworker (TF_CONFIG; TensorFlow only).")
+_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype policy: mixed_float16 (GPU, with loss scaling) or mixed_bfloat16 (CPU, JAX).")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics).")
 
 # === Output ===
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
@@ -101,6 +105,10 @@ def run_config():
       seed=_SEED.value,
       device=_DEVICE.value,
       jit_compile=_JIT_COMPILE.value,
+      distribution=_DISTRIBUTION.value,
+      per_replica_batch_size=_PER_REPLICA_BATCH.value,
+      mixed_precision=_MIXED_PRECISION.value,
+      deterministic=_DETERMINISTIC.value,
   )
   return RunConfig(
       experiment=_EXPERIMENT.value or _MODEL.value,

@@ -1,8 +1,11 @@
-"""Training and evaluation feeders: tf.data (shuffle, batch, augment, prefetch).
+"""Training and evaluation feeders: tf.data on TensorFlow, a NumPy `PyDataset` elsewhere.
 
-Augmentation is a stack of Keras preprocessing layers chosen by name. X-rays are
-never flipped: left and right differ anatomically (heart on the left).
+Both shuffle training data each epoch (seeded), batch without dropping images
+and apply the same augmentation: a stack of Keras preprocessing layers chosen by
+name. X-rays are never flipped: left and right differ anatomically.
 """
+
+import math
 
 import keras
 import numpy as np
@@ -32,6 +35,43 @@ def augmentation(names, seed=None):
   return keras.Sequential([factories[n]() for n in names], name="augmentation")
 
 
+def make_feeder(images, labels, batch_size, training, seed=0, augmenter=None):
+  """tf.data on the TensorFlow backend; `ArrayFeeder` (no TensorFlow needed) otherwise."""
+  if keras.backend.backend() == "tensorflow":
+    return tf_dataset(images, labels, batch_size, training, seed, augmenter)
+  return ArrayFeeder(images, labels, batch_size, training, seed, augmenter)
+
+
+class ArrayFeeder(keras.utils.PyDataset):
+  """Batches NumPy arrays without tf.data (for JAX machines without TensorFlow)."""
+
+  def __init__(self, images, labels, batch_size, training, seed=0, augmenter=None):
+    super().__init__()
+    self.images, self.labels = images, labels.astype(np.float32)
+    self.batch_size, self.training, self.seed, self.augmenter = batch_size, training, seed, augmenter
+    self._epoch = 0
+    self._order = self._permutation()
+
+  def _permutation(self):
+    if not self.training:
+      return np.arange(len(self.images))
+    return np.random.default_rng([self.seed, self._epoch]).permutation(len(self.images))
+
+  def __len__(self):
+    return math.ceil(len(self.images) / self.batch_size)
+
+  def __getitem__(self, index):
+    rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+    images = self.images[rows].astype(np.float32)
+    if self.training and self.augmenter is not None:
+      images = keras.ops.convert_to_numpy(self.augmenter(images, training=True))
+    return images, self.labels[rows]
+
+  def on_epoch_end(self):
+    self._epoch += 1
+    self._order = self._permutation()
+
+
 def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
   """A `tf.data.Dataset` of `(float32 images, float32 labels)` batches.
 
@@ -47,7 +87,10 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
   ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
   if training and augmenter is not None:
     ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  # In-memory arrays have no files to shard: multi-worker training shards by element.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(labels):

@@ -13,6 +13,8 @@ import json
 import logging as std_logging
 import math
 import os
+import random
+import shutil
 import time
 
 import keras
@@ -23,7 +25,7 @@ from xray_keras import models
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
-from xray_keras.training import device, testbed
+from xray_keras.training import device, distribution, testbed
 from xray_keras.training.timing import TimingCallback
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -31,18 +33,92 @@ SCHEDULES = ("constant", "cosine")
 FINISHED_MARKER = "metrics.json"
 
 
-def run_directory(config):
-  """The run's output folder; refuses to reuse a finished one unless overwrite."""
+BACKUP_DIR = "backup"
+CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
+
+
+def _comparable_flags(text):
+  return [line for line in text.splitlines() if not line.startswith(("--overwrite", "--nooverwrite"))]
+
+
+def run_directory(config, plan):
+  """The run's output folder and whether it resumes an interrupted run.
+
+  A finished run (metrics.json present) is refused unless `--overwrite`; an
+  interrupted one (a BackupAndRestore backup, no metrics.json) is resumed when
+  the flags are the same.
+  """
+  if plan.num_workers > 1 and not config.output_dir:
+    raise UserError("--distribution=multiworker needs an explicit --output_dir shared by all workers.")
   path = config.output_dir or os.path.join(
       "runs", config.experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
   )
+  if not plan.is_chief:
+    path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs
   if os.path.exists(os.path.join(path, FINISHED_MARKER)) and not config.overwrite:
     raise UserError(f"{path} holds a finished run; choose another --output_dir or pass --overwrite.")
+  backup = os.path.join(path, BACKUP_DIR)
+  resuming = os.path.isdir(backup) and not config.overwrite
+  if resuming:
+    with open(os.path.join(path, "flags.txt")) as f:
+      if _comparable_flags(f.read()) != _comparable_flags(config.flags_text):
+        raise UserError(
+            f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
+            "or choose another --output_dir, or pass --overwrite."
+        )
+  elif os.path.isdir(backup):
+    shutil.rmtree(backup)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
-  return path
+  return path, resuming
+
+
+def completed_epochs(run_dir):
+  """Epochs finished before an interruption, from BackupAndRestore's metadata."""
+  for name in ("training_metadata.json", "training_metadata.json.bkp"):
+    try:
+      with open(os.path.join(run_dir, BACKUP_DIR, name)) as f:
+        return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+      continue
+  return 0
+
+
+def trim_history(path, epochs):
+  """Keeps history.csv rows of the first `epochs` epochs, once each (a kill can leave extras)."""
+  if not os.path.isfile(path):
+    return
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    return
+  kept, seen = [rows[0]], set()
+  for row in rows[1:]:
+    if row and int(row[0]) < epochs and row[0] not in seen:
+      seen.add(row[0])
+      kept.append(row)
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows(kept)
+
+
+class LastGoodCheckpoint(keras.callbacks.Callback):
+  """Saves the weights at each epoch end whose loss is finite (atomically)."""
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = path
+    self.epoch = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not all(math.isfinite(v) for v in (logs or {}).values() if isinstance(v, float)):
+      return
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
+    self.model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, self.path)
+    self.epoch = epoch + 1
 
 
 @contextlib.contextmanager
@@ -91,9 +167,9 @@ def resolve_input(config):
   return spec, size, config.data.channels
 
 
-def _callbacks(config, run_dir, timing):
+def _callbacks(config, run_dir, timing, resuming, checkpoint):
   train = config.train
-  callbacks = [timing, keras.callbacks.TerminateOnNaN()]
+  callbacks = [timing, keras.callbacks.TerminateOnNaN(), checkpoint]
   if train.early_stopping_patience:
     callbacks.append(
         keras.callbacks.EarlyStopping(
@@ -102,13 +178,39 @@ def _callbacks(config, run_dir, timing):
             verbose=1,
         )
     )
-  callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")))
+  callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resuming))
   if train.tensorboard:
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")))
+  # Last, so an epoch's history row is written before its backup: a kill in between repeats the
+  # epoch (trim_history drops the extra row) rather than losing its row.
+  callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True))
   return callbacks
 
 
+def _build_for_multiworker(model, plan, images, labels):
+  """Works around keras-team/keras#20585 (open): under MultiWorkerMirroredStrategy, Keras 3's
+  fit() builds its metrics from the first data batch reduced across workers, which fails. The
+  build needs only shapes, so it is done here from a local batch and fit() skips its own."""
+  from keras.src.backend.tensorflow import trainer as tf_trainer
+
+  with plan.scope():
+    model._symbolic_build(data_batch=(images[:1].astype(np.float32), labels[:1].astype(np.float32)))
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+  # The same path averages scalar logs with axis=0, which fails on scalars; average them whole.
+  reduce = tf_trainer.reduce_per_replica
+
+  def reduce_logs(values, strategy, reduction):
+    if reduction in ("auto", "mean"):
+      return keras.tree.map_structure(
+          lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+    return reduce(values, strategy, reduction)
+
+  tf_trainer.reduce_per_replica = reduce_logs
+
+
 def _predict(model, images, batch_size):
+  if not len(images):
+    return np.zeros((0,), np.float32)  # Keras cannot predict on zero images
   return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
 
 
@@ -162,17 +264,37 @@ def _write_predictions(path, data, probabilities):
 
 def train_and_evaluate(config):
   """Runs one experiment end to end. Returns the run directory."""
-  run_dir = run_directory(config)
+  used_device = device.configure(config.train.device)
+  plan = distribution.setup(config.train.distribution)  # before any other TensorFlow op
+  run_dir, resuming = run_directory(config, plan)
   with log_to_file(os.path.join(run_dir, "run.log")):
-    return _run(config, run_dir)
+    return _run(config, run_dir, resuming, plan, used_device)
 
 
-def _run(config, run_dir):
+def _set_precision_and_seeds(train):
+  if train.mixed_precision != "none":
+    keras.mixed_precision.set_global_policy(train.mixed_precision)
+    logging.info("Mixed precision %s (model outputs stay float32)", train.mixed_precision)
+  if keras.backend.backend() == "tensorflow":
+    keras.utils.set_random_seed(train.seed)
+  else:
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed; Keras layers
+    # without explicit seeds draw theirs from Python's generator.
+    random.seed(train.seed)
+    np.random.seed(train.seed)
+  if train.deterministic:
+    if keras.backend.backend() == "tensorflow":
+      import tensorflow as tf
+
+      tf.config.experimental.enable_op_determinism()
+    logging.info("Deterministic ops on, seed %d", train.seed)
+
+
+def _run(config, run_dir, resuming, plan, used_device):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
-  used_device = device.configure(config.train.device)
-  keras.utils.set_random_seed(config.train.seed)
+  _set_precision_and_seeds(config.train)
   spec, size, channels = resolve_input(config)
   data_config = dataclasses.replace(config.data, image_size=size)
   data = loader.load(data_config)
@@ -184,41 +306,61 @@ def _run(config, run_dir):
   loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
 
   # === Model ===
-  model = models.build_model(
-      config.model.name, (size, size, channels),
-      patch_size=config.model.patch_size or None,
-      dropout=config.model.dropout if config.model.dropout >= 0 else None,
-  )
+  def build():
+    return models.build_model(
+        config.model.name, (size, size, channels),
+        patch_size=config.model.patch_size or None,
+        dropout=config.model.dropout if config.model.dropout >= 0 else None,
+    )
+
   train_split, val_split, test_split = (data.splits[s] for s in ("train", "val", "test"))
-  batch_size = config.train.batch_size
+  batch_size = distribution.global_batch(plan, config.train.batch_size, config.train.per_replica_batch_size)
   steps = math.ceil(len(train_split.labels) / batch_size)
-  model.compile(
-      optimizer=make_optimizer(config.train, steps),
-      loss="binary_crossentropy",
-      metrics=[
-          keras.metrics.BinaryAccuracy(name="accuracy"),
-          keras.metrics.AUC(name="auc"),
-          keras.metrics.Precision(name="precision"),
-          keras.metrics.Recall(name="recall"),
-      ],
-      jit_compile=config.train.jit_compile,
-  )
+  with plan.scope():
+    model = build()
+    model.compile(
+        optimizer=make_optimizer(config.train, steps),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+        jit_compile=config.train.jit_compile,
+    )
   logging.info("Model %s: %d parameters", spec.display_name, model.count_params())
 
   # === Training ===
   augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
-  train_ds = feeder.tf_dataset(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
-  val_ds = feeder.tf_dataset(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
+  train_ds = feeder.make_feeder(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
+  val_ds = feeder.make_feeder(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
   weights = feeder.class_weights(train_split.labels) if config.train.class_weights else None
   if weights:
     logging.info("Class weights: %s", weights)
+  if resuming:
+    done = completed_epochs(run_dir)
+    trim_history(os.path.join(run_dir, "history.csv"), done)
+    logging.info("Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs)
+  if plan.name == "multiworker":
+    _build_for_multiworker(model, plan, train_split.images, train_split.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
+  checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT))
   model.fit(
       train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=weights,
-      callbacks=_callbacks(config, run_dir, timing), verbose=2, shuffle=False,
+      callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint), verbose=2, shuffle=False,
   )
   if any(not math.isfinite(e) for e in model.history.history.get("loss", [])):
-    raise UserError("Training stopped: the loss became NaN. Lower --learning_rate.")
+    kept = (f"the last good weights (epoch {checkpoint.epoch}) are in {os.path.join(run_dir, CHECKPOINT)}"
+            if checkpoint.epoch else "no epoch finished with a finite loss")
+    raise UserError(f"Training stopped: the loss became NaN; {kept}. Lower --learning_rate.")
+  if not plan.is_chief:
+    logging.info("Worker %d done; the chief writes the outputs.", plan.worker_index)
+    return run_dir
+  if plan.strategy is not None:
+    # Evaluate and save a plain copy: distributed variables would shard predictions over workers.
+    trained, model = model, build()
+    model.set_weights(trained.get_weights())
 
   # === Evaluation ===
   probabilities = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
@@ -246,6 +388,10 @@ def _run(config, run_dir):
   timing_report["eval"] = _inference_timing(model, test_split.images, batch_size)
   timing_report["total_run_s"] = time.perf_counter() - start
   timing_report["device"] = used_device
+  timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
+  timing_report["mixed_precision"] = config.train.mixed_precision
+  timing_report["jit_compile"] = config.train.jit_compile
+  timing_report["resumed"] = resuming
   timing_report["testbed"] = testbed.describe()
   timing_report["synthetic"] = data.synthetic
   _write_json(os.path.join(run_dir, "timing.json"), timing_report)

@@ -1,0 +1,115 @@
+"""`--distribution`: tf.distribute strategies on TensorFlow, `keras.distribution` on JAX.
+
+TensorFlow: `auto` (TensorFlow's default: one device, the GPU if present), `cpu`
+and `gpu` (`OneDeviceStrategy`), `mirrored` (all local GPUs) and `multiworker`
+(`MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG`). JAX: `auto` and
+`mirrored` use `keras.distribution.DataParallel` over the local devices when
+there are several. Strategies must be created before any other TensorFlow op.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+
+import keras
+from absl import logging
+
+from xray_keras.errors import UserError
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multiworker")
+
+
+@dataclasses.dataclass
+class Plan:
+  """How training is spread: the scope to build the model in and who writes outputs."""
+
+  name: str
+  replicas: int
+  strategy: object = None
+  worker_index: int = 0
+  num_workers: int = 1
+
+  @property
+  def is_chief(self):
+    return self.worker_index == 0
+
+  def scope(self):
+    return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+
+def _tf_config_task():
+  config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+  cluster = config.get("cluster", {})
+  task = config.get("task", {})
+  workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+  index = task.get("index", 0)
+  if task.get("type") == "worker" and "chief" in cluster:
+    index += 1
+  return workers, index
+
+
+def setup(name):
+  """Creates the strategy for `name` on the active backend. Returns a `Plan`."""
+  if name not in STRATEGIES:
+    raise UserError(f"Unknown distribution: {name!r}. Expected one of {STRATEGIES}.")
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    return _setup_tensorflow(name)
+  if backend == "jax":
+    return _setup_jax(name)
+  if name not in ("auto", "cpu"):
+    raise UserError(f"--distribution={name} is not supported on the {backend} backend.")
+  return Plan(name, 1)
+
+
+def _setup_tensorflow(name):
+  import tensorflow as tf
+
+  if name == "multiworker":
+    workers, index = _tf_config_task()
+    if workers < 1:
+      raise UserError("--distribution=multiworker needs TF_CONFIG with a cluster of workers.")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return Plan(name, strategy.num_replicas_in_sync, strategy, index, workers)
+  gpus = tf.config.get_visible_devices("GPU")
+  if name == "mirrored":
+    strategy = tf.distribute.MirroredStrategy()
+    return Plan(name, strategy.num_replicas_in_sync, strategy)
+  if name == "gpu":
+    if not gpus:
+      raise UserError("--distribution=gpu, but TensorFlow sees no GPU.")
+    return Plan(name, 1, tf.distribute.OneDeviceStrategy("/gpu:0"))
+  if name == "cpu":
+    return Plan(name, 1, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  return Plan(name, 1)
+
+
+def _setup_jax(name):
+  import jax
+
+  if name == "multiworker":
+    raise UserError("--distribution=multiworker is TensorFlow-only; on JAX use mirrored (all local devices).")
+  if name == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
+    raise UserError("--distribution=gpu, but JAX sees no GPU.")
+  devices = jax.devices()
+  if name in ("auto", "mirrored") and len(devices) > 1:
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return Plan(name, len(devices))
+  return Plan(name, 1)
+
+
+def global_batch(plan, batch_size, per_replica_batch_size):
+  """The global batch from the flags; logs how it splits over replicas."""
+  if per_replica_batch_size:
+    batch_size = per_replica_batch_size * plan.replicas
+  if batch_size % plan.replicas:
+    raise UserError(
+        f"--batch_size={batch_size} (global) does not divide over {plan.replicas} replicas; "
+        "use a multiple or --per_replica_batch_size."
+    )
+  logging.info(
+      "Distribution %s: global batch %d = %d per replica x %d replica(s), %d worker(s)",
+      plan.name, batch_size, batch_size // plan.replicas, plan.replicas, plan.num_workers,
+  )
+  return batch_size
