@@ -1,0 +1,63 @@
+"""ViT_scratch epoch time on the CPU: TensorFlow vs JAX backend, with and without XLA.
+
+  python benchmarks/backend_epoch_time.py [--data_dir=../shared/data/chest_xray_224] [--quick]
+
+Each configuration runs the real CLI (experiments/vit_scratch.cfg) for 2 epochs in its own
+process and reads its timing.json; epoch 2 is the steady-state figure (epoch 1 includes tracing
+and compilation). Writes results/backend_epoch_time.json; ratios are against TensorFlow without
+XLA from the same script run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [("tensorflow", False), ("tensorflow", True), ("jax", False), ("jax", True)]
+
+
+def run_one(backend, jit, data_args, out):
+  args = [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/vit_scratch.cfg", *data_args,
+          "--epochs=2", f"--{'' if jit else 'no'}jit_compile", f"--output_dir={out}"]
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
+  if result.returncode:
+    raise RuntimeError(f"{backend} jit={jit} failed:\n{result.stderr[-3000:]}")
+  with open(os.path.join(out, "timing.json")) as f:
+    timing = json.load(f)
+  last = timing["epochs"][-1]
+  return {"backend": backend, "jit_compile": jit, "first_step_s": timing["first_step_s"],
+          "epoch1_s": timing["epochs"][0]["wall_s"], "epoch2_s": last["wall_s"],
+          "epoch2_train_images_per_s": last["train_images_per_s"], "train_images": timing["train_images_per_epoch"]}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", default=common.REAL_DATA)
+  parser.add_argument("--quick", action="store_true", help="synthetic data, tiny: checks the script runs")
+  parser.add_argument("--output", default=None)
+  flags = parser.parse_args()
+  data_args = (["--image_size=32", "--synthetic_train_size=64", "--synthetic_test_size=16", "--max_images_per_split=16"]
+               if flags.quick else [f"--data_dir={flags.data_dir}"])
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i, (backend, jit) in enumerate(CONFIGS):
+      rows.append(run_one(backend, jit, data_args, os.path.join(tmp, str(i))))
+  base = rows[0]["epoch2_train_images_per_s"]
+  for row in rows:
+    row["ratio_vs_tf_no_xla"] = row["epoch2_train_images_per_s"] / base
+  print(f"{'backend':<11}{'xla':<6}{'first step s':>13}{'epoch 1 s':>11}{'epoch 2 s':>11}{'img/s':>9}{'ratio':>7}")
+  for r in rows:
+    print(f"{r['backend']:<11}{str(r['jit_compile']):<6}{r['first_step_s']:>13.1f}{r['epoch1_s']:>11.1f}"
+          f"{r['epoch2_s']:>11.1f}{r['epoch2_train_images_per_s']:>9.1f}{r['ratio_vs_tf_no_xla']:>7.2f}")
+  path = common.write_result("backend_epoch_time", {"quick": flags.quick, "model": "vit_scratch", "rows": rows}, flags.output)
+  print("wrote", path)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,30 @@
+"""Helpers shared by the benchmarks: where results go and what machine made them."""
+
+import datetime
+import json
+import os
+import platform
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REAL_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224")
+
+
+def machine():
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+
+
+def write_result(name, payload, path=None):
+  """Writes `payload` with the machine and date to `path` (default results/<name>.json)."""
+  path = path or os.path.join(RESULTS, f"{name}.json")
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  payload = {"benchmark": name, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "machine": machine(), **payload}
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2)
+  return path
