@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from xray_keras import models
-from xray_keras.training import distribution, trainer
+from xray_keras.training import checkpoint, distribution, run_dir
 
 SMOKE = ["--flagfile=experiments/smoke.cfg"]
 
@@ -116,12 +116,12 @@ def test_kill_9_mid_epoch_then_resume(tmp_path):
   log = (out / "run.log").read_text()
   assert "Resuming an interrupted run" in log
   assert json.loads((out / "timing.json").read_text())["resumed"] is True
-  assert not (out / trainer.BACKUP_DIR).exists()  # the backup goes once training finished
+  assert not (out / run_dir.BACKUP_DIR).exists()  # the backup goes once training finished
 
 
 def test_interrupted_run_with_other_flags_is_refused(tmp_path):
   out = tmp_path / "run"
-  (out / trainer.BACKUP_DIR).mkdir(parents=True)
+  (out / run_dir.BACKUP_DIR).mkdir(parents=True)
   (out / "flags.txt").write_text("--epochs=99\n")
   code, _, err = _run(SMOKE + [f"--output_dir={out}"])
   assert code == 1
@@ -171,12 +171,12 @@ def test_nan_stops_training_and_keeps_the_last_good_weights(tmp_path):
   poison = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: setattr(data, "poisoned", True))
   model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
   model.compile("sgd", "mse")
-  checkpoint = trainer.LastGoodCheckpoint(str(tmp_path / trainer.CHECKPOINT))
-  model.fit(data, epochs=4, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint, poison])
-  assert checkpoint.epoch == 1 and len(model.history.history["loss"]) == 2
+  last_good = checkpoint.LastGoodCheckpoint(str(tmp_path / checkpoint.CHECKPOINT))
+  model.fit(data, epochs=4, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN(), last_good, poison])
+  assert last_good.epoch == 1 and len(model.history.history["loss"]) == 2
   assert np.isnan(model.history.history["loss"][1])
   restored = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-  restored.load_weights(str(tmp_path / trainer.CHECKPOINT))
+  restored.load_weights(str(tmp_path / checkpoint.CHECKPOINT))
   assert all(np.isfinite(w).all() for w in restored.get_weights())
 
 

@@ -113,3 +113,25 @@ def global_batch(plan, batch_size, per_replica_batch_size):
       plan.name, batch_size, batch_size // plan.replicas, plan.replicas, plan.num_workers,
   )
   return batch_size
+
+
+def build_for_multiworker(model, plan, images, labels):
+  """Works around keras-team/keras#20585 (open): under MultiWorkerMirroredStrategy, Keras 3's
+  fit() builds its metrics from the first data batch reduced across workers, which fails. The
+  build needs only shapes, so it is done here from a local batch and fit() skips its own."""
+  import numpy as np
+  from keras.src.backend.tensorflow import trainer as tf_trainer
+
+  with plan.scope():
+    model._symbolic_build(data_batch=(images[:1].astype(np.float32), labels[:1].astype(np.float32)))
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+  # The same path averages scalar logs with axis=0, which fails on scalars; average them whole.
+  reduce = tf_trainer.reduce_per_replica
+
+  def reduce_logs(values, strategy, reduction):
+    if reduction in ("auto", "mean"):
+      return keras.tree.map_structure(
+          lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+    return reduce(values, strategy, reduction)
+
+  tf_trainer.reduce_per_replica = reduce_logs

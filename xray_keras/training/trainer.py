@@ -1,20 +1,16 @@
 """Train, evaluate and time one experiment; write the run directory.
 
-Run directory contract (later tools read these): flags.txt, split_manifest.csv,
-skipped_files.csv, history.csv, timing.json, metrics.json, predictions.csv,
-model.keras, samples/ (a few test images as PNG), run.log.
+The run directory's files are listed in `run_dir.py`.
 """
 
 import contextlib
 import csv
 import dataclasses
-import datetime
 import json
 import logging as std_logging
 import math
 import os
 import random
-import shutil
 import time
 
 import keras
@@ -25,101 +21,12 @@ from xray_keras import models
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
-from xray_keras.training import device, distribution, testbed
+from xray_keras.training import device, distribution, run_dir as run_dirs, testbed
+from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-FINISHED_MARKER = "metrics.json"
-
-
-BACKUP_DIR = "backup"
-CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
-
-
-def _comparable_flags(text):
-  return [line for line in text.splitlines() if not line.startswith(("--overwrite", "--nooverwrite"))]
-
-
-def run_directory(config, plan):
-  """The run's output folder and whether it resumes an interrupted run.
-
-  A finished run (metrics.json present) is refused unless `--overwrite`; an
-  interrupted one (a BackupAndRestore backup, no metrics.json) is resumed when
-  the flags are the same.
-  """
-  if plan.num_workers > 1 and not config.output_dir:
-    raise UserError("--distribution=multiworker needs an explicit --output_dir shared by all workers.")
-  path = config.output_dir or os.path.join(
-      "runs", config.experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-  )
-  if not plan.is_chief:
-    path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs
-  if os.path.exists(os.path.join(path, FINISHED_MARKER)) and not config.overwrite:
-    raise UserError(f"{path} holds a finished run; choose another --output_dir or pass --overwrite.")
-  backup = os.path.join(path, BACKUP_DIR)
-  resuming = os.path.isdir(backup) and not config.overwrite
-  if resuming:
-    with open(os.path.join(path, "flags.txt")) as f:
-      if _comparable_flags(f.read()) != _comparable_flags(config.flags_text):
-        raise UserError(
-            f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
-            "or choose another --output_dir, or pass --overwrite."
-        )
-  elif os.path.isdir(backup):
-    shutil.rmtree(backup)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
-  return path, resuming
-
-
-def completed_epochs(run_dir):
-  """Epochs finished before an interruption, from BackupAndRestore's metadata."""
-  for name in ("training_metadata.json", "training_metadata.json.bkp"):
-    try:
-      with open(os.path.join(run_dir, BACKUP_DIR, name)) as f:
-        return int(json.load(f)["epoch"])
-    except (OSError, ValueError, KeyError):
-      continue
-  return 0
-
-
-def trim_history(path, epochs):
-  """Keeps history.csv rows of the first `epochs` epochs, once each (a kill can leave extras)."""
-  if not os.path.isfile(path):
-    return
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
-  if not rows:
-    return
-  kept, seen = [rows[0]], set()
-  for row in rows[1:]:
-    if row and int(row[0]) < epochs and row[0] not in seen:
-      seen.add(row[0])
-      kept.append(row)
-  with open(path, "w", newline="") as f:
-    csv.writer(f).writerows(kept)
-
-
-class LastGoodCheckpoint(keras.callbacks.Callback):
-  """Saves the weights at each epoch end whose loss is finite (atomically)."""
-
-  def __init__(self, path):
-    super().__init__()
-    self.path = path
-    self.epoch = None
-
-  def on_epoch_end(self, epoch, logs=None):
-    if not all(math.isfinite(v) for v in (logs or {}).values() if isinstance(v, float)):
-      return
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
-    self.model.save_weights(tmp, overwrite=True)
-    os.replace(tmp, self.path)
-    self.epoch = epoch + 1
-
 
 @contextlib.contextmanager
 def log_to_file(path):
@@ -183,29 +90,8 @@ def _callbacks(config, run_dir, timing, resuming, checkpoint):
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")))
   # Last, so an epoch's history row is written before its backup: a kill in between repeats the
   # epoch (trim_history drops the extra row) rather than losing its row.
-  callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True))
+  callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, run_dirs.BACKUP_DIR), double_checkpoint=True))
   return callbacks
-
-
-def _build_for_multiworker(model, plan, images, labels):
-  """Works around keras-team/keras#20585 (open): under MultiWorkerMirroredStrategy, Keras 3's
-  fit() builds its metrics from the first data batch reduced across workers, which fails. The
-  build needs only shapes, so it is done here from a local batch and fit() skips its own."""
-  from keras.src.backend.tensorflow import trainer as tf_trainer
-
-  with plan.scope():
-    model._symbolic_build(data_batch=(images[:1].astype(np.float32), labels[:1].astype(np.float32)))
-  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-  # The same path averages scalar logs with axis=0, which fails on scalars; average them whole.
-  reduce = tf_trainer.reduce_per_replica
-
-  def reduce_logs(values, strategy, reduction):
-    if reduction in ("auto", "mean"):
-      return keras.tree.map_structure(
-          lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
-    return reduce(values, strategy, reduction)
-
-  tf_trainer.reduce_per_replica = reduce_logs
 
 
 def _predict(model, images, batch_size):
@@ -266,7 +152,7 @@ def train_and_evaluate(config):
   """Runs one experiment end to end. Returns the run directory."""
   used_device = device.configure(config.train.device)
   plan = distribution.setup(config.train.distribution)  # before any other TensorFlow op
-  run_dir, resuming = run_directory(config, plan)
+  run_dir, resuming = run_dirs.prepare(config, plan)
   with log_to_file(os.path.join(run_dir, "run.log")):
     return _run(config, run_dir, resuming, plan, used_device)
 
@@ -339,11 +225,11 @@ def _run(config, run_dir, resuming, plan, used_device):
   if weights:
     logging.info("Class weights: %s", weights)
   if resuming:
-    done = completed_epochs(run_dir)
-    trim_history(os.path.join(run_dir, "history.csv"), done)
+    done = run_dirs.completed_epochs(run_dir)
+    run_dirs.trim_history(os.path.join(run_dir, "history.csv"), done)
     logging.info("Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs)
   if plan.name == "multiworker":
-    _build_for_multiworker(model, plan, train_split.images, train_split.labels)
+    distribution.build_for_multiworker(model, plan, train_split.images, train_split.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
   checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT))
   model.fit(
@@ -396,7 +282,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["synthetic"] = data.synthetic
   _write_json(os.path.join(run_dir, "timing.json"), timing_report)
   # metrics.json is written last: its presence marks a finished run.
-  _write_json(os.path.join(run_dir, FINISHED_MARKER), result)
+  _write_json(os.path.join(run_dir, run_dirs.FINISHED_MARKER), result)
   if config.export:
     from xray_keras.serving import export  # TensorFlow-only
 

@@ -1,0 +1,26 @@
+"""Keep the last weights whose loss was finite, so a NaN never costs a finished epoch."""
+
+import math
+import os
+
+import keras
+
+CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
+
+
+class LastGoodCheckpoint(keras.callbacks.Callback):
+  """Saves the weights at each epoch end whose loss is finite (atomically)."""
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = path
+    self.epoch = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not all(math.isfinite(v) for v in (logs or {}).values() if isinstance(v, float)):
+      return
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
+    self.model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, self.path)
+    self.epoch = epoch + 1

@@ -1,0 +1,85 @@
+"""The run directory: its contract, refusing finished runs and resuming interrupted ones.
+
+A run directory holds flags.txt, split_manifest.csv, skipped_files.csv,
+history.csv, timing.json, metrics.json (written last: it marks a finished run),
+predictions.csv, model.keras, samples/ (a few test images as PNG),
+checkpoints/ and run.log; backup/ exists while training is unfinished.
+"""
+
+import csv
+import datetime
+import json
+import os
+import shutil
+
+from xray_keras.errors import UserError
+
+FINISHED_MARKER = "metrics.json"
+BACKUP_DIR = "backup"
+CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
+
+
+def _comparable_flags(text):
+  return [line for line in text.splitlines() if not line.startswith(("--overwrite", "--nooverwrite"))]
+
+
+def prepare(config, plan):
+  """The run's output folder and whether it resumes an interrupted run.
+
+  A finished run (metrics.json present) is refused unless `--overwrite`; an
+  interrupted one (a BackupAndRestore backup, no metrics.json) is resumed when
+  the flags are the same.
+  """
+  if plan.num_workers > 1 and not config.output_dir:
+    raise UserError("--distribution=multiworker needs an explicit --output_dir shared by all workers.")
+  path = config.output_dir or os.path.join(
+      "runs", config.experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  )
+  if not plan.is_chief:
+    path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs
+  if os.path.exists(os.path.join(path, FINISHED_MARKER)) and not config.overwrite:
+    raise UserError(f"{path} holds a finished run; choose another --output_dir or pass --overwrite.")
+  backup = os.path.join(path, BACKUP_DIR)
+  resuming = os.path.isdir(backup) and not config.overwrite
+  if resuming:
+    with open(os.path.join(path, "flags.txt")) as f:
+      if _comparable_flags(f.read()) != _comparable_flags(config.flags_text):
+        raise UserError(
+            f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
+            "or choose another --output_dir, or pass --overwrite."
+        )
+  elif os.path.isdir(backup):
+    shutil.rmtree(backup)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
+  return path, resuming
+
+
+def completed_epochs(run_dir):
+  """Epochs finished before an interruption, from BackupAndRestore's metadata."""
+  for name in ("training_metadata.json", "training_metadata.json.bkp"):
+    try:
+      with open(os.path.join(run_dir, BACKUP_DIR, name)) as f:
+        return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+      continue
+  return 0
+
+
+def trim_history(path, epochs):
+  """Keeps history.csv rows of the first `epochs` epochs, once each (a kill can leave extras)."""
+  if not os.path.isfile(path):
+    return
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    return
+  kept, seen = [rows[0]], set()
+  for row in rows[1:]:
+    if row and int(row[0]) < epochs and row[0] not in seen:
+      seen.add(row[0])
+      kept.append(row)
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows(kept)
