@@ -207,4 +207,5 @@ def test_jax_backend_runs_without_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   timing = json.loads((out / "timing.json").read_text())
   assert timing["testbed"]["backend"] == "jax" and "tensorflow" not in timing["testbed"]["versions"]
+  assert timing["jit_compile"] is True  # auto: jax.jit on
   assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 32

@@ -56,3 +56,9 @@ def test_cpu_device_hides_every_gpu_in_a_fresh_process():
   )
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_jit_auto_is_off_for_tensorflow_and_explicit_values_win():
+  assert keras.backend.backend() == "tensorflow"
+  assert trainer.resolve_jit("auto") is False
+  assert trainer.resolve_jit("true") is True and trainer.resolve_jit("false") is False

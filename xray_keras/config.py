@@ -29,7 +29,7 @@ class TrainConfig:
   tensorboard: bool = False
   seed: int = 42
   device: str = "auto"
-  jit_compile: bool = False
+  jit_compile: str = "auto"
   distribution: str = "auto"
   per_replica_batch_size: int = 0
   mixed_precision: str = "none"

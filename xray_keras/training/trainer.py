@@ -67,6 +67,13 @@ def make_optimizer(train, steps_per_epoch):
   raise UserError(f"Unknown optimizer: {train.optimizer!r}. Expected one of {OPTIMIZERS}.")
 
 
+def resolve_jit(setting):
+  """`--jit_compile`: auto means on for JAX (off would mean no jax.jit at all), off for TensorFlow."""
+  if setting == "auto":
+    return keras.backend.backend() == "jax"
+  return setting == "true"
+
+
 def resolve_input(config):
   """Fills the model's default image size when `--image_size` is 0."""
   spec = models.get_spec(config.model.name)
@@ -213,7 +220,7 @@ def _run(config, run_dir, resuming, plan, used_device):
             keras.metrics.Precision(name="precision"),
             keras.metrics.Recall(name="recall"),
         ],
-        jit_compile=config.train.jit_compile,
+        jit_compile=resolve_jit(config.train.jit_compile),
     )
   logging.info("Model %s: %d parameters", spec.display_name, model.count_params())
 
@@ -276,7 +283,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["device"] = used_device
   timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["mixed_precision"] = config.train.mixed_precision
-  timing_report["jit_compile"] = config.train.jit_compile
+  timing_report["jit_compile"] = resolve_jit(config.train.jit_compile)
   timing_report["resumed"] = resuming
   timing_report["testbed"] = testbed.describe()
   timing_report["synthetic"] = data.synthetic
