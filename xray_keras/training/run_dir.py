@@ -23,8 +23,11 @@ def _comparable_flags(text):
   return [line for line in text.splitlines() if not line.startswith(("--overwrite", "--nooverwrite"))]
 
 
-def prepare(config, plan):
+def prepare(config, plan, synthetic=False):
   """The run's output folder and whether it resumes an interrupted run.
+
+  The default folder is runs/<experiment>/<UTC timestamp>/, with "_synthetic"
+  after the experiment name for runs on the built-in synthetic data.
 
   A finished run (metrics.json present) is refused unless `--overwrite`; an
   interrupted one (a BackupAndRestore backup, no metrics.json) is resumed when
@@ -32,8 +35,9 @@ def prepare(config, plan):
   """
   if plan.num_workers > 1 and not config.output_dir:
     raise UserError("--distribution=multiworker needs an explicit --output_dir shared by all workers.")
+  experiment = f"{config.experiment}_synthetic" if synthetic else config.experiment
   path = config.output_dir or os.path.join(
-      "runs", config.experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+      "runs", experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
   )
   if not plan.is_chief:
     path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs

@@ -155,12 +155,34 @@ def _write_predictions(path, data, probabilities):
         writer.writerow([record.path, split, record.label, f"{p:.6f}"])
 
 
+class _SyntheticTag(std_logging.Filter):
+  """Prefixes every log record of a run on synthetic data with "[synthetic]"."""
+
+  def filter(self, record):
+    record.msg = f"[synthetic] {record.msg}"
+    return True
+
+
+@contextlib.contextmanager
+def _tag_synthetic(enabled):
+  if not enabled:
+    yield
+    return
+  tag, logger = _SyntheticTag(), logging.get_absl_logger()
+  logger.addFilter(tag)
+  try:
+    yield
+  finally:
+    logger.removeFilter(tag)
+
+
 def train_and_evaluate(config):
   """Runs one experiment end to end. Returns the run directory."""
   used_device = device.configure(config.train.device)
   plan = distribution.setup(config.train.distribution)  # before any other TensorFlow op
-  run_dir, resuming = run_dirs.prepare(config, plan)
-  with log_to_file(os.path.join(run_dir, "run.log")):
+  synthetic = loader.resolve_source(config.data) == "synthetic"
+  run_dir, resuming = run_dirs.prepare(config, plan, synthetic)
+  with log_to_file(os.path.join(run_dir, "run.log")), _tag_synthetic(synthetic):
     return _run(config, run_dir, resuming, plan, used_device)
 
 
