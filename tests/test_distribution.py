@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import REPO
 from xray_keras import models
-from xray_keras.training import checkpoint, distribution, run_dir
+from xray_keras.config import TrainConfig
+from xray_keras.training import checkpoint, distribution, run_dir, trainer
 
 SMOKE = ["--flagfile=experiments/smoke.cfg"]
 
@@ -148,6 +149,19 @@ def test_mixed_bfloat16_keeps_float32_outputs(name, size):
     loss = model.train_on_batch(x, np.array([0, 1, 0, 1], "float32"))
     assert model.layers[-2].compute_dtype == "bfloat16" or name == "vit_scratch"
     assert model(x).dtype == "float32" and np.isfinite(loss)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_float16_gets_loss_scaling_and_float32_outputs():
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = models.build_model("vit_scratch", (32, 32, 1))
+    model.compile(trainer.make_optimizer(TrainConfig(), 1), "binary_crossentropy")
+    x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1)).astype("float32")
+    model.train_on_batch(x, np.array([0, 1, 0, 1], "float32"))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("block1").compute_dtype == "float16" and model(x).dtype == "float32"
   finally:
     keras.mixed_precision.set_global_policy("float32")
 
