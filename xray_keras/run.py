@@ -7,10 +7,12 @@ Without --data_dir it runs on built-in synthetic data. See README.md.
 
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from xray_keras import flags as xray_flags
 from xray_keras.errors import UserError
+
+flags.adopt_module_key_flags(xray_flags)  # --helpshort lists them
 
 
 def main(argv):
