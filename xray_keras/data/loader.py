@@ -5,6 +5,7 @@ Sources: `folder` (the Kermany layout), `npz` (PneumoniaMNIST / MedMNIST),
 """
 
 import collections
+import csv
 import dataclasses
 import os
 
@@ -265,8 +266,6 @@ def _load_synthetic(config):
 
 def write_manifest(data, path):
   """Writes `file,class,split,patient` for every image used."""
-  import csv
-
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["file", "class", "split", "patient"])
@@ -276,8 +275,7 @@ def write_manifest(data, path):
 
 
 def write_skipped(skipped, path):
-  import csv
-
+  """Writes `file,reason` for every file found but not used."""
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["file", "reason"])

@@ -19,6 +19,7 @@ from absl import logging
 
 from xray_keras import models
 from xray_keras.data import feeder, loader
+from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
 from xray_keras.training import device, distribution, run_dir as run_dirs, testbed
@@ -140,7 +141,7 @@ def _write_samples(folder, split, per_class=2):
   from PIL import Image
 
   os.makedirs(folder, exist_ok=True)
-  for label, name in enumerate(("normal", "pneumonia")):
+  for label, name in enumerate(n.lower() for n in CLASS_NAMES):
     for k, i in enumerate(np.flatnonzero(split.labels == label)[:per_class]):
       image = split.images[i]
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(folder, f"{name}_{k}.png"))
@@ -231,6 +232,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   train_split, val_split, test_split = (data.splits[s] for s in ("train", "val", "test"))
   batch_size = distribution.global_batch(plan, config.train.batch_size, config.train.per_replica_batch_size)
   steps = math.ceil(len(train_split.labels) / batch_size)
+  jit_compile = resolve_jit(config.train.jit_compile)
   with plan.scope():
     model = build()
     model.compile(
@@ -242,7 +244,7 @@ def _run(config, run_dir, resuming, plan, used_device):
             keras.metrics.Precision(name="precision"),
             keras.metrics.Recall(name="recall"),
         ],
-        jit_compile=resolve_jit(config.train.jit_compile),
+        jit_compile=jit_compile,
     )
   logging.info("Model %s: %d parameters", spec.display_name, model.count_params())
 
@@ -305,7 +307,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["device"] = used_device
   timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["mixed_precision"] = config.train.mixed_precision
-  timing_report["jit_compile"] = resolve_jit(config.train.jit_compile)
+  timing_report["jit_compile"] = jit_compile
   timing_report["resumed"] = resuming
   timing_report["testbed"] = testbed.describe()
   timing_report["synthetic"] = data.synthetic
