@@ -37,3 +37,14 @@ def test_backend_epoch_time_quick_mode(tmp_path):
   assert [(r["backend"], r["jit_compile"]) for r in rows] == [
       ("tensorflow", False), ("tensorflow", True), ("jax", False), ("jax", True)]
   assert rows[0]["ratio_vs_tf_no_xla"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)
+
+
+def test_feature_cache_quick_mode(tmp_path):
+  out = tmp_path / "cache.json"
+  result = subprocess.run([sys.executable, "benchmarks/feature_cache.py", "--quick", f"--output={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["feature_shape"] == [2048] and report["train_images"] > 0
+  assert [r["head_epochs"] for r in report["rows"]] == [1, 5, 10]
+  assert all(r["through_backbone_s"] > 0 and r["feature_cache_s"] > 0 for r in report["rows"])

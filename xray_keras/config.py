@@ -10,11 +10,17 @@ class ModelConfig:
   name: str = "vit_scratch"
   patch_size: int = 0  # 0: the model's default
   dropout: float = -1.0  # < 0: the model's default
+  weights: str = ""  # imagenet | none | a path; empty: the model's default
+  backbone_kwargs: tuple = ()  # (key, value) pairs for keras.applications constructors
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  epochs: int = 10
+  epochs: int = 10  # phase 2 (or the only phase) epochs
+  head_epochs: int = 0  # phase 1: frozen backbone, head only
+  head_learning_rate: float = 1e-3
+  feature_cache: bool = True
+  unfreeze: str = "all"  # phase 2: all | none | top N backbone blocks
   batch_size: int = 32
   optimizer: str = "adam"
   learning_rate: float = 1e-3

@@ -1,5 +1,7 @@
 """Every command-line flag, grouped; read only by `run.py`, which builds a `RunConfig`."""
 
+import ast
+
 from absl import flags
 
 from xray_keras import models
@@ -24,12 +26,18 @@ _SYNTHETIC_TEST = flags.DEFINE_integer("synthetic_test_size", 200, "Synthetic te
 _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir for --data_source=tfds; empty: TFDS's default.")
 
 # === Model ===
-_MODEL = flags.DEFINE_enum("model", "vit_scratch", sorted(models.REGISTRY), "Model to train.")
+_MODEL = flags.DEFINE_string("model", "vit_scratch", f"Model to train: {', '.join(models.REGISTRY)}, applications:<keras.applications name> or keras_hub:<image backbone preset or class>.")
+_WEIGHTS = flags.DEFINE_string("weights", "", "imagenet (download, cached by Keras/keras-hub), none (random), or a path: weights file, .keras model or keras-hub preset directory. Empty: imagenet for pretrained models, none otherwise.")
+_BACKBONE_KWARGS = flags.DEFINE_list("backbone_kwargs", [], "key=value arguments for applications:<name> constructors, e.g. alpha=0.75.")
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 0, "ViT patch size in pixels; 0: the model's default.", lower_bound=0)
 _DROPOUT = flags.DEFINE_float("dropout", -1.0, "Dropout rate; negative: the model's default.", upper_bound=0.9)
 
 # === Training ===
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs (phase 2 for pretrained models).", lower_bound=0)
+_HEAD_EPOCHS = flags.DEFINE_integer("head_epochs", 0, "Phase 1 epochs: backbone frozen, head only (pretrained models). 0: no phase 1.", lower_bound=0)
+_HEAD_LEARNING_RATE = flags.DEFINE_float("head_learning_rate", 1e-3, "Phase 1 learning rate.", lower_bound=0.0)
+_FEATURE_CACHE = flags.DEFINE_bool("feature_cache", True, "Phase 1 runs the backbone once and trains the head on cached features (no augmentation in phase 1).")
+_UNFREEZE = flags.DEFINE_string("unfreeze", "all", "Phase 2 trainable backbone part: all, none, or N (the top N blocks). BatchNorm stays frozen with pretrained weights.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size (all replicas together).", lower_bound=1)
 _PER_REPLICA_BATCH = flags.DEFINE_integer("per_replica_batch_size", 0, "If set, the global batch is this times the replica count.", lower_bound=0)
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", trainer.OPTIMIZERS, "Optimizer.")
@@ -56,6 +64,35 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
 _EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/.")
+
+
+flags.register_validator(
+    "unfreeze", lambda v: v in ("all", "none") or (v.isdigit() and int(v) > 0),
+    message="--unfreeze takes all, none or a positive number of top blocks",
+)
+
+
+def _known_model(name):
+  try:
+    models.get_spec(name)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from None
+  return True
+
+
+flags.register_validator("model", _known_model)
+flags.register_validator("backbone_kwargs", lambda kv: all("=" in x for x in kv), message="--backbone_kwargs takes key=value pairs")
+flags.register_multi_flags_validator(
+    ["epochs", "head_epochs"], lambda f: f["epochs"] + f["head_epochs"] > 0,
+    message="--epochs and --head_epochs are both 0: nothing to train",
+)
+
+
+def _literal(text):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 flags.register_validator(
@@ -87,9 +124,16 @@ def run_config():
       synthetic_test_size=_SYNTHETIC_TEST.value,
       tfds_data_dir=_TFDS_DATA_DIR.value,
   )
-  model = ModelConfig(name=_MODEL.value, patch_size=_PATCH_SIZE.value, dropout=_DROPOUT.value)
+  model = ModelConfig(
+      name=_MODEL.value, patch_size=_PATCH_SIZE.value, dropout=_DROPOUT.value, weights=_WEIGHTS.value,
+      backbone_kwargs=tuple((k, _literal(v)) for k, v in (x.split("=", 1) for x in _BACKBONE_KWARGS.value)),
+  )
   train = TrainConfig(
       epochs=_EPOCHS.value,
+      head_epochs=_HEAD_EPOCHS.value,
+      head_learning_rate=_HEAD_LEARNING_RATE.value,
+      feature_cache=_FEATURE_CACHE.value,
+      unfreeze=_UNFREEZE.value,
       batch_size=_BATCH_SIZE.value,
       optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,

@@ -9,6 +9,7 @@ watching the base path never sees a half-written model.
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -113,7 +114,8 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   size, _, channels = metrics["model"]["input_shape"]
   resize_mode = flags.get("resize_mode", "squash")
   threshold = float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
-  model_name = model_name or metrics["model"]["name"]
+  # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
+  model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
   from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold)
   archive = keras.export.ExportArchive()

@@ -22,12 +22,13 @@ from xray_keras.data import feeder, loader
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
-from xray_keras.training import device, distribution, run_dir as run_dirs, testbed
+from xray_keras.training import device, distribution, run_dir as run_dirs, testbed, transfer
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+HEAD_WEIGHTS = "head_phase.weights.h5"
 
 @contextlib.contextmanager
 def log_to_file(path):
@@ -46,17 +47,21 @@ def log_to_file(path):
     logging.set_verbosity(previous)
 
 
-def make_optimizer(train, steps_per_epoch):
-  lr = train.learning_rate
+def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warmup_epochs=None):
+  """The optimizer of `train`; phase 1 passes its own learning rate and epochs."""
+  peak = train.learning_rate if learning_rate is None else learning_rate
+  epochs = train.epochs if epochs is None else epochs
+  warmup_epochs = train.warmup_epochs if warmup_epochs is None else warmup_epochs
+  lr = peak
   if train.schedule == "cosine":
-    total = max(train.epochs * steps_per_epoch, 1)
-    warmup = train.warmup_epochs * steps_per_epoch
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = warmup_epochs * steps_per_epoch
     if warmup:
       lr = keras.optimizers.schedules.CosineDecay(
-          0.0, max(total - warmup, 1), warmup_target=train.learning_rate, warmup_steps=warmup
+          0.0, max(total - warmup, 1), warmup_target=peak, warmup_steps=warmup
       )
     else:
-      lr = keras.optimizers.schedules.CosineDecay(train.learning_rate, total)
+      lr = keras.optimizers.schedules.CosineDecay(peak, total)
   elif train.schedule != "constant":
     raise UserError(f"Unknown schedule: {train.schedule!r}. Expected one of {SCHEDULES}.")
   if train.optimizer == "adam":
@@ -80,6 +85,20 @@ def resolve_input(config):
   spec = models.get_spec(config.model.name)
   size = config.data.image_size or spec.default_image_size
   return spec, size, config.data.channels
+
+
+def _compile_kwargs(optimizer, jit_compile):
+  return dict(
+      optimizer=optimizer,
+      loss="binary_crossentropy",
+      metrics=[
+          keras.metrics.BinaryAccuracy(name="accuracy"),
+          keras.metrics.AUC(name="auc"),
+          keras.metrics.Precision(name="precision"),
+          keras.metrics.Recall(name="recall"),
+      ],
+      jit_compile=jit_compile,
+  )
 
 
 def _callbacks(config, run_dir, timing, resuming, checkpoint):
@@ -206,12 +225,58 @@ def _set_precision_and_seeds(train):
     logging.info("Deterministic ops on, seed %d", train.seed)
 
 
+def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, batch_size, jit_compile, augmenter,
+                class_weight):
+  """Phase 1 (head only, backbone frozen); skipped when resuming a run whose phase 1 finished."""
+  done_path = os.path.join(run_dir, HEAD_WEIGHTS)
+  if resuming and os.path.exists(done_path):
+    model.load_weights(done_path)
+    logging.info("Phase 1 already done: head weights from %s", done_path)
+    return {"resumed": True}
+  train = config.train
+  steps = math.ceil(len(train_split.labels) / batch_size)
+  timing = TimingCallback(len(train_split.labels), batch_size)
+  logging.info("Phase 1: %d epochs, backbone frozen, head only%s", train.head_epochs,
+               ", on cached features" if train.feature_cache else "")
+  with plan.scope():
+    optimizer = make_optimizer(train, steps, learning_rate=train.head_learning_rate, epochs=train.head_epochs, warmup_epochs=0)
+    result = transfer.train_head(
+        model, _compile_kwargs(optimizer, jit_compile),
+        (train_split.images, train_split.labels),
+        (val_split.images, val_split.labels) if len(val_split.labels) else None,
+        batch_size, train.head_epochs, train.seed,
+        callbacks=[timing, keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(os.path.join(run_dir, "history_head.csv"))],
+        class_weight=class_weight, use_cache=train.feature_cache, augmenter=augmenter,
+    )
+  result.update(timing.summary())
+  model.save_weights(done_path)
+  return result
+
+
 def _run(config, run_dir, resuming, plan, used_device):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
   _set_precision_and_seeds(config.train)
   spec, size, channels = resolve_input(config)
+
+  # === Model ===
+  def build(weights=None):
+    return models.build_model(
+        config.model.name, (size, size, channels),
+        patch_size=config.model.patch_size or None,
+        dropout=config.model.dropout if config.model.dropout >= 0 else None,
+        weights=config.model.weights if weights is None else weights,
+        backbone_kwargs=dict(config.model.backbone_kwargs),
+    )
+
+  weights = config.model.weights or ("imagenet" if spec.pretrained else "none")
+  if not spec.pretrained and (config.train.head_epochs or config.train.unfreeze != "all"):
+    raise UserError(f"--head_epochs and --unfreeze need a pretrained-backbone model; {spec.display_name} has none.")
+  with plan.scope():
+    model = build()  # before loading data: missing weights fail fast
+  logging.info("Model %s: %d parameters, weights %s", spec.display_name, model.count_params(), weights)
+
   data_config = dataclasses.replace(config.data, image_size=size)
   data = loader.load(data_config)
   synthetic = " on SYNTHETIC data" if data.synthetic else ""
@@ -221,40 +286,26 @@ def _run(config, run_dir, resuming, plan, used_device):
   loader.write_manifest(data, os.path.join(run_dir, "split_manifest.csv"))
   loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
 
-  # === Model ===
-  def build():
-    return models.build_model(
-        config.model.name, (size, size, channels),
-        patch_size=config.model.patch_size or None,
-        dropout=config.model.dropout if config.model.dropout >= 0 else None,
-    )
-
   train_split, val_split, test_split = (data.splits[s] for s in ("train", "val", "test"))
   batch_size = distribution.global_batch(plan, config.train.batch_size, config.train.per_replica_batch_size)
   steps = math.ceil(len(train_split.labels) / batch_size)
   jit_compile = resolve_jit(config.train.jit_compile)
-  with plan.scope():
-    model = build()
-    model.compile(
-        optimizer=make_optimizer(config.train, steps),
-        loss="binary_crossentropy",
-        metrics=[
-            keras.metrics.BinaryAccuracy(name="accuracy"),
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-        ],
-        jit_compile=jit_compile,
-    )
-  logging.info("Model %s: %d parameters", spec.display_name, model.count_params())
 
   # === Training ===
   augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
+  class_weight = feeder.class_weights(train_split.labels) if config.train.class_weights else None
+  phase1 = None
+  if config.train.head_epochs:
+    phase1 = _train_head(config, run_dir, resuming, model, plan, train_split, val_split, batch_size, jit_compile, augmenter, class_weight)
+  if spec.pretrained:
+    trainable = transfer.set_trainable(model, config.train.unfreeze, freeze_batchnorm=weights != "none")
+    logging.info("Phase 2: %s backbone parameters trainable (--unfreeze=%s)", f"{trainable:,}", config.train.unfreeze)
+  with plan.scope():
+    model.compile(**_compile_kwargs(make_optimizer(config.train, steps), jit_compile))
   train_ds = feeder.make_feeder(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
   val_ds = feeder.make_feeder(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
-  weights = feeder.class_weights(train_split.labels) if config.train.class_weights else None
-  if weights:
-    logging.info("Class weights: %s", weights)
+  if class_weight:
+    logging.info("Class weights: %s", class_weight)
   if resuming:
     done = run_dirs.completed_epochs(run_dir)
     run_dirs.trim_history(os.path.join(run_dir, "history.csv"), done)
@@ -263,11 +314,12 @@ def _run(config, run_dir, resuming, plan, used_device):
     distribution.build_for_multiworker(model, plan, train_split.images, train_split.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
   checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT))
-  model.fit(
-      train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=weights,
-      callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint), verbose=2, shuffle=False,
-  )
-  if any(not math.isfinite(e) for e in model.history.history.get("loss", [])):
+  if config.train.epochs:
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=class_weight,
+        callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint), verbose=2, shuffle=False,
+    )
+  if config.train.epochs and any(not math.isfinite(e) for e in model.history.history.get("loss", [])):
     kept = (f"the last good weights (epoch {checkpoint.epoch}) are in {os.path.join(run_dir, CHECKPOINT)}"
             if checkpoint.epoch else "no epoch finished with a finite loss")
     raise UserError(f"Training stopped: the loss became NaN; {kept}. Lower --learning_rate.")
@@ -276,7 +328,7 @@ def _run(config, run_dir, resuming, plan, used_device):
     return run_dir
   if plan.strategy is not None:
     # Evaluate and save a plain copy: distributed variables would shard predictions over workers.
-    trained, model = model, build()
+    trained, model = model, build(weights="none")
     model.set_weights(trained.get_weights())
 
   # === Evaluation ===
@@ -296,12 +348,15 @@ def _run(config, run_dir, resuming, plan, used_device):
       "display_name": spec.display_name,
       "params": int(model.count_params()),
       "input_shape": [size, size, channels],
+      "weights": weights,
   }
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   model.save(os.path.join(run_dir, "model.keras"))
 
   timing_report = timing.summary()
+  if phase1:
+    timing_report["head_phase"] = phase1
   timing_report["eval"] = _inference_timing(model, test_split.images, batch_size)
   timing_report["total_run_s"] = time.perf_counter() - start
   timing_report["device"] = used_device

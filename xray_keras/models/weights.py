@@ -1,0 +1,161 @@
+"""`--weights`: ImageNet downloads, local files and presets, or random initialisation.
+
+- `imagenet`: the libraries' own download and cache (keras.applications -> `$KERAS_HOME/models`,
+  keras-hub -> the kagglehub cache). Offline, this fails within seconds with one message naming
+  the missing file and where to put it.
+- a path: a weights file (`.h5`, `.weights.h5`), a `.keras` model, or a local keras-hub preset
+  directory.
+- `none`: random initialisation.
+"""
+
+import contextlib
+import os
+import re
+import socket
+
+import keras
+
+from xray_keras.errors import UserError
+
+DOWNLOAD_TIMEOUT_S = 20
+
+
+class WeightsError(UserError):
+  """Weights that cannot be found, downloaded or loaded."""
+
+
+def is_path(weights):
+  return weights not in ("imagenet", "none", "")
+
+
+def check_path(weights):
+  """Returns `weights` if it names an existing file or directory, else raises `WeightsError`."""
+  if not os.path.exists(weights):
+    raise WeightsError(
+        f"--weights={weights}: no such file or directory. Expected imagenet, none, a weights file "
+        "(.h5, .weights.h5), a .keras model or a local keras-hub preset directory."
+    )
+  return weights
+
+
+def keras_cache_dir():
+  """Where `keras.utils.get_file` keeps downloads (`$KERAS_HOME/models`, else ~/.keras/models)."""
+  home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+  return os.path.join(home, "models")
+
+
+def kagglehub_cache_dir(handle):
+  """Where kagglehub keeps the model `handle` (`kaggle://owner/model/framework/variation/version`)."""
+  root = os.environ.get("KAGGLEHUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kagglehub")
+  return os.path.join(root, "models", handle.removeprefix("kaggle://"))
+
+
+def _first_line(error, limit=240):
+  """The first line of an error's message, cut to `limit` characters."""
+  text = str(error).strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  return line if len(line) <= limit else line[:limit] + "..."
+
+
+@contextlib.contextmanager
+def _download_timeout():
+  previous = socket.getdefaulttimeout()
+  socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+  try:
+    yield
+  finally:
+    socket.setdefaulttimeout(previous)
+
+
+def application_imagenet(constructor, name, **kwargs):
+  """Calls a `keras.applications` constructor with `weights="imagenet"`, failing clearly offline."""
+  try:
+    with _download_timeout():
+      return constructor(weights="imagenet", **kwargs)
+  except Exception as e:  # get_file raises a bare Exception for every fetch failure
+    match = re.search(r"(https?://\S+?):? ", str(e))
+    if "fetch failure" not in str(e) or not match:
+      raise
+    url = match.group(1)
+    file_name = url.rsplit("/", 1)[-1]
+    cache = keras_cache_dir()
+    raise WeightsError(
+        f"Could not download the ImageNet weights of {name} ({str(e).split(' -- ')[-1].strip()[:200]}): "
+        f"{file_name} is not in {cache}. Put the file there (from {url}), or pass "
+        f"--weights=/path/to/{file_name}, or --weights=none for random initialisation."
+    ) from None
+
+
+def hub_from_preset(cls, preset, what, **kwargs):
+  """`cls.from_preset(preset)`, failing with one clear message when a named preset cannot be fetched."""
+  if os.path.isdir(preset):
+    try:
+      return cls.from_preset(preset, **kwargs)
+    except Exception as e:
+      raise WeightsError(f"Could not load the keras-hub preset directory {preset}: {_first_line(e)}") from None
+  handle = _preset_handle(preset)
+  try:
+    with _download_timeout():
+      return cls.from_preset(preset, **kwargs)
+  except Exception as e:
+    where = kagglehub_cache_dir(handle) if handle else "the kagglehub cache"
+    raise WeightsError(
+        f"Could not get the keras-hub preset {preset!r} for {what} ({type(e).__name__}: {_first_line(e)[:200]}). "
+        f"Offline, download it elsewhere (keras_hub.models.Backbone.from_preset({preset!r}) fills {where}), "
+        "copy that folder here, or pass a local preset directory with --weights=<dir>; "
+        "--weights=none gives random initialisation."
+    ) from None
+
+
+def _preset_handle(preset):
+  import keras_hub
+
+  for cls in _all_subclasses(keras_hub.models.Backbone):
+    info = getattr(cls, "presets", {}).get(preset)
+    if info:
+      return info.get("kaggle_handle")
+  return None
+
+
+def _all_subclasses(cls):
+  seen = []
+  for sub in cls.__subclasses__():
+    seen.append(sub)
+    seen.extend(_all_subclasses(sub))
+  return seen
+
+
+def load_into(model, path, backbone=None):
+  """Loads `path` (`.keras` or `.weights.h5`) into `model`, or into its `backbone` if that is what matches."""
+  check_path(path)
+  if path.endswith(".weights.h5"):
+    targets = [model] + ([backbone] if backbone is not None else [])
+    for target in targets:
+      try:
+        target.load_weights(path)
+        return
+      except Exception:  # a mismatch: try the next target
+        continue
+    raise WeightsError(f"--weights={path}: its layers match neither this model nor its backbone.")
+  if not path.endswith(".keras"):
+    raise WeightsError(f"--weights={path}: expected a .keras model or a .weights.h5 file for this model.")
+  from xray_keras import models
+
+  source = models.load_model(path, compile=False)
+  values = source.get_weights()
+  for target in [model] + ([backbone] if backbone is not None else []):
+    if [tuple(w.shape) for w in target.weights] == [tuple(v.shape) for v in values]:
+      target.set_weights(values)
+      return
+  raise WeightsError(
+      f"--weights={path}: its {len(values)} weight tensors ({source.count_params():,} parameters) "
+      f"match neither this model ({model.count_params():,}) nor its backbone."
+  )
+
+
+def without_top(model):
+  """The feature-map part of a classification model: everything before its last global pooling."""
+  pools = [l for l in model.layers if isinstance(l, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))]
+  if not pools:
+    raise WeightsError(f"Cannot find the pooling layer that starts the classification top of {model.name}.")
+  return keras.Model(model.inputs, pools[-1].input, name=model.name)
