@@ -84,7 +84,7 @@ flags.register_validator("model", _known_model)
 flags.register_validator("backbone_kwargs", lambda kv: all("=" in x for x in kv), message="--backbone_kwargs takes key=value pairs")
 flags.register_multi_flags_validator(
     ["epochs", "head_epochs"], lambda f: f["epochs"] + f["head_epochs"] > 0,
-    message="--epochs and --head_epochs are both 0: nothing to train",
+    message="--epochs=0 and --head_epochs=0: nothing to train",
 )
 
 
