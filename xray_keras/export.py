@@ -24,6 +24,8 @@ def main(argv):
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e.strerror or e}")
   print(path)
 
 

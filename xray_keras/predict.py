@@ -12,6 +12,7 @@ import sys
 from absl import app, flags, logging
 
 from xray_keras.data import decode
+from xray_keras.errors import UserError
 
 _MODEL = flags.DEFINE_string("model", None, "Export base or version folder, or a .keras file.", required=True)
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the results as CSV to this file.")
@@ -28,6 +29,8 @@ def main(argv):
 
   try:
     predictor = predict.load_predictor(_MODEL.value, _RESIZE_MODE.value, _THRESHOLD.value)
+  except UserError as e:
+    sys.exit(f"error: {e}")
   except (OSError, ValueError) as e:
     sys.exit(f"error: cannot load --model={_MODEL.value}: {str(e).splitlines()[0]}")
   files, skipped = predict.list_inputs(argv[1:])

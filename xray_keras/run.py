@@ -26,6 +26,10 @@ def main(argv):
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except OSError as e:  # a write or read the checks above could not foresee
+    message = f"{e.strerror or e}: {e.filename}" if e.filename else f"{e.strerror or e}"
+    logging.error("%s", message)
+    sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A cache entry is a folder `<cache_dir>/<key>/` holding `images.npy` and
 `index.json` (file list, skipped files). It is written to a temporary folder
 and renamed into place, so a killed run never leaves a half-written entry that
-a later run would read. No pickle: arrays are loaded with `allow_pickle=False`.
+a later run would read; a CRC-32 of the images, checked on every hit, catches
+an entry damaged later. No pickle: arrays are loaded with `allow_pickle=False`.
 """
 
 import concurrent.futures
@@ -11,12 +12,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import zlib
 
 import keras
 import numpy as np
 from absl import logging
 
+from xray_keras import atomic
 from xray_keras.data import decode
 from xray_keras.data.records import Skipped
 
@@ -35,9 +37,9 @@ def cache_key(root, paths, image_size, channels, resize_mode):
   for rel in paths:
     try:
       stat = os.stat(os.path.join(root, rel))
-      digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+      digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     except OSError:
-      digest.update(f"{rel}\0missing\n".encode())
+      digest.update(f"{rel}\0missing\n".encode("utf-8", "surrogateescape"))
   return digest.hexdigest()[:32]
 
 
@@ -91,6 +93,8 @@ def load_or_decode(root, paths, image_size, channels, resize_mode, cache_dir):
       images = np.load(os.path.join(entry, "images.npy"), mmap_mode=None, allow_pickle=False)
       if len(images) != len(index["kept"]) or images.shape[1:] != (image_size, image_size, channels):
         raise ValueError("shape does not match its index")
+      if _crc32(images) != index["images_crc32"]:
+        raise ValueError("image data does not match its checksum")
       logging.info("Decode cache hit: %d images from %s", len(images), entry)
       skipped = [Skipped(p, r) for p, r in index["skipped"]]
       return images, index["kept"], skipped, index["digests"]
@@ -104,14 +108,19 @@ def load_or_decode(root, paths, image_size, channels, resize_mode, cache_dir):
   return images, kept, skipped, digests
 
 
+def _crc32(images):
+  return zlib.crc32(np.ascontiguousarray(images).data)
+
+
 def _write_entry(entry, images, kept, skipped, digests):
   parent = os.path.dirname(entry)
   tmp = None
   try:
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    tmp = atomic.temp_dir(parent)
     np.save(os.path.join(tmp, "images.npy"), images, allow_pickle=False)
-    index = {"kept": kept, "skipped": [[s.path, s.reason] for s in skipped], "digests": digests}
+    index = {"kept": kept, "skipped": [[s.path, s.reason] for s in skipped], "digests": digests,
+             "images_crc32": _crc32(images)}
     with open(os.path.join(tmp, "index.json"), "w") as f:
       json.dump(index, f)
     os.rename(tmp, entry)

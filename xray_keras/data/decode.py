@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 # The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
 MAX_PIXELS = 60_000_000
 
@@ -31,10 +31,12 @@ class DecodeError(ValueError):
 def _to_mode(image, channels):
   """Convert any Pillow image to 'L' (channels=1) or 'RGB' (channels=3)."""
   if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # Scale by the bit depth the data uses (8, 10, 12, 14 or 16 bits), not by the image's own
+    # maximum: 8-bit data stored as 16-bit PNG (x * 257) comes back exactly.
     array = np.asarray(image, dtype=np.float64)
     high = array.max() if array.size else 0
-    scale = 255.0 / high if high > 0 else 0.0
-    image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+    bits = next((b for b in (8, 10, 12, 14, 16, 24, 32) if high < 2**b), 32)
+    image = Image.fromarray(np.clip(np.round(array * 255.0 / (2**bits - 1)), 0, 255).astype(np.uint8), "L")
   elif image.mode == "F":
     array = np.asarray(image, dtype=np.float64)
     low, high = float(array.min()), float(array.max())

@@ -7,6 +7,7 @@ never read as images.
 """
 
 import os
+import stat
 
 from absl import logging
 
@@ -79,6 +80,19 @@ def junk_reason(name):
   return None
 
 
+def file_problem(path):
+  """Why the entry at `path` cannot be read as a file (links followed), or None."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    if os.path.islink(path):
+      return f"broken symbolic link ({e.strerror})"
+    return f"unreadable ({e.strerror})"
+  if not stat.S_ISREG(mode):
+    return "not a regular file"
+  return None
+
+
 def list_records(data_dir):
   """Lists the labelled images of every split under the dataset root.
 
@@ -100,7 +114,7 @@ def list_records(data_dir):
         rel = os.path.join(split, class_name, entry.name)
         if entry.is_dir(follow_symlinks=False):
           continue
-        reason = junk_reason(entry.name)
+        reason = junk_reason(entry.name) or file_problem(entry.path)
         if reason:
           skipped.append(Skipped(rel, reason))
           continue

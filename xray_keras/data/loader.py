@@ -14,7 +14,7 @@ from absl import logging
 
 from xray_keras.data import cache, decode, folder, patients, synthetic
 from xray_keras.data.folder import DataError
-from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped
+from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped, printable
 
 SOURCES = ("auto", "folder", "npz", "tfds", "synthetic")
 
@@ -266,18 +266,18 @@ def _load_synthetic(config):
 
 def write_manifest(data, path):
   """Writes `file,class,split,patient` for every image used."""
-  with open(path, "w", newline="") as f:
+  with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
     writer = csv.writer(f)
     writer.writerow(["file", "class", "split", "patient"])
     for split in SPLITS:
       for r in data.splits[split].records:
-        writer.writerow([r.path, r.class_name, split, r.patient])
+        writer.writerow([printable(r.path), r.class_name, split, printable(r.patient)])
 
 
 def write_skipped(skipped, path):
   """Writes `file,reason` for every file found but not used."""
-  with open(path, "w", newline="") as f:
+  with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
     writer = csv.writer(f)
     writer.writerow(["file", "reason"])
     for s in skipped:
-      writer.writerow([s.path, s.reason])
+      writer.writerow([printable(s.path), printable(s.reason)])

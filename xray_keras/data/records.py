@@ -6,6 +6,11 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 
 
+def printable(path):
+  """`path` for CSV files and logs: bytes of a non-UTF-8 file name appear as \\xNN escapes."""
+  return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
   """One image known to a data source.

@@ -115,4 +115,14 @@ def load_model(path, **kwargs):
     import keras_hub  # noqa: F401  (registers keras-hub backbones, if a model holds one)
   except ImportError:
     pass
-  return keras.models.load_model(path, safe_mode=True, **kwargs)
+  try:
+    return keras.models.load_model(path, safe_mode=True, **kwargs)
+  except ValueError as e:
+    if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+      raise weights_lib.WeightsError(
+          f"Refusing to load {path}: it holds Python code (e.g. a Lambda layer), which Keras safe_mode "
+          "does not run. Rebuild the model without it, or load it yourself only if you trust its source."
+      ) from None
+    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib._first_line(e)}") from None
+  except (OSError, TypeError, KeyError) as e:
+    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib._first_line(e)}") from None

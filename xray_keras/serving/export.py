@@ -11,17 +11,17 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_keras import models
+from xray_keras import atomic, models
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.serving import graph
+from xray_keras.training import room
 
 SAMPLES_DIR = "samples"
 # Flags whose values are local paths: the model card keeps only their last component.
@@ -127,8 +127,8 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   )
 
   base = os.path.join(export_dir, model_name)
-  os.makedirs(base, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
+  room.check(export_dir, 2 * room.weights_bytes(model), "the SavedModel")
+  tmp = atomic.temp_dir(base)  # hidden: TF Serving only loads numbered folders
   try:
     archive.write_out(tmp, verbose=False)
     extra = os.path.join(tmp, "assets.extra")

@@ -11,6 +11,7 @@ import logging as std_logging
 import math
 import os
 import random
+import re
 import time
 
 import keras
@@ -19,10 +20,10 @@ from absl import logging
 
 from xray_keras import models
 from xray_keras.data import feeder, loader
-from xray_keras.data.records import CLASS_NAMES
+from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
-from xray_keras.training import device, distribution, run_dir as run_dirs, testbed, transfer
+from xray_keras.training import device, distribution, room, run_dir as run_dirs, testbed, transfer
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
@@ -103,7 +104,7 @@ def _compile_kwargs(optimizer, jit_compile):
 
 def _callbacks(config, run_dir, timing, resuming, checkpoint):
   train = config.train
-  callbacks = [timing, keras.callbacks.TerminateOnNaN(), checkpoint]
+  callbacks = [room.RoomCheck(run_dir), timing, keras.callbacks.TerminateOnNaN(), checkpoint]
   if train.early_stopping_patience:
     callbacks.append(
         keras.callbacks.EarlyStopping(
@@ -167,12 +168,12 @@ def _write_samples(folder, split, per_class=2):
 
 
 def _write_predictions(path, data, probabilities):
-  with open(path, "w", newline="") as f:
+  with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
     writer = csv.writer(f)
     writer.writerow(["file", "split", "label", "probability"])
     for split, probs in probabilities.items():
       for record, p in zip(data.splits[split].records, probs):
-        writer.writerow([record.path, split, record.label, f"{p:.6f}"])
+        writer.writerow([printable(record.path), split, record.label, f"{p:.6f}"])
 
 
 class _SyntheticTag(std_logging.Filter):
@@ -249,6 +250,7 @@ def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, 
         class_weight=class_weight, use_cache=train.feature_cache, augmenter=augmenter,
     )
   result.update(timing.summary())
+  room.check(run_dir, room.weights_bytes(model), "the phase-1 weights")
   model.save_weights(done_path)
   return result
 
@@ -274,7 +276,11 @@ def _run(config, run_dir, resuming, plan, used_device):
   if not spec.pretrained and (config.train.head_epochs or config.train.unfreeze != "all"):
     raise UserError(f"--head_epochs and --unfreeze need a pretrained-backbone model; {spec.display_name} has none.")
   with plan.scope():
-    model = build()  # before loading data: missing weights fail fast
+    try:
+      model = build()  # before loading data: missing weights fail fast
+    except ValueError as e:
+      reason = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:300]
+      raise UserError(f"Cannot build {spec.display_name} for {size}x{size}x{channels} inputs: {reason}") from None
   logging.info("Model %s: %d parameters, weights %s", spec.display_name, model.count_params(), weights)
 
   data_config = dataclasses.replace(config.data, image_size=size)
@@ -352,6 +358,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   }
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
+  room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
   model.save(os.path.join(run_dir, "model.keras"))
 
   timing_report = timing.summary()

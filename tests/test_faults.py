@@ -1,0 +1,198 @@
+"""Fault suite: SIGKILL at random points of cache writing and export, and failing writes."""
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, make_tree
+from xray_keras import atomic
+from xray_keras.data import cache, folder
+
+DECODE = """
+import sys
+from xray_keras.data import cache, folder
+root, records, _ = folder.list_records(sys.argv[1])
+cache.load_or_decode(root, [r.path for r in records], int(sys.argv[3]), 1, "squash", sys.argv[2])
+print("done", flush=True)
+"""
+
+
+def _kill_at_random(args, rng, low, high, **kwargs):
+  """Starts `args`, SIGKILLs it after a random delay in [low, high) s; returns True if it finished first."""
+  process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **kwargs)
+  try:
+    process.wait(timeout=rng.uniform(low, high))
+    return True
+  except subprocess.TimeoutExpired:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return False
+
+
+def test_killed_cache_writes_are_never_read(tmp_path):
+  root = make_tree(str(tmp_path / "chest_xray"), per_class=25, splits=("train", "test"))
+  cache_dir = str(tmp_path / "cache")
+  rng = random.Random(0)
+  _, records, _ = folder.list_records(root)
+  paths = [r.path for r in records]
+  expected, kept, _, _ = cache.decode_files(root, paths, 64, 1, "squash")
+  kills = finished = 0
+  for trial in range(6):
+    size = 64 if trial % 2 else 48  # alternate keys so most trials write a new entry
+    for entry in os.listdir(cache_dir) if os.path.isdir(cache_dir) else []:
+      if not entry.startswith(atomic.PREFIX):
+        shutil.rmtree(os.path.join(cache_dir, entry))
+    done = _kill_at_random([sys.executable, "-c", DECODE, root, cache_dir, str(size)], rng, 1.0, 6.0, cwd=REPO)
+    finished += done
+    kills += not done
+    # Whatever is visible is complete: an entry either loads and checks out or does not exist.
+    for entry in os.listdir(cache_dir) if os.path.isdir(cache_dir) else []:
+      if entry.startswith(atomic.PREFIX):
+        continue
+      with open(os.path.join(cache_dir, entry, "index.json")) as f:
+        assert len(json.load(f)["kept"]) == len(paths)
+  assert kills >= 2, (kills, finished)
+  images, got, _, _ = cache.load_or_decode(root, paths, 64, 1, "squash", cache_dir)
+  assert got == kept
+  np.testing.assert_array_equal(images, expected)
+  # The next write removed every temporary folder left by the killed processes.
+  cache.load_or_decode(root, paths, 40, 1, "squash", cache_dir)
+  assert not [n for n in os.listdir(cache_dir) if n.startswith(atomic.PREFIX)]
+
+
+def test_damaged_cache_entry_is_detected_and_rebuilt(tmp_path):
+  root = make_tree(str(tmp_path / "chest_xray"), per_class=3, splits=("train", "test"))
+  _, records, _ = folder.list_records(root)
+  paths = [r.path for r in records]
+  cache_dir = str(tmp_path / "cache")
+  clean, _, _, _ = cache.load_or_decode(root, paths, 32, 1, "squash", cache_dir)
+  (entry,) = os.listdir(cache_dir)
+  npy = os.path.join(cache_dir, entry, "images.npy")
+  with open(npy, "r+b") as f:  # flip bytes inside the pixel data, keeping the file valid
+    f.seek(-100, os.SEEK_END)
+    f.write(bytes(b ^ 0xFF for b in f.read(10)))
+  again, _, _, _ = cache.load_or_decode(root, paths, 32, 1, "squash", cache_dir)
+  np.testing.assert_array_equal(again, clean)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("faults")
+  tree = make_tree(str(base / "chest_xray"), per_class=6)
+  run_dir = base / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={tree}",
+       f"--cache_dir={base / 'cache'}", f"--output_dir={run_dir}", "--val_fraction=0.3"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return base, tree, run_dir
+
+
+def _complete_version(path):
+  return all(os.path.isfile(os.path.join(path, p)) for p in (
+      "saved_model.pb", os.path.join("variables", "variables.index"), os.path.join("assets.extra", "model_card.json"),
+      os.path.join("assets.extra", "tf_serving_warmup_requests")))
+
+
+def test_killed_exports_never_leave_a_visible_half_written_version(finished_run):
+  base, _, run_dir = finished_run
+  export_dir = base / "saved_models"
+  rng = random.Random(1)
+  kills = 0
+  for _ in range(5):
+    done = _kill_at_random([sys.executable, "-m", "xray_keras.export", f"--run_dir={run_dir}", f"--export_dir={export_dir}"],
+                           rng, 4.0, 20.0, cwd=REPO)
+    kills += not done
+    models_dir = export_dir / "vit_scratch"
+    if models_dir.is_dir():
+      for name in os.listdir(models_dir):
+        assert name.isdigit() or name.startswith(atomic.PREFIX), name
+        if name.isdigit():
+          assert _complete_version(models_dir / name), name
+  assert kills >= 1
+  result = subprocess.run([sys.executable, "-m", "xray_keras.export", f"--run_dir={run_dir}", f"--export_dir={export_dir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  names = os.listdir(export_dir / "vit_scratch")
+  assert not [n for n in names if n.startswith(atomic.PREFIX)]  # leftovers of killed exports removed
+  assert all(_complete_version(export_dir / "vit_scratch" / n) for n in names)
+
+
+def _limit_file_size(limit):
+  def apply():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_a_failing_write_is_one_clear_error_and_earlier_runs_stay_intact(finished_run):
+  base, tree, run_dir = finished_run
+  before = {p: (run_dir / p).read_bytes() for p in ("metrics.json", "model.keras", "history.csv")}
+  result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={tree}",
+       f"--cache_dir={base / 'cache'}", f"--output_dir={base / 'full_disk'}", "--val_fraction=0.3"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(200_000),
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "File too large" in errors[0] and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert {p: (run_dir / p).read_bytes() for p in before} == before
+  assert not (base / "full_disk" / "metrics.json").exists()
+
+  blocked = base / "a_file"
+  blocked.write_text("not a folder")
+  result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--output_dir={blocked / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_full_disk_is_one_clear_error(tmp_path):
+  mount = tmp_path / "small_disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN); the file-size-limit test covers it")
+  try:
+    result = subprocess.run(
+        [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--output_dir={mount / 'run'}",
+         f"--cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+  finally:
+    subprocess.run(["umount", str(mount)], capture_output=True)
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+  assert "No space left on device" in errors[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
+  from tests.test_distribution import _history_epochs
+
+  out = tmp_path / "run"
+  args = [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", "--epochs=8",
+          "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32", f"--output_dir={out}",
+          f"--cache_dir={tmp_path / 'cache'}"]
+  rng = random.Random(2)
+  kills = 0
+  for _ in range(4):
+    kills += not _kill_at_random(args, rng, 8.0, 30.0, cwd=REPO)
+    if (out / "history.csv").exists():
+      epochs = _history_epochs(out)
+      assert epochs == sorted(set(epochs))  # never a repeated or reordered epoch row
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0 or "holds a finished run" in result.stderr, result.stderr[-3000:]
+  assert kills >= 2
+  assert _history_epochs(out) == list(range(8))
+  assert (out / "metrics.json").is_file() and (out / "model.keras").is_file()

@@ -1,0 +1,41 @@
+"""Write-then-rename folders: a killed writer never leaves a visible half-written result.
+
+Temporary folders are named `.tmp-<pid>-<random>` beside their target, so a later
+writer can remove those left by processes that no longer exist.
+"""
+
+import os
+import shutil
+import tempfile
+
+PREFIX = ".tmp-"
+
+
+def temp_dir(parent):
+  """A new hidden temporary folder in `parent`, after removing ones left by dead processes."""
+  os.makedirs(parent, exist_ok=True)
+  remove_stale(parent)
+  return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale(parent):
+  """Removes temporary folders in `parent` whose writing process has ended; returns how many."""
+  removed = 0
+  for name in os.listdir(parent):
+    if not name.startswith(PREFIX):
+      continue
+    pid = name[len(PREFIX):].split("-", 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      removed += 1
+  return removed
