@@ -27,6 +27,7 @@ def test_gpu_script_quick_mode_runs_on_jax_without_tensorflow(tmp_path):
   assert all(r["train_images_per_s"] > 0 for r in report["rows"]) and report["tensorflow_imported"] is False
 
 
+@pytest.mark.slow
 def test_backend_epoch_time_quick_mode(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "epoch.json"

@@ -115,3 +115,17 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   model = models.load_model(str(out / "model.keras"))
   pixels = np.stack([decode.decode_image(open(p, "rb").read(), 64, 1, "squash") for p in paths]).astype(np.float32)
   np.testing.assert_allclose(probabilities, model.predict(pixels, verbose=0).reshape(-1), atol=1e-5)
+
+
+def test_keras_hub_vit_base_trains_on_jax_without_tensorflow(tmp_path):
+  pytest.importorskip("jax")
+  from tests.test_distribution import WITHOUT_TF
+
+  result = subprocess.run(
+      [sys.executable, "-c", WITHOUT_TF, "--flagfile=experiments/smoke.cfg", "--model=vit_base", "--weights=none",
+       "--head_epochs=1", "--epochs=1", "--unfreeze=1", "--image_size=32", f"--output_dir={tmp_path / 'run'}",
+       f"--cache_dir={tmp_path / 'cache'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / "run" / "timing.json").read_text())["head_phase"]["feature_cache"]
