@@ -84,7 +84,7 @@ def main():
     rows.append({"head_epochs": epochs, "through_backbone_s": through, "feature_cache_s": cached,
                  "speedup": through / cached})
   payload = {
-      "model": "ResNet50", "weights": args.weights, "image_size": size, "train_images": int(len(images)),
+      "model": "ResNet50", "weights": os.path.basename(args.weights), "image_size": size, "train_images": int(len(images)),
       "batch_size": args.batch_size, "backend": keras.backend.backend(), "quick": args.quick,
       "through_backbone_epoch_s": through_epoch_s,
       "through_backbone_images_per_s": len(images) / through_epoch_s,
@@ -93,7 +93,7 @@ def main():
       "head_epoch_on_features_s": head_epoch_s,
       "feature_shape": list(np.shape(features)[1:]),
       "rows": rows,
-      "data": dataclasses.asdict(config),
+      "data": {**dataclasses.asdict(config), "data_dir": os.path.basename(os.path.normpath(args.data_dir))},
   }
   path = common.write_result("feature_cache", payload, args.output)
   for r in rows:
