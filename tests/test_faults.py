@@ -25,14 +25,20 @@ print("done", flush=True)
 """
 
 
-def _kill_at_random(args, rng, low, high, **kwargs):
-  """Starts `args`, SIGKILLs it after a random delay in [low, high) s; returns True if it finished first."""
-  process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **kwargs)
+def _kill_at_random(args, rng, low, high, kill_group=False, **kwargs):
+  """Starts `args`, SIGKILLs it (or its process group) after a random delay in [low, high) s.
+
+  Returns True if it finished first.
+  """
+  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
   try:
     process.wait(timeout=rng.uniform(low, high))
     return True
   except subprocess.TimeoutExpired:
-    process.send_signal(signal.SIGKILL)
+    if kill_group:
+      os.killpg(process.pid, signal.SIGKILL)  # the study and the run it is waiting for
+    else:
+      process.send_signal(signal.SIGKILL)
     process.wait()
     return False
 

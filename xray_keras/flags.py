@@ -58,9 +58,12 @@ _DISTRIBUTION = flags.DEFINE_enum("distribution", "auto", distribution.STRATEGIE
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype policy: mixed_float16 (GPU, with loss scaling) or mixed_bfloat16 (CPU, JAX).")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics).")
 
+# === Study ===
+_MODELS = flags.DEFINE_list("models", [], "Run a study of these models (each with experiments/<model>.cfg) into one study folder, instead of one --model.")
+
 # === Output ===
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/. With --models: the study folder, default runs/<experiment>/.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
 _EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/.")
@@ -81,6 +84,7 @@ def _known_model(name):
 
 
 flags.register_validator("model", _known_model)
+flags.register_validator("models", lambda names: all(_known_model(n) for n in names))
 flags.register_validator("backbone_kwargs", lambda kv: all("=" in x for x in kv), message="--backbone_kwargs takes key=value pairs")
 flags.register_multi_flags_validator(
     ["epochs", "head_epochs"], lambda f: f["epochs"] + f["head_epochs"] > 0,
@@ -105,6 +109,15 @@ def flags_text():
   """The effective value of every flag defined here, as a reusable flagfile."""
   lines = [flag.serialize() for flag in flags.FLAGS.get_flags_for_module(__name__)]
   return "\n".join(line for line in lines if line) + "\n"
+
+
+def study_models():
+  """The models of a study run (`--models`), or an empty list for a single run."""
+  return list(_MODELS.value)
+
+
+def study_name():
+  return _EXPERIMENT.value or "study"
 
 
 def run_config():

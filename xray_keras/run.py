@@ -1,10 +1,12 @@
 """Train, evaluate and time one study model.
 
   python -m xray_keras.run --flagfile=experiments/vit_scratch.cfg [--flag=value ...]
+  python -m xray_keras.run --flagfile=experiments/study.cfg [--models=cnn_scratch,vit_scratch]
 
 Without --data_dir it runs on built-in synthetic data. See README.md.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -19,9 +21,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   config = xray_flags.run_config()
-  from xray_keras.training import trainer  # Imports Keras and the backend.
-
   try:
+    if xray_flags.study_models():
+      from xray_keras import study
+
+      study_dir = config.output_dir or os.path.join("runs", xray_flags.study_name())
+      study.run(xray_flags.study_models(), study_dir, xray_flags.__name__, config.overwrite)
+      return
+    from xray_keras.training import trainer  # Imports Keras and the backend.
+
     trainer.train_and_evaluate(config)
   except UserError as e:
     logging.error("%s", e)

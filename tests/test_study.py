@@ -1,0 +1,65 @@
+"""The study runner: every model into one folder on one split; finished runs are reused."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+from tests.conftest import REPO, make_tree
+from tests.test_faults import _kill_at_random
+
+MODELS = ("vit_scratch", "cnn_scratch")
+
+
+def _study(tree, out, cache):
+  return [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/study.cfg", f"--models={','.join(MODELS)}",
+          f"--data_dir={tree}", f"--output_dir={out}", f"--cache_dir={cache}", "--epochs=1", "--image_size=32",
+          "--batch_size=8", "--val_fraction=0.3", "--augment="]
+
+
+def _split(run_dir):
+  with open(os.path.join(run_dir, "split_manifest.csv")) as f:
+    return sorted((r["file"], r["split"]) for r in csv.DictReader(f))
+
+
+def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
+  tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
+  out = tmp_path / "study"
+  result = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / "study.json").read_text())
+  assert [report["runs"][m]["outcome"] for m in MODELS] == ["finished", "finished"]
+  for model in MODELS:
+    metrics = json.loads((out / model / "metrics.json").read_text())
+    assert metrics["model"]["name"] == model
+    assert "--epochs=1" in (out / model / "flags.txt").read_text()  # the study's flags override the cfg's
+  assert _split(out / MODELS[0]) == _split(out / MODELS[1])
+
+  stamps = {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS}
+  again = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [json.loads((out / "study.json").read_text())["runs"][m]["outcome"] for m in MODELS] == ["reused", "reused"]
+  assert {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS} == stamps
+
+
+def test_killed_study_keeps_finished_models_and_completes(tmp_path):
+  tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
+  out = tmp_path / "study"
+  args = _study(tree, out, tmp_path / "cache")
+  rng = random.Random(3)
+  stamps = {}
+  for _ in range(3):
+    _kill_at_random(args, rng, 20.0, 60.0, cwd=REPO, start_new_session=True, kill_group=True)
+    for model in MODELS:
+      marker = out / model / "metrics.json"
+      if model in stamps:
+        assert os.path.getmtime(marker) == stamps[model]  # a finished model is never redone
+      elif marker.exists():
+        stamps[model] = os.path.getmtime(marker)
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for model, stamp in stamps.items():
+    assert os.path.getmtime(out / model / "metrics.json") == stamp
+  assert all((out / m / "metrics.json").is_file() for m in MODELS)

@@ -1,0 +1,82 @@
+"""The study runner: one run per model on one shared data split, into one study folder.
+
+  python -m xray_keras.run --flagfile=experiments/study.cfg [--models=cnn_scratch,vit_scratch]
+
+Each model runs as its own process (`python -m xray_keras.run
+--flagfile=experiments/<model>.cfg` plus the study's own flags, which override
+the model's) into `<study dir>/<model>/`. Rerunning the same command reuses
+finished runs, resumes interrupted ones and runs the rest, so a killed study
+continues where it stopped. `study.json` lists every model's run and outcome.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags, logging
+
+from xray_keras.errors import UserError
+from xray_keras.training import run_dir as run_dirs
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+# Flags that belong to the study, or that each model's run sets itself.
+_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir"}
+
+
+def _passed_flags(module_name):
+  """The study's explicitly set flags, as arguments for each model's run."""
+  out = []
+  for flag in flags.FLAGS.get_flags_for_module(module_name):
+    if flag.present and flag.name not in _NOT_PASSED:
+      out.append(flag.serialize())
+  return [a for a in out if a]
+
+
+def _model_args(model):
+  cfg = os.path.join(EXPERIMENTS, f"{model}.cfg")
+  return [f"--flagfile={cfg}"] if os.path.isfile(cfg) else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def run(models, study_dir, module_name, overwrite=False):
+  """Runs every model of the study; returns the study folder. Raises `UserError` if any run failed."""
+  os.makedirs(study_dir, exist_ok=True)
+  passed = _passed_flags(module_name)
+  status = {}
+  for model in models:
+    out = os.path.join(study_dir, model.replace(":", "_"))
+    finished = os.path.isfile(os.path.join(out, run_dirs.FINISHED_MARKER))
+    if finished and not overwrite:
+      logging.info("Study: %s finished earlier in %s; reusing it.", model, out)
+      status[model] = {"run_dir": os.path.basename(out), "outcome": "reused"}
+      _write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+      continue
+    args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *passed, f"--output_dir={out}"]
+    if overwrite:
+      args.append("--overwrite")
+    logging.info("Study: running %s into %s", model, out)
+    start = time.perf_counter()
+    result = subprocess.run(args, stderr=subprocess.PIPE, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if result.returncode:
+      reason = errors[-1] if errors else f"exit code {result.returncode}; see {os.path.join(out, 'run.log')}"
+      logging.error("Study: %s failed: %s", model, reason)
+      status[model] = {"run_dir": os.path.basename(out), "outcome": "failed", "error": reason}
+    else:
+      status[model] = {"run_dir": os.path.basename(out), "outcome": "finished",
+                       "wall_s": time.perf_counter() - start}
+    _write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+  failed = [m for m, s in status.items() if s["outcome"] == "failed"]
+  if failed:
+    raise UserError(f"Study: {len(failed)} of {len(models)} runs failed ({', '.join(failed)}); rerun the same "
+                    f"command to retry them, finished runs are reused. Details in {study_dir}/study.json")
+  logging.info("Study done: %s", ", ".join(f"{m} {s['outcome']}" for m, s in status.items()))
+  return study_dir
