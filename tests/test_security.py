@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tests.conftest import REPO, make_tree, real_files, shared_data
 from tests.test_bad_inputs import jpeg_bomb, png_bomb
+from xray_keras import models
 from xray_keras.serving import graph
 
 EVIL = """
@@ -58,10 +59,12 @@ def exported(tmp_path_factory):
   base = tmp_path_factory.mktemp("security")
   tree = make_tree(str(base / "chest_xray"), per_class=6)
   run_dir, export_dir = base / "run", base / "saved_models"
+  initial = base / "initial.weights.h5"  # a local weights path, which outputs must not reveal
+  models.build_model("vit_scratch", (32, 32, 1), patch_size=8).save_weights(str(initial))
   result = subprocess.run(
       [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={tree}",
        f"--cache_dir={base / 'cache'}", f"--output_dir={run_dir}", "--export", f"--export_dir={export_dir}",
-       "--val_fraction=0.3"],
+       "--val_fraction=0.3", f"--weights={initial}"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]

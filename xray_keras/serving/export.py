@@ -25,7 +25,7 @@ from xray_keras.training import room
 
 SAMPLES_DIR = "samples"
 # Flags whose values are local paths: the model card keeps only their last component.
-_PATH_FLAGS = ("data_dir", "output_dir", "cache_dir", "tfds_data_dir", "export_dir", "flagfile")
+_PATH_FLAGS = ("data_dir", "output_dir", "cache_dir", "tfds_data_dir", "export_dir", "flagfile", "weights")
 
 
 def read_flags(path):

@@ -354,7 +354,7 @@ def _run(config, run_dir, resuming, plan, used_device):
       "display_name": spec.display_name,
       "params": int(model.count_params()),
       "input_shape": [size, size, channels],
-      "weights": weights,
+      "weights": os.path.basename(os.path.normpath(weights)),  # a file name, not a local path
   }
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
