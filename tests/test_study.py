@@ -16,7 +16,7 @@ MODELS = ("vit_scratch", "cnn_scratch")
 def _study(tree, out, cache):
   return [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/study.cfg", f"--models={','.join(MODELS)}",
           f"--data_dir={tree}", f"--output_dir={out}", f"--cache_dir={cache}", "--epochs=1", "--image_size=32",
-          "--batch_size=8", "--val_fraction=0.3", "--augment="]
+          "--batch_size=8", "--val_fraction=0.3", "--augment=", "--bootstrap_resamples=50"]
 
 
 def _split(run_dir):
@@ -36,6 +36,23 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
     assert metrics["model"]["name"] == model
     assert "--epochs=1" in (out / model / "flags.txt").read_text()  # the study's flags override the cfg's
   assert _split(out / MODELS[0]) == _split(out / MODELS[1])
+
+  report = (out / "report.md").read_text()
+  for section in ("## Models parameters", "## Results on the test split", "## Time", "## Test beds",
+                  "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
+    assert section in report, section
+  for figure in ("training_curves.png", "roc_curves.png", "confusion_matrices.png", "epoch_time.png",
+                 "accuracy_vs_size_and_time.png"):
+    assert (out / figure).stat().st_size > 5000 and f"]({figure})" in report
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["name"] for r in rows] == list(MODELS)
+  results = json.loads((out / "results.json").read_text())
+  for row in results["results"]:
+    low, high = row["accuracy_ci"]
+    assert low <= row["accuracy"] <= high
+  assert [(p["a"], p["b"]) for p in results["pairwise"]] == [("ViT_scratch", "CNN_scratch")]
+  assert [r["model"] for r in results["parameter_table"]] == ["CNN_scratch", "ViT_scratch"]
 
   stamps = {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS}
   again = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -59,6 +59,7 @@ _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics).")
 
 # === Study ===
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the study report's confidence intervals.", lower_bound=10)
 _MODELS = flags.DEFINE_list("models", [], "Run a study of these models (each with experiments/<model>.cfg) into one study folder, instead of one --model.")
 
 # === Output ===
@@ -114,6 +115,10 @@ def flags_text():
 def study_models():
   """The models of a study run (`--models`), or an empty list for a single run."""
   return list(_MODELS.value)
+
+
+def bootstrap_resamples():
+  return _BOOTSTRAP.value
 
 
 def study_name():

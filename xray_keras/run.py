@@ -26,7 +26,8 @@ def main(argv):
       from xray_keras import study
 
       study_dir = config.output_dir or os.path.join("runs", xray_flags.study_name())
-      study.run(xray_flags.study_models(), study_dir, xray_flags.__name__, config.overwrite)
+      study.run(xray_flags.study_models(), study_dir, xray_flags.__name__, config.overwrite,
+                xray_flags.bootstrap_resamples())
       return
     from xray_keras.training import trainer  # Imports Keras and the backend.
 

@@ -6,7 +6,9 @@ Each model runs as its own process (`python -m xray_keras.run
 --flagfile=experiments/<model>.cfg` plus the study's own flags, which override
 the model's) into `<study dir>/<model>/`. Rerunning the same command reuses
 finished runs, resumes interrupted ones and runs the rest, so a killed study
-continues where it stopped. `study.json` lists every model's run and outcome.
+continues where it stopped. `study.json` lists every model's run and outcome;
+`report.md`, `results.csv`/`results.json` and the figures are written at the end
+(`report/`).
 """
 
 import json
@@ -22,7 +24,7 @@ from xray_keras.training import run_dir as run_dirs
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
-_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir"}
+_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir", "bootstrap_resamples"}
 
 
 def _passed_flags(module_name):
@@ -46,8 +48,11 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def run(models, study_dir, module_name, overwrite=False):
-  """Runs every model of the study; returns the study folder. Raises `UserError` if any run failed."""
+def run(models, study_dir, module_name, overwrite=False, resamples=1000):
+  """Runs every model of the study and writes its report; returns the study folder.
+
+  Raises `UserError` if any run failed (after reporting the others).
+  """
   os.makedirs(study_dir, exist_ok=True)
   passed = _passed_flags(module_name)
   status = {}
@@ -74,6 +79,11 @@ def run(models, study_dir, module_name, overwrite=False):
       status[model] = {"run_dir": os.path.basename(out), "outcome": "finished",
                        "wall_s": time.perf_counter() - start}
     _write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+  if any(s["outcome"] != "failed" for s in status.values()):
+    from xray_keras.models import table
+    from xray_keras.report import write
+
+    write.write_report(study_dir, resamples, parameter_table=table.rows(models))
   failed = [m for m, s in status.items() if s["outcome"] == "failed"]
   if failed:
     raise UserError(f"Study: {len(failed)} of {len(models)} runs failed ({', '.join(failed)}); rerun the same "

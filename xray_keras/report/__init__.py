@@ -1,0 +1,1 @@
+"""The study report: tables, statistics and figures from finished run directories."""

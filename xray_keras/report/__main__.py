@@ -1,0 +1,30 @@
+"""Writes a study folder's report: `python -m xray_keras.report --study_dir=runs/study`."""
+
+import sys
+
+from absl import app, flags
+
+_STUDY_DIR = flags.DEFINE_string("study_dir", "runs/study", "A study folder (from --models) or any folder of run folders.")
+_RESAMPLES = flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples for the confidence intervals.", lower_bound=10)
+_SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_PARAMETER_TABLE = flags.DEFINE_bool("parameter_table", True, "Build the study's models to count their parameters.")
+
+
+def main(argv):
+  del argv
+  from xray_keras.report import collect, write
+
+  try:
+    table = None
+    if _PARAMETER_TABLE.value:
+      from xray_keras.models import table as params
+
+      runs, _ = collect.read_study(_STUDY_DIR.value)
+      table = params.rows([r.name for r in runs])
+    print(write.write_report(_STUDY_DIR.value, _RESAMPLES.value, _SEED.value, table))
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

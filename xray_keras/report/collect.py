@@ -1,0 +1,82 @@
+"""Read what the report needs from finished run directories."""
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from xray_keras.training import run_dir as run_dirs
+
+
+@dataclasses.dataclass
+class RunResult:
+  """One finished run: its metrics, test predictions, timing and history."""
+
+  name: str
+  run_dir: str
+  metrics: dict
+  timing: dict
+  history: list
+  test_labels: np.ndarray
+  test_probabilities: np.ndarray
+
+  @property
+  def display_name(self):
+    return self.metrics["model"].get("display_name", self.name)
+
+  @property
+  def params(self):
+    return self.metrics["model"]["params"]
+
+  @property
+  def threshold(self):
+    return self.metrics["test"]["at_val_threshold"]["threshold"]
+
+  @property
+  def train_s(self):
+    """Training time: phase 1 (if any) and the epochs of `fit`."""
+    head = self.timing.get("head_phase", {}).get("total_s") or 0.0
+    return head + (self.timing.get("fit_s") or 0.0)
+
+
+def _read_csv(path):
+  if not os.path.isfile(path):
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def read_run(run_dir, name=None):
+  """Reads one finished run directory; raises `FileNotFoundError` if it is not finished."""
+  with open(os.path.join(run_dir, run_dirs.FINISHED_MARKER)) as f:
+    metrics = json.load(f)
+  with open(os.path.join(run_dir, "timing.json")) as f:
+    timing = json.load(f)
+  rows = [r for r in _read_csv(os.path.join(run_dir, "predictions.csv")) if r["split"] == "test"]
+  history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in _read_csv(os.path.join(run_dir, "history.csv"))]
+  return RunResult(
+      name=name or metrics["model"]["name"], run_dir=run_dir, metrics=metrics, timing=timing, history=history,
+      test_labels=np.array([int(r["label"]) for r in rows]),
+      test_probabilities=np.array([float(r["probability"]) for r in rows]),
+  )
+
+
+def read_study(study_dir):
+  """Finished runs of a study folder, in the study's model order; unfinished ones are listed apart."""
+  order = []
+  study_json = os.path.join(study_dir, "study.json")
+  if os.path.isfile(study_json):
+    with open(study_json) as f:
+      order = [(m, s["run_dir"]) for m, s in json.load(f)["runs"].items()]
+  else:
+    order = [(d, d) for d in sorted(os.listdir(study_dir)) if os.path.isdir(os.path.join(study_dir, d))]
+  runs, missing = [], []
+  for name, folder in order:
+    path = os.path.join(study_dir, folder)
+    if os.path.isfile(os.path.join(path, run_dirs.FINISHED_MARKER)):
+      runs.append(read_run(path, name))
+    else:
+      missing.append(name)
+  return runs, missing

@@ -1,0 +1,140 @@
+"""Write `report.md`, `results.csv` and `results.json` (figures beside them) for a study folder."""
+
+import csv
+import itertools
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from xray_keras.evaluation import metrics, statistics
+from xray_keras.report import collect, figures
+
+CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+
+
+def _fmt(value, digits=3):
+  if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    return "-"
+  return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def result_rows(runs, resamples, seed):
+  """One dict per run: test metrics at 0.5 with bootstrap CIs, and timing."""
+  rows = []
+  for run in runs:
+    point = metrics.binary_metrics(run.test_labels, run.test_probabilities, 0.5)
+    ci = statistics.bootstrap_ci(run.test_labels, run.test_probabilities, 0.5, resamples, seed)
+    testbed = run.timing.get("testbed", {})
+    row = {"model": run.display_name, "name": run.name, "params": run.params, "test_images": int(len(run.test_labels)),
+           "test_bed": f"{testbed.get('cpu', '?')} x{testbed.get('cpu_cores', '?')}" + (
+               f", {', '.join(testbed['gpus'])}" if testbed.get("gpus") else "")}
+    for key in CI_METRICS:
+      row[key] = point[key]
+      row[f"{key}_ci"] = list(ci.get(key, (float("nan"), float("nan"))))
+    row["accuracy_at_val_threshold"] = run.metrics["test"]["at_val_threshold"]["accuracy"]
+    row["val_threshold"] = run.threshold
+    row["train_s"] = run.train_s
+    row["mean_epoch_s"] = run.timing.get("mean_epoch_s")
+    row["train_images_per_s"] = run.timing.get("train_images_per_s")
+    row["latency_ms_per_image"] = run.timing.get("eval", {}).get("latency_ms_per_image")
+    row["inference_images_per_s"] = run.timing.get("eval", {}).get("images_per_s")
+    row["synthetic"] = bool(run.metrics.get("synthetic"))
+    rows.append(row)
+  return rows
+
+
+def pairwise(runs):
+  """DeLong (AUC) and McNemar (accuracy at 0.5) for every pair of runs scored on the same test images."""
+  out = []
+  for a, b in itertools.combinations(runs, 2):
+    if len(a.test_labels) != len(b.test_labels) or not np.array_equal(a.test_labels, b.test_labels):
+      logging.warning("%s and %s were not tested on the same images; not compared.", a.name, b.name)
+      continue
+    delong = statistics.delong_test(a.test_labels, a.test_probabilities, b.test_probabilities)
+    mcnemar = statistics.mcnemar_test(a.test_labels, a.test_probabilities >= 0.5, b.test_probabilities >= 0.5)
+    out.append({"a": a.display_name, "b": b.display_name, "auc_difference": delong["difference"],
+                "delong_p": delong["p_value"], "a_only_right": mcnemar["a_only"], "b_only_right": mcnemar["b_only"],
+                "mcnemar_p": mcnemar["p_value"]})
+  return out
+
+
+def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
+  """Writes the report files into `study_dir`; returns the path of report.md."""
+  runs, missing = collect.read_study(study_dir)
+  if not runs:
+    raise FileNotFoundError(f"No finished runs in {study_dir}")
+  rows = result_rows(runs, resamples, seed)
+  pairs = pairwise(runs)
+  figure_files = {
+      "training_curves.png": figures.training_curves(runs, os.path.join(study_dir, "training_curves.png")),
+      "roc_curves.png": figures.roc_curves(runs, os.path.join(study_dir, "roc_curves.png")),
+      "confusion_matrices.png": figures.confusion_matrices(runs, os.path.join(study_dir, "confusion_matrices.png")),
+      "epoch_time.png": figures.epoch_time_bars(runs, os.path.join(study_dir, "epoch_time.png")),
+      "accuracy_vs_size_and_time.png": figures.accuracy_scatter(runs, os.path.join(study_dir, "accuracy_vs_size_and_time.png")),
+  }
+  with open(os.path.join(study_dir, "results.json"), "w") as f:
+    json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
+               "parameter_table": parameter_table or [], "missing": missing}, f, indent=2)
+  with open(os.path.join(study_dir, "results.csv"), "w", newline="") as f:
+    flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
+    writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+
+  md = ["# Study report", ""]
+  if any(r["synthetic"] for r in rows):
+    md += ["**SYNTHETIC DATA: these numbers say nothing about chest X-rays.**", ""]
+  if missing:
+    md += [f"Not finished (left out): {', '.join(missing)}.", ""]
+  if parameter_table:
+    md += ["## Models parameters", "", "Built at each model's design input (the runs' own counts are in the Time table).", "", _table(
+        ["model", "layers", "hidden size", "MLP size", "heads", "params"],
+        [[r["model"]] + ["-" if r[k] is None else r[k] for k in ("layers", "hidden_size", "mlp_size", "heads")]
+         + [f"{r['params']:,}"] for r in parameter_table]), ""]
+  md += ["## Results on the test split", "",
+         f"At threshold 0.5, with 95% bootstrap intervals over test images ({resamples} resamples, seed {seed}).", "",
+         _table(["model", "test bed"] + list(CI_METRICS) + ["acc. at val threshold"],
+                [[r["model"], r["test_bed"]] + [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]"
+                                                 for k in CI_METRICS]
+                 + [f"{_fmt(r['accuracy_at_val_threshold'])} (t={_fmt(r['val_threshold'], 2)})"] for r in rows]), "",
+         "## Time", "",
+         _table(["model", "params", "train time (min)", "s / epoch", "train img/s", "latency ms / image", "inference img/s"],
+                [[r["model"], f"{r['params']:,}", _fmt(r["train_s"] / 60, 1), _fmt(r["mean_epoch_s"], 1),
+                  _fmt(r["train_images_per_s"], 1), _fmt(r["latency_ms_per_image"], 1),
+                  _fmt(r["inference_images_per_s"], 1)] for r in rows]), ""]
+  beds = {}
+  for run in runs:
+    t = run.timing.get("testbed", {})
+    beds.setdefault(json.dumps(t, sort_keys=True), (t, []))[1].append(run.display_name)
+  md += ["## Test beds", "", _table(
+      ["models", "CPU", "cores", "RAM (GiB)", "GPU", "peak FLOPS", "backend", "versions"],
+      [[", ".join(names), t.get("cpu", "-"), t.get("cpu_cores", "-"), t.get("ram_gib", "-"),
+        ", ".join(t.get("gpus") or []) or "none", "-", t.get("backend", "-"),
+        ", ".join(f"{k} {v}" for k, v in sorted(t.get("versions", {}).items()))] for t, names in beds.values()]), ""]
+  if pairs:
+    md += ["## Are the differences real?", "",
+           "DeLong test for equal AUC and exact McNemar test for equal accuracy (threshold 0.5), on the same test images.", "",
+           _table(["A", "B", "AUC A - B", "DeLong p", "only A right", "only B right", "McNemar p"],
+                  [[p["a"], p["b"], f"{p['auc_difference']:+.3f}", f"{p['delong_p']:.3g}", p["a_only_right"],
+                    p["b_only_right"], f"{p['mcnemar_p']:.3g}"] for p in pairs]), ""]
+  data = runs[0].metrics.get("data", {})
+  md += ["## Data", "", f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
+         f"{data.get('skipped_files', 0)}; validation carved from train by patient.", "",
+         _table(["split", "NORMAL", "PNEUMONIA", "total"],
+                [[s, c.get("NORMAL", 0), c.get("PNEUMONIA", 0), c.get("total", 0)] for s, c in data.get("counts", {}).items()]),
+         ""]
+  md += [f"- {note}" for note in data.get("notes", [])] + [""]
+  md += ["## Figures", ""] + [f"![{name}]({name})" for name in figure_files] + [""]
+  path = os.path.join(study_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(md))
+  logging.info("Report written to %s", path)
+  return path
