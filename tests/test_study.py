@@ -42,7 +42,7 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
                   "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
     assert section in report, section
   for figure in ("training_curves.png", "roc_curves.png", "confusion_matrices.png", "epoch_time.png",
-                 "accuracy_vs_size_and_time.png"):
+                 "accuracy_vs_size_and_time.png", "explanations.png"):
     assert (out / figure).stat().st_size > 5000 and f"]({figure})" in report
   with open(out / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -53,6 +53,14 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
     assert low <= row["accuracy"] <= high
   assert [(p["a"], p["b"]) for p in results["pairwise"]] == [("ViT_scratch", "CNN_scratch")]
   assert [r["model"] for r in results["parameter_table"]] == ["CNN_scratch", "ViT_scratch"]
+
+  # Two test beds merged (here the same study twice: a speed-up of exactly 1).
+  compare = subprocess.run([sys.executable, "-m", "xray_keras.report", f"--compare_runs={out},{out}"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert compare.returncode == 0, compare.stderr[-3000:]
+  rows = json.loads((out / "compare_test_beds.json").read_text())
+  assert [r["model"] for r in rows] == ["ViT_scratch", "CNN_scratch"] and all(r["speedup_b_over_a"] == 1 for r in rows)
+  assert "speed-up" in (out / "compare_test_beds.md").read_text()
 
   stamps = {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS}
   again = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -7,6 +7,7 @@ from absl import app, flags
 _STUDY_DIR = flags.DEFINE_string("study_dir", "runs/study", "A study folder (from --models) or any folder of run folders.")
 _RESAMPLES = flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples for the confidence intervals.", lower_bound=10)
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_COMPARE_RUNS = flags.DEFINE_list("compare_runs", [], "Two study folders of the same models on two test beds (e.g. CPU, GPU): writes <first>/compare_test_beds.md.")
 _PARAMETER_TABLE = flags.DEFINE_bool("parameter_table", True, "Build the study's models to count their parameters.")
 
 
@@ -15,6 +16,12 @@ def main(argv):
   from xray_keras.report import collect, write
 
   try:
+    if _COMPARE_RUNS.value:
+      if len(_COMPARE_RUNS.value) != 2:
+        raise ValueError("--compare_runs takes two study folders: A,B")
+      a, b = _COMPARE_RUNS.value
+      print(write.compare_test_beds(a, b, f"{a.rstrip('/')}/compare_test_beds.md"))
+      return
     table = None
     if _PARAMETER_TABLE.value:
       from xray_keras.models import table as params

@@ -21,6 +21,7 @@ class RunResult:
   history: list
   test_labels: np.ndarray
   test_probabilities: np.ndarray
+  test_files: list
 
   @property
   def display_name(self):
@@ -60,6 +61,7 @@ def read_run(run_dir, name=None):
       name=name or metrics["model"]["name"], run_dir=run_dir, metrics=metrics, timing=timing, history=history,
       test_labels=np.array([int(r["label"]) for r in rows]),
       test_probabilities=np.array([float(r["probability"]) for r in rows]),
+      test_files=[r["file"] for r in rows],
   )
 
 

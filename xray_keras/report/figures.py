@@ -92,3 +92,18 @@ def accuracy_scatter(runs, path):
     ax.set_ylabel("test accuracy")
   axes[0].legend(fontsize=8)
   return _save(fig, path)
+
+
+def explanation_grid(rows, path):
+  """`rows`: (model name, images (N, H, W, C), maps (N, H, W), titles) per model; one row each."""
+  columns = max(len(r[1]) for r in rows)
+  fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.1 * len(rows)), squeeze=False)
+  for (name, images, maps, titles), axis_row in zip(rows, axes):
+    for ax, image, heat, title in zip(axis_row, images, maps, titles):
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image.astype("uint8"), cmap="gray")
+      ax.imshow(heat, cmap="jet", alpha=0.35)
+      ax.set_title(title, fontsize=7)
+    for ax in axis_row:
+      ax.axis("off")
+    axis_row[0].text(-0.1, 0.5, name, transform=axis_row[0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
+  return _save(fig, path)

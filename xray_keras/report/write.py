@@ -66,6 +66,82 @@ def pairwise(runs):
   return out
 
 
+def _choose_images(run, per_group=2):
+  """Test rows of both classes, right and wrong (by the first model), in file order."""
+  chosen = []
+  for label in (0, 1):
+    for right in (True, False):
+      rows = [i for i, (y, p) in enumerate(zip(run.test_labels, run.test_probabilities))
+              if y == label and ((p >= run.threshold) == bool(y)) == right]
+      chosen += rows[:per_group]
+  return chosen
+
+
+def explanations(runs, study_dir):
+  """Grad-CAM / attention-rollout grid on a fixed set of test images; None if the data cannot be read."""
+  from xray_keras import models
+  from xray_keras.data import decode, folder
+  from xray_keras.report import explain
+  from xray_keras.serving.export import read_flags
+
+  rows = []
+  chosen = _choose_images(runs[0])
+  for run in runs:
+    flags = read_flags(os.path.join(run.run_dir, "flags.txt"))
+    data_dir = flags.get("data_dir", "")
+    if run.metrics.get("data", {}).get("source") != "folder" or not os.path.isdir(data_dir):
+      logging.info("No explanations for %s: its images are not in a readable folder.", run.name)
+      continue
+    root = folder.find_root(data_dir)
+    size, _, channels = run.metrics["model"]["input_shape"]
+    pixels = np.stack([decode.decode_image(open(os.path.join(root, run.test_files[i]), "rb").read(), size, channels,
+                                           flags.get("resize_mode", "squash")) for i in chosen]).astype(np.float32)
+    maps = explain.explain(models.load_model(os.path.join(run.run_dir, "model.keras")), pixels)
+    if maps is None:
+      logging.info("No explanations for %s: neither Grad-CAM nor attention rollout applies.", run.name)
+      continue
+    titles = [f"{'PNEUMONIA' if run.test_labels[i] else 'NORMAL'} p={run.test_probabilities[i]:.2f}"
+              + (" ok" if (run.test_probabilities[i] >= run.threshold) == bool(run.test_labels[i]) else " WRONG")
+              for i in chosen]
+    rows.append((run.display_name, pixels, maps, titles))
+  if not rows:
+    return None
+  return figures.explanation_grid(rows, os.path.join(study_dir, "explanations.png"))
+
+
+def compare_test_beds(study_a, study_b, out_path):
+  """Merges two studies of the same models on different test beds: time per epoch and speed-up (A / B)."""
+  runs_a, _ = collect.read_study(study_a)
+  runs_b = {r.name: r for r in collect.read_study(study_b)[0]}
+  rows = []
+  for a in runs_a:
+    b = runs_b.get(a.name)
+    if b is None:
+      continue
+    bed = lambda r: r.timing.get("testbed", {})  # noqa: E731
+    rows.append({
+        "model": a.display_name,
+        "test_bed_a": f"{bed(a).get('cpu', '?')} x{bed(a).get('cpu_cores', '?')} {' '.join(bed(a).get('gpus') or [])}".strip(),
+        "test_bed_b": f"{bed(b).get('cpu', '?')} x{bed(b).get('cpu_cores', '?')} {' '.join(bed(b).get('gpus') or [])}".strip(),
+        "epoch_s_a": a.timing.get("mean_epoch_s"), "epoch_s_b": b.timing.get("mean_epoch_s"),
+        "train_s_a": a.train_s, "train_s_b": b.train_s,
+        "accuracy_a": a.metrics["test"]["accuracy"], "accuracy_b": b.metrics["test"]["accuracy"],
+        "speedup_b_over_a": (a.timing.get("mean_epoch_s") or 0) / (b.timing.get("mean_epoch_s") or float("nan")),
+    })
+  if not rows:
+    raise ValueError(f"{study_a} and {study_b} have no finished model in common")
+  md = ["# Test beds compared", "", f"A: `{os.path.basename(os.path.normpath(study_a))}`, "
+        f"B: `{os.path.basename(os.path.normpath(study_b))}`; speed-up = time per epoch on A / on B.", "",
+        _table(["model", "test bed A", "s / epoch A", "test bed B", "s / epoch B", "speed-up", "accuracy A", "accuracy B"],
+               [[r["model"], r["test_bed_a"], _fmt(r["epoch_s_a"], 1), r["test_bed_b"], _fmt(r["epoch_s_b"], 1),
+                 f"x{_fmt(r['speedup_b_over_a'], 2)}", _fmt(r["accuracy_a"]), _fmt(r["accuracy_b"])] for r in rows]), ""]
+  with open(out_path, "w") as f:
+    f.write("\n".join(md))
+  with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
+    json.dump(rows, f, indent=2)
+  return out_path
+
+
 def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
   """Writes the report files into `study_dir`; returns the path of report.md."""
   runs, missing = collect.read_study(study_dir)
@@ -80,6 +156,8 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
       "epoch_time.png": figures.epoch_time_bars(runs, os.path.join(study_dir, "epoch_time.png")),
       "accuracy_vs_size_and_time.png": figures.accuracy_scatter(runs, os.path.join(study_dir, "accuracy_vs_size_and_time.png")),
   }
+  if explanations(runs, study_dir):
+    figure_files["explanations.png"] = "explanations.png"
   with open(os.path.join(study_dir, "results.json"), "w") as f:
     json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
                "parameter_table": parameter_table or [], "missing": missing}, f, indent=2)
@@ -133,6 +211,9 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
          ""]
   md += [f"- {note}" for note in data.get("notes", [])] + [""]
   md += ["## Figures", ""] + [f"![{name}]({name})" for name in figure_files] + [""]
+  if "explanations.png" in figure_files:
+    md += ["`explanations.png`: Grad-CAM (CNNs) and attention rollout (from-scratch ViTs) on the same test images, "
+           "both classes, right and wrong by the first model; the title gives each model's probability.", ""]
   path = os.path.join(study_dir, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(md))
