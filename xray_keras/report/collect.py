@@ -23,9 +23,11 @@ class RunResult:
   test_probabilities: np.ndarray
   test_files: list
 
+  label: str = ""  # set by read_study when two runs share a model name
+
   @property
   def display_name(self):
-    return self.metrics["model"].get("display_name", self.name)
+    return self.label or self.metrics["model"].get("display_name", self.name)
 
   @property
   def params(self):
@@ -81,4 +83,8 @@ def read_study(study_dir):
       runs.append(read_run(path, name))
     else:
       missing.append(name)
+  names = [r.display_name for r in runs]
+  for run in runs:
+    if names.count(run.display_name) > 1:
+      run.label = f"{run.display_name} ({run.name})"
   return runs, missing
