@@ -19,29 +19,33 @@ def _upsample(maps, size):
   return (resized - low) / np.where(span > 0, span, 1)
 
 
-def last_feature_map(model):
-  """The output tensor of the last 4-D layer (the last convolutional feature map)."""
+def feature_layer(model):
+  """The layer whose output is the last convolutional feature map: the backbone, or the last 4-D ReLU."""
   backbone = backbone_of(model)
   if backbone is not None and len(backbone.outputs[0].shape) == 4:
-    return model.get_layer(backbone.name).output
-  for layer in reversed(model.layers):
-    if len(layer.output.shape) == 4 and layer.count_params() == 0 and isinstance(layer, keras.layers.ReLU):
-      return layer.output
-  for layer in reversed(model.layers):
-    if len(layer.output.shape) == 4:
-      return layer.output
-  raise ValueError(f"{model.name} has no convolutional feature map for Grad-CAM")
+    return backbone
+  candidates = [l for l in model.layers if len(l.output.shape) == 4]
+  relus = [l for l in candidates if isinstance(l, keras.layers.ReLU)]
+  if not (relus or candidates):
+    raise ValueError(f"{model.name} has no convolutional feature map for Grad-CAM")
+  return (relus or candidates)[-1]
 
 
 def grad_cam(model, images):
-  """Grad-CAM (Selvaraju et al. 2017) of the PNEUMONIA output for `(N, H, W, C)` images."""
+  """Grad-CAM (Selvaraju et al. 2017) of the PNEUMONIA output for `(N, H, W, C)` images.
+
+  The model's layers are applied one after another (every classifier here is a chain).
+  """
   import tensorflow as tf
 
-  feature_model = keras.Model(model.inputs, [last_feature_map(model), model.outputs[0]])
-  images = tf.convert_to_tensor(np.asarray(images, np.float32))
+  target = feature_layer(model)
+  x = tf.convert_to_tensor(np.asarray(images, np.float32))
   with tf.GradientTape() as tape:
-    features, output = feature_model(images, training=False)
-    score = tf.reduce_sum(output)
+    for layer in model.layers[1:]:
+      x = layer(x, training=False)
+      if layer is target:
+        features = x
+    score = tf.reduce_sum(x)
   grads = tape.gradient(score, features)
   weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
   cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
