@@ -10,12 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 from xray_keras import models
 from xray_keras.models import pretrained, table, weights as weights_lib
 from xray_keras.training import transfer
 
-SHARED_WEIGHTS = os.path.join(os.path.dirname(REPO), "shared", "weights")
+# Beside the shared data: ../shared/weights, or XRAY_SHARED_WEIGHTS.
+SHARED_WEIGHTS = os.environ.get("XRAY_SHARED_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(SHARED_DATA)), "weights"))
 RESNET50_NOTOP = os.path.join(SHARED_WEIGHTS, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
 MOBILENET_TOP = os.path.join(SHARED_WEIGHTS, "mobilenet_v1_0.75_224_imagenet.weights.h5")
 # A closed local port as the proxy: every download fails at once, with or without a network.
