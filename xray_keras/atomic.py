@@ -1,9 +1,10 @@
-"""Write-then-rename folders: a killed writer never leaves a visible half-written result.
+"""Write-then-rename files and folders: a killed writer never leaves a visible half-written result.
 
 Temporary folders are named `.tmp-<pid>-<random>` beside their target, so a later
 writer can remove those left by processes that no longer exist.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,14 @@ def temp_dir(parent):
   os.makedirs(parent, exist_ok=True)
   remove_stale(parent)
   return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+
+
+def write_json(path, obj):
+  """Writes `obj` as JSON to `path` through a temporary file and a rename."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, allow_nan=True)
+  os.replace(tmp, path)
 
 
 def _alive(pid):

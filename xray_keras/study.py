@@ -11,7 +11,6 @@ continues where it stopped. `study.json` lists every model's run and outcome;
 (`report/`).
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 
 from absl import flags, logging
 
+from xray_keras import atomic
 from xray_keras.errors import UserError
 from xray_keras.training import run_dir as run_dirs
 
@@ -41,13 +41,6 @@ def _model_args(model):
   return [f"--flagfile={cfg}"] if os.path.isfile(cfg) else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
 
 
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def run(models, study_dir, module_name, overwrite=False, resamples=1000):
   """Runs every model of the study and writes its report; returns the study folder.
 
@@ -62,7 +55,7 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000):
     if finished and not overwrite:
       logging.info("Study: %s finished earlier in %s; reusing it.", model, out)
       status[model] = {"run_dir": os.path.basename(out), "outcome": "reused"}
-      _write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+      atomic.write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
       continue
     args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *passed, f"--output_dir={out}"]
     if overwrite:
@@ -78,7 +71,7 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000):
     else:
       status[model] = {"run_dir": os.path.basename(out), "outcome": "finished",
                        "wall_s": time.perf_counter() - start}
-    _write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+    atomic.write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
   if any(s["outcome"] != "failed" for s in status.values()):
     from xray_keras.models import table
     from xray_keras.report import write

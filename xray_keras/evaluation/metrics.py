@@ -3,6 +3,17 @@
 import numpy as np
 
 
+def midranks(values):
+  """Ranks from 1; tied values share the mean of their ranks."""
+  values = np.asarray(values, dtype=np.float64)
+  order = np.argsort(values, kind="mergesort")
+  ranks = np.empty(len(values), dtype=np.float64)
+  _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+  for start, count in zip(first, counts):
+    ranks[order[start:start + count]] = start + (count + 1) / 2.0
+  return ranks
+
+
 def roc_auc(labels, scores):
   """ROC-AUC as the Mann-Whitney statistic (ties count one half).
 
@@ -13,13 +24,7 @@ def roc_auc(labels, scores):
   n_pos, n_neg = int(labels.sum()), int((~labels).sum())
   if n_pos == 0 or n_neg == 0:
     return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  sorted_scores = scores[order]
-  ranks = np.empty(len(scores), dtype=np.float64)
-  # Midranks: tied scores share the mean of their ranks.
-  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-  for start, count in zip(first, counts):
-    ranks[order[start:start + count]] = start + (count + 1) / 2.0
+  ranks = midranks(scores)
   return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 

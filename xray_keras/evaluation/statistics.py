@@ -25,15 +25,6 @@ def bootstrap_ci(labels, probabilities, threshold=0.5, resamples=1000, seed=0, l
   return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
 
 
-def _midranks(x):
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x))
-  _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-  for start, count in zip(first, counts):
-    ranks[order[start:start + count]] = start + (count + 1) / 2.0
-  return ranks
-
-
 def delong_components(labels, scores):
   """Per-image structural components of the AUC (DeLong et al. 1988), via midranks (Sun & Xu 2014).
 
@@ -44,9 +35,9 @@ def delong_components(labels, scores):
   scores = np.asarray(scores, dtype=np.float64)
   pos, neg = scores[labels], scores[~labels]
   m, n = len(pos), len(neg)
-  all_ranks = _midranks(np.concatenate([pos, neg]))
-  v10 = (all_ranks[:m] - _midranks(pos)) / n  # share of negatives below each positive
-  v01 = 1.0 - (all_ranks[m:] - _midranks(neg)) / m  # share of positives above each negative
+  all_ranks = metrics.midranks(np.concatenate([pos, neg]))
+  v10 = (all_ranks[:m] - metrics.midranks(pos)) / n  # share of negatives below each positive
+  v01 = 1.0 - (all_ranks[m:] - metrics.midranks(neg)) / m  # share of positives above each negative
   return float(v10.mean()), v10, v01
 
 

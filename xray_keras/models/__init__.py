@@ -61,6 +61,11 @@ def get_spec(name):
   )
 
 
+def default_weights(spec, weights=""):
+  """`weights`, or the model's default: `imagenet` for pretrained models, `none` otherwise."""
+  return weights or ("imagenet" if spec.pretrained else "none")
+
+
 def build_model(name, input_shape, patch_size=None, dropout=None, weights="", backbone_kwargs=None):
   """Builds the model `name` for `input_shape`.
 
@@ -74,7 +79,7 @@ def build_model(name, input_shape, patch_size=None, dropout=None, weights="", ba
     backbone_kwargs: dict. Extra `keras.applications` constructor arguments.
   """
   spec = get_spec(name)
-  weights = weights or ("imagenet" if spec.pretrained else "none")
+  weights = default_weights(spec, weights)
   kwargs = {"input_shape": tuple(input_shape)}
   if dropout is not None:
     kwargs["dropout"] = dropout
@@ -123,6 +128,6 @@ def load_model(path, **kwargs):
           f"Refusing to load {path}: it holds Python code (e.g. a Lambda layer), which Keras safe_mode "
           "does not run. Rebuild the model without it, or load it yourself only if you trust its source."
       ) from None
-    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib._first_line(e)}") from None
+    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib.first_line(e)}") from None
   except (OSError, TypeError, KeyError) as e:
-    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib._first_line(e)}") from None
+    raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib.first_line(e)}") from None

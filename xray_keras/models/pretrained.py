@@ -131,7 +131,7 @@ def _application_from_file(constructor, path, kwargs):
       full.load_weights(path)
     except Exception:
       raise weights_lib.WeightsError(
-          f"--weights={path} does not fit this backbone: {weights_lib._first_line(no_top_error)}"
+          f"--weights={path} does not fit this backbone: {weights_lib.first_line(no_top_error)}"
       ) from None
     backbone = weights_lib.without_top(full)
     if tuple(backbone.inputs[0].shape[1:3]) != tuple(kwargs["input_shape"][:2]):

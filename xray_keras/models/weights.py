@@ -50,7 +50,7 @@ def kagglehub_cache_dir(handle):
   return os.path.join(root, "models", handle.removeprefix("kaggle://"))
 
 
-def _first_line(error, limit=240):
+def first_line(error, limit=240):
   """The first line of an error's message, cut to `limit` characters."""
   text = str(error).strip().splitlines()
   line = text[0] if text else type(error).__name__
@@ -92,7 +92,7 @@ def hub_from_preset(cls, preset, what, **kwargs):
     try:
       return cls.from_preset(preset, **kwargs)
     except Exception as e:
-      raise WeightsError(f"Could not load the keras-hub preset directory {preset}: {_first_line(e)}") from None
+      raise WeightsError(f"Could not load the keras-hub preset directory {preset}: {first_line(e)}") from None
   handle = _preset_handle(preset)
   try:
     with _download_timeout():
@@ -100,7 +100,7 @@ def hub_from_preset(cls, preset, what, **kwargs):
   except Exception as e:
     where = kagglehub_cache_dir(handle) if handle else "the kagglehub cache"
     raise WeightsError(
-        f"Could not get the keras-hub preset {preset!r} for {what} ({type(e).__name__}: {_first_line(e)[:200]}). "
+        f"Could not get the keras-hub preset {preset!r} for {what} ({type(e).__name__}: {first_line(e)[:200]}). "
         f"Offline, download it elsewhere (keras_hub.models.Backbone.from_preset({preset!r}) fills {where}), "
         "copy that folder here, or pass a local preset directory with --weights=<dir>; "
         "--weights=none gives random initialisation."

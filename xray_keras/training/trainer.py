@@ -6,7 +6,6 @@ The run directory's files are listed in `run_dir.py`.
 import contextlib
 import csv
 import dataclasses
-import json
 import logging as std_logging
 import math
 import os
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from xray_keras import models
+from xray_keras import atomic, models
 from xray_keras.data import feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
@@ -149,13 +148,6 @@ def _inference_timing(model, images, batch_size):
   }
 
 
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, allow_nan=True)
-  os.replace(tmp, path)
-
-
 def _write_samples(folder, split, per_class=2):
   """A few images of each class as PNG, for the TF Serving warm-up file and examples."""
   from PIL import Image
@@ -272,7 +264,7 @@ def _run(config, run_dir, resuming, plan, used_device):
         backbone_kwargs=dict(config.model.backbone_kwargs),
     )
 
-  weights = config.model.weights or ("imagenet" if spec.pretrained else "none")
+  weights = models.default_weights(spec, config.model.weights)
   if not spec.pretrained and (config.train.head_epochs or config.train.unfreeze != "all"):
     raise UserError(f"--head_epochs and --unfreeze need a pretrained-backbone model; {spec.display_name} has none.")
   with plan.scope():
@@ -373,9 +365,9 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["resumed"] = resuming
   timing_report["testbed"] = testbed.describe()
   timing_report["synthetic"] = data.synthetic
-  _write_json(os.path.join(run_dir, "timing.json"), timing_report)
+  atomic.write_json(os.path.join(run_dir, "timing.json"), timing_report)
   # metrics.json is written last: its presence marks a finished run.
-  _write_json(os.path.join(run_dir, run_dirs.FINISHED_MARKER), result)
+  atomic.write_json(os.path.join(run_dir, run_dirs.FINISHED_MARKER), result)
   if config.export:
     from xray_keras.serving import export  # TensorFlow-only
 
