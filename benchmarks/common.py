@@ -6,7 +6,9 @@ import os
 import platform
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-REAL_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224")
+# The shared real data, as the tests find it: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224.
+REAL_DATA = os.environ.get("XRAY_SHARED_DATA") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224")
 
 
 def machine():
