@@ -5,26 +5,81 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_distribution import WITHOUT_TF
+
+
+def _no_tensorflow_env(tmp_path):
+  """An environment whose Python processes (workers included) cannot import TensorFlow.
+
+  A `tensorflow` package ahead on the path that fails on import, as a missing one would.
+  """
+  site = tmp_path / "no_tf"
+  (site / "tensorflow").mkdir(parents=True)
+  (site / "tensorflow" / "__init__.py").write_text('raise ImportError("TensorFlow is not installed on this machine")\n')
+  path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": path}
 
 
 def test_gpu_script_quick_mode_runs_on_jax_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
+  pytest.importorskip("torch")
   out = tmp_path / "gpu.json"
-  script = WITHOUT_TF.split("from absl import app")[0] + (
-      "import runpy\nsys.argv = ['gpu_jax_train.py', '--quick', '--output=%s']\n"
-      "runpy.run_path('benchmarks/gpu_jax_train.py', run_name='__main__')\n"
-      "assert 'tensorflow' not in sys.modules\n" % out
-  )
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "KERAS_BACKEND": "jax"})
+  result = subprocess.run([sys.executable, "benchmarks/gpu_vs_torch.py", "--quick", "--peer=torch",
+                           "--models=vit_scratch", f"--output={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_no_tensorflow_env(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert [r["model"] for r in report["rows"]] == ["ViT_scratch", "ResNet50"]
-  assert all(r["train_images_per_s"] > 0 for r in report["rows"]) and report["tensorflow_imported"] is False
+  assert [(r["model"], r["framework"]) for r in report["rows"]] == [("vit_scratch", "keras-jax"), ("vit_scratch", "torch")]
+  assert report["tensorflow_imported"] is False and report["precision"] == "mixed_bfloat16"
+  ours = [r for r in report["rows"] if r["framework"] == "keras-jax"]
+  assert all(r["ratio_vs_peer"]["train"] > 0 and r["forward_flops_per_image"] > 0 for r in ours)
+
+
+def test_cpu_vs_torch_quick_mode_compares_both_backends_with_the_peer(tmp_path):
+  pytest.importorskip("jax")
+  pytest.importorskip("torch")
+  out = tmp_path / "cpu.json"
+  result = subprocess.run([sys.executable, "benchmarks/cpu_vs_torch.py", "--quick", "--models=vit_scratch",
+                           f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["framework"] for r in rows] == ["keras-tensorflow", "keras-jax", "torch"]
+  assert rows[0]["params"] == rows[2]["params"]  # the same architecture on both sides
+  for row in rows[:2]:
+    assert row["ratio_vs_peer"]["train"] == row["train_images_per_s"] / rows[2]["train_images_per_s"]
+  assert all(r["peak_rss_mb"] > 100 and r["infer_images_per_s"] > 0 for r in rows)
+
+
+def test_torch_peers_match_our_parameter_counts():
+  pytest.importorskip("torch")
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import torch_peers
+
+  from xray_keras import models
+
+  for name, size, patch in [("cnn_scratch", 64, None), ("vit_scratch", 64, 8)]:
+    ours = models.build_model(name, (size, size, 1), patch_size=patch)
+    trainable = sum(int(np.prod(w.shape)) for w in ours.trainable_weights)
+    assert sum(p.numel() for p in torch_peers.build(name, size, patch).parameters()) == trainable
+
+
+def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
+  for script in ("input_pipeline.py", "end_to_end.py"):
+    out = tmp_path / f"{script}.json"
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", f"--output={out}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    if script == "input_pipeline.py":
+      assert [r["cache"] for r in report["loads"]] == ["cold", "warm"] and report["loads"][0]["images"] > 0
+      assert [f["augment"] for f in report["feeder"]] == [False, True]
+      assert all(s["warm_cache_first_step_s"] > 0 for s in report["startup"])
+    else:
+      assert [r["experiment"] for r in report["rows"]] == ["vit_scratch", "cnn_scratch"]
+      assert all(r["end_to_end_epoch_s"] > 0 and r["compute_epoch_s"] > 0 for r in report["rows"])
 
 
 @pytest.mark.slow

@@ -199,7 +199,7 @@ import sys
 class NoTensorFlow:
   def find_spec(self, name, path=None, target=None):
     if name == "tensorflow" or name.startswith("tensorflow."):
-      raise ImportError("TensorFlow is not installed on this machine")
+      raise ModuleNotFoundError("No module named 'tensorflow'", name=name)
 sys.meta_path.insert(0, NoTensorFlow())
 from absl import app
 from xray_keras import run
@@ -214,12 +214,21 @@ finally:
 def test_jax_backend_runs_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "jax"
-  result = subprocess.run(
-      [sys.executable, "-c", WITHOUT_TF, *SMOKE, "--augment=rotation,zoom", f"--output_dir={out}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  compiled = tmp_path / "cache" / "jax_compilation"
+
+  def run(out):
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TF, *SMOKE, "--augment=rotation,zoom", f"--output_dir={out}",
+         f"--cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sorted(p.name for p in compiled.iterdir())
+
+  entries = run(out)
   timing = json.loads((out / "timing.json").read_text())
   assert timing["testbed"]["backend"] == "jax" and "tensorflow" not in timing["testbed"]["versions"]
   assert timing["jit_compile"] is True  # auto: jax.jit on
   assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 32
+  # The compiled programs were kept, and the same run again compiles nothing new: it loads them.
+  assert entries and run(tmp_path / "again") == entries

@@ -45,3 +45,19 @@ def test_attention_rollout_gives_one_map_per_image_from_the_class_token():
   maps = explain.attention_rollout(model, images)
   assert maps.shape == (8, 32, 32) and np.isfinite(maps).all()
   assert explain.explain(model, images).shape == (8, 32, 32)
+
+
+def test_attention_rollout_reads_every_block_of_a_keras_hub_vit():
+  import keras_hub
+
+  from xray_keras.models import adapters, pretrained
+
+  backbone = keras_hub.models.ViTBackbone(
+      image_shape=(32, 32, 3), patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32)
+  model = pretrained.classifier((32, 32, 1), adapters.ApplicationPreprocessing("resnet50"), backbone, 0.0, "tiny_vit")
+  images, _ = _toy(4)
+  attention = explain._hub_vit_attention(model, images)
+  assert len(attention) == 3 and all(a.shape == (4, 17, 17) for a in attention)  # 16 patches + class token
+  assert np.allclose([a.sum(axis=-1) for a in attention], 1.0, atol=1e-4)  # softmax rows
+  maps = explain.explain(model, images)
+  assert maps.shape == (4, 32, 32) and np.isfinite(maps).all() and maps.max() == 1.0

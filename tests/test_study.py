@@ -41,6 +41,7 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   for section in ("## Models parameters", "## Results on the test split", "## Time", "## Test beds",
                   "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
     assert section in report, section
+  assert "| ViT_scratch | 32x32x1 | random (from scratch) | 0 + 1 |" in report  # the Runs table
   for figure in ("training_curves.png", "roc_curves.png", "confusion_matrices.png", "epoch_time.png",
                  "accuracy_vs_size_and_time.png", "explanations.png"):
     assert (out / figure).stat().st_size > 5000 and f"]({figure})" in report

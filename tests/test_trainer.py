@@ -7,14 +7,14 @@ import pytest
 
 from tests.conftest import REPO
 from xray_keras.config import TrainConfig
-from xray_keras.training import trainer
+from xray_keras.training import schedules, trainer
 from xray_keras.training.timing import TimingCallback
 
 
 def test_cosine_schedule_reaches_the_optimizer():
   optimizer = trainer.make_optimizer(TrainConfig(schedule="cosine", learning_rate=1e-2, epochs=2, warmup_epochs=1), 10)
   schedule = optimizer._learning_rate
-  assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+  assert isinstance(schedule, schedules.WarmupCosine)
   assert float(schedule(0)) == pytest.approx(0.0)
   assert float(schedule(10)) == pytest.approx(1e-2)  # end of warm-up
   assert float(schedule(20)) == pytest.approx(0.0, abs=1e-6)
@@ -22,6 +22,17 @@ def test_cosine_schedule_reaches_the_optimizer():
   model.compile(optimizer, "mse")
   model.fit(np.ones((8, 2)), np.ones(8), batch_size=2, epochs=1, verbose=0)
   assert float(optimizer.learning_rate) == pytest.approx(float(schedule(4)))
+
+
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_warmup_cosine_matches_keras_cosine_decay(warmup):
+  ours = schedules.WarmupCosine(3e-3, 50, warmup)
+  keras_schedule = (keras.optimizers.schedules.CosineDecay(0.0, 50, warmup_target=3e-3, warmup_steps=warmup)
+                    if warmup else keras.optimizers.schedules.CosineDecay(3e-3, 50))
+  for step in [0, 1, 3, 6, 7, 8, 20, 56, 57, 80]:
+    assert float(ours(step)) == pytest.approx(float(keras_schedule(step)), rel=1e-5, abs=1e-9), step
+  restored = keras.optimizers.AdamW.from_config(keras.optimizers.AdamW(ours).get_config())
+  assert float(restored.learning_rate) == pytest.approx(float(ours(0)), abs=1e-9)
 
 
 def test_bad_optimizer_and_schedule_names():
@@ -62,3 +73,23 @@ def test_jit_auto_is_off_for_tensorflow_and_explicit_values_win():
   assert keras.backend.backend() == "tensorflow"
   assert trainer.resolve_jit("auto") is False
   assert trainer.resolve_jit("true") is True and trainer.resolve_jit("false") is False
+
+
+def test_building_the_optimizer_first_changes_no_result():
+  """`build_optimizer` only moves slot creation out of the traced step: same weights after training."""
+  rng = np.random.default_rng(0)
+  images, labels = rng.uniform(0, 255, (32, 16, 16, 1)).astype("float32"), rng.integers(0, 2, (32, 1)).astype("float32")
+  trained = []
+  for build_first in (False, True):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(**trainer.compile_kwargs(trainer.make_optimizer(TrainConfig(optimizer="adamw", schedule="cosine",
+                                                                              epochs=2, warmup_epochs=1), 4), False))
+    if build_first:
+      trainer.build_optimizer(model)
+      assert model.optimizer.built and len(model.optimizer.variables) > 1
+    model.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    trained.append([w.numpy() for w in model.weights])
+  for a, b in zip(*trained):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -36,6 +36,7 @@ class TrainConfig:
   seed: int = 42
   device: str = "auto"
   jit_compile: str = "auto"
+  compilation_cache: bool = True
   distribution: str = "auto"
   per_replica_batch_size: int = 0
   mixed_precision: str = "none"

@@ -54,6 +54,7 @@ _TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs i
 _SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 _DEVICE = flags.DEFINE_enum("device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none.")
 _JIT_COMPILE = flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step. auto: on for JAX (off there means no jax.jit at all), off for TensorFlow (measured slower on small CPUs).")
+_COMPILATION_CACHE = flags.DEFINE_bool("compilation_cache", True, "JAX: keep compiled XLA programs in <cache_dir>/jax_compilation, so a rerun skips compiling (TensorFlow has no such cache).")
 _DISTRIBUTION = flags.DEFINE_enum("distribution", "auto", distribution.STRATEGIES, "auto, cpu, gpu (one device), mirrored (all local devices), multiworker (TF_CONFIG; TensorFlow only).")
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype policy: mixed_float16 (GPU, with loss scaling) or mixed_bfloat16 (CPU, JAX).")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics).")
@@ -167,6 +168,7 @@ def run_config():
       seed=_SEED.value,
       device=_DEVICE.value,
       jit_compile=_JIT_COMPILE.value,
+      compilation_cache=_COMPILATION_CACHE.value,
       distribution=_DISTRIBUTION.value,
       per_replica_batch_size=_PER_REPLICA_BATCH.value,
       mixed_precision=_MIXED_PRECISION.value,

@@ -115,6 +115,7 @@ def load_model(path, **kwargs):
   import keras
 
   from xray_keras.models import adapters, vit_layers  # noqa: F401  (registers the custom layers)
+  from xray_keras.training import schedules  # noqa: F401  (and the learning-rate schedule of the saved optimizer)
 
   try:
     import keras_hub  # noqa: F401  (registers keras-hub backbones, if a model holds one)

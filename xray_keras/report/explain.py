@@ -1,4 +1,4 @@
-"""Where a model looks: Grad-CAM for CNNs, attention rollout for the from-scratch ViTs.
+"""Where a model looks: Grad-CAM for CNNs, attention rollout for the ViTs (ours and keras-hub's).
 
 Both return one `(height, width)` map in [0, 1] per image, at the input size.
 Grad-CAM needs gradients, so it runs on the TensorFlow backend.
@@ -52,16 +52,56 @@ def grad_cam(model, images):
   return _upsample(cams, images.shape[1])
 
 
-def attention_rollout(model, images):
-  """Attention rollout (Abnar & Zuidema 2020) from the class token to the patches."""
+def _our_attention(model, images):
+  """Head-averaged attention of each `TransformerBlock` (the from-scratch ViTs)."""
   blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
-  if not blocks:
-    raise ValueError(f"{model.name} has no TransformerBlock layers for attention rollout")
   inputs_of = keras.Model(model.inputs, [block.input for block in blocks])
   block_inputs = inputs_of(np.asarray(images, np.float32), training=False)
+  return [keras.ops.convert_to_numpy(block.attention.attention_scores(block.norm1(tokens))).mean(axis=1)
+          for block, tokens in zip(blocks, block_inputs)]
+
+
+def _hub_vit_encoder(model):
+  """The keras-hub `ViTEncoder` inside a classifier's backbone, or None."""
+  backbone = backbone_of(model)
+  layers = backbone.layers if backbone is not None else []
+  return next((l for l in layers if type(l).__name__ == "ViTEncoder" and hasattr(l, "encoder_layers")), None)
+
+
+def _hub_vit_attention(model, images):
+  """Head-averaged attention of each keras-hub `ViTEncoderBlock`, read from its `MultiHeadAttention`."""
+  backbone, encoder = backbone_of(model), _hub_vit_encoder(model)
+  x = keras.ops.convert_to_tensor(np.asarray(images, np.float32))
+  for layer in model.layers[1:]:  # up to the backbone: grey to RGB, the preset's preprocessing
+    if layer is backbone:
+      break
+    x = layer(x, training=False)
+  for layer in backbone.layers[1:]:  # patch + position embedding, up to the encoder
+    if layer is encoder:
+      break
+    x = layer(x, training=False)
+  maps = []
+  for block in encoder.encoder_layers:
+    normed = block.layer_norm_1(x)
+    _, scores = block.mha(normed, normed, return_attention_scores=True, training=False)
+    maps.append(keras.ops.convert_to_numpy(keras.ops.cast(scores, "float32")).mean(axis=1))
+    x = block(x, training=False)
+  return maps
+
+
+def attention_rollout(model, images):
+  """Attention rollout (Abnar & Zuidema 2020) from the class token to the patches.
+
+  For the from-scratch ViTs (`TransformerBlock`) and keras-hub ViT backbones (ViT_Base).
+  """
+  if any(isinstance(layer, TransformerBlock) for layer in model.layers):
+    maps = _our_attention(model, images)
+  elif _hub_vit_encoder(model) is not None:
+    maps = _hub_vit_attention(model, images)
+  else:
+    raise ValueError(f"{model.name} has no transformer blocks for attention rollout")
   rollout = None
-  for block, tokens in zip(blocks, block_inputs):
-    attention = keras.ops.convert_to_numpy(block.attention.attention_scores(block.norm1(tokens))).mean(axis=1)
+  for attention in maps:
     attention = 0.5 * attention + 0.5 * np.eye(attention.shape[-1])[None]
     attention /= attention.sum(axis=-1, keepdims=True)
     rollout = attention if rollout is None else attention @ rollout
@@ -71,8 +111,8 @@ def attention_rollout(model, images):
 
 
 def explain(model, images):
-  """Attention rollout for from-scratch ViTs, Grad-CAM otherwise; None when neither applies."""
-  if any(isinstance(layer, TransformerBlock) for layer in model.layers):
+  """Attention rollout for ViTs, Grad-CAM otherwise; None when neither applies."""
+  if any(isinstance(layer, TransformerBlock) for layer in model.layers) or _hub_vit_encoder(model) is not None:
     return attention_rollout(model, images)
   try:
     return grad_cam(model, images)

@@ -142,6 +142,20 @@ def compare_test_beds(study_a, study_b, out_path):
   return out_path
 
 
+def _weights(name):
+  if name in ("", "none", None):
+    return "random (from scratch)"
+  return "ImageNet (download)" if name == "imagenet" else f"file {os.path.basename(str(name).rstrip('/'))}"
+
+
+def _run_row(run):
+  model, timing = run.metrics.get("model", {}), run.timing
+  head = timing.get("head_phase", {}).get("epochs_run", 0)
+  shape = "x".join(str(d) for d in model.get("input_shape", [])) or "-"
+  return [run.display_name, shape, _weights(model.get("weights")), f"{head} + {timing.get('epochs_run', 0)}",
+          timing.get("batch_size", "-")]
+
+
 def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
   """Writes the report files into `study_dir`; returns the path of report.md."""
   runs, missing = collect.read_study(study_dir)
@@ -177,6 +191,9 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
         ["model", "layers", "hidden size", "MLP size", "heads", "params"],
         [[r["model"]] + ["-" if r[k] is None else r[k] for k in ("layers", "hidden_size", "mlp_size", "heads")]
          + [f"{r['params']:,}"] for r in parameter_table]), ""]
+  md += ["## Runs", "", "What each model was trained from, at what input size and for how long.", "",
+         _table(["model", "input", "weights", "epochs (head phase + training)", "batch"],
+                [_run_row(run) for run in runs]), ""]
   md += ["## Results on the test split", "",
          f"At threshold 0.5, with 95% bootstrap intervals over test images ({resamples} resamples, seed {seed}).", "",
          _table(["model", "test bed"] + list(CI_METRICS) + ["acc. at val threshold"],
@@ -212,7 +229,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
   md += [f"- {note}" for note in data.get("notes", [])] + [""]
   md += ["## Figures", ""] + [f"![{name}]({name})" for name in figure_files] + [""]
   if "explanations.png" in figure_files:
-    md += ["`explanations.png`: Grad-CAM (CNNs) and attention rollout (from-scratch ViTs) on the same test images, "
+    md += ["`explanations.png`: Grad-CAM (CNNs) and attention rollout (ViTs) on the same test images, "
            "both classes, right and wrong by the first model; the title gives each model's probability.", ""]
   path = os.path.join(study_dir, "report.md")
   with open(path, "w") as f:

@@ -1,6 +1,9 @@
 """`--device`: make auto/cpu/gpu real for the active Keras backend."""
 
+import os
+
 import keras
+from absl import logging
 
 from xray_keras.errors import UserError
 
@@ -46,3 +49,31 @@ def configure(device):
   if device == "gpu":
     raise UserError(f"--device=gpu is not supported on the {backend} backend here.")
   return "cpu"
+
+
+def compilation_cache(cache_dir):
+  """JAX: persists compiled XLA programs under `cache_dir`/jax_compilation. Returns the folder, or None.
+
+  A rerun of the same model and shapes then loads its train step instead of compiling it
+  (ViT_scratch on 2 CPU cores: first step about 10 s cold, 2 s warm). TensorFlow has no such cache.
+  """
+  if keras.backend.backend() != "jax":
+    return None
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+  from xray_keras.data import cache
+
+  folder = os.path.join(cache_dir or cache.default_cache_dir(), "jax_compilation")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    logging.warning("No JAX compilation cache (%s): every run compiles from scratch.", e)
+    return None
+  # JAX reads the cache through etils.epath, which would import TensorFlow (tf.io.gfile) wherever it
+  # is installed; a local folder needs no TensorFlow.
+  os.environ.setdefault("EPATH_USE_TF", "false")
+  jax_cache.reset_cache()  # JAX fixes its cache setting at its first compile, which may have happened
+  jax_cache.set_cache_dir(folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return folder

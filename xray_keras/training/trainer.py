@@ -22,7 +22,7 @@ from xray_keras.data import feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics
-from xray_keras.training import device, distribution, room, run_dir as run_dirs, testbed, transfer
+from xray_keras.training import device, distribution, room, run_dir as run_dirs, schedules, testbed, transfer
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
@@ -56,12 +56,7 @@ def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warm
   if train.schedule == "cosine":
     total = max(epochs * steps_per_epoch, 1)
     warmup = warmup_epochs * steps_per_epoch
-    if warmup:
-      lr = keras.optimizers.schedules.CosineDecay(
-          0.0, max(total - warmup, 1), warmup_target=peak, warmup_steps=warmup
-      )
-    else:
-      lr = keras.optimizers.schedules.CosineDecay(peak, total)
+    lr = schedules.WarmupCosine(peak, max(total - warmup, 1), warmup)
   elif train.schedule != "constant":
     raise UserError(f"Unknown schedule: {train.schedule!r}. Expected one of {SCHEDULES}.")
   if train.optimizer == "adam":
@@ -87,7 +82,17 @@ def resolve_input(config):
   return spec, size, config.data.channels
 
 
-def _compile_kwargs(optimizer, jit_compile):
+def build_optimizer(model):
+  """Creates the optimizer's slots before the first step.
+
+  Left to the first step, TensorFlow creates them inside the traced train function and then
+  traces it a second time: ViT_scratch's first step took 7.8 s instead of 3.9 s on 2 CPU cores.
+  """
+  model.optimizer.build(model.trainable_variables)
+
+
+def compile_kwargs(optimizer, jit_compile):
+  """The loss, metrics and XLA setting every training phase compiles with."""
   return dict(
       optimizer=optimizer,
       loss="binary_crossentropy",
@@ -192,6 +197,8 @@ def _tag_synthetic(enabled):
 def train_and_evaluate(config):
   """Runs one experiment end to end. Returns the run directory."""
   used_device = device.configure(config.train.device)
+  if config.train.compilation_cache:
+    device.compilation_cache(config.data.cache_dir)
   plan = distribution.setup(config.train.distribution)  # before any other TensorFlow op
   synthetic = loader.resolve_source(config.data) == "synthetic"
   run_dir, resuming = run_dirs.prepare(config, plan, synthetic)
@@ -234,7 +241,7 @@ def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, 
   with plan.scope():
     optimizer = make_optimizer(train, steps, learning_rate=train.head_learning_rate, epochs=train.head_epochs, warmup_epochs=0)
     result = transfer.train_head(
-        model, _compile_kwargs(optimizer, jit_compile),
+        model, compile_kwargs(optimizer, jit_compile),
         (train_split.images, train_split.labels),
         (val_split.images, val_split.labels) if len(val_split.labels) else None,
         batch_size, train.head_epochs, train.seed,
@@ -299,7 +306,8 @@ def _run(config, run_dir, resuming, plan, used_device):
     trainable = transfer.set_trainable(model, config.train.unfreeze, freeze_batchnorm=weights != "none")
     logging.info("Phase 2: %s backbone parameters trainable (--unfreeze=%s)", f"{trainable:,}", config.train.unfreeze)
   with plan.scope():
-    model.compile(**_compile_kwargs(make_optimizer(config.train, steps), jit_compile))
+    model.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile))
+    build_optimizer(model)
   train_ds = feeder.make_feeder(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
   val_ds = feeder.make_feeder(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
   if class_weight:

@@ -135,6 +135,7 @@ def train_head(model, compile_kwargs, train, val, batch_size, epochs, seed, call
     extraction_s = 0.0
     trainee = model
   trainee.compile(**compile_kwargs)
+  trainee.optimizer.build(trainee.trainable_variables)  # before the step is traced (see trainer.build_optimizer)
   train_ds = feeder.make_feeder(train[0], train[1], batch_size, True, seed, augmenter)
   val_ds = feeder.make_feeder(val[0], val[1], batch_size, False) if val is not None and len(val[1]) else None
   trainee.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
