@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # The shared real data, as the tests find it: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224.
@@ -19,6 +20,11 @@ def machine():
   except (OSError, StopIteration):
     pass
   return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+
+
+def peak_rss_mb():
+  """This process's peak resident memory so far, in MiB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_result(name, payload, path=None):

@@ -16,7 +16,6 @@ process's peak resident memory after both is recorded too. Writes results/end_to
 import argparse
 import math
 import os
-import resource
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,7 +87,7 @@ def run_experiment(name, data_config, epochs=2):
           "steps": steps, "augmentation": list(feeder.AUGMENTATIONS), "jit_compile": jit,
           "end_to_end_epoch_s": real_s, "compute_epoch_s": compute_s, "ratio": real_s / compute_s,
           "end_to_end_images_per_s": count / real_s, "compute_images_per_s": count / compute_s,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "target_ratio": 1.1}
+          "peak_rss_mb": common.peak_rss_mb(), "target_ratio": 1.1}
 
 
 def main():

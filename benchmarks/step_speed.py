@@ -13,16 +13,13 @@ done), after warm-up steps that absorb tracing and compilation.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def _peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import common  # noqa: E402
 
 
 def _time_steps(step, warmup, min_steps, min_seconds):
@@ -62,7 +59,7 @@ def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   images, labels = _batch(size, batch)
   images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
   train_warm, train = _time_steps(lambda: model.train_on_batch(images, labels), warmup, min_steps, min_seconds)
-  peak = _peak_rss_mb()
+  peak = common.peak_rss_mb()
   infer_warm, infer = _time_steps(lambda: model.predict_on_batch(images), warmup, min_steps, min_seconds / 2)
   return {"framework": f"keras-{keras.backend.backend()}", "versions": {"keras": keras.__version__,
           keras.backend.backend(): _backend_version()}, "params": model.count_params(),
@@ -110,7 +107,7 @@ def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
 
   model.train()
   train_warm, train = _time_steps(train_step, warmup, min_steps, min_seconds)
-  peak = _peak_rss_mb()
+  peak = common.peak_rss_mb()
   model.eval()
   infer_warm, infer = _time_steps(infer_step, warmup, min_steps, min_seconds / 2)
   return {"framework": "torch.compile" if compile_model else "torch", "versions": {"torch": torch.__version__},

@@ -89,19 +89,23 @@ def _hub_vit_attention(model, images):
   return maps
 
 
+def _attention_reader(model):
+  """The function that reads `model`'s per-block attention, or None for a model without transformer blocks."""
+  if any(isinstance(layer, TransformerBlock) for layer in model.layers):
+    return _our_attention
+  return _hub_vit_attention if _hub_vit_encoder(model) is not None else None
+
+
 def attention_rollout(model, images):
   """Attention rollout (Abnar & Zuidema 2020) from the class token to the patches.
 
   For the from-scratch ViTs (`TransformerBlock`) and keras-hub ViT backbones (ViT_Base).
   """
-  if any(isinstance(layer, TransformerBlock) for layer in model.layers):
-    maps = _our_attention(model, images)
-  elif _hub_vit_encoder(model) is not None:
-    maps = _hub_vit_attention(model, images)
-  else:
+  read_attention = _attention_reader(model)
+  if read_attention is None:
     raise ValueError(f"{model.name} has no transformer blocks for attention rollout")
   rollout = None
-  for attention in maps:
+  for attention in read_attention(model, images):
     attention = 0.5 * attention + 0.5 * np.eye(attention.shape[-1])[None]
     attention /= attention.sum(axis=-1, keepdims=True)
     rollout = attention if rollout is None else attention @ rollout
@@ -112,7 +116,7 @@ def attention_rollout(model, images):
 
 def explain(model, images):
   """Attention rollout for ViTs, Grad-CAM otherwise; None when neither applies."""
-  if any(isinstance(layer, TransformerBlock) for layer in model.layers) or _hub_vit_encoder(model) is not None:
+  if _attention_reader(model) is not None:
     return attention_rollout(model, images)
   try:
     return grad_cam(model, images)
