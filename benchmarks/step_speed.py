@@ -49,11 +49,11 @@ def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   import keras
 
   from xray_keras import models
+  from xray_keras.training import testbed, trainer
 
   if precision == "bfloat16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  # As the trainer's --jit_compile=auto: XLA on JAX (the alternative is no jax.jit at all), off on TensorFlow.
-  jit_compile = {"auto": keras.backend.backend() == "jax", "true": True, "false": False}[jit_compile]
+  jit_compile = trainer.resolve_jit(jit_compile)  # as the trainer's --jit_compile
   model = models.build_model(model_name, (size, size, 1), patch_size=patch, weights="none")
   model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.BinaryCrossentropy(), jit_compile=jit_compile)
   images, labels = _batch(size, batch)
@@ -61,17 +61,8 @@ def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   train_warm, train = _time_steps(lambda: model.train_on_batch(images, labels), warmup, min_steps, min_seconds)
   peak = common.peak_rss_mb()
   infer_warm, infer = _time_steps(lambda: model.predict_on_batch(images), warmup, min_steps, min_seconds / 2)
-  return {"framework": f"keras-{keras.backend.backend()}", "versions": {"keras": keras.__version__,
-          keras.backend.backend(): _backend_version()}, "params": model.count_params(),
-          "jit_compile": model.jit_compile, **_rates(batch, train_warm, train, infer_warm, infer), "peak_rss_mb": peak}
-
-
-def _backend_version():
-  import keras
-
-  backend = keras.backend.backend()
-  module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
-  return module.__version__
+  return {"framework": f"keras-{keras.backend.backend()}", "versions": testbed.describe()["versions"],
+          "params": model.count_params(), "jit_compile": model.jit_compile, **_rates(batch, train_warm, train, infer_warm, infer), "peak_rss_mb": peak}
 
 
 def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, compile_model, device):
