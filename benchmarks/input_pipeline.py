@@ -46,7 +46,7 @@ def feeder_rate(split, batch, augment, epochs=2):
 
   from xray_keras.data import feeder
 
-  augmenter = feeder.augmentation(feeder.AUGMENTATIONS if augment else (), seed=0)
+  augmenter = feeder.augmentation(feeder.GEOMETRIC_AND_CONTRAST if augment else (), seed=0)
   feed = feeder.make_feeder(split.images, split.labels, batch, True, 0, augmenter)
   seconds = []
   for epoch in range(epochs):  # the first pass includes tracing the augmentation

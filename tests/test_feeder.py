@@ -28,6 +28,16 @@ def test_augmentation_eager_and_in_tf_data_agree_on_shape_and_range():
     assert not np.allclose(out, images)  # something changed
 
 
+@pytest.mark.parametrize("name", ["brightness", "blur", "sharpness"])
+def test_each_intensity_augmentation_changes_grey_images_within_range(name):
+  yy, xx = np.mgrid[:32, :32]
+  images = np.where((yy // 4 + xx // 4) % 2 == 0, 40, 220).astype(np.uint8)[None, :, :, None].repeat(8, 0)
+  ds = feeder.tf_dataset(images, np.zeros(8), 8, training=True, seed=0, augmenter=feeder.augmentation([name], seed=0))
+  out = next(iter(ds))[0].numpy()
+  assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+  assert np.abs(out - images).mean() > 0.5
+
+
 def test_no_augmentation_by_default_and_bad_names_fail():
   assert feeder.augmentation([]) is None
   with pytest.raises(ValueError, match="flip"):

@@ -39,7 +39,7 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
 
   report = (out / "report.md").read_text()
   for section in ("## Models parameters", "## Results on the test split", "## Time", "## Test beds",
-                  "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
+                  "## Validation versus test", "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
     assert section in report, section
   assert "| ViT_scratch | 32x32x1 | random (from scratch) | 0 + 1 |" in report  # the Runs table
   for figure in ("training_curves.png", "roc_curves.png", "confusion_matrices.png", "epoch_time.png",
@@ -52,6 +52,8 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   for row in results["results"]:
     low, high = row["accuracy_ci"]
     assert low <= row["accuracy"] <= high
+    val = json.loads((out / row["name"] / "metrics.json").read_text())["val"]
+    assert (row["val_accuracy"], row["val_auc"]) == (val["accuracy"], val["auc"])
   assert [(p["a"], p["b"]) for p in results["pairwise"]] == [("ViT_scratch", "CNN_scratch")]
   assert [r["model"] for r in results["parameter_table"]] == ["CNN_scratch", "ViT_scratch"]
 

@@ -10,7 +10,8 @@ import math
 import keras
 import numpy as np
 
-AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast")
+AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast", "brightness", "blur", "sharpness")
+GEOMETRIC_AND_CONTRAST = AUGMENTATIONS[:4]
 
 
 def augmentation(names, seed=None):
@@ -31,6 +32,10 @@ def augmentation(names, seed=None):
       "zoom": lambda: keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
       "translation": lambda: keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed),
       "contrast": lambda: keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
+      "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
+      # Blur and sharpen: edge sharpness follows each original's resolution, not the diagnosis.
+      "blur": lambda: keras.layers.RandomGaussianBlur(0.5, kernel_size=5, sigma=(0.1, 1.5), seed=seed),
+      "sharpness": lambda: keras.layers.RandomSharpness(0.3, value_range=(0, 255), seed=seed),
   }
   return keras.Sequential([factories[n]() for n in names], name="augmentation")
 

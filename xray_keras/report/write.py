@@ -40,6 +40,8 @@ def result_rows(runs, resamples, seed):
       row[key] = point[key]
       row[f"{key}_ci"] = list(ci.get(key, (float("nan"), float("nan"))))
     row["accuracy_at_val_threshold"] = run.metrics["test"]["at_val_threshold"]["accuracy"]
+    for key in ("accuracy", "specificity", "auc"):
+      row[f"val_{key}"] = run.metrics.get("val", {}).get(key)
     row["val_threshold"] = run.threshold
     row["train_s"] = run.train_s
     row["mean_epoch_s"] = run.timing.get("mean_epoch_s")
@@ -200,6 +202,14 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
                 [[r["model"], r["test_bed"]] + [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]"
                                                  for k in CI_METRICS]
                  + [f"{_fmt(r['accuracy_at_val_threshold'])} (t={_fmt(r['val_threshold'], 2)})"] for r in rows]), "",
+         "## Validation versus test", "",
+         "The same model on the patient-grouped validation split (carved from train, used for model choice) and on the "
+         "official test split, threshold 0.5. A large drop means the test images differ from the training "
+         "distribution, and that validation scores overstate what the model does on new images.", "",
+         _table(["model", "val accuracy", "test accuracy", "val specificity", "test specificity", "val AUC", "test AUC"],
+                [[r["model"]] + [_fmt(r[f"{split}_{k}"]) for k in ("accuracy", "specificity", "auc")
+                                 for split in ("val", "test")] for r in
+                 [dict(r, test_accuracy=r["accuracy"], test_specificity=r["specificity"], test_auc=r["auc"]) for r in rows]]), "",
          "## Time", "",
          _table(["model", "params", "train time (min)", "s / epoch", "train img/s", "latency ms / image", "inference img/s"],
                 [[r["model"], f"{r['params']:,}", _fmt(r["train_s"] / 60, 1), _fmt(r["mean_epoch_s"], 1),
