@@ -207,7 +207,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
          "official test split, threshold 0.5. A large drop means the test images differ from the training "
          "distribution, and that validation scores overstate what the model does on new images.", "",
          _table(["model", "val accuracy", "test accuracy", "val specificity", "test specificity", "val AUC", "test AUC"],
-                [[r["model"]] + [_fmt(r[f"val_{k}"]) + " | " + _fmt(r[k]) for k in ("accuracy", "specificity", "auc")]
+                [[r["model"]] + [_fmt(r[f"{prefix}{k}"]) for k in ("accuracy", "specificity", "auc") for prefix in ("val_", "")]
                  for r in rows]), "",
          "## Time", "",
          _table(["model", "params", "train time (min)", "s / epoch", "train img/s", "latency ms / image", "inference img/s"],
