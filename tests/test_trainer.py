@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO
 from xray_keras.config import TrainConfig
-from xray_keras.training import schedules, trainer
+from xray_keras.training import schedules, trainer, transfer
 from xray_keras.training.timing import TimingCallback
 
 
@@ -87,7 +87,7 @@ def test_building_the_optimizer_first_changes_no_result():
     model.compile(**trainer.compile_kwargs(trainer.make_optimizer(TrainConfig(optimizer="adamw", schedule="cosine",
                                                                               epochs=2, warmup_epochs=1), 4), False))
     if build_first:
-      trainer.build_optimizer(model)
+      transfer.build_optimizer(model)
       assert model.optimizer.built and len(model.optimizer.variables) > 1
     model.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
     trained.append([w.numpy() for w in model.weights])

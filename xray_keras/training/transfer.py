@@ -24,6 +24,15 @@ _BLOCK_NAME = re.compile(
 )
 
 
+def build_optimizer(model):
+  """Creates the optimizer's slots before the first step.
+
+  Left to the first step, TensorFlow creates them inside the traced train function and then
+  traces it a second time: ViT_scratch's first step took 7.8 s instead of 3.9 s on 2 CPU cores.
+  """
+  model.optimizer.build(model.trainable_variables)
+
+
 def _units(backbone):
   """Backbone layers in order, with encoder layers opened into their blocks."""
   units = []
@@ -135,7 +144,7 @@ def train_head(model, compile_kwargs, train, val, batch_size, epochs, seed, call
     extraction_s = 0.0
     trainee = model
   trainee.compile(**compile_kwargs)
-  trainee.optimizer.build(trainee.trainable_variables)  # before the step is traced (see trainer.build_optimizer)
+  build_optimizer(trainee)
   train_ds = feeder.make_feeder(train[0], train[1], batch_size, True, seed, augmenter)
   val_ds = feeder.make_feeder(val[0], val[1], batch_size, False) if val is not None and len(val[1]) else None
   trainee.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
