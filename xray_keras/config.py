@@ -54,3 +54,4 @@ class RunConfig:
   flags_text: str = ""
   export: bool = False
   export_dir: str = "saved_models"
+  report: bool = True

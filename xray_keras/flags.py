@@ -6,13 +6,14 @@ from absl import flags
 
 from xray_keras import models
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
-from xray_keras.data import decode, feeder
+from xray_keras.data import decode, download, feeder
 from xray_keras.data.loader import SOURCES, DataConfig
 from xray_keras.training import device, distribution, trainer
 
 # === Data ===
-_DATA_SOURCE = flags.DEFINE_enum("data_source", "auto", SOURCES, "Where images come from; auto: synthetic without --data_dir, npz for a .npz file, else folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset folder (any level of the Kermany archive), a MedMNIST .npz, or the TFDS manual_dir. Empty: built-in synthetic data.")
+_DATA_SOURCE = flags.DEFINE_enum("data_source", "auto", SOURCES, "Where images come from; auto: builtin (real X-rays at 64 px) without --data_dir, npz for a .npz file, else folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset folder (any level of the Kermany archive), kaggle or mendeley (download the full-resolution data once), a MedMNIST .npz, or the TFDS manual_dir. Empty: the built-in real X-rays at 64 px.")
+_MENDELEY_URL = flags.DEFINE_string("mendeley_url", download.MENDELEY_URL, "Where --data_dir=mendeley (and kaggle, when Kaggle fails) downloads the Kermany archive from.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Square input size in pixels; 0: the model's default.", lower_bound=0)
 _CHANNELS = flags.DEFINE_enum("channels", "1", ["1", "3"], "Image channels: 1 (grayscale) or 3 (RGB).")
 _RESIZE_MODE = flags.DEFINE_enum("resize_mode", "squash", decode.RESIZE_MODES, "How images reach a square: squash, pad (letterbox) or crop (centre).")
@@ -68,6 +69,7 @@ _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/. With --models: the study folder, default runs/<experiment>/.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
 _EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
+_REPORT = flags.DEFINE_bool("report", True, "Write report.md / report.html with figures into the run folder at the end.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/.")
 
 
@@ -142,6 +144,7 @@ def run_config():
       synthetic_train_size=_SYNTHETIC_TRAIN.value,
       synthetic_test_size=_SYNTHETIC_TEST.value,
       tfds_data_dir=_TFDS_DATA_DIR.value,
+      mendeley_url=_MENDELEY_URL.value,
   )
   model = ModelConfig(
       name=_MODEL.value, patch_size=_PATCH_SIZE.value, dropout=_DROPOUT.value, weights=_WEIGHTS.value,
@@ -183,5 +186,6 @@ def run_config():
       train=train,
       flags_text=flags_text(),
       export=_EXPORT.value,
+      report=_REPORT.value,
       export_dir=_EXPORT_DIR.value,
   )

@@ -3,7 +3,7 @@
   python -m xray_keras.run --flagfile=experiments/vit_scratch.cfg [--flag=value ...]
   python -m xray_keras.run --flagfile=experiments/study.cfg [--models=cnn_scratch,vit_scratch]
 
-Without --data_dir it runs on built-in synthetic data. See README.md.
+Without --data_dir it runs on the built-in real X-rays (64 px). See README.md.
 """
 
 import os

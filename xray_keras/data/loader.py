@@ -1,7 +1,8 @@
 """Load any data source into train/val/test arrays with their records and skips.
 
-Sources: `folder` (the Kermany layout), `npz` (PneumoniaMNIST / MedMNIST),
-`tfds` (the `chest_xray_pneumonia` builder) and `synthetic` (built in).
+Sources: `builtin` (the real images at 64 px, shipped in the package; the default),
+`folder` (the Kermany layout; `--data_dir=kaggle` or `mendeley` downloads it first), `npz`
+(PneumoniaMNIST / MedMNIST), `tfds` (the `chest_xray_pneumonia` builder) and `synthetic`.
 """
 
 import collections
@@ -12,11 +13,11 @@ import os
 import numpy as np
 from absl import logging
 
-from xray_keras.data import cache, decode, folder, patients, synthetic
+from xray_keras.data import builtin, cache, decode, download, folder, patients, synthetic
 from xray_keras.data.folder import DataError
 from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped, printable
 
-SOURCES = ("auto", "folder", "npz", "tfds", "synthetic")
+SOURCES = ("auto", "builtin", "folder", "npz", "tfds", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DataConfig:
   synthetic_train_size: int = 800
   synthetic_test_size: int = 200
   tfds_data_dir: str = ""
+  mendeley_url: str = download.MENDELEY_URL
 
 
 @dataclasses.dataclass
@@ -79,7 +81,7 @@ def resolve_source(config):
   if config.source != "auto":
     return config.source
   if not config.data_dir:
-    return "synthetic"
+    return "builtin"
   if config.data_dir.endswith(".npz"):
     return "npz"
   return "folder"
@@ -90,7 +92,11 @@ def load(config):
   source = resolve_source(config)
   if source in ("folder", "npz", "tfds") and not config.data_dir:
     raise DataError(f"--data_source={source} needs --data_dir. {folder.DATASET_HELP}")
-  loader = {"folder": _load_folder, "npz": _load_npz, "tfds": _load_tfds, "synthetic": _load_synthetic}
+  if source == "folder" and config.data_dir in download.SOURCES:
+    fetched = download.fetch(config.data_dir, config.cache_dir or cache.default_cache_dir(), config.mendeley_url)
+    config = dataclasses.replace(config, data_dir=fetched)
+  loader = {"builtin": _load_builtin, "folder": _load_folder, "npz": _load_npz, "tfds": _load_tfds,
+            "synthetic": _load_synthetic}
   data = loader[source](config)
   for split in ("train", "test"):
     if not len(data.splits[split].labels):
@@ -251,8 +257,25 @@ def _load_tfds(config):
   )
 
 
+def _load_builtin(config):
+  if config.image_size > builtin.IMAGE_SIZE:
+    raise DataError(
+        f"--image_size={config.image_size} is larger than the built-in data ({builtin.IMAGE_SIZE}x"
+        f"{builtin.IMAGE_SIZE}). {builtin.FULL_DATA_HELP}"
+    )
+  logging.info("No --data_dir given: using the built-in real X-rays (%d px).", builtin.IMAGE_SIZE)
+  images, records = builtin.load()
+  images = decode.resize_array(images, config.image_size, config.channels, config.resize_mode)
+  images, records = _select_arrays(images, records, config)
+  data = StudyData(
+      source="builtin", synthetic=False, name=builtin.NAME, splits=_by_split(images, records), skipped=[],
+  )
+  _note_patient_overlap(data, records)
+  return data
+
+
 def _load_synthetic(config):
-  logging.info("No --data_dir given: using the built-in SYNTHETIC chest-X-ray-like data.")
+  logging.info("--data_source=synthetic: using the built-in SYNTHETIC chest-X-ray-like data.")
   parts = [
       synthetic.generate(split, n, config.image_size, config.channels, config.split_seed)
       for split, n in (("train", config.synthetic_train_size), ("test", config.synthetic_test_size))

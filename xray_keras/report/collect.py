@@ -68,7 +68,9 @@ def read_run(run_dir, name=None):
 
 
 def read_study(study_dir):
-  """Finished runs of a study folder, in the study's model order; unfinished ones are listed apart."""
+  """Finished runs of a study folder (or one run folder), in the study's model order; unfinished ones apart."""
+  if os.path.isfile(os.path.join(study_dir, run_dirs.FINISHED_MARKER)):
+    return [read_run(study_dir)], []
   order = []
   study_json = os.path.join(study_dir, "study.json")
   if os.path.isfile(study_json):

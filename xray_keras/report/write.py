@@ -1,4 +1,4 @@
-"""Write `report.md`, `results.csv` and `results.json` (figures beside them) for a study folder."""
+"""Write `report.md`, `report.html`, `results.csv` and `results.json` (figures beside them) for a study or a run."""
 
 import csv
 import itertools
@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from xray_keras.evaluation import metrics, statistics
-from xray_keras.report import collect, figures
+from xray_keras.report import collect, figures, html
 
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
@@ -82,7 +82,7 @@ def _choose_images(run, per_group=2):
 def explanations(runs, study_dir):
   """Grad-CAM / attention-rollout grid on a fixed set of test images; None if the data cannot be read."""
   from xray_keras import models
-  from xray_keras.data import decode, folder
+  from xray_keras.data import builtin, decode, folder
   from xray_keras.report import explain
   from xray_keras.serving.export import read_flags
 
@@ -90,14 +90,21 @@ def explanations(runs, study_dir):
   chosen = _choose_images(runs[0])
   for run in runs:
     flags = read_flags(os.path.join(run.run_dir, "flags.txt"))
-    data_dir = flags.get("data_dir", "")
-    if run.metrics.get("data", {}).get("source") != "folder" or not os.path.isdir(data_dir):
+    size, _, channels = run.metrics["model"]["input_shape"]
+    files = [run.test_files[i] for i in chosen]
+    source, data_dir = run.metrics.get("data", {}).get("source"), flags.get("data_dir", "")
+    if source == "builtin":
+      images, records = builtin.load()
+      index = {r.path: i for i, r in enumerate(records)}
+      pixels = decode.resize_array(images[[index[f] for f in files]], size, channels)
+    elif source == "folder" and os.path.isdir(data_dir):
+      root = folder.find_root(data_dir)
+      pixels = np.stack([decode.decode_image(open(os.path.join(root, f), "rb").read(), size, channels,
+                                             flags.get("resize_mode", "squash")) for f in files])
+    else:
       logging.info("No explanations for %s: its images are not in a readable folder.", run.name)
       continue
-    root = folder.find_root(data_dir)
-    size, _, channels = run.metrics["model"]["input_shape"]
-    pixels = np.stack([decode.decode_image(open(os.path.join(root, run.test_files[i]), "rb").read(), size, channels,
-                                           flags.get("resize_mode", "squash")) for i in chosen]).astype(np.float32)
+    pixels = pixels.astype(np.float32)
     maps = explain.explain(models.load_model(os.path.join(run.run_dir, "model.keras")), pixels)
     if maps is None:
       logging.info("No explanations for %s: neither Grad-CAM nor attention rollout applies.", run.name)
@@ -172,8 +179,11 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
       "epoch_time.png": figures.epoch_time_bars(runs, os.path.join(study_dir, "epoch_time.png")),
       "accuracy_vs_size_and_time.png": figures.accuracy_scatter(runs, os.path.join(study_dir, "accuracy_vs_size_and_time.png")),
   }
-  if explanations(runs, study_dir):
-    figure_files["explanations.png"] = "explanations.png"
+  try:
+    if explanations(runs, study_dir):
+      figure_files["explanations.png"] = "explanations.png"
+  except Exception as e:  # a figure must never cost the rest of the report
+    logging.warning("No explanations figure: %s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
   with open(os.path.join(study_dir, "results.json"), "w") as f:
     json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
                "parameter_table": parameter_table or [], "missing": missing}, f, indent=2)
@@ -183,7 +193,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
     writer.writeheader()
     writer.writerows(flat)
 
-  md = ["# Study report", ""]
+  md = ["# Study report" if len(runs) > 1 else f"# Run report: {runs[0].display_name}", ""]
   if any(r["synthetic"] for r in rows):
     md += ["**SYNTHETIC DATA: these numbers say nothing about chest X-rays.**", ""]
   if missing:
@@ -243,5 +253,6 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
   path = os.path.join(study_dir, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(md))
+  html.write(md, os.path.join(study_dir, "report.html"))
   logging.info("Report written to %s", path)
   return path

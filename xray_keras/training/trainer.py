@@ -21,7 +21,7 @@ from xray_keras import atomic, models
 from xray_keras.data import feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
-from xray_keras.evaluation import metrics
+from xray_keras.evaluation import metrics, statistics
 from xray_keras.training import device, distribution, room, run_dir as run_dirs, schedules, testbed, transfer
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
@@ -29,6 +29,7 @@ from xray_keras.training.timing import TimingCallback
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 HEAD_WEIGHTS = "head_phase.weights.h5"
+BOOTSTRAP_RESAMPLES = 1000
 
 @contextlib.contextmanager
 def log_to_file(path):
@@ -338,6 +339,10 @@ def _run(config, run_dir, resuming, plan, used_device):
       split: metrics.evaluate_split(data.splits[split].labels, probabilities[split], threshold)
       for split in ("val", "test") if len(data.splits[split].labels)
   }
+  for split in ("val", "test"):
+    if split in result:
+      result[split]["ci95"] = {k: list(v) for k, v in statistics.bootstrap_ci(
+          data.splits[split].labels, probabilities[split], 0.5, BOOTSTRAP_RESAMPLES).items()}
   result["synthetic"] = data.synthetic
   result["data"] = data.summary()
   result["model"] = {
@@ -371,12 +376,32 @@ def _run(config, run_dir, resuming, plan, used_device):
     from xray_keras.serving import export  # TensorFlow-only
 
     export.export_run(run_dir, config.export_dir)
+  report = _write_run_report(run_dir) if config.report else None
   test = result["test"]
+  ci = test["ci95"]
   logging.info(
       "Done%s: test accuracy %.4f, AUC %.4f (threshold 0.5); accuracy %.4f at validation threshold %.3f. "
-      "%.1f train img/s, %.1fs in all. Outputs in %s",
+      "%.1f train img/s, %.1fs in all.",
       synthetic, test["accuracy"], test["auc"], test["at_val_threshold"]["accuracy"], threshold,
-      timing_report["train_images_per_s"] or 0.0, timing_report["total_run_s"], run_dir,
+      timing_report["train_images_per_s"] or 0.0, timing_report["total_run_s"],
   )
+  logging.info("Run folder: %s", run_dir)
+  logging.info("Test (%d images, threshold 0.5): accuracy %.3f [95%% CI %.3f, %.3f], ROC-AUC %.3f [95%% CI %.3f, %.3f]",
+               test["n"], test["accuracy"], *ci.get("accuracy", (math.nan, math.nan)), test["auc"],
+               *ci.get("auc", (math.nan, math.nan)))
+  if report:
+    logging.info("Figures and tables: python -m webbrowser -t %s", report)
   return run_dir
+
+
+def _write_run_report(run_dir):
+  """The run's report.md/report.html with figures; a failure is logged, never fatal (the run is done)."""
+  from xray_keras.report import write  # matplotlib, only at the end
+
+  try:
+    write.write_report(run_dir, BOOTSTRAP_RESAMPLES)
+  except Exception as e:
+    logging.warning("Report not written (%s: %s); the run itself is complete.", type(e).__name__, e)
+    return None
+  return os.path.abspath(os.path.join(run_dir, "report.html"))
 
