@@ -43,12 +43,11 @@ def run_one(backend, jit, data_args, out, eager_cap):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=common.REAL_DATA)
-  parser.add_argument("--quick", action="store_true", help="synthetic data, tiny: checks the script runs")
+  parser.add_argument("--quick", action="store_true", help="32 px, 16 images per split and class: checks the script runs")
   parser.add_argument("--output", default=None)
   parser.add_argument("--eager_cap", type=int, default=250, help="images per class for JAX without jit")
   flags = parser.parse_args()
-  data_args = (["--image_size=32", "--synthetic_train_size=64", "--synthetic_test_size=16", "--max_images_per_split=16"]
-               if flags.quick else [f"--data_dir={flags.data_dir}"])
+  data_args = (["--image_size=32", "--max_images_per_split=16"] if flags.quick else [f"--data_dir={flags.data_dir}"])
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for i, (backend, jit) in enumerate(CONFIGS):

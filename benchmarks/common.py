@@ -7,9 +7,11 @@ import platform
 import resource
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-# The shared real data, as the tests find it: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224.
-REAL_DATA = os.environ.get("XRAY_SHARED_DATA") or os.path.join(
+# The 224 px real data: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224. Where it is absent,
+# REAL_DATA is "" and the scripts use the package's built-in 64 px copy (enough for --quick).
+SHARED_DATA = os.environ.get("XRAY_SHARED_DATA") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224")
+REAL_DATA = SHARED_DATA if os.path.isdir(SHARED_DATA) else ""
 
 
 def machine():

@@ -49,7 +49,7 @@ def repeated_batch(images, labels, steps, last):
   return Feed()
 
 
-def run_experiment(name, data_config, epochs=2):
+def run_experiment(name, data_config, epochs=2, image_size=0):
   import keras
   import numpy as np
 
@@ -59,6 +59,7 @@ def run_experiment(name, data_config, epochs=2):
   from xray_keras.training.timing import TimingCallback
 
   model_name, size, patch, batch = EXPERIMENTS[name]
+  size = image_size or size
   data = loader.load(loader.DataConfig(**data_config, image_size=size))
   train = data.splits["train"]
   count = len(train.labels)
@@ -95,7 +96,7 @@ def main():
   parser.add_argument("--data_dir", default=common.REAL_DATA)
   parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
   parser.add_argument("--epochs", type=int, default=2, help="timed epochs of each kind")
-  parser.add_argument("--quick", action="store_true", help="20 images per split, 1 epoch each")
+  parser.add_argument("--quick", action="store_true", help="32 px, 20 images per split, 1 epoch each")
   parser.add_argument("--output", default=None)
   flags = parser.parse_args()
   import keras
@@ -105,7 +106,7 @@ def main():
     data_config["max_images_per_split"] = 20
   rows = []
   for name in flags.experiments.split(","):
-    row = run_experiment(name, data_config, epochs=1 if flags.quick else flags.epochs)
+    row = run_experiment(name, data_config, epochs=1 if flags.quick else flags.epochs, image_size=32 if flags.quick else 0)
     rows.append(row)
     print(f"{name:<12} {row['image_size']:>4}px: end-to-end {row['end_to_end_epoch_s']:.1f} s "
           f"({row['end_to_end_images_per_s']:.0f} img/s), compute {row['compute_epoch_s']:.1f} s "

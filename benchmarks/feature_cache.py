@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-WEIGHTS = os.path.join(os.path.dirname(common.REAL_DATA.rstrip("/")), "..", "weights",
+WEIGHTS = os.path.join(os.path.dirname(common.SHARED_DATA.rstrip("/")), "..", "weights",
                        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 
@@ -44,7 +44,7 @@ def main():
   from xray_keras.training import transfer
 
   size = 32 if args.quick else args.image_size
-  config = loader.DataConfig(source="folder", data_dir=args.data_dir, image_size=size, channels=1,
+  config = loader.DataConfig(data_dir=args.data_dir, image_size=size, channels=1,
                              max_images_per_split=16 if args.quick else 0)
   data = loader.load(config)
   train = data.splits["train"]

@@ -1,16 +1,16 @@
 """GPU training images/s of the four study models: Keras on JAX (bf16) vs PyTorch with torch.compile.
 
-For an H100/H200 machine without TensorFlow (JAX with CUDA and PyTorch installed; carry the
-keras, keras-hub, namex and optree wheels as the device README says):
+For an H100/H200 machine with JAX (CUDA) and PyTorch; TensorFlow is not needed (keras, keras-hub,
+namex and optree installed from their wheels are enough):
 
-  KERAS_BACKEND=jax python3 benchmarks/gpu_vs_torch.py --output=$OUT/gpu_vs_torch.json
+  KERAS_BACKEND=jax python3 benchmarks/gpu_vs_torch.py --output=gpu_vs_torch.json
 
 Each (framework, model) runs `step_speed.py` in its own process on the same 224 px batch, with
 mixed bfloat16 on both sides (Keras `mixed_bfloat16`; torch autocast), ours first. Reports
 training and inference images/s, `ratio_vs_peer` = ours / torch.compile, and model FLOPs
 utilisation: forward FLOPs per image (counted by PyTorch on the peer) x 3 for a training step x
 images/s / the GPU's dense bf16 peak. The result file is rewritten after every row, so a run cut
-short keeps what finished. Fits one device call of 5 minutes (`--budget_s`). `--quick` checks the
+short keeps what finished; no row starts after `--budget_s` (290 s), so a run fits 5 minutes. `--quick` checks the
 script on the CPU at 32 px with the eager PyTorch peer.
 """
 

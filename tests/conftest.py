@@ -1,35 +1,93 @@
-"""Shared fixtures: small real-image trees built from ../shared/data/chest_xray_224."""
+"""Shared fixtures: small real-image trees from the package's built-in data (no ../shared needed).
 
+The built-in archive holds the 5,856 Kermany X-rays at 64x64 as PNG. Trees written here hold them
+as JPEG (quality 95) under their original `.jpeg` names, as in the real download. Tests that need
+the 224 px copy or the ImageNet weights in ../shared skip with a reason where those are absent.
+"""
+
+import atexit
+import functools
+import io
 import os
 import shutil
+import tempfile
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from xray_keras.data import builtin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get(
     "XRAY_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data", "chest_xray_224")
 )
+# Beside the shared data: ../shared/weights, or XRAY_SHARED_WEIGHTS.
+SHARED_WEIGHTS = os.environ.get("XRAY_SHARED_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(SHARED_DATA)), "weights"))
 
 
 def shared_data():
+  """The 224 px dataset in ../shared; skips the test where it is absent (a user's clone)."""
   if not os.path.isdir(os.path.join(SHARED_DATA, "train")):
-    pytest.fail(f"Real test images not found at {SHARED_DATA} (set XRAY_SHARED_DATA).")
+    pytest.skip(f"needs the 224 px dataset at {SHARED_DATA} (set XRAY_SHARED_DATA)")
   return SHARED_DATA
+
+
+def shared_weights(name):
+  """A file of ../shared/weights; skips the test where it is absent."""
+  path = os.path.join(SHARED_WEIGHTS, name)
+  if not os.path.isfile(path):
+    pytest.skip(f"needs the ImageNet weights file {name} (set XRAY_SHARED_WEIGHTS to its folder)")
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin():
+  """{(split, class): {name.jpeg: 64x64 uint8 image}} from the built-in archive, names sorted."""
+  out = {}
+  for name, split, label, data in builtin.files():
+    stem = os.path.splitext(os.path.basename(name))[0]
+    with Image.open(io.BytesIO(data)) as image:
+      out.setdefault((split, ("NORMAL", "PNEUMONIA")[label]), {})[stem + ".jpeg"] = np.asarray(image.convert("L"))
+  return {key: dict(sorted(group.items())) for key, group in out.items()}
 
 
 def real_files(split, class_name, count):
   """The first `count` real file names of a split/class, sorted (stable across runs)."""
-  folder = os.path.join(shared_data(), split, class_name)
-  return sorted(os.listdir(folder))[:count]
+  return list(_builtin()[(split, class_name)])[:count]
+
+
+def real_jpeg(split, class_name, name):
+  """A real X-ray (64x64 grey) as JPEG bytes."""
+  out = io.BytesIO()
+  Image.fromarray(_builtin()[(split, class_name)][name], "L").save(out, "JPEG", quality=95)
+  return out.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def _real_dir():
+  path = tempfile.mkdtemp(prefix="xray_real_")
+  atexit.register(shutil.rmtree, path, True)
+  return path
+
+
+def real_path(split, class_name, name):
+  """A file holding `real_jpeg(split, class_name, name)`."""
+  path = os.path.join(_real_dir(), split, class_name, name)
+  if not os.path.isfile(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(real_jpeg(split, class_name, name))
+  return path
 
 
 def make_tree(root, per_class=6, splits=("train", "val", "test")):
-  """Copies `per_class` real images per split and class into `root/{split}/{class}/`."""
+  """Writes `per_class` real images per split and class into `root/{split}/{class}/`."""
   for split in splits:
     for class_name in ("NORMAL", "PNEUMONIA"):
       os.makedirs(os.path.join(root, split, class_name), exist_ok=True)
       for name in real_files(split, class_name, per_class):
-        shutil.copy(os.path.join(shared_data(), split, class_name, name), os.path.join(root, split, class_name, name))
+        shutil.copy(real_path(split, class_name, name), os.path.join(root, split, class_name, name))
   return root
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_weights
 
 
 def _no_tensorflow_env(tmp_path):
@@ -97,7 +97,8 @@ def test_backend_epoch_time_quick_mode(tmp_path):
 
 def test_feature_cache_quick_mode(tmp_path):
   out = tmp_path / "cache.json"
-  result = subprocess.run([sys.executable, "benchmarks/feature_cache.py", "--quick", f"--output={out}"],
+  weights = shared_weights("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+  result = subprocess.run([sys.executable, "benchmarks/feature_cache.py", "--quick", f"--weights={weights}", f"--output={out}"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())

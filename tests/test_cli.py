@@ -66,9 +66,36 @@ def test_one_epoch_run_on_real_images(real_tree, tmp_path):
   assert _error_lines(again) == [f"error: {out} holds a finished run; choose another --output_dir or pass --overwrite."]
 
 
-def test_default_main_job_runs_on_synthetic_data(tmp_path):
+def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report(tmp_path):
   out = tmp_path / "smoke"
-  result = run_cli("--flagfile=experiments/smoke.cfg", f"--output_dir={out}")
+  result = run_cli("--flagfile=experiments/smoke.cfg", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["synthetic"] is False and m["data"]["source"] == "builtin" and m["data"]["name"] == "builtin:chest_xray_64"
+  assert m["data"]["counts"]["test"] == {"NORMAL": 16, "PNEUMONIA": 16, "total": 32}
+  low, high = m["test"]["ci95"]["auc"]
+  assert low <= m["test"]["auc"] <= high
+  with open(out / "split_manifest.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert all(r["file"].endswith(".png") and not r["patient"].startswith("file:") for r in rows)
+  assert "[synthetic]" not in (out / "run.log").read_text()
+  # The last lines: the run folder, test accuracy and AUC with their CIs, and how to open the report.
+  last = [line.split("] ", 1)[-1] for line in result.stderr.strip().splitlines()[-3:]]
+  assert last[0] == f"Run folder: {out}"
+  assert last[1].startswith("Test (32 images, threshold 0.5): accuracy ") and "[95% CI " in last[1] and "ROC-AUC" in last[1]
+  assert last[2] == f"Figures and tables: python -m webbrowser -t {out / 'report.html'}"
+  report = (out / "report.md").read_text()
+  assert report.startswith("# Run report: ViT_scratch") and "builtin:chest_xray_64" in report
+  html = (out / "report.html").read_text()
+  assert "<table>" in html and '<img alt="roc_curves.png" src="roc_curves.png">' in html
+  for figure in ("roc_curves.png", "training_curves.png", "confusion_matrices.png", "explanations.png"):
+    assert (out / figure).stat().st_size > 1000, figure
+
+
+def test_synthetic_source_is_labelled_synthetic(tmp_path):
+  out = tmp_path / "smoke"
+  result = run_cli("--flagfile=experiments/smoke.cfg", "--data_source=synthetic", "--noreport",
+                   f"--output_dir={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   m = json.loads((out / "metrics.json").read_text())
   assert m["synthetic"] is True and m["data"]["source"] == "synthetic"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import real_files, shared_data
+from tests.conftest import real_files, real_path
 from xray_keras.data import decode
 
 
@@ -17,7 +17,7 @@ def _encode(image, fmt="PNG", **kwargs):
 
 def _real_jpeg():
   name = real_files("train", "PNEUMONIA", 1)[0]
-  with open(os.path.join(shared_data(), "train", "PNEUMONIA", name), "rb") as f:
+  with open(real_path("train", "PNEUMONIA", name), "rb") as f:
     return f.read()
 
 

@@ -98,7 +98,7 @@ def test_multiworker_on_loopback_equals_single_process(tmp_path):
 
 def test_kill_9_mid_epoch_then_resume(tmp_path):
   out = tmp_path / "run"
-  args = SMOKE + ["--epochs=6", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32",
+  args = SMOKE + ["--epochs=6", "--data_source=synthetic", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32",
                   f"--output_dir={out}"]
   process = _cli(args)
   history = out / "history.csv"

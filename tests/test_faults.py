@@ -190,7 +190,7 @@ def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
 
   out = tmp_path / "run"
   args = [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", "--epochs=8",
-          "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32", f"--output_dir={out}",
+          "--data_source=synthetic", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32", f"--output_dir={out}",
           f"--cache_dir={tmp_path / 'cache'}"]
   rng = random.Random(2)
   kills = 0

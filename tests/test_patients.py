@@ -2,8 +2,7 @@ import collections
 
 import pytest
 
-from tests.conftest import shared_data
-from xray_keras.data import folder, patients
+from xray_keras.data import builtin, patients
 
 
 @pytest.mark.parametrize(
@@ -23,8 +22,7 @@ def test_patient_id(name, patient):
 
 
 def test_real_train_split_is_patient_disjoint_and_stratified():
-  _, records, _ = folder.list_records(shared_data())
-  records = [r for r in records if r.split == "train"]
+  records = [r for r in builtin.records() if r.split == "train"]
   carved = patients.carve_validation(records, 0.2, seed=7)
   sides = collections.defaultdict(set)
   for r in carved:
@@ -40,7 +38,7 @@ def test_real_train_split_is_patient_disjoint_and_stratified():
 
 
 def test_split_depends_on_seed_only():
-  _, records, _ = folder.list_records(shared_data())
+  records = builtin.records()
   a = patients.carve_validation(records, 0.15, seed=1)
   b = patients.carve_validation(records, 0.15, seed=1)
   c = patients.carve_validation(records, 0.15, seed=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, make_tree, real_files, shared_data
+from tests.conftest import REPO, SHARED_DATA, make_tree, real_files, real_jpeg, real_path
 from tests.test_bad_inputs import jpeg_bomb, png_bomb
 from xray_keras import models
 from xray_keras.serving import graph
@@ -29,7 +29,7 @@ def test_a_keras_file_with_code_is_refused_in_one_line(tmp_path):
   evil, marker = tmp_path / "evil.keras", tmp_path / "marker"
   subprocess.run([sys.executable, "-c", EVIL, str(evil), str(marker)], check=True, capture_output=True, timeout=120)
   marker.unlink()  # saving traced the Lambda once
-  image = os.path.join(shared_data(), "test", "NORMAL", real_files("test", "NORMAL", 1)[0])
+  image = real_path("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   for args in (["-m", "xray_keras.predict", f"--model={evil}", image],
                ["-m", "xray_keras.run", "--model=cnn_scratch", f"--weights={evil}", "--image_size=16",
                 f"--output_dir={tmp_path / 'run'}"]):
@@ -73,7 +73,7 @@ def exported(tmp_path_factory):
 
 def test_exports_and_reports_hold_no_local_paths_or_user_names(exported):
   base, run_dir, version = exported
-  secrets = {str(base), REPO, os.path.expanduser("~"), os.path.dirname(shared_data())}
+  secrets = {str(base), REPO, os.path.expanduser("~"), os.path.dirname(SHARED_DATA)}
   user = getpass.getuser()
   files = [os.path.join(f, n) for f, _, names in os.walk(version) for n in names]
   files += [str(run_dir / n) for n in ("metrics.json", "timing.json")]
@@ -88,7 +88,7 @@ def test_exports_and_reports_hold_no_local_paths_or_user_names(exported):
 def test_serving_rejects_oversized_requests_cleanly(exported):
   _, _, version = exported
   serve = tf.saved_model.load(str(version)).signatures["serving_default"]
-  jpeg = open(os.path.join(shared_data(), "test", "NORMAL", real_files("test", "NORMAL", 1)[0]), "rb").read()
+  jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   assert serve(images=tf.constant([jpeg] * graph.MAX_BATCH))["label"].shape == (graph.MAX_BATCH,)
   cases = {
       "batch larger": [jpeg] * (graph.MAX_BATCH + 1),

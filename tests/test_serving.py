@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import REPO, make_tree, plant_junk, real_files, shared_data
+from tests.conftest import REPO, make_tree, plant_junk, real_files, real_jpeg, real_path
 from xray_keras.data import decode
 from xray_keras.serving import export, graph
 
@@ -38,8 +38,7 @@ def _jpegs(count=4):
   out = []
   for class_name in ("NORMAL", "PNEUMONIA"):
     for name in real_files("test", class_name, count // 2):
-      with open(os.path.join(shared_data(), "test", class_name, name), "rb") as f:
-        out.append(f.read())
+      out.append(real_jpeg("test", class_name, name))
   return out
 
 
@@ -197,11 +196,11 @@ def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path
   import base64
 
   _, export_dir = trained
-  path = os.path.join(shared_data(), "test", "PNEUMONIA", "person100_bacteria_475.jpeg")
+  path = real_path("test", "PNEUMONIA", "person100_bacteria_475.jpeg")
   command = ("import base64, json, sys; print(json.dumps({\"signature_name\": \"serving_default\", "
              "\"instances\": [{\"b64\": base64.b64encode(open(sys.argv[1], \"rb\").read()).decode()}]}))")
   request = json.loads(subprocess.run([sys.executable, "-c", command, path], capture_output=True, text=True).stdout)
-  assert request["instances"][0]["b64"].startswith("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsL")
+  assert request["instances"][0]["b64"].startswith("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDA")  # a JPEG's base64
   payload = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
   serve = tf.saved_model.load(str(export_dir / "vit_scratch" / "1")).signatures[request["signature_name"]]
   from_json = serve(images=tf.constant(payload))["pneumonia_probability"].numpy()

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, make_tree, real_files, shared_data
+from tests.conftest import REPO, make_tree, real_files, real_jpeg, real_path, shared_weights
 from tests.test_serving import FRESH
-from tests.test_zoo import RESNET50_NOTOP, _shared
+from tests.test_zoo import RESNET50_NOTOP
 from xray_keras import models
 from xray_keras.data import decode
 from xray_keras.models.pretrained import backbone_of
@@ -24,8 +24,7 @@ def _real(split="train", per_class=8):
   images, labels = [], []
   for label, class_name in enumerate(("NORMAL", "PNEUMONIA")):
     for name in real_files(split, class_name, per_class):
-      with open(os.path.join(shared_data(), split, class_name, name), "rb") as f:
-        images.append(decode.decode_image(f.read(), SIZE, 1, "squash"))
+      images.append(decode.decode_image(real_jpeg(split, class_name, name), SIZE, 1, "squash"))
       labels.append(label)
   return np.stack(images), np.asarray(labels, np.float32)
 
@@ -39,7 +38,7 @@ def _backbone_values(model):
 
 
 def _pretrained_resnet(dropout=0.0):
-  return models.build_model("resnet50", (SIZE, SIZE, 1), weights=_shared(RESNET50_NOTOP), dropout=dropout)
+  return models.build_model("resnet50", (SIZE, SIZE, 1), weights=shared_weights(RESNET50_NOTOP), dropout=dropout)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -107,7 +106,7 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   assert (out / "history_head.csv").is_file() and (out / "history.csv").is_file()
 
   # The SavedModel, in a fresh process without this package, gives the Keras model's probabilities.
-  paths = [os.path.join(shared_data(), "test", c, n) for c in ("NORMAL", "PNEUMONIA") for n in real_files("test", c, 2)]
+  paths = [real_path("test", c, n) for c in ("NORMAL", "PNEUMONIA") for n in real_files("test", c, 2)]
   served = subprocess.run([sys.executable, "-c", FRESH, str(export_dir / cfg / "1"), *paths],
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
   assert served.returncode == 0, served.stderr[-3000:]

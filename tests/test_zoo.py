@@ -10,15 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, shared_weights
 from xray_keras import models
 from xray_keras.models import pretrained, table, weights as weights_lib
 from xray_keras.training import transfer
 
-# Beside the shared data: ../shared/weights, or XRAY_SHARED_WEIGHTS.
-SHARED_WEIGHTS = os.environ.get("XRAY_SHARED_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(SHARED_DATA)), "weights"))
-RESNET50_NOTOP = os.path.join(SHARED_WEIGHTS, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-MOBILENET_TOP = os.path.join(SHARED_WEIGHTS, "mobilenet_v1_0.75_224_imagenet.weights.h5")
+RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+MOBILENET_TOP = "mobilenet_v1_0.75_224_imagenet.weights.h5"
 # A closed local port as the proxy: every download fails at once, with or without a network.
 OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
@@ -26,12 +24,6 @@ OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1
 
 def _images(n=3, size=64, seed=0):
   return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 1)).astype(np.float32)
-
-
-def _shared(path):
-  if not os.path.isfile(path):
-    pytest.fail(f"Shared ImageNet weights not found: {path}")
-  return path
 
 
 def test_parameter_table_matches_the_paper_as_json():
@@ -93,7 +85,7 @@ def test_grayscale_is_repeated_and_preprocessing_is_inside_the_model():
 
 
 def test_real_imagenet_resnet50_weights_from_a_local_file():
-  path = _shared(RESNET50_NOTOP)
+  path = shared_weights(RESNET50_NOTOP)
   model = models.build_model("resnet50", (64, 64, 1), weights=path)
   reference = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
   reference.load_weights(path)
@@ -104,7 +96,7 @@ def test_real_imagenet_resnet50_weights_from_a_local_file():
 
 
 def test_a_weights_file_with_the_imagenet_top_loads_without_it():
-  path = _shared(MOBILENET_TOP)
+  path = shared_weights(MOBILENET_TOP)
   model = models.build_model("applications:MobileNet", (224, 224, 1), weights=path, backbone_kwargs={"alpha": 0.75})
   full = keras.applications.MobileNet(alpha=0.75, weights=None)
   full.load_weights(path)

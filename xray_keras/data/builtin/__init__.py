@@ -71,6 +71,13 @@ def files(path=ARCHIVE, expected=None):
         yield info.filename, parsed[0], parsed[1], archive.read(info)
 
 
+def records(path=ARCHIVE, expected=None):
+  """One `Record` per image, without decoding (see `load`)."""
+  with verified_archive(path, expected) as archive:
+    names = [(n, parse_name(n)) for n in archive.namelist()]
+  return [Record(n, p[1], _SPLIT_OF[p[0]], patients.patient_id(n)) for n, p in names if p]
+
+
 def load(path=ARCHIVE, expected=None):
   """Returns `(images, records)`: uint8 `(5856, 64, 64, 1)` and one `Record` per image.
 
