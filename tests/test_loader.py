@@ -122,7 +122,7 @@ def test_npz_missing_keys_is_one_clear_error(tmp_path):
 
 
 def test_synthetic_is_deterministic_and_labelled_synthetic():
-  config = loader.DataConfig(image_size=32, synthetic_train_size=40, synthetic_test_size=20)
+  config = loader.DataConfig(source="synthetic", image_size=32, synthetic_train_size=40, synthetic_test_size=20)
   a, b = loader.load(config), loader.load(config)
   assert a.synthetic and a.source == "synthetic"
   np.testing.assert_array_equal(a.splits["train"].images, b.splits["train"].images)
@@ -158,7 +158,7 @@ def test_tfds_builder_on_real_images(tmp_path, real_tree):
     name = e["file_name"].decode()
     assert int(e["label"]) == (1 if "/PNEUMONIA/" in name else 0)
     assert e["patient"].decode() == patients.patient_id(name)
-    assert e["image"].shape == (224, 224, 1)
+    assert e["image"].shape == (64, 64, 1)
   data = loader.load(loader.DataConfig(
       source="tfds", data_dir=real_tree, tfds_data_dir=str(tmp_path / "tfds"), image_size=32))
   assert data.counts()["test"]["total"] == 12

@@ -208,26 +208,67 @@ def _load_npz(config):
         f"npz file {path!r} does not exist. Expected a MedMNIST file such as pneumoniamnist.npz "
         "with keys train_images, train_labels, val_images, val_labels, test_images, test_labels."
     )
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise DataError(f"Cannot read npz file {path!r}: {e}") from None
-  with archive:
-    missing = [f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels") if f"{s}_{k}" not in archive]
-    if missing:
-      raise DataError(f"npz file {path!r} lacks keys {missing}; it has {sorted(archive.files)}.")
-    arrays = {s: (archive[f"{s}_images"], archive[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in archive}
+  arrays = _read_npz(path)
   name = os.path.basename(path)
   records, images = [], []
   for split, (split_images, split_labels) in arrays.items():
-    split_labels = np.asarray(split_labels).reshape(-1).astype(int)
-    if set(np.unique(split_labels)) - {0, 1}:
-      raise DataError(f"npz file {path!r}: {split}_labels must be 0 (NORMAL) or 1 (PNEUMONIA).")
+    split_labels = _check_npz_split(path, split, split_images, split_labels)
     images.append(decode.resize_array(split_images, config.image_size, config.channels, config.resize_mode))
     for i, label in enumerate(split_labels):
       records.append(Record(f"{name}:{split}/{i}", int(label), split, f"{name}:{split}/{i}"))
+  if "val" not in arrays:
+    logging.info("%s has no val_images: validation is carved from train.", name)
   images, records = _select_arrays(np.concatenate(images), records, config)
   return StudyData(source="npz", synthetic=False, name=name, splits=_by_split(images, records), skipped=[])
+
+
+def _read_npz(path):
+  """{split: (images, labels)} from a MedMNIST-style npz; any damage is one `DataError` line."""
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      keys = set(archive.files)
+      missing = [f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels") if f"{s}_{k}" not in keys]
+      if missing:
+        raise DataError(f"npz file {path!r} lacks keys {missing}; it has {sorted(keys)}.")
+      if ("val_images" in keys) != ("val_labels" in keys):
+        raise DataError(f"npz file {path!r} has only one of val_images and val_labels; give both or neither.")
+      return {s: (archive[f"{s}_images"], archive[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in keys}
+  except DataError:
+    raise
+  except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, pickled object arrays, ...
+    reason = str(e).splitlines()[0] if str(e) else ""
+    raise DataError(f"Cannot read npz file {path!r}: damaged or not an npz archive ({type(e).__name__}: {reason}).") from None
+
+
+def _check_npz_split(path, split, images, labels):
+  """Refuses arrays that would train on something else than the file says; returns labels as (N,) ints."""
+  where = f"npz file {path!r}: {split}_images {images.shape} {images.dtype}"
+  if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+    raise DataError(f"{where}: expected (N, H, W) or (N, H, W, 1 or 3) images.")
+  if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)) or images.dtype == bool:
+    raise DataError(f"{where}: expected integer or float pixels in 0..255.")
+  if images.size:
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+      raise DataError(f"{where}: holds NaN or infinite pixels.")
+    low, high = images.min(), images.max()
+    if low < 0 or high > 255:
+      raise DataError(f"{where}: pixels range from {low.item()} to {high.item()}; expected 0..255.")
+  labels = np.asarray(labels)
+  shape = f"{split}_labels {labels.shape}"
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1:
+    raise DataError(f"{where} vs {shape}: expected one 0/1 label per image, shape (N,) or (N, 1) "
+                    "(one-hot and multi-label arrays are not accepted).")
+  if len(labels) != len(images):
+    raise DataError(f"{where} vs {shape}: {len(images)} images but {len(labels)} labels.")
+  if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+    raise DataError(f"npz file {path!r}: {shape} {labels.dtype}: labels must be the numbers 0 (NORMAL) or 1 (PNEUMONIA).")
+  bad = ~np.isin(labels, (0, 1))
+  if bad.any():
+    raise DataError(f"npz file {path!r}: {shape} holds {int(bad.sum())} label(s) other than 0 (NORMAL) or 1 "
+                    f"(PNEUMONIA), e.g. {labels[bad][0].item()!r}.")
+  return labels.astype(int)
 
 
 def _load_tfds(config):
@@ -250,11 +291,28 @@ def _load_tfds(config):
       records.append(Record(example["file_name"].decode(), int(example["label"]), split, example["patient"].decode()))
   order = np.argsort([r.path for r in records], kind="stable")
   records = [records[i] for i in order]
+  skipped = _tfds_left_out(config.data_dir, {r.path for r in records})
   images, records = _select_arrays(np.stack(images)[order], records, config)
   return StudyData(
       source="tfds", synthetic=False, name="tfds:chest_xray_pneumonia",
-      splits=_by_split(images, records), skipped=[],
+      splits=_by_split(images, records), skipped=skipped,
   )
+
+
+def _tfds_left_out(manual_dir, kept):
+  """What the builder found in manual_dir but did not turn into examples, each with its reason."""
+  root, listed, skipped = folder.list_records(manual_dir)
+  for record in listed:
+    if record.path in kept:
+      continue
+    try:
+      with open(os.path.join(root, record.path), "rb") as f:
+        decode.decode_image(f.read(), None, 1)
+      reason = "left out by the TFDS builder (prepared before this file was added?)"
+    except (OSError, decode.DecodeError) as e:
+      reason = str(e)
+    skipped.append(Skipped(record.path, reason))
+  return skipped
 
 
 def _load_builtin(config):

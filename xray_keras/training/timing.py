@@ -53,7 +53,8 @@ class TimingCallback(keras.callbacks.Callback):
         "val_s": self._eval_s,
         "train_images_per_s": self.train_images / train_s,
     }
-    if not self.epochs and self.first_step_s is not None and train_s > self.first_step_s:
+    if (not self.epochs and self.first_step_s is not None and train_s > self.first_step_s
+        and self.train_images > self.batch_size):
       # The first epoch's speed without the compile step.
       record["steady_images_per_s"] = (self.train_images - self.batch_size) / (train_s - self.first_step_s)
     self.epochs.append(record)

@@ -1,0 +1,195 @@
+"""Every data source refuses malformed input in one line and never drops images silently."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, make_tree, plant_junk, real_files
+from xray_keras.data import builtin, decode, loader
+from xray_keras.data.folder import DataError
+from xray_keras.training.timing import TimingCallback
+
+
+@pytest.fixture(scope="module")
+def mnist_like(tmp_path_factory):
+  """A PneumoniaMNIST-like npz of real X-rays at 28 px: 200 images per split."""
+  cache = tmp_path_factory.mktemp("cache")
+  data = loader.load(loader.DataConfig(image_size=28, max_images_per_split=100, cache_dir=str(cache)))
+  arrays = {}
+  for split in ("train", "val", "test"):
+    arrays[f"{split}_images"] = data.splits[split].images[..., 0]
+    arrays[f"{split}_labels"] = data.splits[split].labels.reshape(-1, 1).astype(np.uint8)
+  return arrays
+
+
+def _damaged(arrays, case):
+  a = dict(arrays)
+  if case == "labels_shorter":
+    a["train_labels"] = a["train_labels"][:10]
+  elif case == "label_outside":
+    a["train_labels"] = a["train_labels"].copy()
+    a["train_labels"][3] = 2
+  elif case == "one_hot":
+    a["test_labels"] = np.eye(2, dtype=np.uint8)[a["test_labels"][:, 0]]
+  elif case == "multi_label":
+    a["test_labels"] = np.concatenate([a["test_labels"]] * 3, axis=1)
+  elif case == "images_rank":
+    a["train_images"] = a["train_images"][:, 0, :]
+  elif case == "images_dtype":
+    a["train_images"] = a["train_images"].astype(np.complex64)
+  elif case == "nan_pixels":
+    a["val_images"] = a["val_images"].astype(np.float32)
+    a["val_images"][0, 0, 0] = np.nan
+  elif case == "negative_pixels":
+    a["train_images"] = a["train_images"].astype(np.int16)
+    a["train_images"][0, 0, 0] = -5
+  return a
+
+
+# case -> what the one line must say (the key and the shapes involved)
+CASES = {
+    "labels_shorter": "train_images (200, 28, 28) uint8 vs train_labels (10, 1): 200 images but 10 labels",
+    "label_outside": "train_labels (200, 1) holds 1 label(s) other than 0 (NORMAL) or 1 (PNEUMONIA), e.g. 2",
+    "one_hot": "test_images (200, 28, 28) uint8 vs test_labels (200, 2): expected one 0/1 label per image",
+    "multi_label": "test_images (200, 28, 28) uint8 vs test_labels (200, 3): expected one 0/1 label per image",
+    "images_rank": "train_images (200, 28) uint8: expected (N, H, W) or (N, H, W, 1 or 3) images",
+    "images_dtype": "train_images (200, 28, 28) complex64: expected integer or float pixels in 0..255",
+    "nan_pixels": "val_images (200, 28, 28) float32: holds NaN or infinite pixels",
+    "negative_pixels": "train_images (200, 28, 28) int16: pixels range from -5 to ",
+    "truncated": "damaged or not an npz archive (BadZipFile",
+}
+
+
+def _write_case(arrays, case, folder):
+  path = str(folder / f"{case}.npz")
+  np.savez(path, **(arrays if case == "truncated" else _damaged(arrays, case)))
+  if case == "truncated":
+    with open(path, "rb") as f:
+      head = f.read(300_000)
+    with open(path, "wb") as f:
+      f.write(head)
+  return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_malformed_npz_is_one_line_naming_the_key_and_shapes(case, mnist_like, tmp_path):
+  path = _write_case(mnist_like, case, tmp_path)
+  with pytest.raises(DataError) as error:
+    loader.load(loader.DataConfig(data_dir=path, image_size=28))
+  message = str(error.value)
+  assert "\n" not in message and CASES[case] in message and path in message
+
+
+def test_malformed_npz_runs_exit_1_with_one_line_and_no_finished_run(mnist_like, tmp_path):
+  runs = {}
+  for case in sorted(CASES):
+    path = _write_case(mnist_like, case, tmp_path)
+    out = tmp_path / f"run_{case}"
+    runs[case] = (out, subprocess.Popen(
+        [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={path}",
+         "--image_size=28", "--patch_size=7", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for case, (out, process) in runs.items():
+    _, stderr = process.communicate(timeout=600)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 1 and len(errors) == 1, (case, stderr[-2000:])
+    assert CASES[case] in errors[0] and "Traceback" not in stderr, (case, errors)
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_valid_npz_without_val_carves_validation_from_train(mnist_like, tmp_path):
+  arrays = {k: v for k, v in mnist_like.items() if not k.startswith("val_")}
+  path = str(tmp_path / "no_val.npz")
+  np.savez(path, **arrays)
+  data = loader.load(loader.DataConfig(data_dir=path, image_size=28, val_fraction=0.2))
+  counts = data.counts()
+  assert counts["train"]["total"] + counts["val"]["total"] == 200 and counts["val"]["total"] >= 40
+  np.savez(path, **{**arrays, "val_labels": mnist_like["val_labels"]})
+  with pytest.raises(DataError, match="only one of val_images and val_labels"):
+    loader.load(loader.DataConfig(data_dir=path, image_size=28))
+
+
+def _files_in_class_folders(root):
+  return sum(len(os.listdir(os.path.join(root, split, c))) for split in ("train", "val", "test")
+             for c in ("NORMAL", "PNEUMONIA") if os.path.isdir(os.path.join(root, split, c)))
+
+
+@pytest.mark.parametrize("source", ["folder", "tfds"])
+def test_every_file_read_is_used_or_listed_as_skipped(source, tmp_path):
+  root = make_tree(str(tmp_path / "chest_xray"), per_class=4)
+  plant_junk(root)
+  found = _files_in_class_folders(root)
+  config = loader.DataConfig(source=source, data_dir=root, image_size=32, cache_dir=str(tmp_path / "cache"),
+                             tfds_data_dir=str(tmp_path / "tfds"), val_fraction=0.3)
+  data = loader.load(config)
+  used = sum(c["total"] for c in data.counts().values())
+  assert used == 24 and used + len(data.skipped) == found
+  assert all(s.reason for s in data.skipped)
+  # A file added after TFDS prepared its copy is not silently missing either.
+  if source == "tfds":
+    extra = os.path.join(root, "test", "NORMAL", "IM-9999-0001.jpeg")
+    with open(extra, "wb") as f:
+      f.write(open(os.path.join(root, "test", "NORMAL", real_files("test", "NORMAL", 1)[0]), "rb").read())
+    again = loader.load(config)
+    assert "test/NORMAL/IM-9999-0001.jpeg" in {s.path for s in again.skipped}
+
+
+def test_npz_and_builtin_use_every_image(mnist_like, tmp_path):
+  path = str(tmp_path / "ok.npz")
+  np.savez(path, **mnist_like)
+  data = loader.load(loader.DataConfig(data_dir=path, image_size=28))
+  assert sum(c["total"] for c in data.counts().values()) == 600 and not data.skipped
+  data = loader.load(loader.DataConfig(image_size=16, cache_dir=str(tmp_path / "cache")))
+  assert sum(c["total"] for c in data.counts().values()) == 5856 and not data.skipped
+
+
+def test_tfds_manual_dir_empty_or_without_test_is_one_line(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for manual_dir, expected in ((empty, "is empty"), (make_tree(str(tmp_path / "no_test"), 2, ("train", "val")),
+                                                       "No train/ and test/ splits")):
+    with pytest.raises(DataError, match=expected) as error:
+      loader.load(loader.DataConfig(source="tfds", data_dir=str(manual_dir), tfds_data_dir=str(tmp_path / "tfds")))
+    assert "\n" not in str(error.value)
+
+
+def test_throughput_is_never_negative_when_an_epoch_is_one_batch():
+  timing = TimingCallback(train_images=10, batch_size=32)
+  timing.on_train_begin()
+  timing.on_epoch_begin(0)
+  timing.on_train_batch_end(0)
+  timing.on_epoch_end(0, {})
+  timing.on_train_end()
+  summary = timing.summary()
+  assert summary["train_images_per_s"] > 0 and "steady_images_per_s" not in summary["epochs"][0]
+
+
+def _large_jpeg(seed, width, height):
+  """A real X-ray enlarged to an original's size, with film-like grain, as a JPEG."""
+  rng = np.random.default_rng(seed)
+  images, _ = builtin.load()
+  small = Image.fromarray(images[seed * 101, :, :, 0])
+  pixels = np.asarray(small.resize((width, height), Image.BICUBIC), np.float32) + rng.normal(0, 4, (height, width))
+  out = io.BytesIO()
+  Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+  return out.getvalue()
+
+
+def test_jpeg_draft_mode_stays_within_the_stated_tolerance():
+  diffs = []
+  for seed, (width, height) in enumerate(((1900, 1500), (1234, 1077), (2400, 2010))):
+    data = _large_jpeg(seed, width, height)
+    for size in (64, 128):
+      for mode in decode.RESIZE_MODES:
+        full = decode.decode_image(data, size, 1, mode, draft=False)
+        fast = decode.decode_image(data, size, 1, mode)
+        assert fast.shape == full.shape == (size, size, 1)
+        diffs.append(np.abs(full.astype(int) - fast.astype(int)).ravel())
+  diffs = np.concatenate(diffs)
+  assert diffs.mean() < 0.5 and np.percentile(diffs, 99) <= 3, (diffs.mean(), np.percentile(diffs, 99))
+  assert diffs.any()  # draft mode was really used
