@@ -105,3 +105,13 @@ def test_feature_cache_quick_mode(tmp_path):
   assert report["feature_shape"] == [2048] and report["train_images"] > 0
   assert [r["head_epochs"] for r in report["rows"]] == [1, 5, 10]
   assert all(r["through_backbone_s"] > 0 and r["feature_cache_s"] > 0 for r in report["rows"])
+
+
+def test_decode_draft_quick_mode(tmp_path):
+  out = tmp_path / "draft.json"
+  result = subprocess.run([sys.executable, "benchmarks/decode_draft.py", "--quick", f"--output={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["images"] == 12 and report["rows"]["draft"]["images_per_s"] > 0
+  assert report["ratio_vs_full_decode"] > 0 and report["pixel_diff"]["mean"] < 0.5

@@ -130,7 +130,7 @@ def test_bad_bytes_are_invalid_argument_and_empty_batch_is_empty(trained):
   _, export_dir = trained
   loaded = tf.saved_model.load(str(export_dir / "vit_scratch" / "1"))
   serve = loaded.signatures["serving_default"]
-  with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported image format"):
     serve(images=tf.constant([b"this is not an image"]))
   empty = serve(images=tf.constant([], dtype=tf.string))
   assert empty["pneumonia_probability"].shape == (0,) and empty["probabilities"].shape == (0, 2)
@@ -148,7 +148,7 @@ def test_warmup_requests_are_prediction_logs_of_real_images(trained):
   log = prediction_log_pb2.PredictionLog.FromString(records[0])
   assert log.predict_log.request.model_spec.signature_name == "serving_default"
   images = tf.make_ndarray(log.predict_log.request.inputs["images"])
-  assert len(images) == 4
+  assert len(images) == 5  # the 4 samples as PNG, the first again as JPEG
   for data in images:
     assert Image.open(io.BytesIO(data)).size == (48, 48)
 
@@ -177,18 +177,22 @@ def test_predict_cli_on_files_and_folders(trained, tmp_path):
   lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
   assert len(lines) == 4 and {l[1] for l in lines} <= {"NORMAL", "PNEUMONIA"}
   assert all(0.0 <= float(l[2]) <= 1.0 for l in lines)
-  assert "skipped:" in result.stderr and "notes.jpeg" in result.stderr and "Unknown image file format" in result.stderr
+  assert "skipped:" in result.stderr and "notes.jpeg" in result.stderr
+  assert f"notes.jpeg: refused by the model (unsupported image format: the serving signature accepts {graph.ACCEPTED})" in result.stderr
+  assert "assertion failed" not in result.stderr and "Traceback" not in result.stderr
   with open(out_csv) as f:
     rows = list(csv.DictReader(f))
   assert [r["file"] for r in rows] == [l[0] for l in lines]
 
+  # The .keras file finds the run's resize mode and validation threshold beside it: same labels.
   keras_run = subprocess.run(
-      [sys.executable, "-m", "xray_keras.predict", f"--model={run_dir / 'model.keras'}", "--resize_mode=pad", folder],
+      [sys.executable, "-m", "xray_keras.predict", f"--model={run_dir / 'model.keras'}", folder],
       cwd=REPO, capture_output=True, text=True, timeout=300,
   )
   assert keras_run.returncode == 0, keras_run.stderr[-2000:]
-  keras_probs = [float(line.split("\t")[2]) for line in keras_run.stdout.strip().splitlines()]
-  np.testing.assert_allclose(keras_probs, [float(l[2]) for l in lines], atol=1e-5)
+  keras_lines = [line.split("\t") for line in keras_run.stdout.strip().splitlines()]
+  np.testing.assert_allclose([float(l[2]) for l in keras_lines], [float(l[2]) for l in lines], atol=1e-5)
+  assert [l[1] for l in keras_lines] == [l[1] for l in lines]
 
 
 def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path):
@@ -206,3 +210,209 @@ def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path
   from_json = serve(images=tf.constant(payload))["pneumonia_probability"].numpy()
   direct = serve(images=tf.constant([open(path, "rb").read()]))["pneumonia_probability"].numpy()
   np.testing.assert_array_equal(from_json, direct)
+
+
+def _encoded(image, fmt, **kwargs):
+  out = io.BytesIO()
+  image.save(out, fmt, **kwargs)
+  return out.getvalue()
+
+
+def unusual_corpus():
+  """Real X-ray content in the encodings a user may send: {name: bytes}."""
+  base = decode.decode_image(real_jpeg("test", "PNEUMONIA", real_files("test", "PNEUMONIA", 1)[0]), None, 1)[..., 0]
+  rgb = np.stack([base, np.roll(base, 5, 0), 255 - base], -1)
+  alpha = np.tile(np.linspace(0, 255, base.shape[1]).astype(np.uint8), (base.shape[0], 1))
+  large = Image.fromarray(rgb).resize((1300, 1100), Image.BICUBIC)
+  corpus = {
+      "grey.jpeg": _encoded(Image.fromarray(base), "JPEG", quality=95),
+      "colour.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=95),
+      "large_draft_scaled.jpeg": _encoded(large, "JPEG", quality=90),
+      "grey.png": _encoded(Image.fromarray(base), "PNG"),
+      "colour.png": _encoded(Image.fromarray(rgb), "PNG"),
+      "sixteen_bit_12_bit_data.png": _encoded(Image.fromarray(base.astype(np.uint16) * 16), "PNG"),
+      "sixteen_bit_full.png": _encoded(Image.fromarray(base.astype(np.uint16) * 257), "PNG"),
+      "rgba_transparent.png": _encoded(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "PNG"),
+      "grey_alpha.png": _encoded(Image.fromarray(np.dstack([base, alpha]), "LA"), "PNG"),
+      "palette.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG"),
+      "palette_transparent.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG", transparency=0),
+      "palette.gif": _encoded(Image.fromarray(rgb).convert("P"), "GIF"),
+      "colour.bmp": _encoded(Image.fromarray(rgb), "BMP"),
+  }
+  for orientation in range(1, 9):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    corpus[f"exif_{orientation}.jpeg"] = _encoded(Image.fromarray(rgb[:, :48]), "JPEG", quality=95, exif=exif.tobytes())
+    corpus[f"exif_{orientation}_large.jpeg"] = _encoded(large.crop((0, 0, 1300, 900)), "JPEG", quality=90,
+                                                        exif=exif.tobytes())
+  return corpus
+
+
+REFUSED = {
+    "cmyk.jpeg": (lambda rgb: _encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95),
+                  "CMYK JPEGs are not accepted: convert the image to RGB or grey"),
+    "image.webp": (lambda rgb: _encoded(Image.fromarray(rgb), "WEBP"), "unsupported image format"),
+    "image.tiff": (lambda rgb: _encoded(Image.fromarray(rgb), "TIFF"), "unsupported image format"),
+}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_serving_decodes_unusual_images_bit_for_bit_as_training_does(channels):
+  for name, data in unusual_corpus().items():
+    for mode in decode.RESIZE_MODES:
+      expected = decode.decode_image(data, 48, channels, mode)
+      image, full = graph.decode_one(tf.constant(data), channels, 48)
+      np.testing.assert_array_equal(graph.fit_square(image, 48, mode, full).numpy(), expected, err_msg=f"{name} {mode}")
+  rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  for name, (make, message) in REFUSED.items():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      graph.decode_one(tf.constant(make(rgb)), channels, 48)
+
+
+def test_predict_agrees_between_the_export_and_the_keras_file_on_unusual_images(trained, tmp_path):
+  run_dir, export_dir = trained
+  folder = tmp_path / "unusual"
+  folder.mkdir()
+  for name, data in unusual_corpus().items():
+    (folder / name).write_bytes(data)
+  outputs = {}
+  for model in (export_dir / "vit_scratch", run_dir / "model.keras"):
+    result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={model}", "--format=json", str(folder)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs[model.name] = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  export_rows, keras_rows = outputs["vit_scratch"], outputs["model.keras"]
+  assert len(export_rows) == len(unusual_corpus()) == len(keras_rows)
+  assert [r["label"] for r in export_rows] == [r["label"] for r in keras_rows]
+  assert export_rows[0]["threshold"] == keras_rows[0]["threshold"] != 0.5
+  np.testing.assert_allclose([r["pneumonia_probability"] for r in export_rows],
+                             [r["pneumonia_probability"] for r in keras_rows], atol=2e-6)
+
+
+def _gif_bomb(side=16000):
+  return b"GIF89a" + side.to_bytes(2, "little") * 2 + b"\x80\x00\x00" + b"\x00" * 6 + b",\x00\x00\x00\x00" \
+      + side.to_bytes(2, "little") * 2 + b"\x00\x02\x02\x44\x01\x00;"
+
+
+def _bmp_bomb(side=16000):
+  import struct
+
+  header = struct.pack("<2sIHHI", b"BM", 54 + 16, 0, 0, 54)
+  info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, 16, 2835, 2835, 0, 0)
+  return header + info + b"\x00" * 16
+
+
+def _webp_bomb(side=16000):
+  """A real WebP whose VP8X canvas is patched to side x side."""
+  data = bytearray(_encoded(Image.new("RGB", (16, 16)), "WEBP", lossless=True, exif=b"Exif\x00\x00II*\x00"))
+  at = data.find(b"VP8X")
+  data[at + 12 : at + 15] = (side - 1).to_bytes(3, "little")
+  data[at + 15 : at + 18] = (side - 1).to_bytes(3, "little")
+  return bytes(data)
+
+
+BOMB_PROCESS = """
+import json, resource, sys
+import tensorflow as tf
+sig = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+bombs = json.loads(open(sys.argv[2]).read())
+normal = bytes.fromhex(bombs.pop("normal"))
+sig(images=tf.constant([normal]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+errors = {}
+for name, data in bombs.items():
+  try:
+    sig(images=tf.constant([bytes.fromhex(data)]))
+    errors[name] = None
+  except tf.errors.InvalidArgumentError as e:
+    errors[name] = e.message
+print(json.dumps({"errors": errors, "rss_mb_before": before,
+                  "rss_mb_after": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
+  from tests.test_bad_inputs import jpeg_bomb, png_bomb
+
+  _, export_dir = trained
+  jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
+  tiff = _encoded(Image.new("L", (16, 16)), "TIFF")
+  bombs = {"normal": jpeg, "png": png_bomb(), "jpeg": jpeg_bomb(jpeg), "gif": _gif_bomb(), "bmp": _bmp_bomb(),
+           "webp": _webp_bomb(), "tiff": tiff}
+  with pytest.raises(Image.DecompressionBombError, match="256000000 pixels"):  # what its header declares
+    Image.open(io.BytesIO(bombs["webp"]))
+  path = tmp_path / "bombs.json"
+  path.write_text(json.dumps({k: v.hex() for k, v in bombs.items()}))
+  result = subprocess.run([sys.executable, "-c", BOMB_PROCESS, str(export_dir / "vit_scratch" / "1"), str(path)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for name in ("png", "jpeg", "gif", "bmp"):
+    assert "larger than 25000000 pixels" in report["errors"][name], (name, report["errors"][name])
+  for name in ("webp", "tiff"):
+    assert f"unsupported image format: the serving signature accepts {graph.ACCEPTED}" in report["errors"][name]
+  # No decoder allocated a 16000 x 16000 (256 MB) or larger canvas.
+  assert report["rss_mb_after"] - report["rss_mb_before"] < 64, report
+
+
+def test_exports_and_run_folders_are_readable_by_another_user(trained, request):
+  import shutil
+  import stat
+
+  import tempfile
+
+  run_dir, _ = trained
+  shared = tempfile.mkdtemp(prefix="xray_shared_")  # pytest's own folders are private to root
+  request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+  os.chmod(shared, 0o755)
+  code = ("import os, sys; os.umask(0o022); from xray_keras.serving import export; "
+          "print(export.export_run(sys.argv[1], sys.argv[2]))")
+  result = subprocess.run([sys.executable, "-c", code, str(run_dir), os.path.join(shared, "saved_models")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  version = result.stdout.strip().splitlines()[-1]
+  for top in (version, str(run_dir)):
+    for folder, _, names in os.walk(top):
+      assert stat.S_IMODE(os.stat(folder).st_mode) & 0o005 == 0o005, folder
+      for name in names:
+        assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) & 0o004, os.path.join(folder, name)
+  if os.geteuid() == 0 and shutil.which("runuser"):
+    card = os.path.join(version, "assets.extra", "model_card.json")
+    as_nobody = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", f"ls '{version}' && head -c 1 '{card}'"],
+                               capture_output=True, text=True, timeout=60)
+    assert as_nobody.returncode == 0 and "saved_model.pb" in as_nobody.stdout, as_nobody.stderr
+
+
+def test_predict_skips_a_named_pipe_instead_of_hanging(trained, tmp_path):
+  _, export_dir = trained
+  folder = make_tree(str(tmp_path / "imgs"), per_class=1, splits=("test",))
+  pipe = os.path.join(folder, "test", "NORMAL", "pipe.jpeg")
+  os.mkfifo(pipe)
+  result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
+                           folder, pipe], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert len(result.stdout.strip().splitlines()) == 2
+  assert result.stderr.count("pipe.jpeg: not a regular file") == 2
+
+
+def test_warmup_requests_cover_jpeg_and_png(trained):
+  from tensorflow_serving.apis import prediction_log_pb2
+
+  _, export_dir = trained
+  path = export_dir / "vit_scratch" / "1" / "assets.extra" / "tf_serving_warmup_requests"
+  (record,) = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+  log = prediction_log_pb2.PredictionLog.FromString(record)
+  images = log.predict_log.request.inputs["images"].string_val
+  assert any(i.startswith(b"\xff\xd8") for i in images) and any(i.startswith(b"\x89PNG") for i in images)
+  serve = tf.saved_model.load(str(export_dir / "vit_scratch" / "1")).signatures["serving_default"]
+  assert serve(images=tf.constant(list(images)))["label"].shape == (len(images),)
+
+
+def test_predict_keeps_libjpeg_warnings_off_stderr(trained, tmp_path):
+  _, export_dir = trained
+  jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
+  (tmp_path / "cut.jpeg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+  result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
+                           str(tmp_path / "cut.jpeg")], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode in (0, 3), result.stderr[-2000:]
+  assert "Corrupt JPEG data" not in result.stderr and "Premature end of JPEG" not in result.stderr

@@ -13,10 +13,22 @@ PREFIX = ".tmp-"
 
 
 def temp_dir(parent):
-  """A new hidden temporary folder in `parent`, after removing ones left by dead processes."""
+  """A new hidden temporary folder in `parent`, after removing ones left by dead processes.
+
+  Its mode is what `mkdir` gives under the current umask (not mkdtemp's 0700), so once renamed
+  into place it is readable by other users, e.g. a TF Serving process running as another user.
+  """
   os.makedirs(parent, exist_ok=True)
   remove_stale(parent)
-  return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+  path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+  os.chmod(path, 0o777 & ~current_umask())
+  return path
+
+
+def current_umask():
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def write_json(path, obj):

@@ -2,11 +2,12 @@
 
   python -m xray_keras.predict --model=saved_models/vit_scratch image.jpeg folder/ [--output=preds.csv]
 
-Prints `file<TAB>label<TAB>probability` per image. Exit code: 0 all classified,
-3 some files skipped (listed on stderr), 1 a fatal error.
+Prints `file<TAB>label<TAB>probability` per image (`--format=json`: one JSON object per line).
+Exit code: 0 all classified, 3 some files skipped (listed on stderr), 1 a fatal error.
 """
 
 import csv
+import json
 import sys
 
 from absl import app, flags, logging
@@ -16,8 +17,9 @@ from xray_keras.errors import UserError
 
 _MODEL = flags.DEFINE_string("model", None, "Export base or version folder, or a .keras file.", required=True)
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the results as CSV to this file.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Decision threshold; default: the model card's, or 0.5 for .keras.", lower_bound=0.0, upper_bound=1.0)
-_RESIZE_MODE = flags.DEFINE_enum("resize_mode", "squash", decode.RESIZE_MODES, "Square fit for .keras models (exports carry their own).")
+_FORMAT = flags.DEFINE_enum("format", "tsv", ["tsv", "json"], "Standard output: tab-separated lines or JSON lines.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Decision threshold; default: the one chosen on validation (the model card's, or the run's metrics.json beside a .keras file; else 0.5).", lower_bound=0.0, upper_bound=1.0)
+_RESIZE_MODE = flags.DEFINE_enum("resize_mode", None, decode.RESIZE_MODES, "Square fit for .keras models; default: the run's flags.txt beside it, else squash (exports carry their own).")
 
 EXIT_SKIPPED = 3
 
@@ -37,7 +39,11 @@ def main(argv):
   rows, bad = predict.predict_files(predictor, files)
   skipped += bad
   for path, label, probability in rows:
-    print(f"{path}\t{label}\t{probability:.6f}")
+    if _FORMAT.value == "json":
+      print(json.dumps({"file": path, "label": label, "pneumonia_probability": round(probability, 6),
+                        "threshold": predictor.threshold}))
+    else:
+      print(f"{path}\t{label}\t{probability:.6f}")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", newline="") as f:
       writer = csv.writer(f)
@@ -45,7 +51,7 @@ def main(argv):
       writer.writerows((p, l, f"{q:.6f}") for p, l, q in rows)
   for s in skipped:
     print(f"skipped: {s.path}: {s.reason}", file=sys.stderr)
-  logging.info("Classified %d images, skipped %d", len(rows), len(skipped))
+  logging.info("Classified %d images, skipped %d (threshold %.3f)", len(rows), len(skipped), predictor.threshold)
   if skipped:
     sys.exit(EXIT_SKIPPED)
 

@@ -7,6 +7,7 @@ watching the base path never sees a half-written model.
 """
 
 import datetime
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 
 from xray_keras import atomic, models
 from xray_keras.data.records import CLASS_NAMES
@@ -45,6 +47,11 @@ def read_flags(path):
 
 def _public_flags(values):
   return {k: (os.path.basename(os.path.normpath(v)) if k in _PATH_FLAGS and v else v) for k, v in values.items()}
+
+
+def validation_threshold(metrics):
+  """The decision threshold a run chose on validation (0.5 without a validation split)."""
+  return float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
 
 
 def next_version(base):
@@ -89,6 +96,7 @@ def write_warmup(path, model_name, samples):
 
 
 def _samples(run_dir):
+  """The run's sample test images as PNG, and the first again as JPEG (the common case)."""
   folder = os.path.join(run_dir, SAMPLES_DIR)
   names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
   if not names:
@@ -97,7 +105,10 @@ def _samples(run_dir):
   for name in names:
     with open(os.path.join(folder, name), "rb") as f:
       out.append(f.read())
-  return out
+  jpeg = io.BytesIO()
+  with Image.open(io.BytesIO(out[0])) as image:
+    image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(jpeg, "JPEG", quality=95)
+  return out + [jpeg.getvalue()]
 
 
 def export_run(run_dir, export_dir="saved_models", model_name=None):
@@ -113,7 +124,7 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   size, _, channels = metrics["model"]["input_shape"]
   resize_mode = flags.get("resize_mode", "squash")
-  threshold = float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
+  threshold = validation_threshold(metrics)
   # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
   model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
@@ -139,7 +150,7 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
         "positive_class": CLASS_NAMES[1],
         "input": {"image_size": size, "channels": channels, "resize_mode": resize_mode, "pixel_range": [0, 255]},
         "signatures": {
-            "serving_default": "images: [batch] encoded JPEG/PNG bytes",
+            "serving_default": f"images: [batch] encoded {graph.ACCEPTED} bytes",
             "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
         },
         "decision_threshold": threshold,

@@ -1,32 +1,69 @@
-"""In-graph preprocessing for the serving signatures, mirroring `data.decode`.
+"""In-graph preprocessing for the serving signatures, mirroring `data.decode` step for step.
 
-JPEGs are decoded with the accurate integer IDCT (what Pillow uses, so pixels
-match training), other formats with `tf.io.decode_image`; the square fit uses
-the integer geometry of `decode.resize_plan` and `tf.image.resize` (bilinear,
-antialiased), the op `keras.ops.image.resize` runs on TensorFlow.
+Accepted formats: JPEG, PNG, GIF and BMP; each image's declared size is read from its header and
+checked before any decoder runs. Then, as the training decoder does with Pillow: JPEG EXIF
+orientation is applied, large JPEGs decode at a reduced DCT scale (Pillow's draft mode), 16-bit
+grey PNGs are scaled by the bit depth their data uses, transparent images are composited on black,
+colour becomes grey with Pillow's integer formula, and the square fit uses the integer geometry of
+`decode.resize_plan` with `tf.image.resize` (bilinear, antialiased), the op `keras.ops.image.resize`
+runs on TensorFlow. CMYK JPEGs are refused with a message saying so.
 """
 
 import tensorflow as tf
+
+from xray_keras.data import decode
 
 # Request bounds of the serving signature: larger inputs get an InvalidArgument error.
 MAX_BATCH = 64
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; the largest Kermany original is about 2900 x 2900
+ACCEPTED = "JPEG, PNG, GIF or BMP"
+_JPEG, _PNG, _GIF, _BMP = range(4)
 
 
-def _declared_pixels(data):
-  """Height x width from a JPEG or PNG header, before decoding (0 for other formats)."""
+def _bytes(data, start, length):
+  """`length` bytes of `data` from `start` as int64 (zeros past the end)."""
+  start = tf.minimum(tf.cast(start, tf.int32), tf.strings.length(data))
+  raw = tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8)
+  return tf.pad(tf.cast(raw, tf.int64), [[0, length - tf.size(raw)]])
 
-  def png():
-    halves = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint16, little_endian=False), tf.int64)
-    return (halves[0] * 65536 + halves[1]) * (halves[2] * 65536 + halves[3])  # width x height, big-endian
+
+def _uint(data, start, length, little_endian):
+  values = _bytes(data, start, length)
+  weights = tf.constant([256**i for i in range(length)], tf.int64)
+  return tf.reduce_sum(values * (weights if little_endian else tf.reverse(weights, [0])))
+
+
+def image_format(data):
+  """0 JPEG, 1 PNG, 2 GIF, 3 BMP, -1 anything else (WebP, TIFF, text, ...)."""
+  head = tf.strings.substr(data, 0, 8)
+  is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
+  is_gif = tf.logical_or(tf.equal(tf.strings.substr(data, 0, 6), b"GIF87a"), tf.equal(tf.strings.substr(data, 0, 6), b"GIF89a"))
+  is_bmp = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"), tf.strings.length(data) >= 26)
+  codes = tf.stack([tf.io.is_jpeg(data), is_png, is_gif, is_bmp])
+  return tf.cond(tf.reduce_any(codes), lambda: tf.cast(tf.argmax(tf.cast(codes, tf.int32)), tf.int32),
+                 lambda: tf.constant(-1, tf.int32))
+
+
+def _declared_size(data, fmt):
+  """(height, width) from the header of an accepted format, before decoding."""
 
   def jpeg():
     shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
-    return shape[0] * shape[1]
+    return shape[0], shape[1]
 
-  is_png = tf.logical_and(tf.strings.length(data) >= 24, tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"))
-  return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(is_png, png, lambda: tf.constant(0, tf.int64)))
+  def png():
+    return _uint(data, 20, 4, False), _uint(data, 16, 4, False)
+
+  def gif():
+    return _uint(data, 8, 2, True), _uint(data, 6, 2, True)
+
+  def bmp():
+    height = _uint(data, 22, 4, True)
+    height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: top-down rows
+    return height, _uint(data, 18, 4, True)
+
+  return tf.switch_case(fmt, [jpeg, png, gif, bmp])
 
 
 def check_request(encoded):
@@ -41,18 +78,131 @@ def check_request(encoded):
     return tf.identity(encoded)
 
 
-def _decode(data, channels):
-  too_large = tf.debugging.assert_less_equal(
-      _declared_pixels(data), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
-      message=f"an image is larger than {MAX_IMAGE_PIXELS} pixels")
-  with tf.control_dependencies([too_large]):  # checked before any decoder allocates
-    image = tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=channels, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False),
-    )
+def _exif_orientation(data):
+  """The EXIF orientation (1-8) of a JPEG, 1 when it has none."""
+  head = tf.strings.substr(data, 0, 65536)
+  parts = tf.strings.split(head, b"Exif\x00\x00", maxsplit=1)
+  has_exif = tf.equal(tf.size(parts), 2)
+
+  def read():
+    tiff = tf.strings.length(parts[0]) + 6
+    little = tf.equal(tf.strings.substr(data, tiff, 2), b"II")
+    ifd = tiff + tf.cast(tf.cond(little, lambda: _uint(data, tiff + 4, 4, True),
+                                 lambda: _uint(data, tiff + 4, 4, False)), tf.int32)
+    count = tf.minimum(tf.cast(tf.cond(little, lambda: _uint(data, ifd, 2, True),
+                                       lambda: _uint(data, ifd, 2, False)), tf.int32), 64)
+    entries = tf.reshape(_bytes(data, ifd + 2, 12 * 64), [64, 12])[:count]
+    tags = tf.where(little, entries[:, 0] + 256 * entries[:, 1], 256 * entries[:, 0] + entries[:, 1])
+    values = tf.where(little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9])
+    found = tf.boolean_mask(values, tf.equal(tags, 0x0112))
+    value = tf.cond(tf.size(found) > 0, lambda: found[0], lambda: tf.constant(1, tf.int64))
+    return tf.where(tf.logical_and(value >= 1, value <= 8), value, 1)
+
+  return tf.cond(has_exif, read, lambda: tf.constant(1, tf.int64))
+
+
+def _orient(image, orientation):
+  """Pillow's `ImageOps.exif_transpose` for orientations 1-8."""
+  transpose = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731
+  return tf.switch_case(tf.cast(orientation - 1, tf.int32), [
+      lambda: image,
+      lambda: tf.reverse(image, [1]),  # 2: mirror
+      lambda: tf.reverse(image, [0, 1]),  # 3: rotate 180
+      lambda: tf.reverse(image, [0]),  # 4: flip
+      lambda: transpose(image),  # 5: transpose
+      lambda: tf.image.rot90(image, 3),  # 6: rotate 270 (90 clockwise)
+      lambda: tf.reverse(transpose(image), [0, 1]),  # 7: transverse
+      lambda: tf.image.rot90(image, 1),  # 8: rotate 90
+  ])
+
+
+def _jpeg(data, size, orientation):
+  """A JPEG as Pillow decodes it for training: draft scale, native channels, EXIF orientation."""
+  shape = tf.image.extract_jpeg_shape(data)
+  not_cmyk = tf.debugging.assert_less(
+      shape[2], 4, message="CMYK JPEGs are not accepted: convert the image to RGB or grey")
+  ratio = tf.constant(1, tf.int32)
+  if size:  # decode.DRAFT_MARGIN: the largest of 8, 4, 2 that keeps DRAFT_MARGIN x size per side
+    scale = tf.minimum(shape[0] // (decode.DRAFT_MARGIN * size), shape[1] // (decode.DRAFT_MARGIN * size))
+    ratio = tf.where(scale >= 8, 8, tf.where(scale >= 4, 4, tf.where(scale >= 2, 2, 1)))
+  with tf.control_dependencies([not_cmyk]):
+    branches = [lambda r=r: tf.io.decode_jpeg(data, channels=0, ratio=r, dct_method="INTEGER_ACCURATE")
+                for r in (1, 2, 4, 8)]
+    image = tf.switch_case(tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32),
+                           branches)
+  return _orient(image, orientation)
+
+
+def _scale_bit_depth(image):
+  """16-bit grey data scaled by the bit depth it uses (8, 10, 12, 14 or 16), as training does."""
+  high = tf.reduce_max(tf.cast(image, tf.int64))
+  bits = tf.reduce_min(tf.boolean_mask(tf.constant([8, 10, 12, 14, 16], tf.int64),
+                                       high < tf.constant([2**8, 2**10, 2**12, 2**14, 2**16], tf.int64)))
+  scaled = tf.round(tf.cast(image, tf.float64) * 255.0 / tf.cast(2**bits - 1, tf.float64))
+  return tf.cast(tf.clip_by_value(scaled, 0, 255), tf.uint8)
+
+
+def _png(data):
+  sixteen = tf.equal(_uint(data, 24, 1, False), 16)
+  grey = tf.equal(_uint(data, 25, 1, False), 0)
+
+  def deep():
+    image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
+    return tf.cond(grey, lambda: _scale_bit_depth(image), lambda: tf.cast(image // 256, tf.uint8))
+
+  return tf.cond(sixteen, deep, lambda: tf.io.decode_png(data, channels=0))
+
+
+def _shift(x, bits):
+  return tf.bitwise.right_shift(x, tf.constant(bits, x.dtype))
+
+
+def _to_channels(image, channels):
+  """Composites transparency on black (Pillow's integer alpha_composite), then grey or RGB as asked."""
+  image = tf.cast(image, tf.int32)
+  count = tf.shape(image)[-1]
+
+  def composite():
+    colour, alpha = image[..., :-1], image[..., -1:]
+    t = colour * alpha * 128 + 0x4000
+    return _shift(_shift(t, 8) + t, 15)
+
+  image = tf.cond(tf.logical_or(tf.equal(count, 2), tf.equal(count, 4)), composite, lambda: image)
+  if channels == 1:
+    grey = lambda: _shift(image[..., 0:1] * 19595 + image[..., 1:2] * 38470 + image[..., 2:3] * 7471 + 0x8000, 16)  # noqa: E731
+    image = tf.cond(tf.equal(tf.shape(image)[-1], 3), grey, lambda: image)
+  else:
+    image = tf.cond(tf.equal(tf.shape(image)[-1], 1), lambda: tf.tile(image, [1, 1, 3]), lambda: image)
+  image = tf.cast(image, tf.uint8)
   image.set_shape([None, None, channels])
   return image
+
+
+def decode_one(data, channels, size=None):
+  """One encoded image to `(H, W, channels)` uint8 and its full `(height, width)` for the square fit."""
+  fmt = image_format(data)
+  known = tf.debugging.assert_greater_equal(
+      fmt, 0, message=f"unsupported image format: the serving signature accepts {ACCEPTED}")
+  with tf.control_dependencies([known]):
+    fmt = tf.maximum(fmt, 0)
+    height, width = _declared_size(data, fmt)
+  too_large = tf.debugging.assert_less_equal(
+      height * width, tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+      message=f"an image is larger than {MAX_IMAGE_PIXELS} pixels")
+  is_jpeg = tf.equal(fmt, _JPEG)
+  orientation = tf.cond(is_jpeg, lambda: _exif_orientation(data), lambda: tf.constant(1, tf.int64))
+  with tf.control_dependencies([too_large]):  # checked before any decoder allocates
+    image = tf.switch_case(fmt, [
+        lambda: _jpeg(data, size, orientation),
+        lambda: _png(data),
+        lambda: tf.io.decode_gif(data)[0],
+        lambda: tf.io.decode_bmp(data, channels=3),
+    ])
+  image = _to_channels(image, channels)
+  # A draft-scaled JPEG is planned on its full size, as Pillow's `image.size` before `draft`.
+  full = tf.cast(tf.stack([height, width]), tf.int32)
+  full = tf.where(orientation >= 5, tf.reverse(full, [0]), full)  # turned by 90 degrees
+  return image, full
 
 
 def _resize(image, height, width):
@@ -60,35 +210,49 @@ def _resize(image, height, width):
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def fit_square(image, size, resize_mode):
+def _round(x):
+  """Python's round() on non-negative float tensors with ties to even, as `decode.fit_square` uses."""
+  return tf.cast(tf.round(x), tf.int32)
+
+
+def fit_square(image, size, resize_mode, full_shape=None):
   """`decode.fit_square` in TensorFlow ops, for one `(H, W, C)` uint8 image."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]
+  full_h, full_w = (height, width) if full_shape is None else (full_shape[0], full_shape[1])
+  top = left = tf.constant(0)
+  crop_h, crop_w = full_h, full_w
   if resize_mode == "crop":
-    side = tf.minimum(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    image = image[top : top + side, left : left + side]
-    height = width = side
+    side = tf.minimum(full_h, full_w)
+    top, left = (full_h - side) // 2, (full_w - side) // 2
+    crop_h = crop_w = side
     out_h = out_w = tf.constant(size)
   elif resize_mode == "pad":
-    longest = tf.maximum(height, width)
-    out_h = tf.maximum(1, (height * size + longest // 2) // longest)
-    out_w = tf.maximum(1, (width * size + longest // 2) // longest)
+    longest = tf.maximum(full_h, full_w)
+    out_h = tf.maximum(1, (full_h * size + longest // 2) // longest)
+    out_w = tf.maximum(1, (full_w * size + longest // 2) // longest)
   elif resize_mode == "squash":
     out_h = out_w = tf.constant(size)
   else:
     raise ValueError(f"Unknown resize_mode: {resize_mode!r}")
-  same = tf.logical_and(tf.equal(height, out_h), tf.equal(width, out_w))
+  sy = tf.cast(height, tf.float64) / tf.cast(full_h, tf.float64)
+  sx = tf.cast(width, tf.float64) / tf.cast(full_w, tf.float64)
+  top, left = _round(tf.cast(top, tf.float64) * sy), _round(tf.cast(left, tf.float64) * sx)
+  crop_h = tf.minimum(_round(tf.cast(crop_h, tf.float64) * sy), height - top)
+  crop_w = tf.minimum(_round(tf.cast(crop_w, tf.float64) * sx), width - left)
+  image = image[top : top + crop_h, left : left + crop_w]
+  same = tf.logical_and(tf.equal(crop_h, out_h), tf.equal(crop_w, out_w))
   image = tf.cond(same, lambda: image, lambda: _resize(image, out_h, out_w))
   if resize_mode == "pad":
-    top, left = (size - out_h) // 2, (size - out_w) // 2
-    image = tf.pad(image, [[top, size - out_h - top], [left, size - out_w - left], [0, 0]])
+    pad_top, pad_left = (size - out_h) // 2, (size - out_w) // 2
+    image = tf.pad(image, [[pad_top, size - out_h - pad_top], [pad_left, size - out_w - pad_left], [0, 0]])
   return tf.ensure_shape(image, [size, size, None])
 
 
 def decode_batch(encoded, size, channels, resize_mode):
   """Decodes a `[batch]` string tensor of encoded images to `[batch, size, size, channels]` uint8."""
-  return tf.map_fn(
-      lambda data: fit_square(_decode(data, channels), size, resize_mode),
-      check_request(encoded),
-      fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8),
-  )
+
+  def one(data):
+    image, full = decode_one(data, channels, size)
+    return fit_square(image, size, resize_mode, full)
+
+  return tf.map_fn(one, check_request(encoded), fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8))

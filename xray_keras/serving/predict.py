@@ -1,7 +1,10 @@
 """Classify image files with an exported SavedModel or a `.keras` model."""
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -18,13 +21,38 @@ def list_inputs(paths):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
         for name in sorted(names):
           full = os.path.join(dirpath, name)
-          reason = folder.junk_reason(name)
+          reason = folder.junk_reason(name) or folder.file_problem(full)
           (skipped.append(Skipped(full, reason)) if reason else files.append(full))
-    elif os.path.isfile(path):
-      files.append(path)
+    elif os.path.lexists(path):
+      reason = folder.file_problem(path)  # a named pipe would block the read for ever
+      (skipped.append(Skipped(path, reason)) if reason else files.append(path))
     else:
       skipped.append(Skipped(path, "no such file or directory"))
   return files, skipped
+
+
+# What libjpeg prints to stderr about a damaged file the decoder then rejects or recovers, and
+# TensorFlow's runtime echo of a refused request (its reason is already in the skip line).
+_DECODER_NOISE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG file structure",
+                  "Unsupported marker", "Bogus", "Warning:", "[[{{")
+
+
+@contextlib.contextmanager
+def _quiet_decoder():
+  """Holds back the decoder noise above (written by C code to file descriptor 2); passes on the rest."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      for line in held.read().decode("utf-8", "replace").splitlines(keepends=True):
+        if not line.lstrip().startswith(_DECODER_NOISE) and "Local rendezvous is aborting" not in line:
+          sys.stderr.write(line)
 
 
 class SavedModelPredictor:
@@ -46,33 +74,54 @@ class SavedModelPredictor:
 
   def __call__(self, data):
     try:
-      out = self._signature(images=self._tf.constant([data]))
+      with _quiet_decoder():
+        out = self._signature(images=self._tf.constant([data]))
     except self._tf.errors.InvalidArgumentError as e:
-      lines = [line.strip() for line in e.message.splitlines()]
-      detail = next((line for line in lines if line and not line.startswith(("Graph execution", "[[", "Detected at", "<"))), "")
-      raise decode.DecodeError(f"not a decodable image ({detail or 'rejected by the model decoder'})") from None
+      raise decode.DecodeError(f"refused by the model ({_reason(e.message)})") from None
     return float(out["pneumonia_probability"].numpy()[0])
 
 
-class KerasPredictor:
-  """Decodes with the training decoder and calls a `.keras` model (loaded with safe_mode)."""
+def _reason(message):
+  """The first meaningful line of a TensorFlow error, without its assertion and graph dump."""
+  for line in (line.strip() for line in message.splitlines()):
+    if not line or line.startswith(("Graph execution", "[[", "Detected at", "<", "File ", "Condition x")):
+      continue
+    line = line.removeprefix("assertion failed: ").strip("[] ")
+    return line.split("] [", 1)[0].split(" [Condition", 1)[0].strip("[] .") or "not a decodable image"
+  return "not a decodable image"
 
-  def __init__(self, path, resize_mode="squash", threshold=0.5):
+
+class KerasPredictor:
+  """Decodes with the training decoder and calls a `.keras` model (loaded with safe_mode).
+
+  Beside a run's `model.keras`, the run's `metrics.json` and `flags.txt` give the decision
+  threshold chosen on validation and the resize mode, as an export's model card does.
+  """
+
+  def __init__(self, path, resize_mode=None, threshold=None):
     from xray_keras import models
+    from xray_keras.serving.export import read_flags, validation_threshold
 
     self._model = models.load_model(path)
     _, self._size, _, self._channels = self._model.input_shape
-    self._resize_mode = resize_mode
-    self.threshold = threshold
+    run_dir = os.path.dirname(os.path.abspath(path))
+    metrics, flags_txt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "flags.txt")
+    if threshold is None and os.path.isfile(metrics):
+      with open(metrics) as f:
+        threshold = validation_threshold(json.load(f))
+    if resize_mode is None and os.path.isfile(flags_txt):
+      resize_mode = read_flags(flags_txt).get("resize_mode")
+    self._resize_mode = resize_mode or "squash"
+    self.threshold = 0.5 if threshold is None else threshold
 
   def __call__(self, data):
     image = decode.decode_image(data, self._size, self._channels, self._resize_mode)
     return float(self._model.predict_on_batch(image[None].astype(np.float32)).reshape(-1)[0])
 
 
-def load_predictor(path, resize_mode="squash", threshold=None):
+def load_predictor(path, resize_mode=None, threshold=None):
   if path.endswith(".keras"):
-    return KerasPredictor(path, resize_mode, 0.5 if threshold is None else threshold)
+    return KerasPredictor(path, resize_mode, threshold)
   predictor = SavedModelPredictor(path)
   if threshold is not None:
     predictor.threshold = threshold
