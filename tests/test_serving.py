@@ -228,6 +228,8 @@ def unusual_corpus():
       "grey.jpeg": _encoded(Image.fromarray(base), "JPEG", quality=95),
       "colour.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=95),
       "large_draft_scaled.jpeg": _encoded(large, "JPEG", quality=90),
+      "progressive.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=90, progressive=True),
+      "large_progressive.jpeg": _encoded(large, "JPEG", quality=90, progressive=True),
       "grey.png": _encoded(Image.fromarray(base), "PNG"),
       "colour.png": _encoded(Image.fromarray(rgb), "PNG"),
       "sixteen_bit_12_bit_data.png": _encoded(Image.fromarray(base.astype(np.uint16) * 16), "PNG"),
@@ -352,6 +354,7 @@ def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
   for name in ("webp", "tiff"):
     assert f"unsupported image format: the serving signature accepts {graph.ACCEPTED}" in report["errors"][name]
   # No decoder allocated a 16000 x 16000 (256 MB) or larger canvas.
+  # (A TensorFlow process holding the model is already ~800 MB; the bombs must not add to it.)
   assert report["rss_mb_after"] - report["rss_mb_before"] < 64, report
 
 
@@ -383,16 +386,27 @@ def test_exports_and_run_folders_are_readable_by_another_user(trained, request):
     assert as_nobody.returncode == 0 and "saved_model.pb" in as_nobody.stdout, as_nobody.stderr
 
 
-def test_predict_skips_a_named_pipe_instead_of_hanging(trained, tmp_path):
+def test_predict_skips_a_pipe_a_socket_and_a_dangling_link_instead_of_hanging(trained, tmp_path):
+  import socket
+
   _, export_dir = trained
   folder = make_tree(str(tmp_path / "imgs"), per_class=1, splits=("test",))
-  pipe = os.path.join(folder, "test", "NORMAL", "pipe.jpeg")
+  normal = os.path.join(folder, "test", "NORMAL")
+  pipe = os.path.join(normal, "pipe.jpeg")
   os.mkfifo(pipe)
-  result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
-                           folder, pipe], cwd=REPO, capture_output=True, text=True, timeout=120)
+  server = socket.socket(socket.AF_UNIX)
+  server.bind(os.path.join(normal, "socket.jpeg"))
+  os.symlink("/nonexistent/scan.jpeg", os.path.join(normal, "dangling.jpeg"))
+  try:
+    result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
+                             folder, pipe], cwd=REPO, capture_output=True, text=True, timeout=120)
+  finally:
+    server.close()
   assert result.returncode == 3, result.stderr[-2000:]
   assert len(result.stdout.strip().splitlines()) == 2
   assert result.stderr.count("pipe.jpeg: not a regular file") == 2
+  assert "socket.jpeg: not a regular file" in result.stderr
+  assert "dangling.jpeg: broken symbolic link" in result.stderr
 
 
 def test_warmup_requests_cover_jpeg_and_png(trained):
