@@ -102,6 +102,14 @@ def test_malformed_npz_runs_exit_1_with_one_line_and_no_finished_run(mnist_like,
     assert not (out / "metrics.json").exists()
 
 
+def test_a_file_that_is_not_an_npz_archive_is_one_line(tmp_path):
+  path = tmp_path / "notes.npz"
+  path.write_text("hello")
+  with pytest.raises(DataError, match="is not an npz archive .no zip header.") as error:
+    loader.load(loader.DataConfig(data_dir=str(path)))
+  assert "pickle" not in str(error.value)
+
+
 def test_a_valid_npz_without_val_carves_validation_from_train(mnist_like, tmp_path):
   arrays = {k: v for k, v in mnist_like.items() if not k.startswith("val_")}
   path = str(tmp_path / "no_val.npz")

@@ -224,6 +224,9 @@ def _load_npz(config):
 
 def _read_npz(path):
   """{split: (images, labels)} from a MedMNIST-style npz; any damage is one `DataError` line."""
+  with open(path, "rb") as f:
+    if f.read(4) != b"PK\x03\x04":
+      raise DataError(f"npz file {path!r} is not an npz archive (no zip header); expected a file written by numpy.savez.")
   try:
     with np.load(path, allow_pickle=False) as archive:
       keys = set(archive.files)
@@ -276,6 +279,7 @@ def _load_tfds(config):
 
   from xray_keras.data import tfds_builder  # noqa: F401  (registers the builder)
 
+  folder.find_root(config.data_dir)  # our one-line message before TFDS's own, longer one
   builder = tfds.builder("chest_xray_pneumonia", data_dir=config.tfds_data_dir or None)
   try:
     builder.download_and_prepare(
