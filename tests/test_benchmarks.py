@@ -115,3 +115,21 @@ def test_decode_draft_quick_mode(tmp_path):
   report = json.loads(out.read_text())
   assert report["images"] == 12 and report["rows"]["draft"]["images_per_s"] > 0
   assert report["ratio_vs_full_decode"] > 0 and report["pixel_diff"]["mean"] < 0.5
+
+
+def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_path):
+  pytest.importorskip("jax")
+  out, study = tmp_path / "gpu_study.json", tmp_path / "study"
+  result = subprocess.run([sys.executable, "benchmarks/gpu_study.py", "--quick", "--skip_compare", "--models=vit_scratch",
+                           f"--study_dir={study}", f"--output={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_no_tensorflow_env(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+  report = json.loads(out.read_text())
+  run = report["study"]
+  assert run["exit_code"] == 0 and run["report_written"] and "--weights=none" in run["command"]
+  assert run["models"]["vit_scratch"]["train_images_per_s"] > 0 and run["models"]["vit_scratch"]["test_auc"] > 0
+  [row] = report["epoch_vs_step"]
+  assert row["model"] == "vit_scratch" and row["step_train_images_per_s"] > 0 and row["epoch_vs_step"] > 0
+  # The report of a study on JAX, Grad-CAM/rollout figure included, and the run used the device feeder.
+  assert (study / "report.md").is_file() and (study / "explanations.png").stat().st_size > 5000
+  assert "Feeder: the split on the JAX device" in (study / "vit_scratch" / "run.log").read_text()

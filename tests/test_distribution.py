@@ -96,6 +96,32 @@ def test_multiworker_on_loopback_equals_single_process(tmp_path):
   assert not (tmp_path / "multi" / ".worker1" / "metrics.json").exists()
 
 
+def test_jax_multiworker_on_loopback_equals_single_process(tmp_path):
+  pytest.importorskip("jax")
+  jax_env = {"KERAS_BACKEND": "jax"}
+  exact = EXACT + ["--max_images_per_split=8"]  # 32 train images: two global batches of 16
+  code, _, err = _run(exact + [f"--output_dir={tmp_path / 'single'}"], env=jax_env)
+  assert code == 0, err[-3000:]
+  address = f"127.0.0.1:{_free_ports(1)[0]}"
+  processes = [_cli(exact + ["--distribution=multiworker", f"--output_dir={tmp_path / 'multi'}"],
+                    env={**jax_env, "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
+                         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)})
+               for index in range(2)]
+  for process in processes:
+    _, err = process.communicate(timeout=400)
+    assert process.returncode == 0, err[-3000:]
+  log = (tmp_path / "multi" / "run.log").read_text()
+  assert "global batch 16 = 8 per replica x 2 replica(s), 2 worker(s)" in log
+  assert "Feeder: the split on the JAX device" in log
+  single = models.load_model(str(tmp_path / "single" / "model.keras")).get_weights()
+  multi = models.load_model(str(tmp_path / "multi" / "model.keras")).get_weights()
+  assert any(np.abs(a).sum() for a in single)
+  for a, b in zip(single, multi):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert (tmp_path / "multi" / "metrics.json").exists()
+  assert not (tmp_path / "multi" / ".worker1" / "metrics.json").exists()
+
+
 def test_kill_9_mid_epoch_then_resume(tmp_path):
   out = tmp_path / "run"
   args = SMOKE + ["--epochs=6", "--data_source=synthetic", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32",

@@ -1,8 +1,13 @@
 """Grad-CAM and attention rollout point at the evidence."""
 
+import os
+
 import keras
 import numpy as np
+import pytest
 
+from xray_keras import models
+from xray_keras.data import builtin
 from xray_keras.models.vit_scratch import vit_scratch
 from xray_keras.report import explain
 
@@ -61,3 +66,27 @@ def test_attention_rollout_reads_every_block_of_a_keras_hub_vit():
   assert np.allclose([a.sum(axis=-1) for a in attention], 1.0, atol=1e-4)  # softmax rows
   maps = explain.explain(model, images)
   assert maps.shape == (4, 32, 32) and np.isfinite(maps).all() and maps.max() == 1.0
+
+
+def test_grad_cam_on_jax_equals_tensorflow_on_the_same_weights(tmp_path):
+  pytest.importorskip("jax")
+  import subprocess
+  import sys
+
+  from tests.conftest import REPO
+
+  model = models.build_model("cnn_scratch", (64, 64, 1))
+  model.save_weights(str(tmp_path / "cnn.weights.h5"))
+  images = builtin.load()[0][:4].astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  code = ("import numpy as np; from xray_keras import models; from xray_keras.report import explain; "
+          "m = models.build_model('cnn_scratch', (64, 64, 1)); m.load_weights(r'{w}'); "
+          "np.save(r'{out}', explain.grad_cam(m, np.load(r'{x}')))").format(
+              w=tmp_path / "cnn.weights.h5", out=tmp_path / "jax.npy", x=tmp_path / "images.npy")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  ours = explain.grad_cam(model, images)
+  theirs = np.load(tmp_path / "jax.npy")
+  assert ours.shape == theirs.shape == (4, 64, 64) and ours.std() > 0.05
+  np.testing.assert_allclose(theirs, ours, atol=1e-4)

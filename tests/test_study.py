@@ -27,14 +27,20 @@ def _split(run_dir):
 def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
   out = tmp_path / "study"
-  result = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=900)
+  # --unfreeze only fits pretrained backbones: left out of these runs (a scratch run refuses it).
+  fitting = ["--unfreeze=2", "--override=cnn_scratch:batch_size=4"]
+  result = subprocess.run(_study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "--unfreeze=2 fit pretrained backbones only; not passed to vit_scratch" in result.stderr
   report = json.loads((out / "study.json").read_text())
   assert [report["runs"][m]["outcome"] for m in MODELS] == ["finished", "finished"]
   for model in MODELS:
     metrics = json.loads((out / model / "metrics.json").read_text())
     assert metrics["model"]["name"] == model
-    assert "--epochs=1" in (out / model / "flags.txt").read_text()  # the study's flags override the cfg's
+    flags_txt = (out / model / "flags.txt").read_text()
+    assert "--epochs=1" in flags_txt and "--unfreeze=all" in flags_txt  # the study's flags override the cfg's
+    assert f"--batch_size={4 if model == 'cnn_scratch' else 8}" in flags_txt
   assert _split(out / MODELS[0]) == _split(out / MODELS[1])
 
   report = (out / "report.md").read_text()
@@ -66,7 +72,7 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   assert "speed-up" in (out / "compare_test_beds.md").read_text()
 
   stamps = {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS}
-  again = subprocess.run(_study(tree, out, tmp_path / "cache"), cwd=REPO, capture_output=True, text=True, timeout=300)
+  again = subprocess.run(_study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
   assert [json.loads((out / "study.json").read_text())["runs"][m]["outcome"] for m in MODELS] == ["reused", "reused"]
   assert {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS} == stamps
@@ -91,3 +97,23 @@ def test_killed_study_keeps_finished_models_and_completes(tmp_path):
   for model, stamp in stamps.items():
     assert os.path.getmtime(out / model / "metrics.json") == stamp
   assert all((out / m / "metrics.json").is_file() for m in MODELS)
+
+
+def test_study_overrides_are_checked_before_any_run():
+  import pytest
+
+  from xray_keras import study
+  from xray_keras.errors import UserError
+
+  known = {"batch_size", "head_epochs", "weights"}
+  models = ["cnn_scratch", "resnet50", "applications:MobileNet"]
+  assert study.parse_overrides(["resnet50:head_epochs=1", "applications:MobileNet:weights=/w/m.h5"], models, known) == {
+      "resnet50": ["--head_epochs=1"], "applications:MobileNet": ["--weights=/w/m.h5"]}
+  for bad, message in [("resnet50", "expected <model>:<flag>=<value>"), ("vit_base:batch_size=4", "not one of --models"),
+                       ("resnet50:colour=red", "--colour is not a per-model flag"),
+                       ("resnet50:output_dir=x", "--output_dir is not a per-model flag")]:
+    with pytest.raises(UserError, match=message):
+      study.parse_overrides([bad], models, known | {"output_dir"})
+  passed = [("epochs", "--epochs=1"), ("head_epochs", "--head_epochs=1"), ("weights", "--weights=none")]
+  assert study.model_flags("cnn_scratch", passed, {"cnn_scratch": ["--batch_size=4"]}) == ["--epochs=1", "--batch_size=4"]
+  assert study.model_flags("resnet50", passed) == ["--epochs=1", "--head_epochs=1", "--weights=none"]

@@ -104,6 +104,7 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   assert timing["head_phase"]["feature_cache"] and timing["head_phase"]["epochs_run"] == 1
   assert timing["epochs_run"] == 1
   assert (out / "history_head.csv").is_file() and (out / "history.csv").is_file()
+  assert not (out / "head_phase.weights.h5").exists() and not (out / "checkpoints").exists()  # only model.keras
 
   # The SavedModel, in a fresh process without this package, gives the Keras model's probabilities.
   paths = [real_path("test", c, n) for c in ("NORMAL", "PNEUMONIA") for n in real_files("test", c, 2)]

@@ -40,6 +40,8 @@ class TrainConfig:
   distribution: str = "auto"
   per_replica_batch_size: int = 0
   mixed_precision: str = "none"
+  feeder: str = "auto"  # auto | device (JAX: data and augmentation on the accelerator) | host
+  steps_per_execution: int = 1
   deterministic: bool = False
 
 

@@ -56,13 +56,16 @@ _SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmen
 _DEVICE = flags.DEFINE_enum("device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none.")
 _JIT_COMPILE = flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA-compile the train step. auto: on for JAX (off there means no jax.jit at all), off for TensorFlow (measured slower on small CPUs).")
 _COMPILATION_CACHE = flags.DEFINE_bool("compilation_cache", True, "JAX: keep compiled XLA programs in <cache_dir>/jax_compilation, so a rerun skips compiling (TensorFlow has no such cache).")
-_DISTRIBUTION = flags.DEFINE_enum("distribution", "auto", distribution.STRATEGIES, "auto, cpu, gpu (one device), mirrored (all local devices), multiworker (TF_CONFIG; TensorFlow only).")
+_DISTRIBUTION = flags.DEFINE_enum("distribution", "auto", distribution.STRATEGIES, "auto, cpu, gpu (one device), mirrored (all local devices), multiworker (processes named by TF_CONFIG, or on JAX by KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID).")
+_FEEDER = flags.DEFINE_enum("feeder", "auto", trainer.FEEDERS, "device (JAX): the split on the accelerator, batches gathered there, cast and augmentation inside the compiled train step; host: tf.data (TensorFlow) or NumPy batches. auto: device on JAX, host otherwise.")
+_STEPS_PER_EXECUTION = flags.DEFINE_integer("steps_per_execution", 1, "Train steps per compiled call (Keras compile); fewer callbacks and host round trips between steps.", lower_bound=1)
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype policy: mixed_float16 (GPU, with loss scaling) or mixed_bfloat16 (CPU, JAX).")
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics).")
 
 # === Study ===
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the study report's confidence intervals.", lower_bound=10)
 _MODELS = flags.DEFINE_list("models", [], "Run a study of these models (each with experiments/<model>.cfg) into one study folder, instead of one --model.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "Study: a flag for one model only, <model>:<flag>=<value> (repeatable), e.g. resnet50:head_epochs=1. Study-wide flags of pretrained fine-tuning (--head_epochs, --unfreeze, ...) go to the pretrained models only.")
 
 # === Output ===
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
@@ -120,6 +123,10 @@ def study_models():
   return list(_MODELS.value)
 
 
+def overrides():
+  return list(_OVERRIDE.value)
+
+
 def bootstrap_resamples():
   return _BOOTSTRAP.value
 
@@ -175,6 +182,8 @@ def run_config():
       distribution=_DISTRIBUTION.value,
       per_replica_batch_size=_PER_REPLICA_BATCH.value,
       mixed_precision=_MIXED_PRECISION.value,
+      feeder=_FEEDER.value,
+      steps_per_execution=_STEPS_PER_EXECUTION.value,
       deterministic=_DETERMINISTIC.value,
   )
   return RunConfig(

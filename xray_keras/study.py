@@ -6,7 +6,10 @@ Each model runs as its own process (`python -m xray_keras.run
 --flagfile=experiments/<model>.cfg` plus the study's own flags, which override
 the model's) into `<study dir>/<model>/`. Rerunning the same command reuses
 finished runs, resumes interrupted ones and runs the rest, so a killed study
-continues where it stopped. `study.json` lists every model's run and outcome;
+continues where it stopped. Flags that only fit pretrained backbones
+(`PRETRAINED_ONLY`) go to the pretrained models alone, and
+`--override=<model>:<flag>=<value>` sets a flag for one model. `study.json`
+lists every model's run and outcome;
 `report.md`, `results.csv`/`results.json` and the figures are written at the end
 (`report/`).
 """
@@ -24,16 +27,59 @@ from xray_keras.training import run_dir as run_dirs
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
-_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir", "bootstrap_resamples"}
+_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir", "bootstrap_resamples",
+               "override"}
+# Flags of the two-phase fine-tuning of a pretrained backbone; a from-scratch model refuses them.
+PRETRAINED_ONLY = ("head_epochs", "head_learning_rate", "unfreeze", "feature_cache", "weights")
 
 
 def _passed_flags(module_name):
-  """The study's explicitly set flags, as arguments for each model's run."""
+  """The study's explicitly set flags, as `(name, argument)` for each model's run."""
   out = []
   for flag in flags.FLAGS.get_flags_for_module(module_name):
-    if flag.present and flag.name not in _NOT_PASSED:
-      out.append(flag.serialize())
-  return [a for a in out if a]
+    if flag.present and flag.name not in _NOT_PASSED and flag.serialize():
+      out.append((flag.name, flag.serialize()))
+  return out
+
+
+def parse_overrides(overrides, study_models, known_flags):
+  """`["model:flag=value", ...]` as `{model: ["--flag=value", ...]}`; a bad one is a `UserError`."""
+  out = {}
+  for item in overrides:
+    key, eq, value = item.partition("=")
+    model, sep, name = key.rpartition(":")
+    name = name.lstrip("-")
+    if not (sep and eq and model and name):
+      raise UserError(f"--override={item}: expected <model>:<flag>=<value>, e.g. resnet50:head_epochs=1")
+    if model not in study_models:
+      raise UserError(f"--override={item}: {model} is not one of --models ({', '.join(study_models)})")
+    if name not in known_flags or name in _NOT_PASSED:
+      raise UserError(f"--override={item}: --{name} is not a per-model flag")
+    out.setdefault(model, []).append(f"--{name}={value}")
+  return out
+
+
+def model_flags(model, passed, overrides=None):
+  """The study-wide flags that fit `model`, then its own overrides; logs what was left out."""
+  from xray_keras import models
+
+  pretrained = models.get_spec(model).pretrained
+  out, left = [], []
+  for name, argument in passed:
+    (out if pretrained or name not in PRETRAINED_ONLY else left).append(argument)
+  if left:
+    logging.info("Study: %s fit pretrained backbones only; not passed to %s.", " ".join(left), model)
+  return out + list((overrides or {}).get(model, []))
+
+
+def _check_weights_path(models_, passed):
+  from xray_keras import models
+
+  weights = dict(passed).get("weights", "").split("=", 1)[-1]
+  pretrained = [m for m in models_ if models.get_spec(m).pretrained]
+  if weights not in ("", "imagenet", "none") and len(pretrained) > 1:
+    raise UserError(f"--weights={weights} is one file for {len(pretrained)} pretrained models; give each its own "
+                    f"with --override={pretrained[0]}:weights=PATH.")
 
 
 def _model_args(model):
@@ -41,13 +87,16 @@ def _model_args(model):
   return [f"--flagfile={cfg}"] if os.path.isfile(cfg) else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
 
 
-def run(models, study_dir, module_name, overwrite=False, resamples=1000):
+def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrides=()):
   """Runs every model of the study and writes its report; returns the study folder.
 
   Raises `UserError` if any run failed (after reporting the others).
   """
-  os.makedirs(study_dir, exist_ok=True)
   passed = _passed_flags(module_name)
+  _check_weights_path(models, passed)
+  known = {f.name for f in flags.FLAGS.get_flags_for_module(module_name)}
+  overrides = parse_overrides(overrides, models, known)
+  os.makedirs(study_dir, exist_ok=True)
   status = {}
   for model in models:
     out = os.path.join(study_dir, model.replace(":", "_"))
@@ -57,7 +106,8 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000):
       status[model] = {"run_dir": os.path.basename(out), "outcome": "reused"}
       atomic.write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
       continue
-    args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *passed, f"--output_dir={out}"]
+    args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *model_flags(model, passed, overrides),
+            f"--output_dir={out}"]
     if overwrite:
       args.append("--overwrite")
     logging.info("Study: running %s into %s", model, out)

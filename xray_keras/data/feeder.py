@@ -40,33 +40,50 @@ def augmentation(names, seed=None):
   return keras.Sequential([factories[n]() for n in names], name="augmentation")
 
 
-def make_feeder(images, labels, batch_size, training, seed=0, augmenter=None):
+def make_feeder(images, labels, batch_size, training, seed=0, augmenter=None, shard=(0, 1), multiple=1):
   """tf.data on the TensorFlow backend; `ArrayFeeder` (no TensorFlow needed) otherwise."""
   if keras.backend.backend() == "tensorflow":
     return tf_dataset(images, labels, batch_size, training, seed, augmenter)
-  return ArrayFeeder(images, labels, batch_size, training, seed, augmenter)
+  return ArrayFeeder(images, labels, batch_size, training, seed, augmenter, shard, multiple)
 
 
 class ArrayFeeder(keras.utils.PyDataset):
-  """Batches NumPy arrays without tf.data (for JAX machines without TensorFlow)."""
+  """Batches NumPy arrays without tf.data (for JAX machines without TensorFlow).
 
-  def __init__(self, images, labels, batch_size, training, seed=0, augmenter=None):
+  `shard=(index, count)` feeds this process's share of every global batch (multi-process
+  training); `multiple` trims a batch to a multiple of it (the device count must divide it).
+  """
+
+  def __init__(self, images, labels, batch_size, training, seed=0, augmenter=None, shard=(0, 1), multiple=1):
     super().__init__()
-    self.images, self.labels = images, labels.astype(np.float32)
+    self.images, self.labels = images, np.asarray(labels, np.float32)
+    self.count = len(images)
     self.batch_size, self.training, self.seed, self.augmenter = batch_size, training, seed, augmenter
+    self.shard, self.multiple = shard, multiple
     self._epoch = 0
     self._order = self._permutation()
 
   def _permutation(self):
     if not self.training:
-      return np.arange(len(self.images))
-    return np.random.default_rng([self.seed, self._epoch]).permutation(len(self.images))
+      return np.arange(self.count, dtype=np.int32)
+    return np.random.default_rng([self.seed, self._epoch]).permutation(self.count).astype(np.int32)
 
   def __len__(self):
-    return math.ceil(len(self.images) / self.batch_size)
+    return math.ceil(self.count / self.batch_size)
+
+  def rows(self, index):
+    """The image indices of batch `index` fed by this process."""
+    rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+    rows = rows[: len(rows) - len(rows) % self.multiple]
+    start, count = self.shard
+    return rows[start::count]
+
+  def left_out(self):
+    """Images per epoch that no batch feeds (a last batch the devices cannot split)."""
+    return self.count % self.batch_size % self.multiple
 
   def __getitem__(self, index):
-    rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+    rows = self.rows(index)
     images = self.images[rows].astype(np.float32)
     if self.training and self.augmenter is not None:
       images = keras.ops.convert_to_numpy(self.augmenter(images, training=True))

@@ -1,7 +1,8 @@
 """Where a model looks: Grad-CAM for CNNs, attention rollout for the ViTs (ours and keras-hub's).
 
 Both return one `(height, width)` map in [0, 1] per image, at the input size.
-Grad-CAM needs gradients, so it runs on the TensorFlow backend.
+Grad-CAM takes its gradient from the backend's own autodiff (`jax.grad`,
+`tf.GradientTape` or torch autograd), so a study on any backend gets its figures.
 """
 
 import keras
@@ -31,25 +32,49 @@ def feature_layer(model):
   return (relus or candidates)[-1]
 
 
+def input_gradient(fn, x):
+  """The gradient of `sum(fn(x))` with respect to `x`, by the active backend's autodiff."""
+  backend = keras.backend.backend()
+  if backend == "jax":
+    import jax
+
+    return jax.grad(lambda v: keras.ops.sum(keras.ops.cast(fn(v), "float32")))(x)
+  if backend == "tensorflow":
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      total = tf.reduce_sum(tf.cast(fn(x), tf.float32))
+    return tape.gradient(total, x)
+  if backend == "torch":
+    x = x.detach().requires_grad_(True)
+    fn(x).float().sum().backward()
+    return x.grad
+  raise ValueError(f"No gradient for Grad-CAM on the {backend} backend")
+
+
 def grad_cam(model, images):
   """Grad-CAM (Selvaraju et al. 2017) of the PNEUMONIA output for `(N, H, W, C)` images.
 
   The model's layers are applied one after another (every classifier here is a chain).
   """
-  import tensorflow as tf
+  layers = model.layers[1:]
+  cut = layers.index(feature_layer(model)) + 1
+  features = keras.ops.convert_to_tensor(np.asarray(images, np.float32))
+  for layer in layers[:cut]:
+    features = layer(features, training=False)
 
-  target = feature_layer(model)
-  x = tf.convert_to_tensor(np.asarray(images, np.float32))
-  with tf.GradientTape() as tape:
-    for layer in model.layers[1:]:
+  def head(x):
+    for layer in layers[cut:]:
       x = layer(x, training=False)
-      if layer is target:
-        features = x
-    score = tf.reduce_sum(x)
-  grads = tape.gradient(score, features)
-  weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-  cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
-  return _upsample(cams, images.shape[1])
+    return x
+
+  grads = keras.ops.convert_to_numpy(keras.ops.cast(input_gradient(head, features), "float32"))
+  features = keras.ops.convert_to_numpy(keras.ops.cast(features, "float32"))
+  weights = grads.mean(axis=(1, 2), keepdims=True)
+  cams = np.maximum((weights * features).sum(axis=-1), 0.0)
+  return _upsample(cams, np.asarray(images).shape[1])
 
 
 def _our_attention(model, images):

@@ -84,7 +84,7 @@ def explanations(runs, study_dir):
   from xray_keras import models
   from xray_keras.data import builtin, decode, folder
   from xray_keras.report import explain
-  from xray_keras.serving.export import read_flags
+  from xray_keras.training.run_dir import read_flags
 
   rows = []
   chosen = _choose_images(runs[0])
@@ -172,18 +172,21 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
     raise FileNotFoundError(f"No finished runs in {study_dir}")
   rows = result_rows(runs, resamples, seed)
   pairs = pairwise(runs)
-  figure_files = {
-      "training_curves.png": figures.training_curves(runs, os.path.join(study_dir, "training_curves.png")),
-      "roc_curves.png": figures.roc_curves(runs, os.path.join(study_dir, "roc_curves.png")),
-      "confusion_matrices.png": figures.confusion_matrices(runs, os.path.join(study_dir, "confusion_matrices.png")),
-      "epoch_time.png": figures.epoch_time_bars(runs, os.path.join(study_dir, "epoch_time.png")),
-      "accuracy_vs_size_and_time.png": figures.accuracy_scatter(runs, os.path.join(study_dir, "accuracy_vs_size_and_time.png")),
+  makers = {
+      "training_curves.png": figures.training_curves,
+      "roc_curves.png": figures.roc_curves,
+      "confusion_matrices.png": figures.confusion_matrices,
+      "epoch_time.png": figures.epoch_time_bars,
+      "accuracy_vs_size_and_time.png": figures.accuracy_scatter,
+      "explanations.png": lambda runs, path: explanations(runs, study_dir) and path,
   }
-  try:
-    if explanations(runs, study_dir):
-      figure_files["explanations.png"] = "explanations.png"
-  except Exception as e:  # a figure must never cost the rest of the report
-    logging.warning("No explanations figure: %s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+  figure_files = {}
+  for name, make in makers.items():
+    try:  # a figure must never cost the rest of the report
+      if make(runs, os.path.join(study_dir, name)):
+        figure_files[name] = name
+    except Exception as e:
+      logging.warning("No %s: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
   with open(os.path.join(study_dir, "results.json"), "w") as f:
     json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
                "parameter_table": parameter_table or [], "missing": missing}, f, indent=2)

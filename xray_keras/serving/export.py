@@ -24,25 +24,11 @@ from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.serving import graph
 from xray_keras.training import room
+from xray_keras.training.run_dir import read_flags
 
 SAMPLES_DIR = "samples"
 # Flags whose values are local paths: the model card keeps only their last component.
 _PATH_FLAGS = ("data_dir", "output_dir", "cache_dir", "tfds_data_dir", "export_dir", "flagfile", "weights")
-
-
-def read_flags(path):
-  """Parses a flags.txt written by a run into `{name: value}`."""
-  values = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, has_value, value = line[2:].partition("=")
-      if not has_value:  # absl writes booleans as --name / --noname
-        name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
-      values[name] = value
-  return values
 
 
 def _public_flags(values):

@@ -11,9 +11,10 @@ CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
 class LastGoodCheckpoint(keras.callbacks.Callback):
   """Saves the weights at each epoch end whose loss is finite (atomically)."""
 
-  def __init__(self, path):
+  def __init__(self, path, target=None):
+    """`target`: the model whose weights to save, when fit() trains a wrapper around it."""
     super().__init__()
-    self.path = path
+    self.path, self.target = path, target
     self.epoch = None
 
   def on_epoch_end(self, epoch, logs=None):
@@ -21,6 +22,6 @@ class LastGoodCheckpoint(keras.callbacks.Callback):
       return
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
-    self.model.save_weights(tmp, overwrite=True)
+    (self.target or self.model).save_weights(tmp, overwrite=True)
     os.replace(tmp, self.path)
     self.epoch = epoch + 1

@@ -4,7 +4,11 @@ TensorFlow: `auto` (TensorFlow's default: one device, the GPU if present), `cpu`
 and `gpu` (`OneDeviceStrategy`), `mirrored` (all local GPUs) and `multiworker`
 (`MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG`). JAX: `auto` and
 `mirrored` use `keras.distribution.DataParallel` over the local devices when
-there are several. Strategies must be created before any other TensorFlow op.
+there are several; `multiworker` starts `jax.distributed` through
+`keras.distribution.initialize` (cluster from Keras' `KERAS_DISTRIBUTION_*`
+variables, or from the same `TF_CONFIG`) and runs `DataParallel` over every
+process's devices, each process feeding its share of every global batch.
+Strategies must be created before any other TensorFlow op.
 """
 
 import contextlib
@@ -29,6 +33,12 @@ class Plan:
   strategy: object = None
   worker_index: int = 0
   num_workers: int = 1
+  jax_processes: bool = False  # multi-process JAX: each process feeds its share of every batch
+
+  @property
+  def shard(self):
+    """`(index, count)` of this process's share of every batch fed to fit()."""
+    return (self.worker_index, self.num_workers) if self.jax_processes else (0, 1)
 
   @property
   def is_chief(self):
@@ -85,11 +95,51 @@ def _setup_tensorflow(name):
   return Plan(name, 1)
 
 
+def _jax_cluster():
+  """(coordinator address, processes, this process's id) from KERAS_DISTRIBUTION_* or TF_CONFIG."""
+  env = os.environ
+  if env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+    try:
+      return (env["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0], int(env["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+              int(env["KERAS_DISTRIBUTION_PROCESS_ID"]))
+    except (KeyError, ValueError):
+      raise UserError("KERAS_DISTRIBUTION_JOB_ADDRESSES needs KERAS_DISTRIBUTION_NUM_PROCESSES and "
+                      "KERAS_DISTRIBUTION_PROCESS_ID (integers).") from None
+  workers, index = _tf_config_task()
+  if workers < 1:
+    raise UserError("--distribution=multiworker needs KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and "
+                    "_PROCESS_ID (or TF_CONFIG) naming the processes.")
+  cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+  return (cluster.get("chief") or cluster["worker"])[0], workers, index
+
+
+def _setup_jax_processes(name):
+  import jax
+
+  coordinator, processes, index = _jax_cluster()
+  # CPU processes need a collectives backend (GPUs use NCCL); harmless where unused.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  keras.distribution.initialize(coordinator, processes, index)
+  # initialize() sets Keras' global seed to a sum of random ones; clear it, so `--seed` alone decides
+  # the initial weights, as in one process.
+  from keras.src.backend.common import global_state
+  from keras.src.random import seed_generator
+  from keras.src.utils import rng_utils
+
+  global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, None)
+  global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+  parallel = keras.distribution.DataParallel(devices=jax.devices())
+  parallel.auto_shard_dataset = False  # each process feeds its own share (Plan.shard)
+  keras.distribution.set_distribution(parallel)
+  return Plan(name, len(jax.devices()), worker_index=jax.process_index(), num_workers=jax.process_count(),
+              jax_processes=True)
+
+
 def _setup_jax(name):
   import jax
 
   if name == "multiworker":
-    raise UserError("--distribution=multiworker is TensorFlow-only; on JAX use mirrored (all local devices).")
+    return _setup_jax_processes(name)
   if name == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
     raise UserError("--distribution=gpu, but JAX sees no GPU.")
   devices = jax.devices()
@@ -113,6 +163,15 @@ def global_batch(plan, batch_size, per_replica_batch_size):
       plan.name, batch_size, batch_size // plan.replicas, plan.replicas, plan.num_workers,
   )
   return batch_size
+
+
+def local_copy(build, trained):
+  """After multi-process JAX training: a model on this process's devices with the trained weights."""
+  weights = trained.get_weights()  # replicated arrays: every process holds them whole
+  keras.distribution.set_distribution(None)
+  model = build(weights="none")
+  model.set_weights(weights)
+  return model
 
 
 def build_for_multiworker(model, plan, images, labels):

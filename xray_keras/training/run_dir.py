@@ -87,3 +87,18 @@ def trim_history(path, epochs):
       kept.append(row)
   with open(path, "w", newline="") as f:
     csv.writer(f).writerows(kept)
+
+
+def read_flags(path):
+  """Parses a flags.txt written by a run into `{name: value}`."""
+  values = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, has_value, value = line[2:].partition("=")
+      if not has_value:  # absl writes booleans as --name / --noname
+        name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+      values[name] = value
+  return values

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from xray_keras import atomic, models
-from xray_keras.data import feeder, loader
+from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
 from xray_keras.evaluation import metrics, statistics
@@ -27,6 +27,7 @@ from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+FEEDERS = ("auto", "device", "host")
 SCHEDULES = ("constant", "cosine")
 HEAD_WEIGHTS = "head_phase.weights.h5"
 BOOTSTRAP_RESAMPLES = 1000
@@ -96,6 +97,62 @@ def compile_kwargs(optimizer, jit_compile):
       ],
       jit_compile=jit_compile,
   )
+
+
+def resolve_feeder(setting, images):
+  """`--feeder`: device (JAX only: the split on the accelerator, augmentation in the step) or host."""
+  backend = keras.backend.backend()
+  if setting == "device" and backend != "jax":
+    raise UserError(f"--feeder=device needs the JAX backend (KERAS_BACKEND=jax); this is {backend}.")
+  if setting == "auto":
+    if backend != "jax":
+      return "host"
+    if not device_feeder.fits_on_device(images):
+      logging.info("The train split (%.1f GiB) stays on the host: more than --feeder=auto puts on the device.",
+                   images.nbytes / 2**30)
+      return "host"
+    return "device"
+  return setting
+
+
+def _feeders(kind, splits, batch_size, seed, augmenter, plan):
+  """The train and validation feeders of phase 2, and whether fit() needs the uint8 wrapper."""
+  train_split, val_split = splits
+  multiple = plan.replicas if keras.backend.backend() == "jax" else 1
+  if kind == "device":
+    make = lambda split, training: device_feeder.DeviceFeeder(
+        split.images, split.labels, batch_size, training, seed, plan.shard, multiple)
+  else:
+    make = lambda split, training: feeder.make_feeder(
+        split.images, split.labels, batch_size, training, seed, augmenter if training else None, plan.shard, multiple)
+  train_ds = make(train_split, True)
+  val_ds = make(val_split, False) if len(val_split.labels) else None
+  left_out = train_ds.left_out() if hasattr(train_ds, "left_out") else 0
+  if left_out:
+    logging.warning("%d image(s) of each epoch's last batch are left out: it does not split over %d devices "
+                    "(a different %d each epoch, as the order is reshuffled).", left_out, multiple, left_out)
+  return train_ds, val_ds
+
+
+@contextlib.contextmanager
+def without_training_state(model):
+  """Saves of `model` within skip the optimizer and compile settings (one copy of the weights only)."""
+  optimizer, compiled = getattr(model, "optimizer", None), model.compiled
+  model.optimizer, model.compiled = None, False
+  try:
+    yield model
+  finally:
+    model.optimizer, model.compiled = optimizer, compiled
+
+
+def _clean_up(run_dir):
+  """Deletes what only an unfinished run needs: the last-good and phase-1 weights."""
+  for name in (CHECKPOINT, HEAD_WEIGHTS):
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path):
+      os.remove(path)
+  with contextlib.suppress(OSError):
+    os.rmdir(os.path.join(run_dir, os.path.dirname(CHECKPOINT)))
 
 
 def _callbacks(config, run_dir, timing, resuming, checkpoint):
@@ -188,10 +245,14 @@ def _tag_synthetic(enabled):
 
 def train_and_evaluate(config):
   """Runs one experiment end to end. Returns the run directory."""
+  # jax.distributed must start before anything asks JAX for its devices; a TensorFlow strategy
+  # after the visible devices are set but before any other TensorFlow op.
+  jax_processes = keras.backend.backend() == "jax" and config.train.distribution == "multiworker"
+  plan = distribution.setup(config.train.distribution) if jax_processes else None
   used_device = device.configure(config.train.device)
   if config.train.compilation_cache:
     device.compilation_cache(config.data.cache_dir)
-  plan = distribution.setup(config.train.distribution)  # before any other TensorFlow op
+  plan = plan or distribution.setup(config.train.distribution)
   synthetic = loader.resolve_source(config.data) == "synthetic"
   run_dir, resuming = run_dirs.prepare(config, plan, synthetic)
   with log_to_file(os.path.join(run_dir, "run.log")), _tag_synthetic(synthetic):
@@ -297,34 +358,42 @@ def _run(config, run_dir, resuming, plan, used_device):
   if spec.pretrained:
     trainable = transfer.set_trainable(model, config.train.unfreeze, freeze_batchnorm=weights != "none")
     logging.info("Phase 2: %s backbone parameters trainable (--unfreeze=%s)", f"{trainable:,}", config.train.unfreeze)
+  kind = resolve_feeder(config.train.feeder, train_split.images)
+  trainee = device_feeder.in_step_model(model, augmenter) if kind == "device" else model
   with plan.scope():
-    model.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile))
-    transfer.build_optimizer(model)
-  train_ds = feeder.make_feeder(train_split.images, train_split.labels, batch_size, True, config.train.seed, augmenter)
-  val_ds = feeder.make_feeder(val_split.images, val_split.labels, batch_size, False) if len(val_split.labels) else None
+    trainee.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile),
+                    steps_per_execution=config.train.steps_per_execution)
+    transfer.build_optimizer(trainee)
+  train_ds, val_ds = _feeders(kind, (train_split, val_split), batch_size, config.train.seed, augmenter, plan)
+  logging.info("Feeder: %s", "the split on the JAX device, cast and augmentation inside the train step"
+               if kind == "device" else "host (tf.data on TensorFlow, NumPy batches otherwise)")
   if class_weight:
     logging.info("Class weights: %s", class_weight)
   if resuming:
     done = run_dirs.completed_epochs(run_dir)
     run_dirs.trim_history(os.path.join(run_dir, "history.csv"), done)
     logging.info("Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs)
-  if plan.name == "multiworker":
-    distribution.build_for_multiworker(model, plan, train_split.images, train_split.labels)
+  if plan.name == "multiworker" and plan.strategy is not None:
+    distribution.build_for_multiworker(trainee, plan, train_split.images, train_split.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
-  checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT))
+  checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT), target=model)
+  losses = []
   if config.train.epochs:
-    model.fit(
+    history = trainee.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=class_weight,
         callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint), verbose=2, shuffle=False,
     )
-  if config.train.epochs and any(not math.isfinite(e) for e in model.history.history.get("loss", [])):
+    losses = history.history.get("loss", [])
+  if any(not math.isfinite(e) for e in losses):
     kept = (f"the last good weights (epoch {checkpoint.epoch}) are in {os.path.join(run_dir, CHECKPOINT)}"
             if checkpoint.epoch else "no epoch finished with a finite loss")
     raise UserError(f"Training stopped: the loss became NaN; {kept}. Lower --learning_rate.")
   if not plan.is_chief:
     logging.info("Worker %d done; the chief writes the outputs.", plan.worker_index)
     return run_dir
-  if plan.strategy is not None:
+  if plan.jax_processes:
+    model = distribution.local_copy(build, model)
+  elif plan.strategy is not None:
     # Evaluate and save a plain copy: distributed variables would shard predictions over workers.
     trained, model = model, build(weights="none")
     model.set_weights(trained.get_weights())
@@ -355,7 +424,8 @@ def _run(config, run_dir, resuming, plan, used_device):
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
-  model.save(os.path.join(run_dir, "model.keras"))
+  with without_training_state(model):
+    model.save(os.path.join(run_dir, "model.keras"))
 
   timing_report = timing.summary()
   if phase1:
@@ -372,6 +442,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   atomic.write_json(os.path.join(run_dir, "timing.json"), timing_report)
   # metrics.json is written last: its presence marks a finished run.
   atomic.write_json(os.path.join(run_dir, run_dirs.FINISHED_MARKER), result)
+  _clean_up(run_dir)
   if config.export:
     from xray_keras.serving import export  # TensorFlow-only
 
