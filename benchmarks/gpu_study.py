@@ -12,6 +12,10 @@ For an H100/H200 machine with JAX (CUDA) and PyTorch; TensorFlow is not needed:
 3. For CNN_scratch and ViT_scratch: the same model's in-memory training step (`step_speed.py`) at its
    cfg size and batch, against the study's epoch images/s: `epoch_vs_step` near 1 means the feeder
    keeps up with the step.
+4. The levers on the compute gap to torch.compile, each a `step_speed.py` run of ResNet50 / ViT_Base
+   at 224 px against our model at the same batch (`LEVERS`): the bare backbone without our wrapper,
+   twice the batch, Keras flash attention (ViT_Base), and XLA flags. No lever starts after
+   `--levers_budget_s`.
 
 The result file is rewritten after each part, so a run cut short keeps what finished. `--quick`
 checks the script on the CPU: built-in data, 32 px, a few images, one epoch, two models.
@@ -35,6 +39,14 @@ import cpu_vs_torch  # noqa: E402
 REPO = os.path.dirname(HERE)
 MODELS = ("cnn_scratch", "vit_scratch", "resnet50", "vit_base")
 SCRATCH = ("cnn_scratch", "vit_scratch")
+# name -> (models, extra step_speed arguments, batch factor, extra environment)
+LEVERS = {
+    "ours": (("resnet50", "vit_base"), [], 1, {}),
+    "plain_backbone": (("resnet50", "vit_base"), ["--plain"], 1, {}),
+    "batch_x2": (("resnet50", "vit_base"), [], 2, {}),
+    "flash_attention": (("vit_base",), ["--flash_attention"], 1, {}),
+    "xla_autotune_4": (("resnet50", "vit_base"), [], 1, {"XLA_FLAGS": "--xla_gpu_autotune_level=4"}),
+}
 QUICK_FLAGS = ["--image_size=32", "--max_images_per_split=8", "--epochs=1", "--head_epochs=0", "--batch_size=8",
                "--bootstrap_resamples=10"]
 
@@ -137,6 +149,41 @@ def epoch_vs_step(flags, study):
   return rows
 
 
+def levers(flags):
+  """Part 4: images/s of each lever against "ours" in the same script run."""
+  import gpu_vs_torch
+
+  start, rows, skipped = time.perf_counter(), [], []
+  size = 32 if flags.quick else 224
+  timing = ["--warmup=1", "--min_steps=1", "--min_seconds=0"] if flags.quick else \
+      ["--warmup=3", "--min_steps=10", "--min_seconds=3"]
+  for name, (models, extra, factor, env) in LEVERS.items():
+    for model in models:
+      if model not in flags.lever_models.split(","):
+        continue
+      if time.perf_counter() - start > flags.levers_budget_s:
+        skipped.append(f"{name} {model}")
+        continue
+      batch = 2 if flags.quick else gpu_vs_torch.PLAN[model][0]
+      saved = {k: os.environ.get(k) for k in env}
+      os.environ.update(env)
+      try:
+        row = cpu_vs_torch.run_worker("keras", "jax", model, "bfloat16", size, batch * factor, 0, timing, extra)
+      except RuntimeError as e:
+        rows.append({"lever": name, "model": model, "error": str(e)[-500:]})
+        continue
+      finally:
+        for k, v in saved.items():
+          os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+      rows.append({"lever": name, "model": model, "batch_size": batch * factor,
+                   "train_images_per_s": row["train_images_per_s"], "infer_images_per_s": row["infer_images_per_s"]})
+  base = {r["model"]: r["train_images_per_s"] for r in rows if r["lever"] == "ours" and "error" not in r}
+  for r in rows:
+    if "error" not in r and r["model"] in base:
+      r["ratio_vs_ours"] = r["train_images_per_s"] / base[r["model"]]
+  return {"rows": rows, "skipped_for_time": skipped}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=common.REAL_DATA, help="the 224 px Kermany copy; empty: built-in data")
@@ -146,6 +193,8 @@ def main():
   parser.add_argument("--precision", default="mixed_bfloat16")
   parser.add_argument("--study_flags", default="", help="extra flags for every study run, space-separated")
   parser.add_argument("--skip_compare", action="store_true")
+  parser.add_argument("--lever_models", default="resnet50,vit_base")
+  parser.add_argument("--levers_budget_s", type=float, default=100.0)
   parser.add_argument("--study_dir", default="", help="keep the study here; empty: a temporary folder, deleted")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--output", default=None)
@@ -178,12 +227,17 @@ def main():
   save()
   print(f"part 2 (study) done: exit {result['study']['exit_code']}, {result['study']['wall_s']:.0f} s", flush=True)
   result["epoch_vs_step"] = epoch_vs_step(flags, result["study"])
+  save()
+  result["levers"] = levers(flags)
   path = save()
   if not flags.study_dir:
     shutil.rmtree(study_dir, ignore_errors=True)
   for row in result["epoch_vs_step"]:
     print(f"  {row['model']}: epoch {row['epoch_train_images_per_s']:.0f} img/s, step "
           f"{row['step_train_images_per_s']:.0f} img/s, ratio {row['epoch_vs_step']:.2f}")
+  for row in result["levers"]["rows"]:
+    print(f"  lever {row['lever']} {row['model']}: " + (f"{row['train_images_per_s']:.0f} img/s, "
+          f"x{row.get('ratio_vs_ours', float('nan')):.2f}" if "error" not in row else "failed"))
   print("wrote", path)
   return 0 if result["study"]["exit_code"] == 0 else 1
 

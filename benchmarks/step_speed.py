@@ -45,7 +45,29 @@ def _batch(size, batch, seed=0):
   return images, labels
 
 
-def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, jit_compile):
+def plain_backbone(model_name, size):
+  """The bare `keras.applications` / keras-hub backbone on RGB input with a pooled sigmoid head: no
+  grey-to-RGB, no preprocessing layer; what the wrapper costs is the difference to our model."""
+  import keras
+
+  from xray_keras.models import pretrained
+
+  inputs = keras.Input((size, size, 3))
+  if model_name == "resnet50":
+    x = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+  elif model_name == "vit_base":
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(image_shape=(size, size, 3), **pretrained.VIT_BASE_ARCHITECTURE)
+    x = backbone(inputs)[:, 0]
+  else:
+    raise ValueError(f"--plain applies to resnet50 and vit_base, not {model_name}")
+  return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x))
+
+
+def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, jit_compile,
+                plain=False, flash_attention=False):
   import keras
 
   from xray_keras import models
@@ -53,10 +75,17 @@ def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
 
   if precision == "bfloat16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  if flash_attention:
+    keras.config.enable_flash_attention()
   jit_compile = trainer.resolve_jit(jit_compile)  # as the trainer's --jit_compile
-  model = models.build_model(model_name, (size, size, 1), patch_size=patch, weights="none")
+  if plain:
+    model = plain_backbone(model_name, size)
+  else:
+    model = models.build_model(model_name, (size, size, 1), patch_size=patch, weights="none")
   model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.BinaryCrossentropy(), jit_compile=jit_compile)
   images, labels = _batch(size, batch)
+  if plain:
+    images = images.repeat(3, axis=-1) / 127.5 - 1.0
   images, labels = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
   train_warm, train = _time_steps(lambda: model.train_on_batch(images, labels), warmup, min_steps, min_seconds)
   peak = common.peak_rss_mb()
@@ -141,12 +170,15 @@ def main():
   parser.add_argument("--min_steps", type=int, default=3)
   parser.add_argument("--min_seconds", type=float, default=10.0)
   parser.add_argument("--result", required=True, help="JSON file for this run's figures")
+  parser.add_argument("--plain", action="store_true", help="Keras: the bare backbone on RGB input (no wrapper)")
+  parser.add_argument("--flash_attention", action="store_true", help="Keras: keras.config.enable_flash_attention()")
   flags = parser.parse_args()
   common_args = (flags.model, flags.size, flags.batch, flags.precision, flags.patch or None, flags.warmup,
                  flags.min_steps, flags.min_seconds)
   if flags.framework == "keras":
-    row = keras_speed(*common_args, flags.jit_compile)
+    row = keras_speed(*common_args, flags.jit_compile, flags.plain, flags.flash_attention)
     row["tensorflow_imported"] = "tensorflow" in sys.modules
+    row.update({"plain": flags.plain, "flash_attention": flags.flash_attention, "xla_flags": os.environ.get("XLA_FLAGS", "")})
   else:
     row = torch_speed(*common_args, flags.framework == "torch.compile", flags.device)
   row.update({"model": flags.model, "image_size": flags.size, "batch_size": flags.batch, "precision": flags.precision})

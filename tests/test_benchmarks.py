@@ -90,9 +90,10 @@ def test_backend_epoch_time_quick_mode(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
-  assert [(r["backend"], r["jit_compile"]) for r in rows] == [
-      ("tensorflow", False), ("tensorflow", True), ("jax", False), ("jax", True)]
-  assert rows[0]["ratio_vs_tf_no_xla"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)
+  assert [(r["backend"], r["jit_compile"], r["feeder"]) for r in rows] == [
+      ("tensorflow", False, "host"), ("tensorflow", True, "host"), ("jax", False, "host"), ("jax", True, "host"),
+      ("jax", True, "device")]
+  assert rows[0]["ratio_vs_first"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)
 
 
 def test_feature_cache_quick_mode(tmp_path):
@@ -121,7 +122,7 @@ def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_pa
   pytest.importorskip("jax")
   out, study = tmp_path / "gpu_study.json", tmp_path / "study"
   result = subprocess.run([sys.executable, "benchmarks/gpu_study.py", "--quick", "--skip_compare", "--models=vit_scratch",
-                           f"--study_dir={study}", f"--output={out}"],
+                           "--lever_models=resnet50", "--levers_budget_s=1", f"--study_dir={study}", f"--output={out}"],
                           cwd=REPO, capture_output=True, text=True, timeout=600, env=_no_tensorflow_env(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
   report = json.loads(out.read_text())
@@ -130,6 +131,10 @@ def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_pa
   assert run["models"]["vit_scratch"]["train_images_per_s"] > 0 and run["models"]["vit_scratch"]["test_auc"] > 0
   [row] = report["epoch_vs_step"]
   assert row["model"] == "vit_scratch" and row["step_train_images_per_s"] > 0 and row["epoch_vs_step"] > 0
+  # Levers: the first runs, the rest wait for a budget a real GPU run gives them.
+  [lever] = report["levers"]["rows"]
+  assert (lever["lever"], lever["model"], lever["ratio_vs_ours"]) == ("ours", "resnet50", 1.0)
+  assert "plain_backbone resnet50" in report["levers"]["skipped_for_time"]
   # The report of a study on JAX, Grad-CAM/rollout figure included, and the run used the device feeder.
   assert (study / "report.md").is_file() and (study / "explanations.png").stat().st_size > 5000
   assert "Feeder: the split on the JAX device" in (study / "vit_scratch" / "run.log").read_text()
