@@ -118,7 +118,10 @@ def _setup_jax_processes(name):
 
   coordinator, processes, index = _jax_cluster()
   # CPU processes need a collectives backend (GPUs use NCCL); harmless where unused.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):  # a JAX that has no such option uses its own default
+    logging.info("JAX has no jax_cpu_collectives_implementation option; using its default CPU collectives.")
   keras.distribution.initialize(coordinator, processes, index)
   # initialize() sets Keras' global seed to a sum of random ones; clear it, so `--seed` alone decides
   # the initial weights, as in one process.
