@@ -122,11 +122,15 @@ def test_jax_multiworker_on_loopback_equals_single_process(tmp_path):
   assert not (tmp_path / "multi" / ".worker1" / "metrics.json").exists()
 
 
-def test_kill_9_mid_epoch_then_resume(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_kill_9_mid_epoch_then_resume(tmp_path, backend):
+  if backend == "jax":
+    pytest.importorskip("jax")
+  env = {"KERAS_BACKEND": backend}  # JAX: the device feeder's training wrapper is what the backup holds
   out = tmp_path / "run"
   args = SMOKE + ["--epochs=6", "--data_source=synthetic", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32",
-                  f"--output_dir={out}"]
-  process = _cli(args)
+                  "--augment=rotation,contrast", f"--output_dir={out}"]
+  process = _cli(args, env)
   history = out / "history.csv"
   deadline = time.time() + 240
   while time.time() < deadline and (not history.exists() or len(_history_epochs(out)) < 2):
@@ -137,11 +141,12 @@ def test_kill_9_mid_epoch_then_resume(tmp_path):
   done_before = len(_history_epochs(out))
   assert 2 <= done_before < 6 and not (out / "metrics.json").exists()
 
-  code, _, err = _run(args)
+  code, _, err = _run(args, env)
   assert code == 0, err[-3000:]
   assert _history_epochs(out) == list(range(6))
   log = (out / "run.log").read_text()
   assert "Resuming an interrupted run" in log
+  assert ("Feeder: the split on the JAX device" in log) == (backend == "jax")
   assert json.loads((out / "timing.json").read_text())["resumed"] is True
   assert not (out / run_dir.BACKUP_DIR).exists()  # the backup goes once training finished
 
