@@ -168,10 +168,12 @@ def global_batch(plan, batch_size, per_replica_batch_size):
   return batch_size
 
 
-def local_copy(build, trained):
-  """After multi-process JAX training: a model on this process's devices with the trained weights."""
-  weights = trained.get_weights()  # replicated arrays: every process holds them whole
-  keras.distribution.set_distribution(None)
+def local_copy(plan, build, trained):
+  """A plain model with `trained`'s weights, to evaluate and save after distributed training:
+  distributed variables would shard predictions over workers. Every process holds the weights whole."""
+  weights = trained.get_weights()
+  if plan.jax_processes:
+    keras.distribution.set_distribution(None)  # build on this process's devices only
   model = build(weights="none")
   model.set_weights(weights)
   return model

@@ -116,7 +116,7 @@ def resolve_feeder(setting, images):
 
 
 def _feeders(kind, splits, batch_size, seed, augmenter, plan):
-  """The train and validation feeders of phase 2, and whether fit() needs the uint8 wrapper."""
+  """The train and validation feeders of phase 2 (validation None without validation images)."""
   train_split, val_split = splits
   multiple = plan.replicas if keras.backend.backend() == "jax" else 1
   if kind == "device":
@@ -391,12 +391,8 @@ def _run(config, run_dir, resuming, plan, used_device):
   if not plan.is_chief:
     logging.info("Worker %d done; the chief writes the outputs.", plan.worker_index)
     return run_dir
-  if plan.jax_processes:
-    model = distribution.local_copy(build, model)
-  elif plan.strategy is not None:
-    # Evaluate and save a plain copy: distributed variables would shard predictions over workers.
-    trained, model = model, build(weights="none")
-    model.set_weights(trained.get_weights())
+  if plan.jax_processes or plan.strategy is not None:
+    model = distribution.local_copy(plan, build, model)
 
   # === Evaluation ===
   probabilities = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
