@@ -119,6 +119,11 @@ def test_synthetic_source_is_labelled_synthetic(tmp_path):
         (["--device=tpu"], "value should be one of <auto|cpu|gpu>"),
         (["--epochs=0"], "--epochs=0"),
         (["--augment=flip"], "--augment takes a comma-separated list"),
+        (["--preprocess=sharpen"], "--preprocess=sharpen: unknown step; expected downsample:N or equalize"),
+        (["--preprocess=downsample:2"], "expected downsample:N with N >= 4 pixels"),
+        (["--seeds=42,x"], "--seeds takes integers"),
+        (["--task=four_class"], "value should be one of <binary|three_class>"),
+        (["--tta=0"], "--tta=0"),
     ],
 )
 def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):

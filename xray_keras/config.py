@@ -57,3 +57,5 @@ class RunConfig:
   export: bool = False
   export_dir: str = "saved_models"
   report: bool = True
+  calibrate: bool = False  # fit a temperature on validation (calibration.json)
+  tta: int = 1  # test-time views at evaluation (1: none)

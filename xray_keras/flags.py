@@ -6,7 +6,8 @@ from absl import flags
 
 from xray_keras import models
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
-from xray_keras.data import decode, download, feeder
+from xray_keras.data import decode, download, feeder, preprocess
+from xray_keras.errors import UserError
 from xray_keras.data.loader import SOURCES, DataConfig
 from xray_keras.training import device, distribution, trainer
 
@@ -20,6 +21,8 @@ _RESIZE_MODE = flags.DEFINE_enum("resize_mode", "squash", decode.RESIZE_MODES, "
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.15, "Fraction of each class's train images carved out (whole patients) for validation.", lower_bound=0.0, upper_bound=0.9)
 _SPLIT_SEED = flags.DEFINE_integer("split_seed", 42, "Seed of the patient-grouped validation split and of --max_images_per_split.")
 _MERGE_OFFICIAL_VAL = flags.DEFINE_bool("merge_official_val", True, "Merge the official 16-image val split into train before carving validation (else it is unused).")
+_TASK = flags.DEFINE_enum("task", "binary", ["binary", "three_class"], "binary: NORMAL / PNEUMONIA. three_class: NORMAL / BACTERIA / VIRUS from the file names (Kermany et al. 2018); the PNEUMONIA probability is then P(BACTERIA) + P(VIRUS).")
+_PREPROCESS = flags.DEFINE_list("preprocess", [], "Image transforms before the model, in order: downsample:N (through N x N pixels and back: no detail finer than N px, whatever the source resolution), equalize (histogram equalisation). Also applied by predict and the export.")
 _MAX_IMAGES = flags.DEFINE_integer("max_images_per_split", 0, "Cap per split and class, for quick runs; 0: no cap.", lower_bound=0)
 _CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Decode cache folder; empty: $XDG_CACHE_HOME/xray_keras or ~/.cache/xray_keras.")
 _SYNTHETIC_TRAIN = flags.DEFINE_integer("synthetic_train_size", 800, "Synthetic train images (before validation is carved).", lower_bound=4)
@@ -65,12 +68,16 @@ _DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Deterministic ops (w
 # === Study ===
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the study report's confidence intervals.", lower_bound=10)
 _MODELS = flags.DEFINE_list("models", [], "Run a study of these models (each with experiments/<model>.cfg) into one study folder, instead of one --model.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Study: train each model once per seed (the first into <model>/, the others into <model>_seed<N>/, finished runs reused); the report adds each model's seed ensemble.")
+flags.register_validator("seeds", lambda values: all(v.lstrip("-").isdigit() for v in values), message="--seeds takes integers, e.g. 42,7,1")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Study: a flag for one model only, <model>:<flag>=<value> (repeatable), e.g. resnet50:head_epochs=1. Study-wide flags of pretrained fine-tuning (--head_epochs, --unfreeze, ...) go to the pretrained models only.")
 
 # === Output ===
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "", "Run directory; empty: runs/<experiment>/<UTC timestamp>/. With --models: the study folder, default runs/<experiment>/.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a directory that holds a finished run.")
+_CALIBRATE = flags.DEFINE_bool("calibrate", False, "Fit temperature scaling on validation (calibration.json in the run folder); predict and the export apply it.")
+_TTA = flags.DEFINE_integer("tta", 1, "Test-time augmentation: also evaluate the mean of N views (the image and N-1 copies through --augment) into predictions_tta.csv; 1: off.", lower_bound=1)
 _EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
 _REPORT = flags.DEFINE_bool("report", True, "Write report.md / report.html with figures into the run folder at the end.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/.")
@@ -82,14 +89,24 @@ flags.register_validator(
 )
 
 
-def _known_model(name):
-  try:
-    models.get_spec(name)
-  except ValueError as e:
-    raise flags.ValidationError(str(e)) from None
-  return True
+def _validator(check, errors):
+  """A flag validator that passes when `check(value)` raises none of `errors`, with its message if it does."""
+
+  def validate(value):
+    try:
+      check(value)
+    except errors as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+
+  return validate
 
 
+_known_model = _validator(models.get_spec, ValueError)
+_valid_preprocess = _validator(preprocess.parse, UserError)
+
+
+flags.register_validator("preprocess", _valid_preprocess)
 flags.register_validator("model", _known_model)
 flags.register_validator("models", lambda names: all(_known_model(n) for n in names))
 flags.register_validator("backbone_kwargs", lambda kv: all("=" in x for x in kv), message="--backbone_kwargs takes key=value pairs")
@@ -127,6 +144,10 @@ def overrides():
   return list(_OVERRIDE.value)
 
 
+def seeds():
+  return [int(v) for v in _SEEDS.value]
+
+
 def bootstrap_resamples():
   return _BOOTSTRAP.value
 
@@ -152,6 +173,8 @@ def run_config():
       synthetic_test_size=_SYNTHETIC_TEST.value,
       tfds_data_dir=_TFDS_DATA_DIR.value,
       mendeley_url=_MENDELEY_URL.value,
+      task=_TASK.value,
+      preprocess=tuple(_PREPROCESS.value),
   )
   model = ModelConfig(
       name=_MODEL.value, patch_size=_PATCH_SIZE.value, dropout=_DROPOUT.value, weights=_WEIGHTS.value,
@@ -197,4 +220,6 @@ def run_config():
       export=_EXPORT.value,
       report=_REPORT.value,
       export_dir=_EXPORT_DIR.value,
+      calibrate=_CALIBRATE.value,
+      tta=_TTA.value,
   )

@@ -28,7 +28,7 @@ from xray_keras.training import run_dir as run_dirs
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
 _NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir", "bootstrap_resamples",
-               "override"}
+               "override", "seeds"}
 # Flags of the two-phase fine-tuning of a pretrained backbone; a from-scratch model refuses them.
 PRETRAINED_ONLY = ("head_epochs", "head_learning_rate", "unfreeze", "feature_cache", "weights")
 
@@ -87,8 +87,27 @@ def _model_args(model):
   return [f"--flagfile={cfg}"] if os.path.isfile(cfg) else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
 
 
-def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrides=()):
-  """Runs every model of the study and writes its report; returns the study folder.
+def study_runs(models, seeds=()):
+  """`(model, run name, seed or None)` for every run: with seeds, the first goes to `<model>`, the
+  others to `<model>_seed<N>`."""
+  if not seeds:
+    return [(m, m.replace(":", "_"), None) for m in models]
+  return [(m, m.replace(":", "_") + ("" if i == 0 else f"_seed{seed}"), seed)
+          for m in models for i, seed in enumerate(seeds)]
+
+
+def _check_seed(out, seed):
+  """A finished run reused for `--seeds` must have been trained with that seed."""
+  if seed is None:
+    return
+  had = run_dirs.read_flags(os.path.join(out, "flags.txt")).get("seed")
+  if had is not None and int(had) != seed:
+    raise UserError(f"{out} holds a finished run with --seed={had}, not {seed}; list --seeds with {had} first, "
+                    "or pass --overwrite.")
+
+
+def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrides=(), seeds=()):
+  """Runs every model of the study (each seed of `seeds`) and writes its report; returns the study folder.
 
   Raises `UserError` if any run failed (after reporting the others).
   """
@@ -96,40 +115,43 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrid
   _check_weights_path(models, passed)
   known = {f.name for f in flags.FLAGS.get_flags_for_module(module_name)}
   overrides = parse_overrides(overrides, models, known)
+  plan = study_runs(models, seeds)
+  names = [name for _, name, _ in plan]
   os.makedirs(study_dir, exist_ok=True)
   status = {}
-  for model in models:
-    out = os.path.join(study_dir, model.replace(":", "_"))
+  for model, name, seed in plan:
+    out = os.path.join(study_dir, name)
     finished = os.path.isfile(os.path.join(out, run_dirs.FINISHED_MARKER))
     if finished and not overwrite:
-      logging.info("Study: %s finished earlier in %s; reusing it.", model, out)
-      status[model] = {"run_dir": os.path.basename(out), "outcome": "reused"}
-      atomic.write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+      _check_seed(out, seed)
+      logging.info("Study: %s finished earlier in %s; reusing it.", name, out)
+      status[name] = {"run_dir": os.path.basename(out), "outcome": "reused"}
+      atomic.write_json(os.path.join(study_dir, "study.json"), {"models": names, "runs": status})
       continue
     args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *model_flags(model, passed, overrides),
-            f"--output_dir={out}"]
+            f"--output_dir={out}"] + ([f"--seed={seed}"] if seed is not None else [])
     if overwrite:
       args.append("--overwrite")
-    logging.info("Study: running %s into %s", model, out)
+    logging.info("Study: running %s into %s", name, out)
     start = time.perf_counter()
     result = subprocess.run(args, stderr=subprocess.PIPE, text=True)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     if result.returncode:
       reason = errors[-1] if errors else f"exit code {result.returncode}; see {os.path.join(out, 'run.log')}"
-      logging.error("Study: %s failed: %s", model, reason)
-      status[model] = {"run_dir": os.path.basename(out), "outcome": "failed", "error": reason}
+      logging.error("Study: %s failed: %s", name, reason)
+      status[name] = {"run_dir": os.path.basename(out), "outcome": "failed", "error": reason}
     else:
-      status[model] = {"run_dir": os.path.basename(out), "outcome": "finished",
-                       "wall_s": time.perf_counter() - start}
-    atomic.write_json(os.path.join(study_dir, "study.json"), {"models": models, "runs": status})
+      status[name] = {"run_dir": os.path.basename(out), "outcome": "finished",
+                      "wall_s": time.perf_counter() - start}
+    atomic.write_json(os.path.join(study_dir, "study.json"), {"models": names, "runs": status})
   if any(s["outcome"] != "failed" for s in status.values()):
     from xray_keras.models import table
     from xray_keras.report import write
 
-    write.write_report(study_dir, resamples, parameter_table=table.rows(models))
+    write.write_report(study_dir, resamples, parameter_table=table.rows(models), ensemble=True)
   failed = [m for m, s in status.items() if s["outcome"] == "failed"]
   if failed:
-    raise UserError(f"Study: {len(failed)} of {len(models)} runs failed ({', '.join(failed)}); rerun the same "
+    raise UserError(f"Study: {len(failed)} of {len(plan)} runs failed ({', '.join(failed)}); rerun the same "
                     f"command to retry them, finished runs are reused. Details in {study_dir}/study.json")
   logging.info("Study done: %s", ", ".join(f"{m} {s['outcome']}" for m, s in status.items()))
   return study_dir

@@ -115,8 +115,9 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def class_weights(labels):
-  """Inverse-frequency weights `{0: w0, 1: w1}` with a mean of one per image."""
-  counts = np.bincount(np.asarray(labels).astype(int), minlength=2)
+def class_weights(labels, classes=2):
+  """Inverse-frequency weights `{0: w0, 1: w1, ...}` with a mean of one per image."""
+  classes = max(classes, 2)
+  counts = np.bincount(np.asarray(labels).astype(int), minlength=classes)
   total = counts.sum()
-  return {c: float(total / (2.0 * n)) if n else 0.0 for c, n in enumerate(counts)}
+  return {c: float(total / (classes * n)) if n else 0.0 for c, n in enumerate(counts)}

@@ -13,7 +13,7 @@ import os
 import numpy as np
 from absl import logging
 
-from xray_keras.data import builtin, cache, decode, download, folder, patients, synthetic
+from xray_keras.data import builtin, cache, decode, download, folder, patients, preprocess, synthetic
 from xray_keras.data.folder import DataError
 from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped, printable
 
@@ -38,6 +38,8 @@ class DataConfig:
   synthetic_test_size: int = 200
   tfds_data_dir: str = ""
   mendeley_url: str = download.MENDELEY_URL
+  task: str = "binary"  # binary (NORMAL / PNEUMONIA) | three_class (NORMAL / BACTERIA / VIRUS)
+  preprocess: tuple = ()  # --preprocess steps, see preprocess.py
 
 
 @dataclasses.dataclass
@@ -57,12 +59,13 @@ class StudyData:
   splits: dict
   skipped: list
   notes: list = dataclasses.field(default_factory=list)
+  class_names: tuple = CLASS_NAMES
 
   def counts(self):
     out = {}
     for split, arrays in self.splits.items():
-      per_class = np.bincount(arrays.labels.astype(int), minlength=2)
-      out[split] = {name: int(n) for name, n in zip(CLASS_NAMES, per_class)}
+      per_class = np.bincount(arrays.labels.astype(int), minlength=len(self.class_names))
+      out[split] = {name: int(n) for name, n in zip(self.class_names, per_class)}
       out[split]["total"] = int(len(arrays.labels))
     return out
 
@@ -74,6 +77,7 @@ class StudyData:
         "counts": self.counts(),
         "skipped_files": len(self.skipped),
         "notes": self.notes,
+        "class_names": list(self.class_names),
     }
 
 
@@ -98,6 +102,13 @@ def load(config):
   loader = {"builtin": _load_builtin, "folder": _load_folder, "npz": _load_npz, "tfds": _load_tfds,
             "synthetic": _load_synthetic}
   data = loader[source](config)
+  if config.task == "three_class":
+    _three_class(data)
+  if config.preprocess:
+    steps = preprocess.parse(config.preprocess)
+    for arrays in data.splits.values():
+      arrays.images = preprocess.apply(arrays.images, steps)
+    data.notes.append(f"Preprocessing (--preprocess): {', '.join(config.preprocess)}.")
   for split in ("train", "test"):
     if not len(data.splits[split].labels):
       raise DataError(f"The {split} split is empty after loading {data.name}.")
@@ -108,6 +119,23 @@ def load(config):
   if data.skipped:
     logging.warning("Skipped %d files (listed in skipped_files.csv)", len(data.skipped))
   return data
+
+
+def _three_class(data):
+  """Relabels every split NORMAL / BACTERIA / VIRUS from the file names (Kermany et al. 2018's
+  three classes); PNEUMONIA images whose name says neither are skipped and counted."""
+  dropped = 0
+  for split, arrays in data.splits.items():
+    names = [patients.subtype(r.path, r.label) for r in arrays.records]
+    keep = [i for i, n in enumerate(names) if n != "UNKNOWN"]
+    for i in sorted(set(range(len(names))) - set(keep)):
+      data.skipped.append(Skipped(arrays.records[i].path, "--task=three_class: PNEUMONIA file name says neither bacteria nor virus"))
+    dropped += len(names) - len(keep)
+    labels = np.array([patients.SUBTYPES.index(names[i]) for i in keep], dtype=np.int32)
+    data.splits[split] = SplitArrays(arrays.images[keep], labels, [arrays.records[i] for i in keep])
+  if dropped:
+    logging.warning("--task=three_class: skipped %d PNEUMONIA images whose file name gives no subtype.", dropped)
+  data.class_names = patients.SUBTYPES
 
 
 def select(records, config):

@@ -25,6 +25,22 @@ def patient_id(file_name):
   return "file:" + stem
 
 
+SUBTYPES = ("NORMAL", "BACTERIA", "VIRUS")
+
+
+def subtype(file_name, label):
+  """NORMAL, BACTERIA or VIRUS from a Kermany file name and its 0/1 label; UNKNOWN for a PNEUMONIA
+  image whose name says neither."""
+  if int(label) == 0:
+    return "NORMAL"
+  stem = os.path.basename(str(file_name)).lower()
+  if "_bacteria_" in stem:
+    return "BACTERIA"
+  if "_virus_" in stem:
+    return "VIRUS"
+  return "UNKNOWN"
+
+
 def carve_validation(records, fraction, seed):
   """Moves whole patients from `train` to `val`, stratified by class.
 

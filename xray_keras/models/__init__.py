@@ -7,6 +7,9 @@
 import dataclasses
 import functools
 
+import keras
+import numpy as np
+
 from xray_keras.models import pretrained, vit_family
 from xray_keras.models import weights as weights_lib
 from xray_keras.models.cnn_scratch import cnn_scratch
@@ -66,7 +69,23 @@ def default_weights(spec, weights=""):
   return weights or ("imagenet" if spec.pretrained else "none")
 
 
-def build_model(name, input_shape, patch_size=None, dropout=None, weights="", backbone_kwargs=None):
+def with_classes(model, classes):
+  """`model` with its one-unit sigmoid head replaced by a `classes`-way softmax of the same name."""
+  if classes == 1:
+    return model
+  head = model.layers[-1]
+  outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name=head.name)(head.input)
+  return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def pneumonia_probability(outputs):
+  """P(PNEUMONIA) from a model's `(N, 1)` sigmoid or `(N, 3)` NORMAL/BACTERIA/VIRUS softmax outputs."""
+  outputs = np.asarray(outputs, dtype=np.float64)
+  outputs = outputs.reshape(len(outputs), -1)
+  return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
+
+
+def build_model(name, input_shape, patch_size=None, dropout=None, weights="", backbone_kwargs=None, classes=1):
   """Builds the model `name` for `input_shape`.
 
   Args:
@@ -77,7 +96,12 @@ def build_model(name, input_shape, patch_size=None, dropout=None, weights="", ba
     weights: str. `imagenet`, `none`, or a path (see `weights.py`); empty for the
       model's default (`imagenet` for pretrained models, `none` otherwise).
     backbone_kwargs: dict. Extra `keras.applications` constructor arguments.
+    classes: int. 1: a PNEUMONIA probability; 3: NORMAL / BACTERIA / VIRUS softmax.
   """
+  return with_classes(_build(name, input_shape, patch_size, dropout, weights, backbone_kwargs), classes)
+
+
+def _build(name, input_shape, patch_size, dropout, weights, backbone_kwargs):
   spec = get_spec(name)
   weights = default_weights(spec, weights)
   kwargs = {"input_shape": tuple(input_shape)}

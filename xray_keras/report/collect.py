@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from xray_keras.evaluation import clinical
 from xray_keras.training import run_dir as run_dirs
 
 
@@ -22,6 +23,11 @@ class RunResult:
   test_labels: np.ndarray
   test_probabilities: np.ndarray
   test_files: list
+
+  val_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
+  val_probabilities: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+  val_files: list = dataclasses.field(default_factory=list)
+  temperature: float = None  # from calibration.json (--calibrate)
 
   label: str = ""  # set by read_study when two runs share a model name
 
@@ -57,13 +63,19 @@ def read_run(run_dir, name=None):
     metrics = json.load(f)
   with open(os.path.join(run_dir, "timing.json")) as f:
     timing = json.load(f)
-  rows = [r for r in _read_csv(os.path.join(run_dir, "predictions.csv")) if r["split"] == "test"]
+  predictions = _read_csv(os.path.join(run_dir, "predictions.csv"))
+  rows = [r for r in predictions if r["split"] == "test"]
+  val = [r for r in predictions if r["split"] == "val"]
   history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in _read_csv(os.path.join(run_dir, "history.csv"))]
   return RunResult(
       name=name or metrics["model"]["name"], run_dir=run_dir, metrics=metrics, timing=timing, history=history,
       test_labels=np.array([int(r["label"]) for r in rows]),
       test_probabilities=np.array([float(r["probability"]) for r in rows]),
       test_files=[r["file"] for r in rows],
+      val_labels=np.array([int(r["label"]) for r in val], dtype=int),
+      val_probabilities=np.array([float(r["probability"]) for r in val]),
+      val_files=[r["file"] for r in val],
+      temperature=clinical.temperature(run_dir),
   )
 
 

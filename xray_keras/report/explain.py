@@ -55,7 +55,7 @@ def input_gradient(fn, x):
 
 
 def grad_cam(model, images):
-  """Grad-CAM (Selvaraju et al. 2017) of the PNEUMONIA output for `(N, H, W, C)` images.
+  """Grad-CAM (Selvaraju et al. 2017) of the PNEUMONIA probability for `(N, H, W, C)` images.
 
   The model's layers are applied one after another (every classifier here is a chain).
   """
@@ -68,7 +68,7 @@ def grad_cam(model, images):
   def head(x):
     for layer in layers[cut:]:
       x = layer(x, training=False)
-    return x
+    return x if x.shape[-1] == 1 else 1.0 - x[..., 0]  # three classes: P(BACTERIA) + P(VIRUS)
 
   grads = keras.ops.convert_to_numpy(keras.ops.cast(input_gradient(head, features), "float32"))
   features = keras.ops.convert_to_numpy(keras.ops.cast(features, "float32"))

@@ -107,3 +107,23 @@ def explanation_grid(rows, path):
       ax.axis("off")
     axis_row[0].text(-0.1, 0.5, name, transform=axis_row[0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
   return _save(fig, path)
+
+
+def reliability_diagrams(entries, path, bins=10):
+  """`entries`: (model name, labels, probabilities, calibrated probabilities or None) on test."""
+  from xray_keras.evaluation import calibration
+
+  fig, axes = plt.subplots(1, len(entries), figsize=(3.4 * len(entries), 3.5), squeeze=False)
+  for ax, (name, labels, probabilities, calibrated) in zip(axes[0], entries):
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for probs, style, tag in ((probabilities, "o-", "as trained"), (calibrated, "s--", "temperature-scaled")):
+      if probs is None:
+        continue
+      points = [(m, f) for m, f, n in calibration.reliability(labels, probs, bins) if n]
+      ece = calibration.expected_calibration_error(labels, probs, bins)
+      ax.plot(*zip(*points), style, ms=3, label=f"{tag} (ECE {ece:.3f})")
+    ax.set_xlabel("mean predicted PNEUMONIA probability")
+    ax.set_title(name, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+  axes[0][0].set_ylabel("fraction PNEUMONIA")
+  return _save(fig, path)

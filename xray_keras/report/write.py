@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from xray_keras.evaluation import metrics, statistics
-from xray_keras.report import collect, figures, html
+from xray_keras.report import clinical, collect, figures, html
 
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
@@ -151,6 +151,14 @@ def compare_test_beds(study_a, study_b, out_path):
   return out_path
 
 
+def _json_default(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _weights(name):
   if name in ("", "none", None):
     return "random (from scratch)"
@@ -165,8 +173,11 @@ def _run_row(run):
           timing.get("batch_size", "-")]
 
 
-def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
-  """Writes the report files into `study_dir`; returns the path of report.md."""
+def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemble=False, ensemble_space="probability"):
+  """Writes the report files into `study_dir`; returns the path of report.md.
+
+  `ensemble`: also average the runs' probabilities (weights chosen on validation).
+  """
   runs, missing = collect.read_study(study_dir)
   if not runs:
     raise FileNotFoundError(f"No finished runs in {study_dir}")
@@ -187,9 +198,12 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
         figure_files[name] = name
     except Exception as e:
       logging.warning("No %s: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+  clinical_md, clinical_data, clinical_figures = clinical.sections(runs, study_dir, resamples, seed, ensemble,
+                                                                      ensemble_space)
   with open(os.path.join(study_dir, "results.json"), "w") as f:
     json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
-               "parameter_table": parameter_table or [], "missing": missing}, f, indent=2)
+               "parameter_table": parameter_table or [], "missing": missing, "clinical": clinical_data}, f, indent=2,
+              default=_json_default)
   with open(os.path.join(study_dir, "results.csv"), "w", newline="") as f:
     flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
@@ -242,11 +256,13 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None):
            _table(["A", "B", "AUC A - B", "DeLong p", "only A right", "only B right", "McNemar p"],
                   [[p["a"], p["b"], f"{p['auc_difference']:+.3f}", f"{p['delong_p']:.3g}", p["a_only_right"],
                     p["b_only_right"], f"{p['mcnemar_p']:.3g}"] for p in pairs]), ""]
+  md += clinical_md
   data = runs[0].metrics.get("data", {})
   md += ["## Data", "", f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
          f"{data.get('skipped_files', 0)}; validation carved from train by patient.", "",
          _table(["split", "NORMAL", "PNEUMONIA", "total"],
-                [[s, c.get("NORMAL", 0), c.get("PNEUMONIA", 0), c.get("total", 0)] for s, c in data.get("counts", {}).items()]),
+                [[s, c.get("NORMAL", 0), c.get("PNEUMONIA", c.get("BACTERIA", 0) + c.get("VIRUS", 0)), c.get("total", 0)]
+                 for s, c in data.get("counts", {}).items()]),
          ""]
   md += [f"- {note}" for note in data.get("notes", [])] + [""]
   md += ["## Figures", ""] + [f"![{name}]({name})" for name in figure_files] + [""]

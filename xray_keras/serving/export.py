@@ -20,7 +20,9 @@ from absl import logging
 from PIL import Image
 
 from xray_keras import atomic, models
+from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
+from xray_keras.evaluation import clinical, operating_points
 from xray_keras.errors import UserError
 from xray_keras.serving import graph
 from xray_keras.training import room
@@ -40,29 +42,53 @@ def validation_threshold(metrics):
   return float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
 
 
+def operating_point_card(run_dir):
+  """`{rule: {threshold, description}}` chosen on the run's validation predictions (calibrated scale)."""
+  thresholds = clinical.decision_thresholds(run_dir)
+  return {rule: {"threshold": t, "description": operating_points.RULES[rule]} for rule, t in thresholds.items()}
+
+
 def next_version(base):
   """One above the highest integer version folder under `base` (1 if none)."""
   versions = [int(name) for name in os.listdir(base) if name.isdigit()] if os.path.isdir(base) else []
   return max(versions, default=0) + 1
 
 
-def _serving_fns(model, size, channels, resize_mode, threshold):
+def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None, steps=(), class_names=CLASS_NAMES):
+  """`serving_default` (encoded bytes) and `serving_pixels`: decode, `--preprocess` steps, the model,
+  the temperature on the PNEUMONIA probability, the label at `threshold`."""
   classes = tf.constant(list(CLASS_NAMES))
 
   def outputs(pixels):
-    probability = tf.reshape(tf.cast(model(pixels, training=False), tf.float32), [-1])
+    raw = tf.cast(model(pixels, training=False), tf.float32)
+    probability = tf.reshape(raw, [-1]) if raw.shape[-1] == 1 else 1.0 - raw[:, 0]
+    if temperature:
+      p = tf.clip_by_value(probability, 1e-7, 1 - 1e-7)
+      probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
     predicted = tf.cast(probability >= threshold, tf.int32)
-    return {
+    out = {
         "pneumonia_probability": probability,
         "probabilities": tf.stack([1.0 - probability, probability], axis=1),
         "label": tf.gather(classes, predicted),
         "label_id": predicted,
     }
+    if raw.shape[-1] > 1:
+      out["class_probabilities"] = raw
+      out["class"] = tf.gather(tf.constant(list(class_names)), tf.argmax(raw, axis=1))
+    return out
+
+  def prepared(images):
+    if not steps:
+      return images
+    return tf.map_fn(lambda image: preprocess.apply_tf(image, steps), images,
+                     fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8))
 
   def from_bytes(images):
-    return outputs(tf.cast(graph.decode_batch(images, size, channels, resize_mode), tf.float32))
+    return outputs(tf.cast(prepared(graph.decode_batch(images, size, channels, resize_mode)), tf.float32))
 
   def from_pixels(pixels):
+    if steps:
+      pixels = prepared(tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8))
     return outputs(tf.cast(pixels, tf.float32))
 
   return from_bytes, from_pixels
@@ -110,11 +136,16 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   size, _, channels = metrics["model"]["input_shape"]
   resize_mode = flags.get("resize_mode", "squash")
-  threshold = validation_threshold(metrics)
+  temperature = clinical.temperature(run_dir)
+  steps = preprocess.parse(flags.get("preprocess", ""))
+  class_names = tuple(metrics.get("data", {}).get("class_names") or CLASS_NAMES)
+  points = operating_point_card(run_dir)
+  threshold = points["youden"]["threshold"] if points else validation_threshold(metrics)
   # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
   model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
-  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold)
+  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold, temperature, steps,
+                                         class_names)
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint("serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
@@ -141,6 +172,12 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
         },
         "decision_threshold": threshold,
         "threshold_source": "chosen on the validation split (Youden's J)",
+        "operating_points": points,
+        "calibration": ({"method": "temperature scaling", "temperature": temperature, "fitted_on": "validation",
+                         "applied": "inside the graph, to pneumonia_probability, before the threshold"}
+                        if temperature else None),
+        "preprocess": [f"{n}:{a}" if a else n for n, a in steps],
+        "task_classes": list(class_names),
         "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},
         "data": metrics["data"],
         "synthetic": metrics.get("synthetic", False),

@@ -8,8 +8,9 @@ import tempfile
 
 import numpy as np
 
-from xray_keras.data import decode, folder
+from xray_keras.data import decode, folder, preprocess
 from xray_keras.data.records import CLASS_NAMES, Skipped
+from xray_keras.errors import UserError
 
 
 def list_inputs(paths):
@@ -58,7 +59,7 @@ def _quiet_decoder():
 class SavedModelPredictor:
   """Calls an export's `serving_default` signature on encoded bytes, as TF Serving would."""
 
-  def __init__(self, path):
+  def __init__(self, path, operating_point="youden"):
     import tensorflow as tf
 
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -70,7 +71,14 @@ class SavedModelPredictor:
     self._signature = tf.saved_model.load(path).signatures["serving_default"]
     card = os.path.join(path, "assets.extra", "model_card.json")
     with open(card) as f:
-      self.threshold = json.load(f)["decision_threshold"]
+      card = json.load(f)
+    self.threshold = card["decision_threshold"]
+    points = card.get("operating_points") or {}
+    if operating_point != "youden":
+      if operating_point not in points:
+        raise UserError(f"This export's model card has no {operating_point} operating point (exported before "
+                        "operating points, or without validation data); pass --threshold instead.")
+      self.threshold = points[operating_point]["threshold"]
 
   def __call__(self, data):
     try:
@@ -98,31 +106,59 @@ class KerasPredictor:
   threshold chosen on validation and the resize mode, as an export's model card does.
   """
 
-  def __init__(self, path, resize_mode=None, threshold=None):
+  def __init__(self, path, resize_mode=None, threshold=None, operating_point="youden", tta=1):
     from xray_keras import models
-    from xray_keras.serving.export import read_flags, validation_threshold
+    from xray_keras.evaluation import clinical
+    from xray_keras.training.run_dir import read_flags
 
     self._model = models.load_model(path)
     _, self._size, _, self._channels = self._model.input_shape
     run_dir = os.path.dirname(os.path.abspath(path))
     metrics, flags_txt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "flags.txt")
-    if threshold is None and os.path.isfile(metrics):
-      with open(metrics) as f:
-        threshold = validation_threshold(json.load(f))
-    if resize_mode is None and os.path.isfile(flags_txt):
-      resize_mode = read_flags(flags_txt).get("resize_mode")
+    flags = read_flags(flags_txt) if os.path.isfile(flags_txt) else {}
+    self._steps = preprocess.parse(flags.get("preprocess", ""))
+    self._augment = [a for a in flags.get("augment", "").split(",") if a]
+    self._tta = tta
+    if tta > 1 and not self._augment:
+      raise UserError("--tta needs the run's --augment layers (its flags.txt lists none).")
+    self._temperature = clinical.temperature(run_dir)
+    if threshold is None:
+      points = clinical.decision_thresholds(run_dir, tta=tta > 1 and os.path.isfile(
+          os.path.join(run_dir, clinical.TTA_PREDICTIONS)))
+      if points:
+        threshold = points[operating_point]
+      elif operating_point != "youden":
+        raise UserError(f"No validation predictions beside {path} to choose the {operating_point} threshold on; "
+                        "pass --threshold instead.")
+      elif os.path.isfile(metrics):
+        with open(metrics) as f:
+          threshold = float(json.load(f).get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
+    if resize_mode is None:
+      resize_mode = flags.get("resize_mode")
     self._resize_mode = resize_mode or "squash"
     self.threshold = 0.5 if threshold is None else threshold
 
   def __call__(self, data):
+    from xray_keras import models
+    from xray_keras.evaluation import calibration, clinical
+
     image = decode.decode_image(data, self._size, self._channels, self._resize_mode)
-    return float(self._model.predict_on_batch(image[None].astype(np.float32)).reshape(-1)[0])
+    image = preprocess.apply(image[None], self._steps).astype(np.float32)
+    if self._tta > 1:
+      probability = clinical.tta_predict(self._model, image, self._augment, self._tta, batch_size=1)
+    else:
+      probability = models.pneumonia_probability(self._model.predict_on_batch(image))
+    if self._temperature:
+      probability = calibration.apply_temperature(probability, self._temperature)
+    return float(probability[0])
 
 
-def load_predictor(path, resize_mode=None, threshold=None):
+def load_predictor(path, resize_mode=None, threshold=None, operating_point="youden", tta=1):
   if path.endswith(".keras"):
-    return KerasPredictor(path, resize_mode, threshold)
-  predictor = SavedModelPredictor(path)
+    return KerasPredictor(path, resize_mode, threshold, operating_point, tta)
+  if tta > 1:
+    raise UserError("--tta needs a run's model.keras: an export serves one view of each image.")
+  predictor = SavedModelPredictor(path, operating_point)
   if threshold is not None:
     predictor.threshold = threshold
   return predictor

@@ -21,7 +21,7 @@ from xray_keras import atomic, models
 from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
-from xray_keras.evaluation import metrics, statistics
+from xray_keras.evaluation import clinical, metrics, multiclass, statistics
 from xray_keras.training import device, distribution, room, run_dir as run_dirs, schedules, testbed, transfer
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
@@ -84,8 +84,12 @@ def resolve_input(config):
   return spec, size, config.data.channels
 
 
-def compile_kwargs(optimizer, jit_compile):
+def compile_kwargs(optimizer, jit_compile, classes=1):
   """The loss, metrics and XLA setting every training phase compiles with."""
+  if classes > 1:  # one-hot targets; "auc" is the macro one-vs-rest AUC
+    return dict(optimizer=optimizer, loss="categorical_crossentropy", jit_compile=jit_compile, metrics=[
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+        keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)])
   return dict(
       optimizer=optimizer,
       loss="binary_crossentropy",
@@ -176,9 +180,18 @@ def _callbacks(config, run_dir, timing, resuming, checkpoint):
 
 
 def _predict(model, images, batch_size):
+  """The model's outputs, `(N, units)`."""
   if not len(images):
-    return np.zeros((0,), np.float32)  # Keras cannot predict on zero images
-  return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
+    return np.zeros((0, model.outputs[0].shape[-1]), np.float32)  # Keras cannot predict on zero images
+  outputs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+  return outputs.reshape(len(images), -1)
+
+
+def _targets(split, classes):
+  """`split` with one-hot labels for a `classes`-way softmax (the same split for one unit)."""
+  if classes == 1:
+    return split
+  return dataclasses.replace(split, labels=np.eye(classes, dtype=np.float32)[split.labels])
 
 
 def _inference_timing(model, images, batch_size):
@@ -213,13 +226,17 @@ def _write_samples(folder, split, per_class=2):
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(folder, f"{name}_{k}.png"))
 
 
-def _write_predictions(path, data, probabilities):
+def _write_predictions(path, data, probabilities, outputs):
+  """file, split, 0/1 label, PNEUMONIA probability; with three classes also the class and each probability."""
+  names = list(data.class_names) if len(data.class_names) > 2 else []
   with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
     writer = csv.writer(f)
-    writer.writerow(["file", "split", "label", "probability"])
+    writer.writerow(["file", "split", "label", "probability"] + (["class"] + [f"p_{n}" for n in names] if names else []))
     for split, probs in probabilities.items():
-      for record, p in zip(data.splits[split].records, probs):
-        writer.writerow([printable(record.path), split, record.label, f"{p:.6f}"])
+      arrays = data.splits[split]
+      for i, (record, p) in enumerate(zip(arrays.records, probs)):
+        extra = [names[arrays.labels[i]]] + [f"{q:.6f}" for q in outputs[split][i]] if names else []
+        writer.writerow([printable(record.path), split, record.label, f"{p:.6f}"] + extra)
 
 
 class _SyntheticTag(std_logging.Filter):
@@ -279,7 +296,7 @@ def _set_precision_and_seeds(train):
 
 
 def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, batch_size, jit_compile, augmenter,
-                class_weight):
+                class_weight, classes=1):
   """Phase 1 (head only, backbone frozen); skipped when resuming a run whose phase 1 finished."""
   done_path = os.path.join(run_dir, HEAD_WEIGHTS)
   if resuming and os.path.exists(done_path):
@@ -294,7 +311,7 @@ def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, 
   with plan.scope():
     optimizer = make_optimizer(train, steps, learning_rate=train.head_learning_rate, epochs=train.head_epochs, warmup_epochs=0)
     result = transfer.train_head(
-        model, compile_kwargs(optimizer, jit_compile),
+        model, compile_kwargs(optimizer, jit_compile, classes),
         (train_split.images, train_split.labels),
         (val_split.images, val_split.labels) if len(val_split.labels) else None,
         batch_size, train.head_epochs, train.seed,
@@ -313,6 +330,7 @@ def _run(config, run_dir, resuming, plan, used_device):
     f.write(config.flags_text)
   _set_precision_and_seeds(config.train)
   spec, size, channels = resolve_input(config)
+  classes = 3 if config.data.task == "three_class" else 1
 
   # === Model ===
   def build(weights=None):
@@ -321,7 +339,7 @@ def _run(config, run_dir, resuming, plan, used_device):
         patch_size=config.model.patch_size or None,
         dropout=config.model.dropout if config.model.dropout >= 0 else None,
         weights=config.model.weights if weights is None else weights,
-        backbone_kwargs=dict(config.model.backbone_kwargs),
+        backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes,
     )
 
   weights = models.default_weights(spec, config.model.weights)
@@ -351,20 +369,22 @@ def _run(config, run_dir, resuming, plan, used_device):
 
   # === Training ===
   augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
-  class_weight = feeder.class_weights(train_split.labels) if config.train.class_weights else None
+  class_weight = feeder.class_weights(train_split.labels, classes) if config.train.class_weights else None
+  fit_train, fit_val = _targets(train_split, classes), _targets(val_split, classes)
   phase1 = None
   if config.train.head_epochs:
-    phase1 = _train_head(config, run_dir, resuming, model, plan, train_split, val_split, batch_size, jit_compile, augmenter, class_weight)
+    phase1 = _train_head(config, run_dir, resuming, model, plan, fit_train, fit_val, batch_size, jit_compile, augmenter,
+                         class_weight, classes)
   if spec.pretrained:
     trainable = transfer.set_trainable(model, config.train.unfreeze, freeze_batchnorm=weights != "none")
     logging.info("Phase 2: %s backbone parameters trainable (--unfreeze=%s)", f"{trainable:,}", config.train.unfreeze)
   kind = resolve_feeder(config.train.feeder, train_split.images)
   trainee = device_feeder.in_step_model(model, augmenter) if kind == "device" else model
   with plan.scope():
-    trainee.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile),
+    trainee.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile, classes),
                     steps_per_execution=config.train.steps_per_execution)
     transfer.build_optimizer(trainee)
-  train_ds, val_ds = _feeders(kind, (train_split, val_split), batch_size, config.train.seed, augmenter, plan)
+  train_ds, val_ds = _feeders(kind, (fit_train, fit_val), batch_size, config.train.seed, augmenter, plan)
   logging.info("Feeder: %s", "the split on the JAX device, cast and augmentation inside the train step"
                if kind == "device" else "host (tf.data on TensorFlow, NumPy batches otherwise)")
   if class_weight:
@@ -374,7 +394,7 @@ def _run(config, run_dir, resuming, plan, used_device):
     run_dirs.trim_history(os.path.join(run_dir, "history.csv"), done)
     logging.info("Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs)
   if plan.name == "multiworker" and plan.strategy is not None:
-    distribution.build_for_multiworker(trainee, plan, train_split.images, train_split.labels)
+    distribution.build_for_multiworker(trainee, plan, fit_train.images, fit_train.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
   checkpoint = LastGoodCheckpoint(os.path.join(run_dir, CHECKPOINT), target=model)
   losses = []
@@ -395,19 +415,26 @@ def _run(config, run_dir, resuming, plan, used_device):
     model = distribution.local_copy(plan, build, model)
 
   # === Evaluation ===
-  probabilities = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
+  outputs = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
+  probabilities = {s: models.pneumonia_probability(o) for s, o in outputs.items()}
+  binary = {s: (data.splits[s].labels > 0).astype(int) for s in ("val", "test")}  # PNEUMONIA = any subtype
   if len(val_split.labels):
-    threshold = metrics.choose_threshold(val_split.labels, probabilities["val"])
+    threshold = metrics.choose_threshold(binary["val"], probabilities["val"])
   else:
     threshold = 0.5
   result = {
-      split: metrics.evaluate_split(data.splits[split].labels, probabilities[split], threshold)
+      split: metrics.evaluate_split(binary[split], probabilities[split], threshold)
       for split in ("val", "test") if len(data.splits[split].labels)
   }
   for split in ("val", "test"):
     if split in result:
       result[split]["ci95"] = {k: list(v) for k, v in statistics.bootstrap_ci(
-          data.splits[split].labels, probabilities[split], 0.5, BOOTSTRAP_RESAMPLES).items()}
+          binary[split], probabilities[split], 0.5, BOOTSTRAP_RESAMPLES).items()}
+      if classes > 1:
+        labels = data.splits[split].labels
+        result[split]["three_class"] = multiclass.three_class_metrics(labels, outputs[split], data.class_names)
+        result[split]["three_class"]["ci95"] = multiclass.bootstrap_ci(labels, outputs[split], data.class_names,
+                                                                       BOOTSTRAP_RESAMPLES)
   result["synthetic"] = data.synthetic
   result["data"] = data.summary()
   result["model"] = {
@@ -417,7 +444,16 @@ def _run(config, run_dir, resuming, plan, used_device):
       "input_shape": [size, size, channels],
       "weights": os.path.basename(os.path.normpath(weights)),  # a file name, not a local path
   }
-  _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities)
+  _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities, outputs)
+  if config.calibrate and len(val_split.labels):
+    fitted = clinical.write_calibration(run_dir, binary["val"], probabilities["val"])
+    logging.info("Temperature scaling: T = %.3f, validation log loss %.4f -> %.4f", fitted["temperature"],
+                 fitted["val_log_loss_before"], fitted["val_log_loss_after"])
+  if config.tta > 1:
+    clinical.write_tta(run_dir, model, {
+        s: ([printable(r.path) for r in data.splits[s].records], binary[s], data.splits[s].images)
+        for s in ("val", "test")}, config.train.augment, config.tta, batch_size)
+    logging.info("Test-time augmentation: %d views of each val/test image in %s", config.tta, clinical.TTA_PREDICTIONS)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
   with without_training_state(model):

@@ -1,0 +1,241 @@
+"""Clinical evaluation: calibration, operating points, subtypes, three classes, ensembles, TTA, --preprocess."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA
+from xray_keras.data import builtin, loader, patients, preprocess
+from xray_keras.errors import UserError
+from xray_keras.evaluation import calibration, clinical, ensemble, metrics, multiclass, operating_points
+from xray_keras.report import clinical as report_clinical
+from xray_keras.report import collect
+
+
+def test_ece_and_brier_on_a_worked_example():
+  labels, probabilities = [0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]
+  # Two bins: [0, 0.5) holds 0.1 and 0.3 (mean 0.2, no PNEUMONIA), [0.5, 1] holds 0.6 and 0.9 (mean 0.75, all).
+  assert calibration.reliability(labels, probabilities, 2) == [(pytest.approx(0.2), 0.0, 2), (pytest.approx(0.75), 1.0, 2)]
+  assert calibration.expected_calibration_error(labels, probabilities, 2) == pytest.approx(0.5 * 0.2 + 0.5 * 0.25)
+  assert calibration.brier_score(labels, probabilities) == pytest.approx((0.01 + 0.09 + 0.16 + 0.01) / 4)
+  assert calibration.expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0  # 1.0 falls in the last bin
+  summary = calibration.summary(labels * 25, probabilities * 25, bins=2, resamples=200)
+  assert summary["ece_ci"][0] <= summary["ece"] <= summary["ece_ci"][1]
+
+
+def test_temperature_scaling_lowers_validation_log_loss_of_an_over_confident_model():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 3000)
+  evidence = (2 * labels - 1) + rng.normal(0, 1, 3000)  # true log-odds: 2 x evidence
+  planted = 1 / (1 + np.exp(-8 * evidence))  # four times too confident
+  temperature = calibration.fit_temperature(labels[:1500], planted[:1500])
+  assert temperature == pytest.approx(4.0, rel=0.15)
+  for rows in (slice(0, 1500), slice(1500, None)):  # validation, and images it never saw
+    scaled = calibration.apply_temperature(planted[rows], temperature)
+    assert calibration.log_loss(labels[rows], scaled) < calibration.log_loss(labels[rows], planted[rows]) - 0.1
+    assert calibration.expected_calibration_error(labels[rows], scaled) < calibration.expected_calibration_error(
+        labels[rows], planted[rows])
+  # Scaling is monotone: AUC unchanged.
+  assert metrics.roc_auc(labels, calibration.apply_temperature(planted, temperature)) == pytest.approx(
+      metrics.roc_auc(labels, planted))
+
+
+def test_operating_points_meet_their_aim_on_validation():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 800)
+  probabilities = 1 / (1 + np.exp(-(2 * labels - 1 + rng.normal(0, 1.2, 800))))
+  sens_t = operating_points.threshold_for("sensitivity_95", labels, probabilities)
+  m = metrics.binary_metrics(labels, probabilities, sens_t)
+  assert m["recall"] >= 0.95
+  higher = probabilities[probabilities > sens_t].min()  # the next threshold up misses the aim
+  assert metrics.binary_metrics(labels, probabilities, higher)["recall"] < 0.95
+  spec_t = operating_points.threshold_for("specificity_90", labels, probabilities)
+  assert metrics.binary_metrics(labels, probabilities, spec_t)["specificity"] >= 0.90
+  lower = probabilities[probabilities < spec_t].max()
+  assert metrics.binary_metrics(labels, probabilities, lower)["specificity"] < 0.90
+  assert sens_t < operating_points.threshold_for("youden", labels, probabilities) < spec_t
+  rows = operating_points.operating_points(labels[:400], probabilities[:400], labels[400:], probabilities[400:], 200)
+  assert [r["rule"] for r in rows] == list(operating_points.RULES)
+  for r in rows:
+    assert r["test_sensitivity_ci"][0] <= r["test_sensitivity"] <= r["test_sensitivity_ci"][1]
+
+
+def test_subtypes_and_three_class_labels_come_from_the_real_file_names():
+  assert patients.subtype("train/PNEUMONIA/person1000_bacteria_2931.jpeg", 1) == "BACTERIA"
+  assert patients.subtype("test/PNEUMONIA/person1_virus_6.jpeg", 1) == "VIRUS"
+  assert patients.subtype("test/NORMAL/IM-0115-0001.jpeg", 0) == "NORMAL"
+  assert patients.subtype("x/PNEUMONIA/scan.jpeg", 1) == "UNKNOWN"
+  data = loader.load(loader.DataConfig(image_size=32, task="three_class"))
+  assert data.class_names == ("NORMAL", "BACTERIA", "VIRUS")
+  seen = {0: 0, 1: 0, 2: 0}
+  for split in ("train", "val", "test"):
+    arrays = data.splits[split]
+    for record, label in zip(arrays.records, arrays.labels):
+      name = os.path.basename(record.path).lower()
+      assert label == (0 if record.label == 0 else 1 if "_bacteria_" in name else 2)
+      seen[int(label)] += 1
+  # Kermany et al.'s counts over all 5,856 images: 1,583 normal, 2,780 bacterial, 1,493 viral.
+  assert seen == {0: 1583, 1: 2780, 2: 1493}
+  assert data.counts()["test"] == {"NORMAL": 234, "BACTERIA": 242, "VIRUS": 148, "total": 624}
+
+
+def test_three_class_metrics():
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  probabilities = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.1, .2, .7], [.3, .3, .4]])
+  m = multiclass.three_class_metrics(labels, probabilities, ("NORMAL", "BACTERIA", "VIRUS"))
+  assert m["accuracy"] == pytest.approx(5 / 6)
+  assert (m["recall_NORMAL"], m["recall_BACTERIA"], m["recall_VIRUS"]) == (0.5, 1.0, 1.0)
+  assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+  assert m["macro_auc"] == pytest.approx(np.mean([m["auc_NORMAL"], m["auc_BACTERIA"], m["auc_VIRUS"]]))
+
+
+def _fake_run(name, val_labels, val_p, test_labels, test_p):
+  files = [f"f{i}" for i in range(len(test_labels))]
+  return collect.RunResult(
+      name=name, run_dir="/nonexistent", metrics={"model": {"display_name": name}, "test": {}}, timing={}, history=[],
+      test_labels=np.asarray(test_labels), test_probabilities=np.asarray(test_p), test_files=files,
+      val_labels=np.asarray(val_labels), val_probabilities=np.asarray(val_p), val_files=[f"v{i}" for i in range(len(val_labels))])
+
+
+def test_ensemble_weights_are_chosen_on_validation_only():
+  rng = np.random.default_rng(2)
+  val_labels, test_labels = rng.integers(0, 2, 300), rng.integers(0, 2, 200)
+  noise = {"good": 0.8, "fair": 1.5, "poor": 3.0}
+  runs = [_fake_run(n, val_labels, 1 / (1 + np.exp(-(2 * val_labels - 1 + rng.normal(0, s, 300)))),
+                    test_labels, 1 / (1 + np.exp(-(2 * test_labels - 1 + rng.normal(0, s, 200)))))
+          for n, s in noise.items()]
+  rows = report_clinical.ensemble_rows(runs, resamples=100, seed=0)
+  chosen = rows[0]["weights"]
+  assert rows[0]["ensemble"] == "all models, validation-chosen weights" and sum(chosen) == pytest.approx(1)
+  assert chosen[0] > chosen[2] and rows[0]["best_single"] == "good"
+  assert 0 <= rows[0]["delong_vs_best_single"] <= 1
+  for seed in range(3):  # shuffled (or reversed) test labels: the same weights
+    shuffled = np.random.default_rng(seed).permutation(test_labels)
+    again = [_fake_run(r.name, val_labels, r.val_probabilities, shuffled, r.test_probabilities) for r in runs]
+    assert report_clinical.ensemble_rows(again, resamples=10, seed=0)[0]["weights"] == chosen
+  assert ensemble.choose_weights(val_labels, np.stack([r.val_probabilities for r in runs])) == chosen
+  both = np.stack([[0.2, 0.9], [0.4, 0.7]])
+  np.testing.assert_allclose(ensemble.combine(both, [1, 1]), [0.3, 0.8])
+  assert len(list(ensemble.simplex_grid(3, 0.1))) == 66
+
+
+def test_preprocess_steps_match_between_numpy_and_the_serving_graph():
+  import tensorflow as tf
+
+  images = builtin.load()[0][:6, :, :, None] if builtin.load()[0].ndim == 3 else builtin.load()[0][:6]
+  for spec in ("downsample:16", "equalize", "equalize,downsample:24"):
+    steps = preprocess.parse(spec)
+    ours = preprocess.apply(images, steps)
+    graph = np.stack([preprocess.apply_tf(tf.constant(image), steps).numpy() for image in images])
+    np.testing.assert_array_equal(ours, graph)
+    assert ours.shape == images.shape and ours.dtype == np.uint8
+  blurred = preprocess.apply(images, preprocess.parse("downsample:16")).astype(float)
+  detail = lambda x: np.abs(np.diff(x, axis=2)).mean()  # noqa: E731
+  assert detail(blurred) < 0.6 * detail(images.astype(float))
+  equalized = preprocess.apply(images, preprocess.parse("equalize"))
+  assert equalized.min() == 0 and equalized.max() == 255
+  for bad in ("downsample", "downsample:2", "sharpen", "equalize:3"):
+    with pytest.raises(UserError, match="--preprocess"):
+      preprocess.parse(bad)
+
+
+def _run(args, timeout=600):
+  result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts_the_same(tmp_path):
+  run_dir, export_dir = tmp_path / "run", tmp_path / "saved_models"
+  _run(["-m", "xray_keras.run", "--model=cnn_scratch", "--epochs=1", "--image_size=32", "--max_images_per_split=24",
+        "--batch_size=16", "--augment=rotation,zoom", "--task=three_class", "--calibrate", "--tta=3",
+        "--preprocess=downsample:16", f"--output_dir={run_dir}", f"--cache_dir={tmp_path / 'cache'}",
+        "--bootstrap_resamples=50", "--export", f"--export_dir={export_dir}"])
+  metrics_json = json.loads((run_dir / "metrics.json").read_text())
+  three = metrics_json["test"]["three_class"]
+  assert three["class_names"] == ["NORMAL", "BACTERIA", "VIRUS"] and 0 <= three["macro_auc"] <= 1
+  assert sum(map(sum, three["confusion_matrix"])) == metrics_json["test"]["n"]
+  with open(run_dir / "predictions.csv") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    p = [float(row[f"p_{c}"]) for c in ("NORMAL", "BACTERIA", "VIRUS")]
+    assert float(row["probability"]) == pytest.approx(1 - p[0], abs=2e-6)
+    assert row["label"] == ("0" if row["class"] == "NORMAL" else "1")
+  fitted = json.loads((run_dir / "calibration.json").read_text())
+  assert fitted["fitted_on"] == "val" and fitted["val_log_loss_after"] <= fitted["val_log_loss_before"] + 1e-12
+  tta = clinical.read_predictions(str(run_dir), clinical.TTA_PREDICTIONS)
+  assert set(tta) == {"val", "test"} and json.loads((run_dir / "tta.json").read_text())["views"] == 3
+
+  # The same TTA predictions again from the finished run (reloading its model and images).
+  shutil.copy(run_dir / clinical.TTA_PREDICTIONS, tmp_path / "first.csv")
+  (run_dir / clinical.TTA_PREDICTIONS).unlink()
+  _run(["-m", "xray_keras.evaluate", f"--run_dir={run_dir}", "--tta=3"])
+  assert (run_dir / clinical.TTA_PREDICTIONS).read_text() == (tmp_path / "first.csv").read_text()
+
+  card = json.loads(next(export_dir.glob("*/1/assets.extra/model_card.json")).read_text())
+  assert card["calibration"]["temperature"] == pytest.approx(fitted["temperature"])
+  assert card["preprocess"] == ["downsample:16"] and card["task_classes"] == ["NORMAL", "BACTERIA", "VIRUS"]
+  assert set(card["operating_points"]) == set(operating_points.RULES)
+  images = tmp_path / "images"
+  images.mkdir()
+  for i, image in enumerate(builtin.load()[0][:4]):
+    from PIL import Image
+
+    Image.fromarray(np.squeeze(image)).save(images / f"x{i}.png")
+  outputs = {}
+  for name, model in (("export", export_dir / "cnn_scratch"), ("keras", run_dir / "model.keras")):
+    lines = _run(["-m", "xray_keras.predict", f"--model={model}", "--format=json", "--operating_point=specificity_90",
+                  str(images)]).stdout.strip().splitlines()
+    outputs[name] = [json.loads(line) for line in lines]
+  for a, b in zip(outputs["export"], outputs["keras"]):  # calibrated and preprocessed alike, one threshold
+    assert a["pneumonia_probability"] == pytest.approx(b["pneumonia_probability"], abs=1e-5)
+    assert a["threshold"] == pytest.approx(card["operating_points"]["specificity_90"]["threshold"])
+    assert b["threshold"] == pytest.approx(a["threshold"])
+    assert a["label"] == ("PNEUMONIA" if a["pneumonia_probability"] >= a["threshold"] else "NORMAL") == b["label"]
+  refused = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'cnn_scratch'}",
+                            "--tta=2", str(images)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 1 and "needs a run's model.keras" in refused.stderr and "Traceback" not in refused.stderr
+
+  report = (run_dir / "report.md").read_text()
+  for section in ("## Calibration", "## Operating points", "## Pneumonia subtypes", "## Three classes",
+                  "## Test-time augmentation", "reliability.png"):
+    assert section in report, section
+
+
+def test_study_seeds_reuse_finished_runs_and_add_ensembles(tmp_path):
+  out = tmp_path / "study"
+  args = ["-m", "xray_keras.run", "--flagfile=experiments/study.cfg", "--models=cnn_scratch", "--seeds=42,7",
+          "--epochs=1", "--image_size=32", "--max_images_per_split=20", "--batch_size=16", "--bootstrap_resamples=50",
+          f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"]
+  _run(args, timeout=900)
+  study = json.loads((out / "study.json").read_text())
+  assert study["models"] == ["cnn_scratch", "cnn_scratch_seed7"]
+  assert "--seed=7" in (out / "cnn_scratch_seed7" / "flags.txt").read_text()
+  assert "--seed=42" in (out / "cnn_scratch" / "flags.txt").read_text()
+  results = json.loads((out / "results.json").read_text())["clinical"]
+  assert [e["ensemble"] for e in results["ensembles"]] == ["all models, validation-chosen weights", "all models, equal weights"]
+  assert "## Ensembles" in (out / "report.md").read_text()
+  stamps = [os.path.getmtime(out / r / "metrics.json") for r in study["models"]]
+  _run(args + ["--seeds=42,7"])
+  assert [os.path.getmtime(out / r / "metrics.json") for r in study["models"]] == stamps
+  assert set(s["outcome"] for s in json.loads((out / "study.json").read_text())["runs"].values()) == {"reused"}
+  wrong = subprocess.run([sys.executable, *args, "--seeds=7,42"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert wrong.returncode == 1 and "holds a finished run with --seed=42, not 7" in wrong.stderr
+  report = subprocess.run([sys.executable, "-m", "xray_keras.report", f"--study_dir={out}", "--ensemble",
+                           "--resamples=20", "--noparameter_table", "--ensemble_space=logit"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr[-2000:]
+  assert "Weighted means of the models' PNEUMONIA logits" in (out / "report.md").read_text()
+
+
+def test_three_class_counts_on_the_224px_copy():
+  if not os.path.isdir(os.path.join(SHARED_DATA, "train")):
+    pytest.skip(f"needs the 224 px dataset at {SHARED_DATA} (set XRAY_SHARED_DATA)")
+  names = [n for _, _, files in os.walk(SHARED_DATA) for n in files if n.lower().endswith((".jpeg", ".jpg"))]
+  kinds = [patients.subtype(n, 0 if n.startswith(("IM-", "NORMAL2")) else 1) for n in names]
+  assert {k: kinds.count(k) for k in patients.SUBTYPES} == {"NORMAL": 1583, "BACTERIA": 2780, "VIRUS": 1493}

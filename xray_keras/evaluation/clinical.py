@@ -1,0 +1,124 @@
+"""A finished run's clinical extras: its temperature (calibration.json) and its test-time-augmented
+predictions (predictions_tta.csv), written by `--calibrate` / `--tta` or later by `xray_keras.evaluate`."""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+from xray_keras import atomic
+from xray_keras.evaluation import calibration, operating_points
+
+PREDICTIONS = "predictions.csv"
+TTA_PREDICTIONS = "predictions_tta.csv"
+CALIBRATION = "calibration.json"
+TTA = "tta.json"
+
+
+def tta_predict(model, images, augment, views, batch_size=32, seed=0):
+  """Mean PNEUMONIA probability over `views` views of each image: the image itself, then
+  `views - 1` copies through the run's training augmentations (random layers in training mode)."""
+  from xray_keras.data import feeder
+  from xray_keras.models import pneumonia_probability
+
+  images = np.asarray(images, dtype=np.float32)
+  if not len(images):
+    return np.zeros((0,), np.float32)
+  plain = pneumonia_probability(model.predict(images, batch_size=batch_size, verbose=0))
+  augmenter = feeder.augmentation(augment, seed=seed) if views > 1 else None
+  if augmenter is None:
+    return plain
+  total = plain.copy()
+  for _ in range(views - 1):
+    for start in range(0, len(images), batch_size):
+      batch = augmenter(images[start:start + batch_size], training=True)
+      total[start:start + batch_size] += pneumonia_probability(model.predict_on_batch(batch))
+  return total / views
+
+
+def read_predictions(run_dir, name=PREDICTIONS):
+  """`{split: (files, labels, probabilities)}` from a run's predictions file; `{}` if it has none."""
+  path = os.path.join(run_dir, name)
+  if not os.path.isfile(path):
+    return {}
+  out = {}
+  with open(path, newline="", encoding="utf-8") as f:
+    for row in csv.DictReader(f):
+      files, labels, probabilities = out.setdefault(row["split"], ([], [], []))
+      files.append(row["file"])
+      labels.append(int(row["label"]))
+      probabilities.append(float(row["probability"]))
+  return {s: (files, np.array(labels), np.array(probabilities)) for s, (files, labels, probabilities) in out.items()}
+
+
+def write_predictions(path, by_split):
+  """`by_split`: `{split: (files, labels, probabilities)}`, as `read_predictions` returns."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+    writer = csv.writer(f)
+    writer.writerow(["file", "split", "label", "probability"])
+    for split, (files, labels, probabilities) in by_split.items():
+      writer.writerows([file, split, int(label), f"{p:.6f}"] for file, label, p in zip(files, labels, probabilities))
+  os.replace(tmp, path)
+
+
+def write_calibration(run_dir, val_labels, val_probabilities):
+  """Fits the temperature on validation and writes calibration.json; returns its content."""
+  temperature = calibration.fit_temperature(val_labels, val_probabilities)
+  result = {
+      "method": "temperature scaling", "temperature": temperature, "fitted_on": "val",
+      "at_search_bound": not 0.051 < temperature < 19.9,
+      "val_images": int(len(val_labels)),
+      "val_log_loss_before": calibration.log_loss(val_labels, val_probabilities),
+      "val_log_loss_after": calibration.log_loss(val_labels, calibration.apply_temperature(val_probabilities, temperature)),
+  }
+  atomic.write_json(os.path.join(run_dir, CALIBRATION), result)
+  return result
+
+
+def temperature(run_dir):
+  """The run's fitted temperature, or None if it was not calibrated."""
+  path = os.path.join(run_dir, CALIBRATION)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    value = json.load(f).get("temperature")
+  return float(value) if value and math.isfinite(value) else None
+
+
+def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
+  """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`."""
+  by_split = {s: (files, labels, tta_predict(model, images, augment, views, batch_size, seed))
+              for s, (files, labels, images) in splits.items()}
+  write_predictions(os.path.join(run_dir, TTA_PREDICTIONS), by_split)
+  atomic.write_json(os.path.join(run_dir, TTA), {"views": int(views), "augment": list(augment), "seed": seed,
+                                                 "first_view": "the image itself"})
+  return by_split
+
+
+def tta_views(run_dir):
+  path = os.path.join(run_dir, TTA)
+  if not os.path.isfile(path):
+    return 1
+  with open(path) as f:
+    return int(json.load(f).get("views", 1))
+
+
+def decision_thresholds(run_dir, tta=False):
+  """`{rule: threshold}` chosen on the run's validation predictions (TTA ones with `tta`), on the
+  calibrated scale when the run has a temperature; `{}` without validation predictions."""
+  by_split = read_predictions(run_dir, TTA_PREDICTIONS if tta else PREDICTIONS)
+  if "val" not in by_split:
+    return {}
+  _, labels, probabilities = by_split["val"]
+  t = temperature(run_dir)
+  if t:
+    probabilities = calibration.apply_temperature(probabilities, t)
+  out = {rule: operating_points.threshold_for(rule, labels, probabilities) for rule in operating_points.RULES}
+  finished = os.path.join(run_dir, "metrics.json")
+  if not (t or tta) and os.path.isfile(finished):  # metrics.json has it from unrounded probabilities
+    with open(finished) as f:
+      out["youden"] = float(json.load(f).get("val", {}).get("at_val_threshold", {}).get("threshold", out["youden"]))
+  return out
