@@ -88,17 +88,15 @@ def fit_temperature(labels, probabilities, low=0.05, high=20.0, iterations=80):
 
 def summary(labels, probabilities, bins=10, resamples=1000, seed=0, level=0.95):
   """ECE, Brier score and log loss, each with a percentile bootstrap interval over images."""
+  from xray_keras.evaluation import statistics
+
   labels, probabilities = _arrays(labels, probabilities)
-  fns = {"ece": lambda y, p: expected_calibration_error(y, p, bins), "brier": brier_score, "log_loss": log_loss}
-  out = {k: fn(labels, probabilities) for k, fn in fns.items()}
-  rng = np.random.default_rng(seed)
-  draws = {k: [] for k in fns}
-  for _ in range(resamples if len(labels) else 0):
-    rows = rng.integers(0, len(labels), len(labels))
-    for k, fn in fns.items():
-      draws[k].append(fn(labels[rows], probabilities[rows]))
-  tail = (1 - level) / 2 * 100
-  for k, values in draws.items():
-    out[f"{k}_ci"] = [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if values else [
-        float("nan")] * 2
+
+  def scores(y, p):
+    return {"ece": expected_calibration_error(y, p, bins), "brier": brier_score(y, p), "log_loss": log_loss(y, p)}
+
+  out = scores(labels, probabilities)
+  ci = statistics.percentile_bootstrap(scores, labels, probabilities, resamples if len(labels) else 0, seed, level)
+  for k in list(out):
+    out[f"{k}_ci"] = list(ci.get(k, (float("nan"), float("nan"))))
   return out

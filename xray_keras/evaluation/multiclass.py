@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from xray_keras.evaluation import metrics
+from xray_keras.evaluation import metrics, statistics
 
 
 def three_class_metrics(labels, probabilities, class_names):
@@ -29,13 +29,6 @@ def three_class_metrics(labels, probabilities, class_names):
 
 def bootstrap_ci(labels, probabilities, class_names, resamples=1000, seed=0, level=0.95):
   """Percentile bootstrap intervals over images for every scalar of `three_class_metrics`."""
-  labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-  rng = np.random.default_rng(seed)
-  draws = {}
-  for _ in range(resamples):
-    rows = rng.integers(0, len(labels), len(labels))
-    for key, value in three_class_metrics(labels[rows], probabilities[rows], class_names).items():
-      if isinstance(value, float) and np.isfinite(value):
-        draws.setdefault(key, []).append(value)
-  tail = (1 - level) / 2 * 100
-  return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in draws.items()}
+  ci = statistics.percentile_bootstrap(lambda y, p: three_class_metrics(y, p, class_names), labels, probabilities,
+                                       resamples, seed, level)
+  return {k: list(v) for k, v in ci.items()}

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from xray_keras.evaluation import metrics
+from xray_keras.evaluation import metrics, statistics
 
 # name: (description, rule). Each rule picks a threshold from validation labels and probabilities.
 RULES = {
@@ -42,20 +42,15 @@ def threshold_for(rule, labels, probabilities):
   return float(min(ok)) if ok else float(candidates[-1])
 
 
-def _bootstrap(labels, probabilities, threshold, resamples, seed, level=0.95):
-  rng = np.random.default_rng(seed)
-  draws = {"sensitivity": [], "specificity": []}
-  for _ in range(resamples):
-    rows = rng.integers(0, len(labels), len(labels))
-    y, p = labels[rows], probabilities[rows]
-    if y.min() == y.max():
-      continue
-    sens, spec = _rates(y, p, threshold)
-    draws["sensitivity"].append(sens)
-    draws["specificity"].append(spec)
-  tail = (1 - level) / 2 * 100
-  return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if v else [float("nan")] * 2
-          for k, v in draws.items()}
+def _bootstrap(labels, probabilities, threshold, resamples, seed):
+  def rates(y, p):
+    if y.min() == y.max():  # one class: neither rate is defined
+      return {}
+    sensitivity, specificity = _rates(y, p, threshold)
+    return {"sensitivity": sensitivity, "specificity": specificity}
+
+  ci = statistics.percentile_bootstrap(rates, labels, probabilities, resamples, seed)
+  return {k: list(ci.get(k, (float("nan"), float("nan")))) for k in ("sensitivity", "specificity")}
 
 
 def operating_points(val_labels, val_probabilities, test_labels, test_probabilities, resamples=1000, seed=0):

@@ -7,22 +7,33 @@ import numpy as np
 from xray_keras.evaluation import metrics
 
 
+def percentile_bootstrap(fn, labels, scores, resamples=1000, seed=0, level=0.95):
+  """Percentile bootstrap intervals over images for every finite float scalar that `fn(labels, scores)`
+  returns in its dict; resamples where a value is undefined (not finite) are left out for that value.
+
+  Returns:
+    `{key: (low, high)}`.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  rng = np.random.default_rng(seed)
+  draws = {}
+  for _ in range(resamples):
+    rows = rng.integers(0, len(labels), len(labels))
+    for key, value in fn(labels[rows], scores[rows]).items():
+      if isinstance(value, float) and math.isfinite(value):
+        draws.setdefault(key, []).append(value)
+  tail = (1 - level) / 2 * 100
+  return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+
+
 def bootstrap_ci(labels, probabilities, threshold=0.5, resamples=1000, seed=0, level=0.95):
   """Percentile bootstrap intervals over test images for every scalar of `binary_metrics`.
 
   Returns:
     `{metric: (low, high)}`; resamples where a metric is undefined (one class) are left out.
   """
-  labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-  rng = np.random.default_rng(seed)
-  draws = {}
-  for _ in range(resamples):
-    rows = rng.integers(0, len(labels), len(labels))
-    for key, value in metrics.binary_metrics(labels[rows], probabilities[rows], threshold).items():
-      if isinstance(value, float) and math.isfinite(value):
-        draws.setdefault(key, []).append(value)
-  tail = (1 - level) / 2 * 100
-  return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+  return percentile_bootstrap(lambda y, p: metrics.binary_metrics(y, p, threshold), labels, probabilities,
+                              resamples, seed, level)
 
 
 def delong_components(labels, scores):

@@ -26,18 +26,6 @@ def _table(header, rows):
   return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def _bootstrap_scalar(fn, labels, probabilities, resamples, seed, level=0.95):
-  rng = np.random.default_rng(seed)
-  draws = []
-  for _ in range(resamples):
-    rows = rng.integers(0, len(labels), len(labels))
-    value = fn(labels[rows], probabilities[rows])
-    if np.isfinite(value):
-      draws.append(value)
-  tail = (1 - level) / 2 * 100
-  return [float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))] if draws else [np.nan, np.nan]
-
-
 def _accuracy_auc(labels, probabilities, threshold, resamples, seed):
   point = metrics.binary_metrics(labels, probabilities, threshold)
   ci = statistics.bootstrap_ci(labels, probabilities, threshold, resamples, seed)
@@ -87,9 +75,10 @@ def subtype_rows(runs, resamples, seed):
       chosen = kinds == kind
       said = (run.test_probabilities[chosen] >= 0.5).astype(float)
       right = said if kind != "NORMAL" else 1.0 - said
-      rate = lambda y, r: float(np.mean(r)) if len(r) else np.nan  # noqa: E731
-      row[kind] = {"n": int(chosen.sum()), "rate": rate(None, right),
-                   "ci": _bootstrap_scalar(rate, right, right, resamples, seed)}
+      rate = lambda _, r: {"rate": float(np.mean(r)) if len(r) else np.nan}  # noqa: E731
+      ci = statistics.percentile_bootstrap(rate, right, right, resamples, seed)
+      row[kind] = {"n": int(chosen.sum()), "rate": rate(None, right)["rate"],
+                   "ci": list(ci.get("rate", (np.nan, np.nan)))}
     rows.append(row)
   return rows
 

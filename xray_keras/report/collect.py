@@ -63,18 +63,15 @@ def read_run(run_dir, name=None):
     metrics = json.load(f)
   with open(os.path.join(run_dir, "timing.json")) as f:
     timing = json.load(f)
-  predictions = _read_csv(os.path.join(run_dir, "predictions.csv"))
-  rows = [r for r in predictions if r["split"] == "test"]
-  val = [r for r in predictions if r["split"] == "val"]
+  predictions = clinical.read_predictions(run_dir)
+  empty = ([], np.zeros(0, int), np.zeros(0))
+  test_files, test_labels, test_probabilities = predictions.get("test", empty)
+  val_files, val_labels, val_probabilities = predictions.get("val", empty)
   history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in _read_csv(os.path.join(run_dir, "history.csv"))]
   return RunResult(
       name=name or metrics["model"]["name"], run_dir=run_dir, metrics=metrics, timing=timing, history=history,
-      test_labels=np.array([int(r["label"]) for r in rows]),
-      test_probabilities=np.array([float(r["probability"]) for r in rows]),
-      test_files=[r["file"] for r in rows],
-      val_labels=np.array([int(r["label"]) for r in val], dtype=int),
-      val_probabilities=np.array([float(r["probability"]) for r in val]),
-      val_files=[r["file"] for r in val],
+      test_labels=test_labels, test_probabilities=test_probabilities, test_files=test_files,
+      val_labels=val_labels, val_probabilities=val_probabilities, val_files=val_files,
       temperature=clinical.temperature(run_dir),
   )
 
