@@ -71,3 +71,10 @@ def test_bad_options_name_the_value():
     models.get_spec("resnet")
   with pytest.raises(ValueError, match="divisible"):
     vit_layers.MultiHeadSelfAttention(3, 8)
+
+
+def test_pneumonia_probability_from_sigmoid_softmax_and_no_images():
+  np.testing.assert_allclose(models.pneumonia_probability(np.array([[0.2], [0.9]])), [0.2, 0.9])
+  np.testing.assert_allclose(models.pneumonia_probability(np.array([[0.7, 0.2, 0.1]])), [0.3])
+  assert models.pneumonia_probability(np.zeros((0, 1), np.float32)).shape == (0,)  # a split with no images
+  assert models.pneumonia_probability(np.zeros((0, 3), np.float32)).shape == (0,)

@@ -81,7 +81,8 @@ def with_classes(model, classes):
 def pneumonia_probability(outputs):
   """P(PNEUMONIA) from a model's `(N, 1)` sigmoid or `(N, 3)` NORMAL/BACTERIA/VIRUS softmax outputs."""
   outputs = np.asarray(outputs, dtype=np.float64)
-  outputs = outputs.reshape(len(outputs), -1)
+  if outputs.ndim == 1:
+    outputs = outputs[:, None]
   return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
 
 
