@@ -276,7 +276,7 @@ def train_and_evaluate(config):
     return _run(config, run_dir, resuming, plan, used_device)
 
 
-def _set_precision_and_seeds(train):
+def set_precision_and_seeds(train):
   if train.mixed_precision != "none":
     keras.mixed_precision.set_global_policy(train.mixed_precision)
     logging.info("Mixed precision %s (model outputs stay float32)", train.mixed_precision)
@@ -328,7 +328,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
-  _set_precision_and_seeds(config.train)
+  set_precision_and_seeds(config.train)
   spec, size, channels = resolve_input(config)
   classes = 3 if config.data.task == "three_class" else 1
 
@@ -414,7 +414,26 @@ def _run(config, run_dir, resuming, plan, used_device):
   if plan.jax_processes or plan.strategy is not None:
     model = distribution.local_copy(plan, build, model)
 
-  # === Evaluation ===
+  timing_report = timing.summary()
+  if phase1:
+    timing_report["head_phase"] = phase1
+  timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
+  timing_report["jit_compile"] = jit_compile
+  timing_report["resumed"] = resuming
+  return finish_run(config, run_dir, model, data, weights, batch_size, timing_report, used_device, start)
+
+
+def finish_run(config, run_dir, model, data, weights, batch_size, timing_report, used_device, start):
+  """Evaluates a trained model on val and test and writes the rest of the run folder.
+
+  predictions.csv, calibration/TTA files when asked, samples/, model.keras, timing.json
+  (`timing_report` plus inference timing and the test bed), then metrics.json (the finished
+  marker), the export and the report. Shared by central and federated training.
+  """
+  spec, size, channels = resolve_input(config)
+  classes = len(data.class_names) if len(data.class_names) > 2 else 1
+  val_split, test_split = data.splits["val"], data.splits["test"]
+
   outputs = {s: _predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
   probabilities = {s: models.pneumonia_probability(o) for s, o in outputs.items()}
   binary = {s: (data.splits[s].labels > 0).astype(int) for s in ("val", "test")}  # PNEUMONIA = any subtype
@@ -459,16 +478,10 @@ def _run(config, run_dir, resuming, plan, used_device):
   with without_training_state(model):
     model.save(os.path.join(run_dir, "model.keras"))
 
-  timing_report = timing.summary()
-  if phase1:
-    timing_report["head_phase"] = phase1
   timing_report["eval"] = _inference_timing(model, test_split.images, batch_size)
   timing_report["total_run_s"] = time.perf_counter() - start
   timing_report["device"] = used_device
-  timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["mixed_precision"] = config.train.mixed_precision
-  timing_report["jit_compile"] = jit_compile
-  timing_report["resumed"] = resuming
   timing_report["testbed"] = testbed.describe()
   timing_report["synthetic"] = data.synthetic
   atomic.write_json(os.path.join(run_dir, "timing.json"), timing_report)
@@ -480,6 +493,7 @@ def _run(config, run_dir, resuming, plan, used_device):
 
     export.export_run(run_dir, config.export_dir)
   report = _write_run_report(run_dir) if config.report else None
+  synthetic = " on SYNTHETIC data" if data.synthetic else ""
   test = result["test"]
   ci = test["ci95"]
   logging.info(

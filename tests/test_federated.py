@@ -1,0 +1,202 @@
+"""Federated training with Flower: patient-disjoint sites, the simulation runtime, DP and SecAgg+."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from xray_keras import models
+from xray_keras.config import ModelConfig, RunConfig, TrainConfig
+from xray_keras.data import loader
+from xray_keras.errors import UserError
+from xray_keras.federated import client, partition, server
+from xray_keras.federated import flags as federated_flags
+from xray_keras.report import collect
+
+
+@pytest.fixture(scope="module")
+def train_records():
+  data = loader.load(loader.DataConfig(image_size=32, max_images_per_split=300))  # the built-in real X-rays
+  return data.splits["train"].records
+
+
+def _pneumonia_share(records, site_of):
+  labels = np.array([r.label for r in records])
+  return np.array([labels[site_of == k].mean() for k in range(site_of.max() + 1)])
+
+
+@pytest.mark.parametrize("scheme", partition.SCHEMES)
+def test_partitions_are_patient_disjoint_and_cover_the_train_split_once(tmp_path, train_records, scheme):
+  site_of = partition.partition(train_records, 4, scheme, alpha=0.5, seed=0)
+  assert site_of.shape == (len(train_records),) and set(site_of) == {0, 1, 2, 3}
+  sites_of_patient = {}
+  for r, k in zip(train_records, site_of):
+    sites_of_patient.setdefault(r.patient, set()).add(int(k))
+  assert all(len(s) == 1 for s in sites_of_patient.values())
+  path = tmp_path / "site_manifest.csv"
+  partition.write_manifest(path, train_records, site_of)
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r["file"] for r in rows) == sorted(str(r.path) for r in train_records)
+  sizes = np.bincount(site_of)
+  if scheme == "iid":
+    assert sizes.max() - sizes.min() <= 4  # near-equal image counts
+  elif scheme == "size_skew":
+    assert sizes.max() > 2 * sizes.min()
+  else:
+    iid = partition.partition(train_records, 4, "iid", seed=0)
+    assert np.ptp(_pneumonia_share(train_records, site_of)) > 2 * np.ptp(_pneumonia_share(train_records, iid))
+  assert (partition.partition(train_records, 4, scheme, alpha=0.5, seed=0) == site_of).all()  # reproducible
+
+
+def test_partition_refuses_what_cannot_be_split(train_records):
+  with pytest.raises(UserError, match="patients cannot fill"):
+    partition.partition(train_records[:3], 4)
+  with pytest.raises(UserError, match="partition_alpha"):
+    partition.partition(train_records, 4, "label_skew", alpha=0.0)
+  with pytest.raises(UserError, match="Unknown partition"):
+    partition.partition(train_records, 4, "by_hospital")
+
+
+def test_run_settings_travel_to_the_sites_unchanged():
+  config = RunConfig(experiment="e", output_dir="o", overwrite=False, data=loader.DataConfig(preprocess=("equalize",)),
+                     model=ModelConfig(name="applications:MobileNet", backbone_kwargs=(("alpha", 0.75),)),
+                     train=TrainConfig(augment=("rotation", "zoom")))
+  assert client.decode_config(client.encode_config(config)) == config
+
+
+def test_fedprox_step_pulls_each_weight_towards_the_global_model():
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.set_weights([np.ones((2, 1)), np.ones(1)])
+  step = client._proximal(model, [np.zeros((2, 1)), np.full(1, 3.0)], mu=10.0, learning_rate=0.05)
+  step.on_train_batch_end(0)
+  kernel, bias = model.get_weights()
+  np.testing.assert_allclose(kernel, 0.5)  # 1 - 0.05 * 10 * (1 - 0)
+  np.testing.assert_allclose(bias, 2.0)  # 1 - 0.05 * 10 * (1 - 3)
+
+
+SMALL = ["-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg", "--max_images_per_split=40", "--sites=3"]
+
+
+def _federated(args, timeout=900):
+  result = subprocess.run([sys.executable, *SMALL, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result
+
+
+def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_folder(tmp_path):
+  out = tmp_path / "fedavg"
+  _federated([f"--output_dir={out}", "--rounds=2"])
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert {"val", "test"} <= set(metrics) and 0 <= metrics["test"]["auc"] <= 1
+  with open(out / "history.csv", newline="") as f:
+    history = list(csv.DictReader(f))
+  assert [int(h["round"]) for h in history] == [1, 2]
+  model = models.load_model(str(out / "model.keras"))
+  weight_bytes = sum(w.nbytes for w in model.get_weights())
+  for h in history:  # the global weights to 3 sites and back, plus Flower's per-array headers
+    assert 3 * weight_bytes <= int(h["bytes_sent"]) < 3 * weight_bytes * 1.05
+    assert int(h["bytes_received"]) == int(h["bytes_sent"]) and int(h["replies"]) == 3
+    assert float(h["round_s"]) > 0 and 0 <= float(h["val_auc"]) <= 1
+  with open(out / "site_manifest.csv", newline="") as f:
+    sites = list(csv.DictReader(f))
+  with open(out / "split_manifest.csv", newline="") as f:
+    train = [r["file"] for r in csv.DictReader(f) if r["split"] == "train"]
+  assert sorted(r["file"] for r in sites) == sorted(train) and {r["site"] for r in sites} == {"0", "1", "2"}
+  timing = json.loads((out / "timing.json").read_text())
+  assert timing["federated"]["sites"] == 3 and len(timing["federated"]["rounds"]) == 2
+  run = collect.read_run(str(out))  # the report reads it like any run
+  assert len(run.test_labels) == metrics["test"]["n"] and (out / "report.md").exists()
+
+
+@pytest.mark.parametrize("privacy,strategy", [("dp", "fedprox"), ("secagg", "fedavg")])
+def test_privacy_options_end_with_finite_weights(tmp_path, privacy, strategy):
+  out = tmp_path / privacy
+  result = _federated([f"--output_dir={out}", "--rounds=1", f"--privacy={privacy}", f"--strategy={strategy}"])
+  weights = models.load_model(str(out / "model.keras")).get_weights()
+  assert all(np.isfinite(w).all() for w in weights)
+  timing = json.loads((out / "timing.json").read_text())
+  assert timing["federated"]["privacy"] == privacy
+  if privacy == "dp":
+    dp = timing["federated"]["dp"]
+    assert (dp["noise_multiplier"], dp["clipping_norm"], dp["rounds"]) == (0.1, 1.0, 1) and dp["epsilon"] > 0
+  else:
+    assert "Secure aggregation completed" in result.stderr  # Flower's SecAgg+ workflow, in its own words
+
+
+def test_bad_federated_settings_fail_in_one_line(tmp_path):
+  for args, message in ((["--min_fit_clients=5"], "exceeds --sites=3"),
+                        (["--head_epochs=1"], "--head_epochs is not available")):
+    result = subprocess.run([sys.executable, *SMALL, f"--output_dir={tmp_path / 'bad'}", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_epsilon_from_flowers_accountant_grows_with_rounds_and_shrinks_with_noise():
+  fed = federated_flags.FederatedConfig(sites=4, privacy="dp", dp_noise_multiplier=1.0)
+  ten = server.privacy_spent(fed, 10)
+  assert ten["epsilon"] == pytest.approx(19.05, rel=0.01) and ten["delta"] == 1e-5  # RDP, 10 Gaussian releases
+  assert server.privacy_spent(fed, 20)["epsilon"] > ten["epsilon"]
+  noisier = federated_flags.FederatedConfig(sites=4, privacy="dp", dp_noise_multiplier=2.0)
+  assert server.privacy_spent(noisier, 10)["epsilon"] < ten["epsilon"]
+
+
+def _wait_for(check, process, timeout=600):
+  """Polls `check()` until true (True), the process ends (False) or `timeout`."""
+  start = time.monotonic()
+  while time.monotonic() - start < timeout:
+    if check():
+      return True
+    if process.poll() is not None:
+      return False
+    time.sleep(0.2)
+  raise AssertionError(f"still waiting after {timeout}s")
+
+
+def _logged(path, text):
+  return lambda: os.path.exists(path) and text in open(path, errors="replace").read()
+
+
+def _rounds(path):
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return [row for row in csv.DictReader(f) if row.get("learning_rate")]  # whole rows only
+
+
+def test_a_killed_site_does_not_stop_the_run_and_a_killed_server_resumes(tmp_path):
+  out = tmp_path / "faults"
+  args = [sys.executable, *SMALL, f"--output_dir={out}", "--rounds=6", "--local_epochs=2"]
+  run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    assert _wait_for(_logged(out / "run.log", "Round 1/6"), run), "the run ended before its first round"
+    listing = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True).stdout.splitlines()
+    actors = [int(line.split()[0]) for line in listing
+              if "ClientAppActor" in line and int(line.split()[1]) == run.pid]
+    assert actors, "no simulated site process found"
+    os.kill(actors[0], signal.SIGKILL)  # a site dies mid-run
+    assert _wait_for(_logged(out / "run.log", "did not reply (site_"), run), "the run stopped after a site was killed"
+    assert _wait_for(lambda: any(int(h["replies"]) < 3 for h in _rounds(out / "history.csv")), run), \
+        "the round without the site was not recorded"
+    assert run.poll() is None, "the run finished before its server could be killed"
+    os.killpg(run.pid, signal.SIGKILL)  # then the server, and every site with it
+    run.wait(60)
+  finally:
+    if run.poll() is None:
+      os.killpg(run.pid, signal.SIGKILL)
+  done = [int(h["round"]) for h in _rounds(out / "history.csv")]
+  assert 1 <= len(done) < 6 and not (out / "metrics.json").exists()
+  subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900, check=True)  # the same command
+  history = _rounds(out / "history.csv")
+  assert [int(h["round"]) for h in history] == [1, 2, 3, 4, 5, 6] and (out / "metrics.json").exists()
+  assert min(int(h["replies"]) for h in history) < 3  # the round that lost its site went on with the others
+  log = (out / "run.log").read_text()
+  assert f"Resuming an interrupted federated run: {len(done)} of 6 rounds were complete." in log

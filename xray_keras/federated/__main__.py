@@ -1,0 +1,42 @@
+"""Federated training of a study model across K simulated sites with Flower.
+
+  python -m xray_keras.federated --flagfile=experiments/federated.cfg [--flag=value ...]
+
+Every flag of `python -m xray_keras.run` applies (model, data, optimizer, ...), plus the
+federated ones (--sites, --partition, --rounds, --local_epochs, --strategy, --privacy, ...).
+"""
+
+import dataclasses
+import sys
+
+from absl import app, flags, logging
+
+from xray_keras import flags as xray_flags
+from xray_keras.errors import UserError
+from xray_keras.federated import flags as federated_flags
+
+flags.adopt_module_key_flags(xray_flags)
+flags.adopt_module_key_flags(federated_flags)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config = xray_flags.run_config()
+  config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
+  fed = federated_flags.federated_config()
+  try:
+    from xray_keras.federated import run  # Imports Keras, the backend and Flower.
+
+    run.train_and_evaluate(config, fed)
+  except UserError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    message = f"{e.strerror or e}: {e.filename}" if e.filename else f"{e.strerror or e}"
+    logging.error("%s", message)
+    sys.exit(f"error: {message}")
+
+
+if __name__ == "__main__":
+  app.run(main)

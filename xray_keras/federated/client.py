@@ -1,0 +1,148 @@
+"""A site's Flower client: local training of the study model on the site's own images only.
+
+The server sends, with the global weights, the run's settings (`run_config`, JSON), the round's
+learning rate, local epochs and FedProx's `proximal_mu`. A simulated site finds its images as
+`<sites_dir>/site_<partition-id>.npz`; a SuperNode is told its file with `--node-config site-data=PATH`.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+
+from xray_keras.config import ModelConfig, RunConfig, TrainConfig
+from xray_keras.data.loader import DataConfig
+
+_MODELS = {}  # per process: the compiled model of a run configuration
+_SITES = {}  # per process: a site's arrays by file
+
+
+def encode_config(config):
+  """`RunConfig` as JSON, for the fit instructions."""
+  return json.dumps(dataclasses.asdict(config))
+
+
+def decode_config(text):
+  """The `RunConfig` of `encode_config`."""
+  d = json.loads(text)
+  tuples = lambda fields: {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  model = tuples(d["model"])
+  model["backbone_kwargs"] = tuple(tuple(p) for p in model["backbone_kwargs"])
+  return RunConfig(**{**d, "data": DataConfig(**tuples(d["data"])), "model": ModelConfig(**model),
+                      "train": TrainConfig(**tuples(d["train"]))})
+
+
+def write_site(path, images, labels, files):
+  """A site's images (uint8), labels and file names as one .npz."""
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, images=images, labels=labels, files=np.asarray(files, dtype=str))
+  os.replace(tmp, path)
+
+
+def read_site(path):
+  """`(images, labels)` of a site file, read once per process."""
+  if path not in _SITES:
+    with np.load(path, allow_pickle=False) as f:
+      _SITES[path] = (f["images"], f["labels"])
+  return _SITES[path]
+
+
+def _model(config):
+  """The study model of `config`, compiled with a constant learning rate (set per round)."""
+  key = encode_config(config)
+  if key not in _MODELS:
+    from xray_keras import models
+    from xray_keras.data import feeder
+    from xray_keras.training import trainer
+
+    spec, size, channels = trainer.resolve_input(config)
+    classes = 3 if config.data.task == "three_class" else 1
+    model = models.build_model(
+        config.model.name, (size, size, channels), patch_size=config.model.patch_size or None,
+        dropout=config.model.dropout if config.model.dropout >= 0 else None,
+        weights="none", backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes)
+    constant = dataclasses.replace(config.train, schedule="constant")
+    model.compile(**trainer.compile_kwargs(trainer.make_optimizer(constant, 1), trainer.resolve_jit(
+        config.train.jit_compile), classes))
+    augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
+    _MODELS[key] = (model, augmenter, classes)
+  return _MODELS[key]
+
+
+def _proximal(model, global_weights, mu, learning_rate):
+  """FedProx's proximal term mu/2 |w - w_global|^2, as a decoupled step after each batch.
+
+  w <- w - lr * mu * (w - w_global): the term's gradient, applied beside the optimizer's step the
+  way AdamW applies weight decay, so any optimizer and backend can train with it.
+  """
+
+  class Proximal(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      for w, g in zip(model.weights, global_weights):
+        if w.trainable:
+          w.assign(w - learning_rate * mu * (w - g))
+
+  return Proximal()
+
+
+class SiteClient(NumPyClient):
+  """Trains the global model for a few local epochs on one site's images."""
+
+  def __init__(self, node_config):
+    self.node_config = dict(node_config)
+
+  def _site_path(self, config):
+    if "site-data" in self.node_config:
+      return str(self.node_config["site-data"])
+    return os.path.join(str(config["sites_dir"]), f"site_{int(self.node_config['partition-id'])}.npz")
+
+  def get_parameters(self, config):
+    return []  # the server starts from its own initial weights
+
+  def fit(self, parameters, config):
+    from xray_keras.data import feeder
+
+    run = decode_config(str(config["run_config"]))
+    path = self._site_path(config)
+    images, labels = read_site(path)
+    model, augmenter, classes = _model(run)
+    model.set_weights(parameters)
+    for v in model.optimizer.variables:  # a fresh optimizer every round
+      v.assign(np.zeros(v.shape, v.dtype))
+    learning_rate = float(config["learning_rate"])
+    model.optimizer.learning_rate = learning_rate
+    targets = labels if classes == 1 else np.eye(classes, dtype=np.float32)[labels]
+    weights = feeder.class_weights(labels, classes) if run.train.class_weights else None
+    mu = float(config.get("proximal_mu", 0.0))
+    callbacks = [_proximal(model, [np.array(p) for p in parameters], mu, learning_rate)] if mu > 0 else []
+    data = feeder.make_feeder(images, targets, run.train.batch_size, True, seed=run.train.seed + int(config["round"]),
+                              augmenter=augmenter)
+    start = time.perf_counter()
+    history = model.fit(data, epochs=int(config["local_epochs"]), class_weight=weights, callbacks=callbacks,
+                        verbose=0, shuffle=False)
+    seconds = time.perf_counter() - start
+    loss = float(history.history["loss"][-1])
+    metrics = {"site": os.path.basename(path), "train_loss": loss, "train_s": seconds,
+               "train_images_per_s": len(labels) * int(config["local_epochs"]) / seconds}
+    return model.get_weights(), int(len(labels)), metrics
+
+  def evaluate(self, parameters, config):
+    return 0.0, 0, {}  # evaluation is central (validation and test stay with the server)
+
+
+def client_fn(context):
+  return SiteClient(context.node_config).to_client()
+
+
+def client_app(privacy="none"):
+  """The ClientApp, with Flower's mod for `privacy`: none, dp (fixed clipping) or secagg (SecAgg+)."""
+  mods = {"none": [], "dp": [fixedclipping_mod], "secagg": [secaggplus_mod]}[privacy]
+  return ClientApp(client_fn=client_fn, mods=mods)
+
+
+app = client_app()  # for `flwr run` and SuperNodes: `xray_keras.federated.client:app`

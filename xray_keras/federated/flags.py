@@ -1,0 +1,57 @@
+"""The federated command's own flags (the study's flags in `xray_keras.flags` apply too)."""
+
+import dataclasses
+
+from absl import flags
+
+from xray_keras.federated import partition, server
+
+_SITES = flags.DEFINE_integer("sites", 4, "Sites (hospitals) K: the train split is partitioned by patient into K.", lower_bound=2)
+_PARTITION = flags.DEFINE_enum("partition", "iid", partition.SCHEMES, "How patients are dealt to sites: iid (near-equal sizes), label_skew (each class split by Dirichlet(--partition_alpha) shares), size_skew (site sizes from Dirichlet(--partition_alpha)).")
+_ALPHA = flags.DEFINE_float("partition_alpha", 0.5, "Dirichlet concentration of label_skew and size_skew; smaller is more skewed.", lower_bound=0.0)
+_PARTITION_SEED = flags.DEFINE_integer("partition_seed", 0, "Seed of the partition.")
+_ROUNDS = flags.DEFINE_integer("rounds", 10, "Federated rounds. The learning-rate schedule runs over rounds x --local_epochs epochs.", lower_bound=1)
+_LOCAL_EPOCHS = flags.DEFINE_integer("local_epochs", 1, "Epochs each site trains per round on its own images.", lower_bound=1)
+_FRACTION_FIT = flags.DEFINE_float("fraction_fit", 1.0, "Fraction of sites asked to train each round.", lower_bound=0.0, upper_bound=1.0)
+_MIN_FIT = flags.DEFINE_integer("min_fit_clients", 2, "Flower's min_fit_clients: sites a round waits for before sampling.", lower_bound=1)
+_STRATEGY = flags.DEFINE_enum("strategy", "fedavg", server.STRATEGIES, "Flower strategy.")
+_MU = flags.DEFINE_float("proximal_mu", 0.01, "FedProx's proximal weight mu.", lower_bound=0.0)
+_SERVER_LR = flags.DEFINE_float("server_learning_rate", 0.01, "FedAdam / FedAdagrad server learning rate (Flower's eta).", lower_bound=0.0)
+_PRIVACY = flags.DEFINE_enum("privacy", "none", server.PRIVACY, "dp: Flower's client-side fixed-clipping differential privacy (fixedclipping_mod); secagg: Flower's SecAgg+ secure aggregation (secaggplus_mod).")
+_DP_NOISE = flags.DEFINE_float("dp_noise_multiplier", 0.1, "DP noise multiplier (Gaussian noise std = multiplier x clipping norm / sampled sites).", lower_bound=0.0)
+_DP_CLIP = flags.DEFINE_float("dp_clipping_norm", 1.0, "DP clipping norm of each site's update.", lower_bound=0.0)
+_SECAGG_SHARES = flags.DEFINE_integer("secagg_shares", 3, "SecAgg+ shares of each site's secret key.", lower_bound=2)
+_SECAGG_THRESHOLD = flags.DEFINE_integer("secagg_threshold", 2, "SecAgg+ shares needed to rebuild a key.", lower_bound=1)
+_CLIENT_CPUS = flags.DEFINE_float("client_cpus", 1.0, "Simulation runtime: CPU cores each simulated site reserves (sites run side by side when cores allow).", lower_bound=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedConfig:
+  sites: int = 4
+  partition: str = "iid"
+  partition_alpha: float = 0.5
+  partition_seed: int = 0
+  rounds: int = 10
+  local_epochs: int = 1
+  fraction_fit: float = 1.0
+  min_fit_clients: int = 2
+  strategy: str = "fedavg"
+  proximal_mu: float = 0.01
+  server_learning_rate: float = 0.01
+  privacy: str = "none"
+  dp_noise_multiplier: float = 0.1
+  dp_clipping_norm: float = 1.0
+  secagg_shares: int = 3
+  secagg_threshold: int = 2
+  client_cpus: float = 1.0
+
+
+def federated_config():
+  """`FederatedConfig` from the parsed flags."""
+  return FederatedConfig(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(FederatedConfig)})
+
+
+def flags_text():
+  """This module's flags as flagfile lines."""
+  lines = [flag.serialize() for flag in flags.FLAGS.get_flags_for_module(__name__)]
+  return "\n".join(line for line in lines if line) + "\n"

@@ -1,0 +1,209 @@
+"""The federated run: central data and split, sites, Flower's simulation runtime, the run folder.
+
+The validation and test splits stay with the server, exactly as in the study; the train split
+is dealt to sites by patient. Each finished round's global weights are scored on validation,
+appended to history.csv and checkpointed, so a killed run resumes from its last finished round
+when the same command is run again.
+"""
+
+import csv
+import dataclasses
+import os
+import shutil
+import time
+import types
+
+import keras
+import numpy as np
+from absl import logging
+
+from xray_keras import models
+from xray_keras.data import feeder, loader
+from xray_keras.errors import UserError
+from xray_keras.federated import client, partition, server
+from xray_keras.training import device, run_dir as run_dirs, schedules, trainer
+
+STATE = os.path.join(run_dirs.BACKUP_DIR, "federated_state.npz")
+SITE_MANIFEST = "site_manifest.csv"
+_ONE_PROCESS = types.SimpleNamespace(num_workers=1, is_chief=True, worker_index=0)
+
+
+def check(config, fed):
+  """One-line errors for settings that cannot work together."""
+  if config.train.head_epochs:
+    raise UserError("--head_epochs is not available in federated training; set --head_epochs=0.")
+  if fed.min_fit_clients > fed.sites:
+    raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
+  if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:
+    raise UserError(f"SecAgg+ needs --secagg_threshold <= --secagg_shares <= --sites "
+                    f"(got {fed.secagg_threshold}, {fed.secagg_shares}, {fed.sites}).")
+
+
+def round_learning_rate(train, fed):
+  """`f(round)`: the learning rate of a round, from the study's schedule over rounds x local epochs."""
+  if train.schedule != "cosine":
+    return lambda r: train.learning_rate
+  total = fed.rounds * fed.local_epochs
+  schedule = schedules.WarmupCosine(train.learning_rate, max(total - train.warmup_epochs, 1), train.warmup_epochs)
+  return lambda r: float(keras.ops.convert_to_numpy(schedule((r - 1) * fed.local_epochs)))
+
+
+def train_and_evaluate(config, fed):
+  """Runs one federated experiment end to end. Returns the run directory."""
+  check(config, fed)
+  used_device = device.configure(config.train.device)
+  synthetic = loader.resolve_source(config.data) == "synthetic"
+  run_dir, resuming = run_dirs.prepare(config, _ONE_PROCESS, synthetic)
+  with trainer.log_to_file(os.path.join(run_dir, "run.log")):
+    return _run(config, fed, run_dir, resuming, used_device)
+
+
+def _write_sites(run_dir, train, site_of, class_names):
+  """site_manifest.csv, sites/site_<k>.npz, and the per-site table."""
+  partition.write_manifest(os.path.join(run_dir, SITE_MANIFEST), train.records, site_of)
+  sites_dir = os.path.abspath(os.path.join(run_dir, "sites"))
+  os.makedirs(sites_dir, exist_ok=True)
+  for k in range(int(site_of.max()) + 1):
+    idx = np.flatnonzero(site_of == k)
+    client.write_site(os.path.join(sites_dir, f"site_{k}.npz"), train.images[idx], train.labels[idx],
+                      [str(train.records[i].path) for i in idx])
+  table = partition.describe(train.records, site_of, class_names)
+  for row in table:
+    logging.info("Site %d: %d images of %d patients (%s)", row["site"], row["images"], row["patients"],
+                 ", ".join(f"{n} {row[n]}" for n in class_names))
+  return sites_dir, table
+
+
+def _read_state(run_dir):
+  with np.load(os.path.join(run_dir, STATE), allow_pickle=False) as f:
+    return [f[f"w{i}"] for i in range(int(f["count"]))], int(f["round"])
+
+
+def _write_state(run_dir, weights, done):
+  path = os.path.join(run_dir, STATE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, count=len(weights), round=done, **{f"w{i}": w for i, w in enumerate(weights)})
+  os.replace(tmp, path)
+
+
+def _append_history(path, row):
+  new = not os.path.exists(path)
+  with open(path, "a", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(row))
+    if new:
+      writer.writeheader()
+    writer.writerow(row)
+
+
+def _run(config, fed, run_dir, resuming, used_device):
+  start = time.perf_counter()
+  with open(os.path.join(run_dir, "flags.txt"), "w") as f:
+    f.write(config.flags_text)
+  trainer.set_precision_and_seeds(config.train)
+  spec, size, channels = trainer.resolve_input(config)
+  classes = 3 if config.data.task == "three_class" else 1
+  weights_name = models.default_weights(spec, config.model.weights)
+  model = models.build_model(
+      config.model.name, (size, size, channels), patch_size=config.model.patch_size or None,
+      dropout=config.model.dropout if config.model.dropout >= 0 else None, weights=config.model.weights,
+      backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes)
+  data = loader.load(dataclasses.replace(config.data, image_size=size))
+  loader.write_manifest(data, os.path.join(run_dir, "split_manifest.csv"))
+  loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
+  train, val = data.splits["train"], data.splits["val"]
+  site_of = partition.partition(train.records, fed.sites, fed.partition, fed.partition_alpha, fed.partition_seed)
+  sites_dir, table = _write_sites(run_dir, train, site_of, data.class_names)
+
+  batch_size = config.train.batch_size
+  model.compile(**trainer.compile_kwargs(keras.optimizers.Adam(), trainer.resolve_jit(config.train.jit_compile),
+                                         classes))
+  val_targets = val.labels if classes == 1 else np.eye(classes, dtype=np.float32)[val.labels]
+  val_feed = feeder.make_feeder(val.images, val_targets, batch_size, False) if len(val.labels) else None
+  history_path = os.path.join(run_dir, "history.csv")
+  done = 0
+  if resuming and os.path.exists(os.path.join(run_dir, STATE)):
+    initial, done = _read_state(run_dir)
+    run_dirs.trim_history(history_path, done)
+    logging.info("Resuming an interrupted federated run: %d of %d rounds were complete.", done, fed.rounds)
+  else:
+    initial = model.get_weights()
+    if os.path.exists(history_path):
+      os.remove(history_path)
+  learning_rate = round_learning_rate(config.train, fed)
+  settings = client.encode_config(config)
+  images = len(train.labels)
+
+  def fit_config(r):
+    return {"run_config": settings, "sites_dir": sites_dir, "learning_rate": learning_rate(r),
+            "local_epochs": fed.local_epochs, "round": r, "proximal_mu": fed.proximal_mu}
+
+  rounds = []
+
+  def on_round(r, weights, record):
+    model.set_weights(weights)
+    scores = model.evaluate(val_feed, return_dict=True, verbose=0) if val_feed is not None else {}
+    losses = record["site_train_loss"]
+    row = {"epoch": r - 1, "round": r, "loss": float(np.mean(list(losses.values()))) if losses else float("nan"),
+           **{f"val_{k}": float(v) for k, v in scores.items() if k in ("loss", "accuracy", "auc")},
+           "round_s": record["round_s"], "bytes_sent": record["bytes_sent"],
+           "bytes_received": record["bytes_received"], "replies": record["replies"], "learning_rate": learning_rate(r)}
+    _append_history(history_path, row)
+    _write_state(run_dir, weights, r)
+    rounds.append({**row, "failed_sites": record["failed_sites"], "site_train_s": record["site_train_s"]})
+    received = f"{record['bytes_received'] / 1e6:.2f} MB" if record["bytes_received"] != "" else "(masked, not counted)"
+    logging.info("Round %d/%d: %.1fs, %d site(s) replied, %.2f MB sent, %s received; val AUC %.4f, loss %.4f",
+                 r, fed.rounds, record["round_s"], record["replies"], record["bytes_sent"] / 1e6, received,
+                 row.get("val_auc", float("nan")), row.get("val_loss", float("nan")))
+
+  if done < fed.rounds:
+    from flwr.simulation import run_simulation
+
+    strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
+    logging.info("Flower simulation runtime: %d sites, %d round(s) of %d local epoch(s), %s%s", fed.sites,
+                 fed.rounds - done, fed.local_epochs, fed.strategy,
+                 "" if fed.privacy == "none" else f", privacy {fed.privacy}")
+    run_simulation(server.server_app(fed, strategy, fed.rounds - done), client.client_app(fed.privacy),
+                   num_supernodes=fed.sites,
+                   backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+  if not os.path.exists(os.path.join(run_dir, STATE)):
+    raise UserError(f"No federated round finished (see {os.path.join(run_dir, 'run.log')}); rerun the same command "
+                    "to retry.")
+  final, finished = _read_state(run_dir)
+  if finished < fed.rounds:
+    raise UserError(f"Only {finished} of {fed.rounds} rounds finished (see {os.path.join(run_dir, 'run.log')}); "
+                    f"rerun the same command to resume from round {finished + 1}.")
+  model.set_weights(final)
+  history = _read_rows(history_path)
+  round_s = [float(h["round_s"]) for h in history]
+  per_round_images = images * fed.local_epochs
+  steady = round_s[1:] or round_s  # the first round also starts the runtime and the sites
+  timing_report = {
+      "fit_s": float(sum(round_s)),
+      "epochs_run": len(history),
+      "first_round_s": round_s[0],
+      "mean_epoch_s": float(np.mean(steady)),
+      "train_images_per_s": float(np.median([per_round_images / s for s in steady])),
+      "batch_size": batch_size,
+      "train_images_per_epoch": per_round_images,
+      "federated": {**dataclasses.asdict(fed), "site_table": table,
+                    "mean_round_s": float(np.mean(steady)),
+                    "bytes_sent_per_round": float(np.mean([float(h["bytes_sent"]) for h in history])),
+                    "bytes_received_per_round": (float(np.mean([float(h["bytes_received"]) for h in history]))
+                                                 if fed.privacy != "secagg" else None),
+                    "rounds": rounds},
+      "resumed": resuming,
+  }
+  if fed.privacy == "dp":
+    timing_report["federated"]["dp"] = server.privacy_spent(fed, finished)
+    logging.info("Differential privacy: noise multiplier %.3g, clipping norm %.3g: epsilon %.3g at delta %g "
+                 "after %d rounds.", fed.dp_noise_multiplier, fed.dp_clipping_norm,
+                 timing_report["federated"]["dp"]["epsilon"], timing_report["federated"]["dp"]["delta"], finished)
+  trainer.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
+  shutil.rmtree(os.path.join(run_dir, run_dirs.BACKUP_DIR), ignore_errors=True)
+  return run_dir
+
+
+def _read_rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))

@@ -1,0 +1,151 @@
+"""The server side: Flower's strategies around a recorder, and the ServerApp that runs them.
+
+`Recorded` wraps the chosen strategy (FedAvg, FedProx, FedAdam, FedAdagrad, optionally inside
+Flower's client-side fixed-clipping DP wrapper) and, for every round, measures the time from the
+fit instructions to the aggregate, the bytes of weights sent to and received from the sites, the
+sites that failed, and hands the new global weights to `on_round` (central validation, history,
+checkpoint).
+"""
+
+import time
+
+from absl import logging
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server import strategy as strategies
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad")
+PRIVACY = ("none", "dp", "secagg")
+
+
+def _bytes(parameters):
+  return sum(len(t) for t in parameters.tensors)
+
+
+class Recorded(strategies.Strategy):
+  """Delegates to `inner`; records each round and calls `on_round(round, weights, record)`."""
+
+  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0):
+    self.inner, self.on_round, self.first_round = inner, on_round, first_round
+    self.dtypes, self.secure, self.expected, self.wait_s = dtypes, secure, sites, wait_s
+    self.sites = {}  # node id -> site file, learnt from replies
+    self.record = {}
+
+  def __repr__(self):
+    return f"Recorded({self.inner!r})"
+
+  def initialize_parameters(self, client_manager):
+    return self.inner.initialize_parameters(client_manager)
+
+  def configure_fit(self, server_round, parameters, client_manager):
+    # Flower sizes the sample from the sites connected so far: give the others time to connect.
+    if self.expected and not client_manager.wait_for(self.expected, timeout=self.wait_s):
+      logging.warning("Round %d: %d of %d sites connected after %.0fs; going on with them.",
+                      self.first_round + server_round, client_manager.num_available(), self.expected, self.wait_s)
+    instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+    self.record = {"start": time.perf_counter(), "sampled": [p.node_id for p, _ in instructions],
+                   "bytes_sent": sum(_bytes(ins.parameters) for _, ins in instructions)}
+    return instructions
+
+  def aggregate_fit(self, server_round, results, failures):
+    record = self.record
+    replied = []
+    for proxy, res in results:
+      self.sites[proxy.node_id] = str(res.metrics.get("site", proxy.node_id))
+      replied.append(proxy.node_id)
+    missing = [n for n in record.get("sampled", []) if n not in replied]
+    names = [self.sites.get(n, f"node {n}") for n in missing]
+    if missing:
+      logging.warning("Round %d: %d of %d sites did not reply (%s); aggregating the other %d.",
+                      self.first_round + server_round, len(missing), len(record["sampled"]), ", ".join(names),
+                      len(results))
+    parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+    if parameters is not None and self.dtypes:  # SecAgg+ dequantizes to float64; the model's dtypes go on
+      arrays = parameters_to_ndarrays(parameters)
+      if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
+        parameters = ndarrays_to_parameters([a.astype(d) for a, d in zip(arrays, self.dtypes)])
+    record.update({
+        # Under SecAgg+ the sites' masked vectors stay inside Flower's workflow: not counted.
+        "bytes_received": "" if self.secure else sum(_bytes(res.parameters) for _, res in results),
+        "replies": len(results), "failed_sites": names,
+        "site_train_s": {str(res.metrics.get("site")): float(res.metrics.get("train_s", 0.0)) for _, res in results},
+        "site_train_loss": {str(res.metrics.get("site")): float(res.metrics.get("train_loss", 0.0))
+                            for _, res in results},
+        "round_s": time.perf_counter() - record.get("start", time.perf_counter()),
+    })
+    return parameters, metrics
+
+  def configure_evaluate(self, server_round, parameters, client_manager):
+    return []  # validation and test are central
+
+  def aggregate_evaluate(self, server_round, results, failures):
+    return None, {}
+
+  def evaluate(self, server_round, parameters):
+    if server_round == 0 or not self.record.get("replies"):
+      return None
+    self.on_round(self.first_round + server_round, parameters_to_ndarrays(parameters), dict(self.record))
+    self.record = {}
+    return None
+
+
+def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
+  """The strategy of `fed` (FederatedConfig), started from `initial_weights`."""
+  common = dict(
+      fraction_fit=fed.fraction_fit, fraction_evaluate=0.0, min_fit_clients=fed.min_fit_clients,
+      min_evaluate_clients=0, min_available_clients=fed.sites, accept_failures=True,
+      initial_parameters=ndarrays_to_parameters(initial_weights),
+      on_fit_config_fn=lambda r: fit_config(first_round + r),
+  )
+  if fed.strategy == "fedavg":
+    inner = strategies.FedAvg(**common)
+  elif fed.strategy == "fedprox":
+    inner = strategies.FedProx(proximal_mu=fed.proximal_mu, **common)
+  elif fed.strategy == "fedadam":
+    inner = strategies.FedAdam(eta=fed.server_learning_rate, **common)
+  elif fed.strategy == "fedadagrad":
+    inner = strategies.FedAdagrad(eta=fed.server_learning_rate, **common)
+  else:
+    raise ValueError(f"Unknown strategy {fed.strategy!r}")
+  if fed.privacy == "dp":
+    inner = strategies.DifferentialPrivacyClientSideFixedClipping(
+        inner, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
+        num_sampled_clients=max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients))
+  return Recorded(inner, on_round, first_round, [w.dtype for w in initial_weights], fed.privacy == "secagg", fed.sites)
+
+
+def privacy_spent(fed, rounds, delta=1e-5):
+  """Epsilon of `rounds` DP releases at `delta`, from Flower's RDP accountant (site-level privacy).
+
+  Every round is counted as one Gaussian release over the sampled sites, without amplification by
+  sampling (sites are not Poisson-sampled).
+  """
+  from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant,
+                              SamplingMethod)
+
+  sampled = max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients)
+  accountant = RdpAccountant(PrivacyConfig(
+      target_delta=delta, population_size=fed.sites, neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+      sampling_method=SamplingMethod.NO_AMPLIFICATION))
+  if rounds and fed.dp_noise_multiplier > 0:
+    accountant.compose(GaussianPrivacyEvent(noise_multiplier=fed.dp_noise_multiplier, sample_size=sampled,
+                                            population_size=fed.sites), count=rounds)
+  spent = accountant.get_privacy_spent() if rounds and fed.dp_noise_multiplier > 0 else None
+  return {"noise_multiplier": fed.dp_noise_multiplier, "clipping_norm": fed.dp_clipping_norm, "delta": delta,
+          "epsilon": spent.epsilon if spent else float("inf"), "rounds": rounds, "accountant": "Flower RdpAccountant"}
+
+
+def server_app(fed, strategy, rounds):
+  """A ServerApp running `rounds` rounds of `strategy`; with SecAgg+ when `fed.privacy == "secagg"`."""
+  app = ServerApp()
+
+  @app.main()
+  def main(grid, context):
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+    fit = None
+    if fed.privacy == "secagg":
+      fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold)
+    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+
+  return app
