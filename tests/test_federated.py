@@ -200,3 +200,15 @@ def test_a_killed_site_does_not_stop_the_run_and_a_killed_server_resumes(tmp_pat
   assert min(int(h["replies"]) for h in history) < 3  # the round that lost its site went on with the others
   log = (out / "run.log").read_text()
   assert f"Resuming an interrupted federated run: {len(done)} of 6 rounds were complete." in log
+
+
+def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp_path):
+  out = tmp_path / "deployment"
+  _federated([f"--output_dir={out}", "--rounds=1", "--runtime=deployment"])
+  history = _rounds(out / "history.csv")
+  assert [(int(h["round"]), int(h["replies"])) for h in history] == [(1, 3)] and (out / "metrics.json").exists()
+  assert "Flower deployment runtime: 3 sites" in (out / "run.log").read_text()  # the ServerApp's own log
+  logs = sorted(p.name for p in (out / "flower").glob("*.log"))
+  assert logs == ["flwr_run.log", "superlink.log", "supernode_0.log", "supernode_1.log", "supernode_2.log"]
+  listing = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+  assert str(out) not in listing  # SuperLink and SuperNodes stopped

@@ -4,6 +4,6 @@
 
 `partition.py` splits the train split into patient-disjoint sites, `client.py` is the
 site's Flower client (local training of a study model), `server.py` the Flower strategy and
-server app, `run.py` the command: central data, sites, Flower's simulation runtime, and the
-normal run folder at the end.
+server app, `run.py` the run: central data, sites, the rounds, and the normal run folder at the
+end; `deployment.py` runs it through Flower's deployment runtime (SuperLink and SuperNodes).
 """

@@ -7,6 +7,8 @@ federated ones (--sites, --partition, --rounds, --local_epochs, --strategy, --pr
 """
 
 import dataclasses
+import datetime
+import os
 import sys
 
 from absl import app, flags, logging
@@ -22,13 +24,26 @@ flags.adopt_module_key_flags(federated_flags)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  fed = federated_flags.federated_config()
+  if fed.runtime == "deployment" and not flags.FLAGS.output_dir:  # the SuperLink's ServerApp needs the folder
+    flags.FLAGS.output_dir = os.path.join("runs", xray_flags.run_config().experiment,
+                                          datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
   config = xray_flags.run_config()
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
-  fed = federated_flags.federated_config()
   try:
     from xray_keras.federated import run  # Imports Keras, the backend and Flower.
 
-    run.train_and_evaluate(config, fed)
+    if fed.runtime == "simulation":
+      run.train_and_evaluate(config, fed)
+      return
+    from xray_keras.federated import deployment
+
+    run.check(config, fed)
+    deployment.launch(config.output_dir, config.flags_text, fed)
+    if not os.path.exists(os.path.join(config.output_dir, "metrics.json")):
+      raise UserError(f"The federated run did not finish; see {os.path.join(config.output_dir, 'run.log')} and "
+                      f"the logs in {os.path.join(config.output_dir, deployment.FLOWER_DIR)}.")
+    logging.info("Run folder: %s", config.output_dir)
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -56,16 +56,11 @@ def _model(config):
   """The study model of `config`, compiled with a constant learning rate (set per round)."""
   key = encode_config(config)
   if key not in _MODELS:
-    from xray_keras import models
     from xray_keras.data import feeder
     from xray_keras.training import trainer
 
-    spec, size, channels = trainer.resolve_input(config)
-    classes = 3 if config.data.task == "three_class" else 1
-    model = models.build_model(
-        config.model.name, (size, size, channels), patch_size=config.model.patch_size or None,
-        dropout=config.model.dropout if config.model.dropout >= 0 else None,
-        weights="none", backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes)
+    classes = trainer.num_classes(config)
+    model = trainer.build_model(config, weights="none")  # the server sends the weights
     constant = dataclasses.replace(config.train, schedule="constant")
     model.compile(**trainer.compile_kwargs(trainer.make_optimizer(constant, 1), trainer.resolve_jit(
         config.train.jit_compile), classes))
@@ -145,4 +140,7 @@ def client_app(privacy="none"):
   return ClientApp(client_fn=client_fn, mods=mods)
 
 
-app = client_app()  # for `flwr run` and SuperNodes: `xray_keras.federated.client:app`
+# For Flower's deployment runtime (SuperNodes): one ClientApp per --privacy setting.
+app = client_app()
+app_dp = client_app("dp")
+app_secagg = client_app("secagg")

@@ -22,6 +22,7 @@ _DP_NOISE = flags.DEFINE_float("dp_noise_multiplier", 0.1, "DP noise multiplier 
 _DP_CLIP = flags.DEFINE_float("dp_clipping_norm", 1.0, "DP clipping norm of each site's update.", lower_bound=0.0)
 _SECAGG_SHARES = flags.DEFINE_integer("secagg_shares", 3, "SecAgg+ shares of each site's secret key.", lower_bound=2)
 _SECAGG_THRESHOLD = flags.DEFINE_integer("secagg_threshold", 2, "SecAgg+ shares needed to rebuild a key.", lower_bound=1)
+_RUNTIME = flags.DEFINE_enum("runtime", "simulation", ["simulation", "deployment"], "Flower runtime: simulation (one process, sites as Ray actors) or deployment (a SuperLink and one SuperNode per site as separate processes on 127.0.0.1).")
 _CLIENT_CPUS = flags.DEFINE_float("client_cpus", 1.0, "Simulation runtime: CPU cores each simulated site reserves (sites run side by side when cores allow).", lower_bound=0.0)
 
 
@@ -44,6 +45,7 @@ class FederatedConfig:
   secagg_shares: int = 3
   secagg_threshold: int = 2
   client_cpus: float = 1.0
+  runtime: str = "simulation"
 
 
 def federated_config():

@@ -48,14 +48,18 @@ def round_learning_rate(train, fed):
   return lambda r: float(keras.ops.convert_to_numpy(schedule((r - 1) * fed.local_epochs)))
 
 
-def train_and_evaluate(config, fed):
-  """Runs one federated experiment end to end. Returns the run directory."""
+def train_and_evaluate(config, fed, grid=None, context=None):
+  """Runs one federated experiment end to end. Returns the run directory.
+
+  Without `grid` the rounds run in Flower's simulation runtime; with the `grid` and `context` of a
+  ServerApp (Flower's deployment runtime) they run on its SuperNodes.
+  """
   check(config, fed)
   used_device = device.configure(config.train.device)
   synthetic = loader.resolve_source(config.data) == "synthetic"
   run_dir, resuming = run_dirs.prepare(config, _ONE_PROCESS, synthetic)
   with trainer.log_to_file(os.path.join(run_dir, "run.log")):
-    return _run(config, fed, run_dir, resuming, used_device)
+    return _run(config, fed, run_dir, resuming, used_device, grid, context)
 
 
 def _write_sites(run_dir, train, site_of, class_names):
@@ -96,18 +100,15 @@ def _append_history(path, row):
     writer.writerow(row)
 
 
-def _run(config, fed, run_dir, resuming, used_device):
+def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
   trainer.set_precision_and_seeds(config.train)
-  spec, size, channels = trainer.resolve_input(config)
-  classes = 3 if config.data.task == "three_class" else 1
+  spec, size, _ = trainer.resolve_input(config)
+  classes = trainer.num_classes(config)
   weights_name = models.default_weights(spec, config.model.weights)
-  model = models.build_model(
-      config.model.name, (size, size, channels), patch_size=config.model.patch_size or None,
-      dropout=config.model.dropout if config.model.dropout >= 0 else None, weights=config.model.weights,
-      backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes)
+  model = trainer.build_model(config)
   data = loader.load(dataclasses.replace(config.data, image_size=size))
   loader.write_manifest(data, os.path.join(run_dir, "split_manifest.csv"))
   loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
@@ -157,15 +158,18 @@ def _run(config, fed, run_dir, resuming, used_device):
                  row.get("val_auc", float("nan")), row.get("val_loss", float("nan")))
 
   if done < fed.rounds:
-    from flwr.simulation import run_simulation
-
     strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
-    logging.info("Flower simulation runtime: %d sites, %d round(s) of %d local epoch(s), %s%s", fed.sites,
-                 fed.rounds - done, fed.local_epochs, fed.strategy,
-                 "" if fed.privacy == "none" else f", privacy {fed.privacy}")
-    run_simulation(server.server_app(fed, strategy, fed.rounds - done), client.client_app(fed.privacy),
-                   num_supernodes=fed.sites,
-                   backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+    logging.info("Flower %s runtime: %d sites, %d round(s) of %d local epoch(s), %s%s",
+                 "simulation" if grid is None else "deployment", fed.sites, fed.rounds - done, fed.local_epochs,
+                 fed.strategy, "" if fed.privacy == "none" else f", privacy {fed.privacy}")
+    if grid is None:
+      from flwr.simulation import run_simulation
+
+      run_simulation(server.server_app(fed, strategy, fed.rounds - done), client.client_app(fed.privacy),
+                     num_supernodes=fed.sites,
+                     backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+    else:
+      server.run_rounds(grid, context, fed, strategy, fed.rounds - done)
   if not os.path.exists(os.path.join(run_dir, STATE)):
     raise UserError(f"No federated round finished (see {os.path.join(run_dir, 'run.log')}); rerun the same command "
                     "to retry.")

@@ -136,16 +136,21 @@ def privacy_spent(fed, rounds, delta=1e-5):
           "epsilon": spent.epsilon if spent else float("inf"), "rounds": rounds, "accountant": "Flower RdpAccountant"}
 
 
+def run_rounds(grid, context, fed, strategy, rounds):
+  """Runs `rounds` rounds of `strategy` on `grid`; with SecAgg+ when `fed.privacy == "secagg"`."""
+  legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+  fit = None
+  if fed.privacy == "secagg":
+    fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold)
+  DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+
+
 def server_app(fed, strategy, rounds):
-  """A ServerApp running `rounds` rounds of `strategy`; with SecAgg+ when `fed.privacy == "secagg"`."""
+  """A ServerApp running `rounds` rounds of `strategy` (the simulation runtime's)."""
   app = ServerApp()
 
   @app.main()
   def main(grid, context):
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-    fit = None
-    if fed.privacy == "secagg":
-      fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold)
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+    run_rounds(grid, context, fed, strategy, rounds)
 
   return app

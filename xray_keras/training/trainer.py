@@ -6,6 +6,7 @@ The run directory's files are listed in `run_dir.py`.
 import contextlib
 import csv
 import dataclasses
+import functools
 import logging as std_logging
 import math
 import os
@@ -82,6 +83,23 @@ def resolve_input(config):
   spec = models.get_spec(config.model.name)
   size = config.data.image_size or spec.default_image_size
   return spec, size, config.data.channels
+
+
+def num_classes(config):
+  """Output units: 1 (sigmoid, PNEUMONIA) or 3 (softmax, NORMAL / BACTERIA / VIRUS)."""
+  return 3 if config.data.task == "three_class" else 1
+
+
+def build_model(config, weights=None):
+  """The run's model at its input size; `weights` overrides `--weights`."""
+  _, size, channels = resolve_input(config)
+  return models.build_model(
+      config.model.name, (size, size, channels),
+      patch_size=config.model.patch_size or None,
+      dropout=config.model.dropout if config.model.dropout >= 0 else None,
+      weights=config.model.weights if weights is None else weights,
+      backbone_kwargs=dict(config.model.backbone_kwargs), classes=num_classes(config),
+  )
 
 
 def compile_kwargs(optimizer, jit_compile, classes=1):
@@ -330,17 +348,10 @@ def _run(config, run_dir, resuming, plan, used_device):
     f.write(config.flags_text)
   set_precision_and_seeds(config.train)
   spec, size, channels = resolve_input(config)
-  classes = 3 if config.data.task == "three_class" else 1
+  classes = num_classes(config)
 
   # === Model ===
-  def build(weights=None):
-    return models.build_model(
-        config.model.name, (size, size, channels),
-        patch_size=config.model.patch_size or None,
-        dropout=config.model.dropout if config.model.dropout >= 0 else None,
-        weights=config.model.weights if weights is None else weights,
-        backbone_kwargs=dict(config.model.backbone_kwargs), classes=classes,
-    )
+  build = functools.partial(build_model, config)
 
   weights = models.default_weights(spec, config.model.weights)
   if not spec.pretrained and (config.train.head_epochs or config.train.unfreeze != "all"):

@@ -1,0 +1,148 @@
+"""Flower's deployment runtime on one machine: a SuperLink and K SuperNodes as separate processes.
+
+`launch` writes the run's flagfile, a Flower App folder naming this package's ServerApp and
+ClientApp, and a Flower configuration, starts `flower-superlink` and one `flower-supernode` per
+site on 127.0.0.1 (site k is told only its own image file, `--node-config site-data=...`), submits
+the run with `flwr run`, waits for it and stops every process. The ServerApp (`app` below) reads
+the flagfile and runs the same federated experiment as the simulation runtime, on the SuperNodes.
+
+The same three steps by hand, e.g. SuperNodes on other machines, are in docs/federated.md.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl import logging
+from flwr.serverapp import ServerApp
+
+from xray_keras.errors import UserError
+
+FLOWER_DIR = "flower"  # in the run folder: the App, the Flower configuration, the process logs
+_APP_TOML = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "xray-keras-federated"
+version = "1.0.0"
+description = "xray_keras federated training"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "xray-keras"
+
+[tool.flwr.app.components]
+serverapp = "xray_keras.federated.deployment:app"
+clientapp = "xray_keras.federated.client:{clientapp}"
+
+[tool.flwr.app.config]
+flagfile = ""
+"""
+_CLIENT_APPS = {"none": "app", "dp": "app_dp", "secagg": "app_secagg"}
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+  import dataclasses
+
+  from absl import flags
+
+  from xray_keras import flags as xray_flags
+  from xray_keras.federated import flags as federated_flags
+  from xray_keras.federated import run
+
+  flags.FLAGS(["serverapp", f"--flagfile={context.run_config['flagfile']}"])
+  config = xray_flags.run_config()
+  config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
+  run.train_and_evaluate(config, federated_flags.federated_config(), grid=grid, context=context)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _tool(name):
+  path = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+  if not os.path.exists(path):
+    raise UserError(f"{name} not found; install Flower with: pip install -e \".[federated]\"")
+  return path
+
+
+def _wait_for_port(port, process, what, timeout=60):
+  start = time.monotonic()
+  while time.monotonic() - start < timeout:
+    if process.poll() is not None:
+      raise UserError(f"{what} exited at start (code {process.returncode}); see its log.")
+    with socket.socket() as s:
+      if s.connect_ex(("127.0.0.1", port)) == 0:
+        return
+    time.sleep(0.2)
+  raise UserError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s.")
+
+
+def launch(run_dir, flags_text, fed, timeout_s=None):
+  """Runs the experiment of `flags_text` on a local SuperLink and `fed.sites` SuperNodes; stops them all."""
+  root = os.path.abspath(os.path.join(run_dir, FLOWER_DIR))
+  app_dir, home = os.path.join(root, "app"), os.path.join(root, "home")
+  for d in (app_dir, home):
+    os.makedirs(d, exist_ok=True)
+  flagfile = os.path.join(root, "run.flags")
+  with open(flagfile, "w") as f:
+    f.write(flags_text)
+  with open(os.path.join(app_dir, "pyproject.toml"), "w") as f:
+    f.write(_APP_TOML.format(clientapp=_CLIENT_APPS[fed.privacy]))
+  link_port = _free_port()
+  with open(os.path.join(home, "config.toml"), "w") as f:
+    f.write(f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
+            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+  env = {**os.environ, "FLWR_HOME": home,
+         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+  processes = []
+
+  def start(args, log_name):
+    log = open(os.path.join(root, log_name), "w")
+    process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    processes.append((process, log))
+    return process
+
+  try:
+    link = start([_tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+                  "--disable-runtime-dependency-installation"], "superlink.log")
+    _wait_for_port(link_port, link, "flower-superlink")
+    sites = os.path.abspath(os.path.join(run_dir, "sites"))
+    for k in range(fed.sites):
+      start([_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+             "--port", str(_free_port()), "--node-config", f'site-data="{os.path.join(sites, f"site_{k}.npz")}"'],
+            f"supernode_{k}.log")
+    logging.info("Flower deployment runtime: SuperLink on 127.0.0.1:%d, %d SuperNodes (logs in %s)", link_port,
+                 fed.sites, root)
+    submitted = subprocess.run(
+        [_tool("flwr"), "run", app_dir, "local-deployment", "--run-config", f'flagfile="{flagfile}"', "--stream"],
+        env=env, cwd=app_dir, stdout=open(os.path.join(root, "flwr_run.log"), "w"), stderr=subprocess.STDOUT,
+        timeout=timeout_s)
+    if submitted.returncode:
+      raise UserError(f"flwr run failed (code {submitted.returncode}); see {os.path.join(root, 'flwr_run.log')}")
+  finally:
+    for process, log in reversed(processes):
+      if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process, log in processes:
+      try:
+        process.wait(20)
+      except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+      log.close()
