@@ -16,7 +16,9 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
+from xray_keras.data import feeder
 from xray_keras.data.loader import DataConfig
+from xray_keras.training import trainer
 
 _MODELS = {}  # per process: the compiled model of a run configuration
 _SITES = {}  # per process: a site's arrays by file
@@ -56,9 +58,6 @@ def _model(config):
   """The study model of `config`, compiled with a constant learning rate (set per round)."""
   key = encode_config(config)
   if key not in _MODELS:
-    from xray_keras.data import feeder
-    from xray_keras.training import trainer
-
     classes = trainer.num_classes(config)
     model = trainer.build_model(config, weights="none")  # the server sends the weights
     constant = dataclasses.replace(config.train, schedule="constant")
@@ -100,8 +99,6 @@ class SiteClient(NumPyClient):
     return []  # the server starts from its own initial weights
 
   def fit(self, parameters, config):
-    from xray_keras.data import feeder
-
     run = decode_config(str(config["run_config"]))
     path = self._site_path(config)
     images, labels = read_site(path)
@@ -111,7 +108,7 @@ class SiteClient(NumPyClient):
       v.assign(np.zeros(v.shape, v.dtype))
     learning_rate = float(config["learning_rate"])
     model.optimizer.learning_rate = learning_rate
-    targets = labels if classes == 1 else np.eye(classes, dtype=np.float32)[labels]
+    targets = trainer.targets(labels, classes)
     weights = feeder.class_weights(labels, classes) if run.train.class_weights else None
     mu = float(config.get("proximal_mu", 0.0))
     callbacks = [_proximal(model, [np.array(p) for p in parameters], mu, learning_rate)] if mu > 0 else []

@@ -119,7 +119,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   batch_size = config.train.batch_size
   model.compile(**trainer.compile_kwargs(keras.optimizers.Adam(), trainer.resolve_jit(config.train.jit_compile),
                                          classes))
-  val_targets = val.labels if classes == 1 else np.eye(classes, dtype=np.float32)[val.labels]
+  val_targets = trainer.targets(val.labels, classes)
   val_feed = feeder.make_feeder(val.images, val_targets, batch_size, False) if len(val.labels) else None
   history_path = os.path.join(run_dir, "history.csv")
   done = 0

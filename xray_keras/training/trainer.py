@@ -205,11 +205,14 @@ def _predict(model, images, batch_size):
   return outputs.reshape(len(images), -1)
 
 
+def targets(labels, classes):
+  """Training targets: one-hot for a `classes`-way softmax, the 0/1 labels themselves for one unit."""
+  return labels if classes == 1 else np.eye(classes, dtype=np.float32)[labels]
+
+
 def _targets(split, classes):
-  """`split` with one-hot labels for a `classes`-way softmax (the same split for one unit)."""
-  if classes == 1:
-    return split
-  return dataclasses.replace(split, labels=np.eye(classes, dtype=np.float32)[split.labels])
+  """`split` with the targets of `targets` as labels."""
+  return split if classes == 1 else dataclasses.replace(split, labels=targets(split.labels, classes))
 
 
 def _inference_timing(model, images, batch_size):
