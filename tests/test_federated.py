@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from xray_keras.data import loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
 from xray_keras.federated import flags as federated_flags
-from xray_keras.report import collect
+from xray_keras.report import collect, write
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,19 @@ def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_fol
   run = collect.read_run(str(out))  # the report reads it like any run
   assert len(run.test_labels) == metrics["test"]["n"] and (out / "report.md").exists()
 
+  # Beside a central run of the same model and total epochs, the report measures one against the other.
+  central = [sys.executable, "-m", "xray_keras.run", *SMALL[2:4], "--epochs=2", f"--output_dir={tmp_path / 'central'}"]
+  subprocess.run(central, cwd=REPO, capture_output=True, text=True, timeout=900, check=True)
+  write.write_report(str(tmp_path), resamples=50, parameter_table=None)
+  results = json.loads((tmp_path / "results.json").read_text())["federated"]
+  (row,) = results["runs"]
+  assert (row["run"], row["central"], row["rounds"], row["central_epochs"]) == ("fedavg", "central", 2, 2)
+  assert 0 <= row["delong_p"] <= 1
+  assert row["mb_sent_per_round"] == pytest.approx(np.mean([float(h["bytes_sent"]) for h in history]) / 1e6)
+  assert [s["images"] for s in results["sites"]] == [timing["federated"]["site_table"][k]["images"] for k in range(3)]
+  report = (tmp_path / "report.md").read_text()
+  assert "## Federated training against central training" in report and (tmp_path / "federated_curves.png").exists()
+
 
 @pytest.mark.parametrize("privacy,strategy", [("dp", "fedprox"), ("secagg", "fedavg")])
 def test_privacy_options_end_with_finite_weights(tmp_path, privacy, strategy):
@@ -178,9 +192,7 @@ def test_a_killed_site_does_not_stop_the_run_and_a_killed_server_resumes(tmp_pat
   run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   try:
     assert _wait_for(_logged(out / "run.log", "Round 1/6"), run), "the run ended before its first round"
-    listing = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True).stdout.splitlines()
-    actors = [int(line.split()[0]) for line in listing
-              if "ClientAppActor" in line and int(line.split()[1]) == run.pid]
+    actors = _site_actors(run)
     assert actors, "no simulated site process found"
     os.kill(actors[0], signal.SIGKILL)  # a site dies mid-run
     assert _wait_for(_logged(out / "run.log", "did not reply (site_"), run), "the run stopped after a site was killed"
@@ -200,6 +212,39 @@ def test_a_killed_site_does_not_stop_the_run_and_a_killed_server_resumes(tmp_pat
   assert min(int(h["replies"]) for h in history) < 3  # the round that lost its site went on with the others
   log = (out / "run.log").read_text()
   assert f"Resuming an interrupted federated run: {len(done)} of 6 rounds were complete." in log
+
+
+def _site_actors(run):
+  listing = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True).stdout.splitlines()
+  return [int(line.split()[0]) for line in listing if "ClientAppActor" in line and int(line.split()[1]) == run.pid]
+
+
+def test_a_site_that_never_answers_is_left_behind_after_the_round_timeout(tmp_path):
+  out = tmp_path / "silent"
+  args = [sys.executable, *SMALL, f"--output_dir={out}", "--rounds=3", "--round_timeout=150"]
+  run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  frozen = []
+  try:
+    assert _wait_for(_logged(out / "run.log", "Round 1/3"), run), "the run ended before its first round"
+    frozen = _site_actors(run)[:1]
+    assert frozen, "no simulated site process found"
+    os.kill(frozen[0], signal.SIGSTOP)  # alive, connected, and silent from now on
+    assert run.wait(900) == 0, (out / "run.log").read_text()[-3000:]
+  finally:
+    for pid in frozen:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass  # the run stopped it
+    if run.poll() is None:
+      os.killpg(run.pid, signal.SIGKILL)
+  history = _rounds(out / "history.csv")
+  assert [int(h["round"]) for h in history] == [1, 2, 3] and (out / "metrics.json").exists()
+  assert int(history[0]["replies"]) == 3 and int(history[1]["replies"]) < 3  # round 2 went on without it
+  assert float(history[1]["round_s"]) >= 150
+  log = (out / "run.log").read_text()
+  assert re.search(r"WARNING Round 2: [12] of 3 sites did not reply \(site_\d", log), log[-3000:]
+  assert "still waits for a site" in log  # the silent site process, stopped after the last round
 
 
 def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp_path):

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import os
 import shutil
+import threading
 import time
 import types
 
@@ -163,11 +164,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
                  "simulation" if grid is None else "deployment", fed.sites, fed.rounds - done, fed.local_epochs,
                  fed.strategy, "" if fed.privacy == "none" else f", privacy {fed.privacy}")
     if grid is None:
-      from flwr.simulation import run_simulation
-
-      run_simulation(server.server_app(fed, strategy, fed.rounds - done), client.client_app(fed.privacy),
-                     num_supernodes=fed.sites,
-                     backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+      _simulate(fed, strategy, fed.rounds - done)
     else:
       server.run_rounds(grid, context, fed, strategy, fed.rounds - done)
   if not os.path.exists(os.path.join(run_dir, STATE)):
@@ -206,6 +203,48 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   trainer.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
   shutil.rmtree(os.path.join(run_dir, run_dirs.BACKUP_DIR), ignore_errors=True)
   return run_dir
+
+
+def _simulate(fed, strategy, rounds, grace_s=30.0):
+  """Flower's simulation runtime, with site processes still busy after the last round stopped.
+
+  A site that never answered still holds one of the runtime's workers, and the runtime waits for
+  it before returning; `grace_s` after the server's last round such site processes are killed.
+  """
+  from flwr.simulation import run_simulation
+
+  server_done, returned = threading.Event(), threading.Event()
+
+  def stop_stuck_sites():
+    server_done.wait()
+    if not returned.wait(grace_s):
+      stuck = _site_processes()
+      logging.warning("Flower's simulation runtime still waits for a site %.0fs after the last round; stopping "
+                      "%d site process(es).", grace_s, len(stuck))
+      for process in stuck:
+        process.kill()
+
+  threading.Thread(target=stop_stuck_sites, daemon=True).start()
+  try:
+    run_simulation(server.server_app(fed, strategy, rounds, on_done=server_done.set), client.client_app(fed.privacy),
+                   num_supernodes=fed.sites,
+                   backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+  finally:
+    returned.set()
+
+
+def _site_processes():
+  """The simulated sites' processes (Ray actors started by this process)."""
+  import psutil
+
+  found = []
+  for process in psutil.Process().children(recursive=True):
+    try:
+      if "ClientAppActor" in " ".join(process.cmdline()):
+        found.append(process)
+    except psutil.Error:
+      pass
+  return found
 
 
 def _read_rows(path):

@@ -3,8 +3,9 @@
 `Recorded` wraps the chosen strategy (FedAvg, FedProx, FedAdam, FedAdagrad, optionally inside
 Flower's client-side fixed-clipping DP wrapper) and, for every round, measures the time from the
 fit instructions to the aggregate, the bytes of weights sent to and received from the sites, the
-sites that failed, and hands the new global weights to `on_round` (central validation, history,
-checkpoint).
+sites that failed or did not reply in time, and hands the global weights to `on_round` (central
+validation, history, checkpoint). A round with fewer replies than `min_replies` keeps the weights
+it started from.
 """
 
 import time
@@ -14,6 +15,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server import strategy as strategies
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.default_workflows import default_fit_workflow
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad")
 PRIVACY = ("none", "dp", "secagg")
@@ -26,9 +28,11 @@ def _bytes(parameters):
 class Recorded(strategies.Strategy):
   """Delegates to `inner`; records each round and calls `on_round(round, weights, record)`."""
 
-  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0):
+  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0,
+               min_replies=1):
     self.inner, self.on_round, self.first_round = inner, on_round, first_round
     self.dtypes, self.secure, self.expected, self.wait_s = dtypes, secure, sites, wait_s
+    self.min_replies = min_replies
     self.sites = {}  # node id -> site file, learnt from replies
     self.record = {}
 
@@ -60,7 +64,12 @@ class Recorded(strategies.Strategy):
       logging.warning("Round %d: %d of %d sites did not reply (%s); aggregating the other %d.",
                       self.first_round + server_round, len(missing), len(record["sampled"]), ", ".join(names),
                       len(results))
-    parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+    if len(results) < self.min_replies:
+      logging.error("Round %d: %d site(s) replied, fewer than --min_fit_clients=%d; the global weights stay as "
+                    "they were.", self.first_round + server_round, len(results), self.min_replies)
+      parameters, metrics = None, {}
+    else:
+      parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
     if parameters is not None and self.dtypes:  # SecAgg+ dequantizes to float64; the model's dtypes go on
       arrays = parameters_to_ndarrays(parameters)
       if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
@@ -83,7 +92,7 @@ class Recorded(strategies.Strategy):
     return None, {}
 
   def evaluate(self, server_round, parameters):
-    if server_round == 0 or not self.record.get("replies"):
+    if server_round == 0 or "round_s" not in self.record:
       return None
     self.on_round(self.first_round + server_round, parameters_to_ndarrays(parameters), dict(self.record))
     self.record = {}
@@ -112,7 +121,8 @@ def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
     inner = strategies.DifferentialPrivacyClientSideFixedClipping(
         inner, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
         num_sampled_clients=max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients))
-  return Recorded(inner, on_round, first_round, [w.dtype for w in initial_weights], fed.privacy == "secagg", fed.sites)
+  return Recorded(inner, on_round, first_round, [w.dtype for w in initial_weights], fed.privacy == "secagg", fed.sites,
+                  min_replies=fed.min_fit_clients)
 
 
 def privacy_spent(fed, rounds, delta=1e-5):
@@ -136,21 +146,46 @@ def privacy_spent(fed, rounds, delta=1e-5):
           "epsilon": spent.epsilon if spent else float("inf"), "rounds": rounds, "accountant": "Flower RdpAccountant"}
 
 
+class _Deadline:
+  """`grid`, except that a round stops waiting for replies after `timeout` seconds."""
+
+  def __init__(self, grid, timeout):
+    self._grid, self._timeout = grid, timeout
+
+  def send_and_receive(self, messages, *, timeout=None):
+    return self._grid.send_and_receive(messages, timeout=self._timeout if timeout is None else timeout)
+
+  def __getattr__(self, name):
+    return getattr(self._grid, name)
+
+
 def run_rounds(grid, context, fed, strategy, rounds):
-  """Runs `rounds` rounds of `strategy` on `grid`; with SecAgg+ when `fed.privacy == "secagg"`."""
-  legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-  fit = None
+  """Runs `rounds` rounds of `strategy` on `grid`; with SecAgg+ when `fed.privacy == "secagg"`.
+
+  Each round waits at most `fed.round_timeout` seconds (0: without limit) for the sites' replies.
+  """
+  legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=fed.round_timeout or None),
+                         strategy=strategy)
+  timeout = fed.round_timeout or None
   if fed.privacy == "secagg":
-    fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold)
+    fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold,
+                             timeout=timeout)
+  else:
+    def fit(grid, context):
+      default_fit_workflow(_Deadline(grid, timeout), context)
   DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
 
-def server_app(fed, strategy, rounds):
-  """A ServerApp running `rounds` rounds of `strategy` (the simulation runtime's)."""
+def server_app(fed, strategy, rounds, on_done=None):
+  """A ServerApp running `rounds` rounds of `strategy` (the simulation runtime's); then `on_done()`."""
   app = ServerApp()
 
   @app.main()
   def main(grid, context):
-    run_rounds(grid, context, fed, strategy, rounds)
+    try:
+      run_rounds(grid, context, fed, strategy, rounds)
+    finally:
+      if on_done:
+        on_done()
 
   return app

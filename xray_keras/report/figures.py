@@ -41,6 +41,21 @@ def training_curves(runs, path):
   return _save(fig, path)
 
 
+def federated_curves(series, path):
+  """Validation AUC and loss per model: `series[model]` = [(label, epochs, auc, loss, is_central)]."""
+  fig, axes = plt.subplots(len(series), 2, figsize=(12, 3.8 * len(series)), squeeze=False)
+  for row, (model, lines) in zip(axes, series.items()):
+    for i, (label, x, auc, loss, central) in enumerate(lines):
+      style = dict(color="black", lw=2) if central else dict(color=f"C{i}", lw=1.2)
+      row[0].plot(x, auc, label=label, **style)
+      row[1].plot(x, loss, label=label, **style)
+    for ax, key in zip(row, ("validation AUC", "validation loss")):
+      ax.set_xlabel("epochs of local training")
+      ax.set_title(f"{model}: {key}")
+    row[0].legend(fontsize=7)
+  return _save(fig, path)
+
+
 def roc_curves(runs, path):
   fig, ax = plt.subplots(figsize=(5, 5))
   for run in runs:

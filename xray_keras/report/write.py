@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from xray_keras.evaluation import metrics, statistics
-from xray_keras.report import clinical, collect, figures, html
+from xray_keras.report import clinical, collect, federated, figures, html
 
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
@@ -200,9 +200,11 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
       logging.warning("No %s: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
   clinical_md, clinical_data, clinical_figures = clinical.sections(runs, study_dir, resamples, seed, ensemble,
                                                                       ensemble_space)
+  federated_md, federated_data, _ = federated.sections(runs, study_dir, resamples, seed)
   with open(os.path.join(study_dir, "results.json"), "w") as f:
     json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
-               "parameter_table": parameter_table or [], "missing": missing, "clinical": clinical_data}, f, indent=2,
+               "parameter_table": parameter_table or [], "missing": missing, "clinical": clinical_data,
+               "federated": federated_data}, f, indent=2,
               default=_json_default)
   with open(os.path.join(study_dir, "results.csv"), "w", newline="") as f:
     flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
@@ -223,6 +225,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
   md += ["## Runs", "", "What each model was trained from, at what input size and for how long.", "",
          _table(["model", "input", "weights", "epochs (head phase + training)", "batch"],
                 [_run_row(run) for run in runs]), ""]
+  md += federated_md
   md += ["## Results on the test split", "",
          f"At threshold 0.5, with 95% bootstrap intervals over test images ({resamples} resamples, seed {seed}).", "",
          _table(["model", "test bed"] + list(CI_METRICS) + ["acc. at val threshold"],
