@@ -19,6 +19,7 @@ from xray_keras.config import ModelConfig, RunConfig, TrainConfig
 from xray_keras.data import loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
+from xray_keras.federated import run as federated_run
 from xray_keras.federated import flags as federated_flags
 from xray_keras.report import collect, write
 
@@ -82,6 +83,17 @@ def test_fedprox_step_pulls_each_weight_towards_the_global_model():
   kernel, bias = model.get_weights()
   np.testing.assert_allclose(kernel, 0.5)  # 1 - 0.05 * 10 * (1 - 0)
   np.testing.assert_allclose(bias, 2.0)  # 1 - 0.05 * 10 * (1 - 3)
+
+
+def test_each_round_trains_at_the_schedules_rate_halfway_through_its_epochs():
+  train = TrainConfig(learning_rate=1e-3, schedule="cosine", warmup_epochs=2)
+  rate = federated_run.round_learning_rate(train, federated_flags.FederatedConfig(rounds=20, local_epochs=1))
+  rates = [rate(r) for r in range(1, 21)]
+  assert rates[0] == pytest.approx(0.25e-3) and rates[1] == pytest.approx(0.75e-3)  # warm-up, never zero
+  assert rates[1] < rates[2] and all(a > b for a, b in zip(rates[2:], rates[3:]))  # then cosine decay
+  assert 0 < rates[-1] < 1e-5
+  two = federated_run.round_learning_rate(train, federated_flags.FederatedConfig(rounds=10, local_epochs=2))
+  assert two(1) == pytest.approx(rates[0] * 2)  # halfway through 2 local epochs: 1 epoch of warm-up
 
 
 SMALL = ["-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg", "--max_images_per_split=40", "--sites=3"]

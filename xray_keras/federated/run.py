@@ -41,12 +41,16 @@ def check(config, fed):
 
 
 def round_learning_rate(train, fed):
-  """`f(round)`: the learning rate of a round, from the study's schedule over rounds x local epochs."""
+  """`f(round)`: the learning rate of a round, from the study's schedule over rounds x local epochs.
+
+  A round trains at one rate: the schedule's value halfway through its local epochs (at its start,
+  the first round of a warm-up would train at zero).
+  """
   if train.schedule != "cosine":
     return lambda r: train.learning_rate
   total = fed.rounds * fed.local_epochs
   schedule = schedules.WarmupCosine(train.learning_rate, max(total - train.warmup_epochs, 1), train.warmup_epochs)
-  return lambda r: float(keras.ops.convert_to_numpy(schedule((r - 1) * fed.local_epochs)))
+  return lambda r: float(keras.ops.convert_to_numpy(schedule((r - 0.5) * fed.local_epochs)))
 
 
 def train_and_evaluate(config, fed, grid=None, context=None):
