@@ -74,7 +74,8 @@ def rows(runs, resamples, seed):
     rounds = _rounds(fed)
     row = {"run": run.name, "model": run.metrics["model"].get("display_name", _model(run)), "sites": fed["sites"],
            "partition": _partition(fed), "strategy": _strategy(fed), "rounds": rounds,
-           "local_epochs": fed["local_epochs"], "total_epochs": total_epochs(run),
+           "local_epochs": fed["local_epochs"], "batch_size": run.timing.get("batch_size"),
+           "total_epochs": total_epochs(run), "val_auc": run.metrics.get("val", {}).get("auc"),
            "accuracy": point["accuracy"], "accuracy_ci": list(ci["accuracy"]), "auc": point["auc"],
            "auc_ci": list(ci["auc"]), "sensitivity": point["recall"], "specificity": point["specificity"],
            "first_round_s": run.timing.get("first_round_s"), "mean_round_s": fed.get("mean_round_s"),
@@ -124,10 +125,11 @@ def sections(runs, study_dir, resamples, seed):
         "AUC and exact McNemar for equal accuracy against the central run, on the same test images. Round time is the "
         "mean from the second round on (the first also starts the sites); bytes are the weights sent to and received "
         "from the sites per round.", "",
-        _table(["model", "partition", "strategy", "sites", "rounds x local epochs", "test accuracy", "test AUC",
-                "central AUC (epochs)", "AUC - central", "DeLong p", "McNemar p", "s / round", "MB sent / round", "MB received / round",
-                "train min (central)"],
+        _table(["model", "partition", "strategy", "sites", "rounds x local epochs", "site batch", "val AUC",
+                "test accuracy", "test AUC", "central AUC (epochs)", "AUC - central", "DeLong p", "McNemar p",
+                "s / round", "MB sent / round", "MB received / round", "train min (central)"],
                [[r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']}",
+                 r["batch_size"], _f(r["val_auc"]),
                  _ci(r["accuracy"], r["accuracy_ci"]), _ci(r["auc"], r["auc_ci"]),
                  f"{_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",
                  f"{r['auc_minus_central']:+.3f}" if r["central"] else "-",
