@@ -10,19 +10,7 @@ import os
 import numpy as np
 
 from xray_keras.evaluation import metrics, statistics
-
-
-def _f(value, digits=3):
-  return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _ci(value, ci, digits=3):
-  return f"{_f(value, digits)} [{_f(ci[0], digits)}, {_f(ci[1], digits)}]"
-
-
-def _table(header, rows):
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+from xray_keras.report.clinical import _ci, _f, _table
 
 
 def settings(run):
