@@ -164,9 +164,8 @@ def run_rounds(grid, context, fed, strategy, rounds):
 
   Each round waits at most `fed.round_timeout` seconds (0: without limit) for the sites' replies.
   """
-  legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=fed.round_timeout or None),
-                         strategy=strategy)
   timeout = fed.round_timeout or None
+  legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=timeout), strategy=strategy)
   if fed.privacy == "secagg":
     fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold,
                              timeout=timeout)

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from xray_keras.evaluation import metrics, statistics
-from xray_keras.report.clinical import _ci, _f, _table
+from xray_keras.evaluation import statistics
+from xray_keras.report.clinical import _accuracy_auc, _ci, _f, _table
 
 
 def settings(run):
@@ -57,15 +57,11 @@ def rows(runs, resamples, seed):
     fed = settings(run)
     if fed is None:
       continue
-    point = metrics.binary_metrics(run.test_labels, run.test_probabilities, 0.5)
-    ci = statistics.bootstrap_ci(run.test_labels, run.test_probabilities, 0.5, resamples, seed)
-    rounds = _rounds(fed)
     row = {"run": run.name, "model": run.metrics["model"].get("display_name", _model(run)), "sites": fed["sites"],
-           "partition": _partition(fed), "strategy": _strategy(fed), "rounds": rounds,
+           "partition": _partition(fed), "strategy": _strategy(fed), "rounds": _rounds(fed),
            "local_epochs": fed["local_epochs"], "batch_size": run.timing.get("batch_size"),
            "total_epochs": total_epochs(run), "val_auc": run.metrics.get("val", {}).get("auc"),
-           "accuracy": point["accuracy"], "accuracy_ci": list(ci["accuracy"]), "auc": point["auc"],
-           "auc_ci": list(ci["auc"]), "sensitivity": point["recall"], "specificity": point["specificity"],
+           **_accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
            "first_round_s": run.timing.get("first_round_s"), "mean_round_s": fed.get("mean_round_s"),
            "mb_sent_per_round": fed["bytes_sent_per_round"] / 1e6,
            "mb_received_per_round": (fed["bytes_received_per_round"] / 1e6
@@ -77,7 +73,7 @@ def rows(runs, resamples, seed):
       mcnemar = statistics.mcnemar_test(run.test_labels, run.test_probabilities >= 0.5,
                                         central.test_probabilities >= 0.5)
       row.update({"central": central.name, "central_epochs": total_epochs(central),
-                  "central_auc": metrics.roc_auc(central.test_labels, central.test_probabilities),
+                  "central_auc": delong["auc_b"],
                   "auc_minus_central": delong["difference"], "delong_p": delong["p_value"],
                   "mcnemar_p": mcnemar["p_value"], "central_train_min": central.train_s / 60})
     out.append(row)
