@@ -22,6 +22,7 @@ from xray_keras.federated import client, partition, server
 from xray_keras.federated import run as federated_run
 from xray_keras.federated import flags as federated_flags
 from xray_keras.report import collect, write
+from xray_keras.training import trainer
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,52 @@ def test_each_round_trains_at_the_schedules_rate_halfway_through_its_epochs():
   assert two(1) == pytest.approx(rates[0] * 2)  # halfway through 2 local epochs: 1 epoch of warm-up
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_site_keeps_its_optimizer_state_across_rounds_only_when_asked(tmp_path, keep):
+  from flwr.common import RecordDict
+
+  data = loader.load(loader.DataConfig(image_size=32, max_images_per_split=16)).splits["train"]
+  path = str(tmp_path / "site_0.npz")
+  client.write_site(path, data.images, data.labels, [str(r.path) for r in data.records])
+  config = RunConfig(experiment="e", output_dir="o", overwrite=False, data=loader.DataConfig(image_size=32),
+                     model=ModelConfig(name="vit_scratch", patch_size=8), train=TrainConfig(batch_size=8, augment=()))
+  state = RecordDict()  # the site's Flower context state, which the runtime keeps between rounds
+  site = client.SiteClient({"site-data": path}, state)
+  weights = trainer.build_model(config, weights="none").get_weights()
+  steps = -(-len(data.labels) // 8)
+  for r in (1, 2):
+    fit = {"run_config": client.encode_config(config), "learning_rate": 1e-3, "local_epochs": 1, "round": r,
+           "keep_optimizer_state": keep}
+    weights, n, metrics = site.fit(weights, fit)
+    assert n == len(data.labels) and metrics["optimizer_steps"] == (r if keep else 1) * steps
+  assert ("optimizer" in state) == keep
+  if keep:
+    moments = state["optimizer"].to_numpy_ndarrays()
+    assert any(m.dtype.kind == "f" and np.abs(m).sum() > 0 for m in moments)
+
+
+def test_a_federated_run_is_measured_against_the_central_run_with_its_epochs_and_seed(tmp_path):
+  from xray_keras.report import federated as report_federated
+
+  def run(name, seed, epochs, rounds=None):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "flags.txt").write_text(f"--model=vit_scratch\n--seed={seed}\n")
+    timing = {"epochs_run": epochs}
+    if rounds:
+      timing["federated"] = {"rounds": [{}] * rounds, "local_epochs": 1}
+    return collect.RunResult(name=name, run_dir=str(tmp_path / name), metrics={"model": {"name": "vit_scratch"}},
+                             timing=timing, history=[], test_labels=np.zeros(2, int), test_probabilities=np.zeros(2),
+                             test_files=[])
+
+  central = [run("central", 42, 20), run("central_seed7", 7, 20), run("central100", 42, 100)]
+  pick = lambda fed: report_federated.baseline(fed, central + [fed]).name
+  assert pick(run("fed_seed7", 7, 0, rounds=20)) == "central_seed7"
+  assert pick(run("fed", 42, 0, rounds=20)) == "central"
+  assert pick(run("fed_seed1", 1, 0, rounds=20)) == "central"  # no central run with its seed: the first
+  assert pick(run("fed100", 7, 0, rounds=100)) == "central100"  # the epochs come first
+  assert pick(run("fed50", 42, 0, rounds=50)) == "central100"  # no run with its epochs: the longest
+
+
 SMALL = ["-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg", "--max_images_per_split=40", "--sites=3"]
 
 
@@ -107,7 +154,7 @@ def _federated(args, timeout=900):
 
 def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_folder(tmp_path):
   out = tmp_path / "fedavg"
-  _federated([f"--output_dir={out}", "--rounds=2"])
+  _federated([f"--output_dir={out}", "--rounds=2", "--keep_optimizer_state"])
   metrics = json.loads((out / "metrics.json").read_text())
   assert {"val", "test"} <= set(metrics) and 0 <= metrics["test"]["auc"] <= 1
   with open(out / "history.csv", newline="") as f:
@@ -126,6 +173,8 @@ def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_fol
   assert sorted(r["file"] for r in sites) == sorted(train) and {r["site"] for r in sites} == {"0", "1", "2"}
   timing = json.loads((out / "timing.json").read_text())
   assert timing["federated"]["sites"] == 3 and len(timing["federated"]["rounds"]) == 2
+  first, second = (r["site_optimizer_steps"] for r in timing["federated"]["rounds"])
+  assert len(first) == 3 and all(second[site] == 2 * first[site] > 0 for site in first)  # kept by Flower's context
   run = collect.read_run(str(out))  # the report reads it like any run
   assert len(run.test_labels) == metrics["test"]["n"] and (out / "report.md").exists()
 

@@ -1,7 +1,9 @@
 """A site's Flower client: local training of the study model on the site's own images only.
 
 The server sends, with the global weights, the run's settings (`run_config`, JSON), the round's
-learning rate, local epochs and FedProx's `proximal_mu`. A simulated site finds its images as
+learning rate, local epochs, FedProx's `proximal_mu` and whether the site keeps its optimizer state
+(AdamW's moments and step count) from one round to the next in its Flower context, or starts every
+round with a fresh optimizer. A simulated site finds its images as
 `<sites_dir>/site_<partition-id>.npz`; a SuperNode is told its file with `--node-config site-data=PATH`.
 """
 
@@ -14,6 +16,7 @@ import keras
 import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import ArrayRecord
 
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
 from xray_keras.data import feeder
@@ -22,6 +25,7 @@ from xray_keras.training import trainer
 
 _MODELS = {}  # per process: the compiled model of a run configuration
 _SITES = {}  # per process: a site's arrays by file
+_OPTIMIZER_STATE = "optimizer"  # key of a site's optimizer variables in its Flower context
 
 
 def encode_config(config):
@@ -87,8 +91,9 @@ def _proximal(model, global_weights, mu, learning_rate):
 class SiteClient(NumPyClient):
   """Trains the global model for a few local epochs on one site's images."""
 
-  def __init__(self, node_config):
+  def __init__(self, node_config, state=None):
     self.node_config = dict(node_config)
+    self.state = state  # the site's Flower context state: kept across rounds of a run
 
   def _site_path(self, config):
     if "site-data" in self.node_config:
@@ -104,8 +109,8 @@ class SiteClient(NumPyClient):
     images, labels = read_site(path)
     model, augmenter, classes = _model(run)
     model.set_weights(parameters)
-    for v in model.optimizer.variables:  # a fresh optimizer every round
-      v.assign(np.zeros(v.shape, v.dtype))
+    keep = bool(config.get("keep_optimizer_state", False)) and self.state is not None
+    self._restore_optimizer(model, keep)
     learning_rate = float(config["learning_rate"])
     model.optimizer.learning_rate = learning_rate
     targets = trainer.targets(labels, classes)
@@ -118,17 +123,33 @@ class SiteClient(NumPyClient):
     history = model.fit(data, epochs=int(config["local_epochs"]), class_weight=weights, callbacks=callbacks,
                         verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
+    if keep:
+      self.state[_OPTIMIZER_STATE] = ArrayRecord(
+          numpy_ndarrays=[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
     loss = float(history.history["loss"][-1])
     metrics = {"site": os.path.basename(path), "train_loss": loss, "train_s": seconds,
-               "train_images_per_s": len(labels) * int(config["local_epochs"]) / seconds}
+               "train_images_per_s": len(labels) * int(config["local_epochs"]) / seconds,
+               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
     return model.get_weights(), int(len(labels)), metrics
+
+  def _restore_optimizer(self, model, keep):
+    """The site's optimizer state of its last round when `keep` and there is one, else a fresh one."""
+    optimizer = model.optimizer
+    if not optimizer.built:  # this process has not trained this model yet
+      optimizer.build(model.trainable_variables)
+    saved = self.state.get(_OPTIMIZER_STATE) if keep else None
+    saved = saved.to_numpy_ndarrays() if saved is not None else None
+    if saved is not None and [s.shape for s in saved] != [tuple(v.shape) for v in optimizer.variables]:
+      raise ValueError("The site's saved optimizer state does not match the model's optimizer.")
+    for i, v in enumerate(optimizer.variables):
+      v.assign(saved[i] if saved is not None else np.zeros(v.shape, v.dtype))
 
   def evaluate(self, parameters, config):
     return 0.0, 0, {}  # evaluation is central (validation and test stay with the server)
 
 
 def client_fn(context):
-  return SiteClient(context.node_config).to_client()
+  return SiteClient(context.node_config, context.state).to_client()
 
 
 def client_app(privacy="none"):

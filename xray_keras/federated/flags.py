@@ -15,6 +15,7 @@ _LOCAL_EPOCHS = flags.DEFINE_integer("local_epochs", 1, "Epochs each site trains
 _FRACTION_FIT = flags.DEFINE_float("fraction_fit", 1.0, "Fraction of sites asked to train each round.", lower_bound=0.0, upper_bound=1.0)
 _MIN_FIT = flags.DEFINE_integer("min_fit_clients", 2, "Flower's min_fit_clients: sites a round samples at least, and the replies it needs to update the global model.", lower_bound=1)
 _ROUND_TIMEOUT = flags.DEFINE_float("round_timeout", 1800.0, "Seconds a round waits for the sites' replies before it goes on with those that answered (the first round also waits for the sites to start); 0: no limit.", lower_bound=0.0)
+_KEEP_OPTIMIZER = flags.DEFINE_bool("keep_optimizer_state", False, "Each site keeps its optimizer's state (AdamW's moments and step count) from round to round in its Flower context, as a hospital training in every round would; without it a site starts every round with a fresh optimizer. A resumed run starts the sites afresh.")
 _STRATEGY = flags.DEFINE_enum("strategy", "fedavg", server.STRATEGIES, "Flower strategy.")
 _MU = flags.DEFINE_float("proximal_mu", 0.01, "FedProx's proximal weight mu.", lower_bound=0.0)
 _SERVER_LR = flags.DEFINE_float("server_learning_rate", 0.01, "FedAdam / FedAdagrad server learning rate (Flower's eta).", lower_bound=0.0)
@@ -35,6 +36,7 @@ class FederatedConfig:
   partition_seed: int = 0
   rounds: int = 10
   local_epochs: int = 1
+  keep_optimizer_state: bool = False
   fraction_fit: float = 1.0
   min_fit_clients: int = 2
   round_timeout: float = 1800.0

@@ -142,7 +142,8 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
 
   def fit_config(r):
     return {"run_config": settings, "sites_dir": sites_dir, "learning_rate": learning_rate(r),
-            "local_epochs": fed.local_epochs, "round": r, "proximal_mu": fed.proximal_mu}
+            "local_epochs": fed.local_epochs, "round": r, "proximal_mu": fed.proximal_mu,
+            "keep_optimizer_state": fed.keep_optimizer_state}
 
   rounds = []
 
@@ -156,7 +157,8 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
            "bytes_received": record["bytes_received"], "replies": record["replies"], "learning_rate": learning_rate(r)}
     _append_history(history_path, row)
     _write_state(run_dir, weights, r)
-    rounds.append({**row, "failed_sites": record["failed_sites"], "site_train_s": record["site_train_s"]})
+    rounds.append({**row, "failed_sites": record["failed_sites"], "site_train_s": record["site_train_s"],
+                   "site_optimizer_steps": record["site_optimizer_steps"]})
     received = f"{record['bytes_received'] / 1e6:.2f} MB" if record["bytes_received"] != "" else "(masked, not counted)"
     logging.info("Round %d/%d: %.1fs, %d site(s) replied, %.2f MB sent, %s received; val AUC %.4f, loss %.4f",
                  r, fed.rounds, record["round_s"], record["replies"], record["bytes_sent"] / 1e6, received,

@@ -81,6 +81,8 @@ class Recorded(strategies.Strategy):
         "site_train_s": {str(res.metrics.get("site")): float(res.metrics.get("train_s", 0.0)) for _, res in results},
         "site_train_loss": {str(res.metrics.get("site")): float(res.metrics.get("train_loss", 0.0))
                             for _, res in results},
+        "site_optimizer_steps": {str(res.metrics.get("site")): int(res.metrics.get("optimizer_steps", 0))
+                                 for _, res in results},
         "round_s": time.perf_counter() - record.get("start", time.perf_counter()),
     })
     return parameters, metrics

@@ -2,7 +2,8 @@
 
 A federated run folder (from `python -m xray_keras.federated`) has a `federated` block in its
 timing.json. Its central baseline is the finished central run of the same model with the same
-total local epochs (rounds x local epochs), else the central run of that model with the most epochs.
+total local epochs (rounds x local epochs), the one with the same `--seed` where there are several,
+else the central run of that model with the most epochs.
 """
 
 import os
@@ -32,10 +33,21 @@ def _model(run):
   return run.metrics["model"]["name"]
 
 
+def seed(run):
+  """The run's `--seed` from its flags.txt, or None."""
+  try:
+    with open(os.path.join(run.run_dir, "flags.txt")) as f:
+      found = [line.strip().split("=", 1)[1] for line in f if line.startswith("--seed=")]
+  except OSError:
+    return None
+  return found[-1] if found else None
+
+
 def baseline(run, runs):
   """The central run `run` is measured against, or None."""
   central = [r for r in runs if settings(r) is None and _model(r) == _model(run)]
   same = [r for r in central if total_epochs(r) == total_epochs(run)]
+  same = [r for r in same if seed(r) == seed(run)] or same
   return (same or sorted(central, key=total_epochs, reverse=True) or [None])[0]
 
 
@@ -47,7 +59,8 @@ def _partition(fed):
 def _strategy(fed):
   mu = f" (mu {fed['proximal_mu']:g})" if fed["strategy"] == "fedprox" else ""
   privacy = f", {fed['privacy']}" if fed.get("privacy", "none") != "none" else ""
-  return f"{fed['strategy']}{mu}{privacy}"
+  kept = ", sites keep optimizer state" if fed.get("keep_optimizer_state") else ""
+  return f"{fed['strategy']}{mu}{privacy}{kept}"
 
 
 def rows(runs, resamples, seed):
@@ -109,13 +122,13 @@ def sections(runs, study_dir, resamples, seed):
         "AUC and exact McNemar for equal accuracy against the central run, on the same test images. Round time is the "
         "mean from the second round on (the first also starts the sites); bytes are the weights sent to and received "
         "from the sites per round.", "",
-        _table(["model", "partition", "strategy", "sites", "rounds x local epochs", "site batch", "val AUC",
-                "test accuracy", "test AUC", "central AUC (epochs)", "AUC - central", "DeLong p", "McNemar p",
+        _table(["run", "model", "partition", "strategy", "sites", "rounds x local epochs", "site batch", "val AUC",
+                "test accuracy", "test AUC", "central run: AUC (epochs)", "AUC - central", "DeLong p", "McNemar p",
                 "s / round", "MB sent / round", "MB received / round", "train min (central)"],
-               [[r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']}",
+               [[r["run"], r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']}",
                  r["batch_size"], _f(r["val_auc"]),
                  _ci(r["accuracy"], r["accuracy_ci"]), _ci(r["auc"], r["auc_ci"]),
-                 f"{_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",
+                 f"{r['central']}: {_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",
                  f"{r['auc_minus_central']:+.3f}" if r["central"] else "-",
                  f"{r['delong_p']:.3g}" if r["central"] else "-", f"{r['mcnemar_p']:.3g}" if r["central"] else "-",
                  _f(r["mean_round_s"], 1), _f(r["mb_sent_per_round"], 2),
