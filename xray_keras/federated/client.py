@@ -91,7 +91,7 @@ def _proximal(model, global_weights, mu, learning_rate):
 class SiteClient(NumPyClient):
   """Trains the global model for a few local epochs on one site's images."""
 
-  def __init__(self, node_config, state=None):
+  def __init__(self, node_config, state):
     self.node_config = dict(node_config)
     self.state = state  # the site's Flower context state: kept across rounds of a run
 
@@ -109,7 +109,7 @@ class SiteClient(NumPyClient):
     images, labels = read_site(path)
     model, augmenter, classes = _model(run)
     model.set_weights(parameters)
-    keep = bool(config.get("keep_optimizer_state", False)) and self.state is not None
+    keep = bool(config.get("keep_optimizer_state", False))
     self._restore_optimizer(model, keep)
     learning_rate = float(config["learning_rate"])
     model.optimizer.learning_rate = learning_rate

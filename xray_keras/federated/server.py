@@ -25,6 +25,11 @@ def _bytes(parameters):
   return sum(len(t) for t in parameters.tensors)
 
 
+def _per_site(results, name, cast):
+  """`{site: metric}` of the sites' replies; 0 where a site did not report it."""
+  return {str(res.metrics.get("site")): cast(res.metrics.get(name, 0)) for _, res in results}
+
+
 class Recorded(strategies.Strategy):
   """Delegates to `inner`; records each round and calls `on_round(round, weights, record)`."""
 
@@ -78,11 +83,9 @@ class Recorded(strategies.Strategy):
         # Under SecAgg+ the sites' masked vectors stay inside Flower's workflow: not counted.
         "bytes_received": "" if self.secure else sum(_bytes(res.parameters) for _, res in results),
         "replies": len(results), "failed_sites": names,
-        "site_train_s": {str(res.metrics.get("site")): float(res.metrics.get("train_s", 0.0)) for _, res in results},
-        "site_train_loss": {str(res.metrics.get("site")): float(res.metrics.get("train_loss", 0.0))
-                            for _, res in results},
-        "site_optimizer_steps": {str(res.metrics.get("site")): int(res.metrics.get("optimizer_steps", 0))
-                                 for _, res in results},
+        "site_train_s": _per_site(results, "train_s", float),
+        "site_train_loss": _per_site(results, "train_loss", float),
+        "site_optimizer_steps": _per_site(results, "optimizer_steps", int),
         "round_s": time.perf_counter() - record.get("start", time.perf_counter()),
     })
     return parameters, metrics

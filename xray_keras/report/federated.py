@@ -12,6 +12,7 @@ import numpy as np
 
 from xray_keras.evaluation import statistics
 from xray_keras.report.clinical import _accuracy_auc, _ci, _f, _table
+from xray_keras.training import run_dir as run_dirs
 
 
 def settings(run):
@@ -33,21 +34,19 @@ def _model(run):
   return run.metrics["model"]["name"]
 
 
-def seed(run):
+def _seed(run):
   """The run's `--seed` from its flags.txt, or None."""
   try:
-    with open(os.path.join(run.run_dir, "flags.txt")) as f:
-      found = [line.strip().split("=", 1)[1] for line in f if line.startswith("--seed=")]
+    return run_dirs.read_flags(os.path.join(run.run_dir, "flags.txt")).get("seed")
   except OSError:
     return None
-  return found[-1] if found else None
 
 
 def baseline(run, runs):
   """The central run `run` is measured against, or None."""
   central = [r for r in runs if settings(r) is None and _model(r) == _model(run)]
   same = [r for r in central if total_epochs(r) == total_epochs(run)]
-  same = [r for r in same if seed(r) == seed(run)] or same
+  same = [r for r in same if _seed(r) == _seed(run)] or same
   return (same or sorted(central, key=total_epochs, reverse=True) or [None])[0]
 
 
