@@ -1,14 +1,15 @@
 """A site's Flower client: local training of the study model on the site's own images only.
 
 The server sends, with the global weights, the run's settings (`run_config`, JSON), the round's
-learning rate, local epochs, FedProx's `proximal_mu` and whether the site keeps its optimizer state
-(AdamW's moments and step count) from one round to the next in its Flower context, or starts every
-round with a fresh optimizer. A simulated site finds its images as
+learning rate, local epochs (whole, or a fraction: see `round_rows`), FedProx's `proximal_mu` and
+whether the site keeps its optimizer state (AdamW's moments and step count) from one round to the
+next in its Flower context, or starts every round with a fresh optimizer. A simulated site finds its images as
 `<sites_dir>/site_<partition-id>.npz`; a SuperNode is told its file with `--node-config site-data=PATH`.
 """
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -56,6 +57,19 @@ def read_site(path):
     with np.load(path, allow_pickle=False) as f:
       _SITES[path] = (f["images"], f["labels"])
   return _SITES[path]
+
+
+def round_rows(count, local_epochs, round_, seed):
+  """Indices of the site images that round `round_` (from 1) trains on, for fractional local epochs.
+
+  The site reads one stream of epochs, each a seeded shuffle of its `count` images; a round takes the
+  next `local_epochs * count` images of it, so 1/`local_epochs` rounds see every image once.
+  """
+  start = math.floor((round_ - 1) * local_epochs * count)
+  end = max(math.floor(round_ * local_epochs * count), start + 1)
+  first, last = start // count, (end - 1) // count
+  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(count) for e in range(first, last + 1)])
+  return stream[start - first * count : end - first * count]
 
 
 def _model(config):
@@ -117,18 +131,22 @@ class SiteClient(NumPyClient):
     weights = feeder.class_weights(labels, classes) if run.train.class_weights else None
     mu = float(config.get("proximal_mu", 0.0))
     callbacks = [_proximal(model, [np.array(p) for p in parameters], mu, learning_rate)] if mu > 0 else []
-    data = feeder.make_feeder(images, targets, run.train.batch_size, True, seed=run.train.seed + int(config["round"]),
+    local_epochs, round_ = float(config["local_epochs"]), int(config["round"])
+    epochs, trained = int(local_epochs), len(labels) * local_epochs
+    if not local_epochs.is_integer():  # one pass over this round's share of the site's stream of epochs
+      rows = round_rows(len(labels), local_epochs, round_, run.train.seed)
+      images, targets, epochs, trained = images[rows], targets[rows], 1, len(rows)
+    data = feeder.make_feeder(images, targets, run.train.batch_size, True, seed=run.train.seed + round_,
                               augmenter=augmenter)
     start = time.perf_counter()
-    history = model.fit(data, epochs=int(config["local_epochs"]), class_weight=weights, callbacks=callbacks,
-                        verbose=0, shuffle=False)
+    history = model.fit(data, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     if keep:
       self.state[_OPTIMIZER_STATE] = ArrayRecord(
           numpy_ndarrays=[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
     loss = float(history.history["loss"][-1])
     metrics = {"site": os.path.basename(path), "train_loss": loss, "train_s": seconds,
-               "train_images_per_s": len(labels) * int(config["local_epochs"]) / seconds,
+               "train_images_per_s": trained / seconds,
                "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
     return model.get_weights(), int(len(labels)), metrics
 

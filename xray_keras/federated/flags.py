@@ -11,7 +11,7 @@ _PARTITION = flags.DEFINE_enum("partition", "iid", partition.SCHEMES, "How patie
 _ALPHA = flags.DEFINE_float("partition_alpha", 0.5, "Dirichlet concentration of label_skew and size_skew; smaller is more skewed.", lower_bound=0.0)
 _PARTITION_SEED = flags.DEFINE_integer("partition_seed", 0, "Seed of the partition.")
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Federated rounds. The learning-rate schedule runs over rounds x --local_epochs epochs.", lower_bound=1)
-_LOCAL_EPOCHS = flags.DEFINE_integer("local_epochs", 1, "Epochs each site trains per round on its own images.", lower_bound=1)
+_LOCAL_EPOCHS = flags.DEFINE_float("local_epochs", 1.0, "Epochs each site trains per round on its own images. A fraction averages more often: with 0.25 a round trains on the next quarter of the site's shuffled epoch, and four rounds see each image once.", lower_bound=0.0)
 _FRACTION_FIT = flags.DEFINE_float("fraction_fit", 1.0, "Fraction of sites asked to train each round.", lower_bound=0.0, upper_bound=1.0)
 _MIN_FIT = flags.DEFINE_integer("min_fit_clients", 2, "Flower's min_fit_clients: sites a round samples at least, and the replies it needs to update the global model.", lower_bound=1)
 _ROUND_TIMEOUT = flags.DEFINE_float("round_timeout", 1800.0, "Seconds a round waits for the sites' replies before it goes on with those that answered (the first round also waits for the sites to start); 0: no limit.", lower_bound=0.0)
@@ -35,7 +35,7 @@ class FederatedConfig:
   partition_alpha: float = 0.5
   partition_seed: int = 0
   rounds: int = 10
-  local_epochs: int = 1
+  local_epochs: float = 1.0
   keep_optimizer_state: bool = False
   fraction_fit: float = 1.0
   min_fit_clients: int = 2

@@ -33,6 +33,8 @@ def check(config, fed):
   """One-line errors for settings that cannot work together."""
   if config.train.head_epochs:
     raise UserError("--head_epochs is not available in federated training; set --head_epochs=0.")
+  if fed.local_epochs <= 0:
+    raise UserError(f"--local_epochs must be above 0 (got {fed.local_epochs:g}).")
   if fed.min_fit_clients > fed.sites:
     raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
   if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:
@@ -166,7 +168,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
 
   if done < fed.rounds:
     strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
-    logging.info("Flower %s runtime: %d sites, %d round(s) of %d local epoch(s), %s%s",
+    logging.info("Flower %s runtime: %d sites, %d round(s) of %g local epoch(s), %s%s",
                  "simulation" if grid is None else "deployment", fed.sites, fed.rounds - done, fed.local_epochs,
                  fed.strategy, "" if fed.privacy == "none" else f", privacy {fed.privacy}")
     if grid is None:

@@ -6,6 +6,7 @@ total local epochs (rounds x local epochs), the one with the same `--seed` where
 else the central run of that model with the most epochs.
 """
 
+import math
 import os
 
 import numpy as np
@@ -45,7 +46,7 @@ def _seed(run):
 def baseline(run, runs):
   """The central run `run` is measured against, or None."""
   central = [r for r in runs if settings(r) is None and _model(r) == _model(run)]
-  same = [r for r in central if total_epochs(r) == total_epochs(run)]
+  same = [r for r in central if math.isclose(total_epochs(r), total_epochs(run))]
   same = [r for r in same if _seed(r) == _seed(run)] or same
   return (same or sorted(central, key=total_epochs, reverse=True) or [None])[0]
 
@@ -124,7 +125,7 @@ def sections(runs, study_dir, resamples, seed):
         _table(["run", "model", "partition", "strategy", "sites", "rounds x local epochs", "site batch", "val AUC",
                 "test accuracy", "test AUC", "central run: AUC (epochs)", "AUC - central", "DeLong p", "McNemar p",
                 "s / round", "MB sent / round", "MB received / round", "train min (central)"],
-               [[r["run"], r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']}",
+               [[r["run"], r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']:g}",
                  r["batch_size"], _f(r["val_auc"]),
                  _ci(r["accuracy"], r["accuracy_ci"]), _ci(r["auc"], r["auc_ci"]),
                  f"{r['central']}: {_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",

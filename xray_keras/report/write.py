@@ -169,8 +169,8 @@ def _run_row(run):
   model, timing = run.metrics.get("model", {}), run.timing
   head = timing.get("head_phase", {}).get("epochs_run", 0)
   shape = "x".join(str(d) for d in model.get("input_shape", [])) or "-"
-  return [run.display_name, shape, _weights(model.get("weights")), f"{head} + {timing.get('epochs_run', 0)}",
-          timing.get("batch_size", "-")]
+  epochs = federated.total_epochs(run)  # a federated run's rounds x local epochs
+  return [run.display_name, shape, _weights(model.get("weights")), f"{head} + {epochs:g}", timing.get("batch_size", "-")]
 
 
 def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemble=False, ensemble_space="probability"):
