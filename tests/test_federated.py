@@ -97,15 +97,22 @@ def test_each_round_trains_at_the_schedules_rate_halfway_through_its_epochs():
   assert two(1) == pytest.approx(rates[0] * 2)  # halfway through 2 local epochs: 1 epoch of warm-up
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_a_site_keeps_its_optimizer_state_across_rounds_only_when_asked(tmp_path, keep):
-  from flwr.common import RecordDict
-
+def _one_site(tmp_path, batch_size):
+  """`(train split, site file, RunConfig)`: one site holding a small real train split, and a ViT_scratch run."""
   data = loader.load(loader.DataConfig(image_size=32, max_images_per_split=16)).splits["train"]
   path = str(tmp_path / "site_0.npz")
   client.write_site(path, data.images, data.labels, [str(r.path) for r in data.records])
   config = RunConfig(experiment="e", output_dir="o", overwrite=False, data=loader.DataConfig(image_size=32),
-                     model=ModelConfig(name="vit_scratch", patch_size=8), train=TrainConfig(batch_size=8, augment=()))
+                     model=ModelConfig(name="vit_scratch", patch_size=8),
+                     train=TrainConfig(batch_size=batch_size, augment=()))
+  return data, path, config
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_site_keeps_its_optimizer_state_across_rounds_only_when_asked(tmp_path, keep):
+  from flwr.common import RecordDict
+
+  data, path, config = _one_site(tmp_path, batch_size=8)
   state = RecordDict()  # the site's Flower context state, which the runtime keeps between rounds
   site = client.SiteClient({"site-data": path}, state)
   weights = trainer.build_model(config, weights="none").get_weights()
@@ -128,11 +135,7 @@ def test_fractional_local_epochs_feed_each_site_image_once_per_epoch(tmp_path):
   assert sorted(first) == sorted(second) == list(range(10)) and list(first) != list(second)  # reshuffled
   assert np.bincount(np.concatenate([client.round_rows(10, 1.5, r, seed=3) for r in (1, 2)])).tolist() == [3] * 10
 
-  data = loader.load(loader.DataConfig(image_size=32, max_images_per_split=16)).splits["train"]
-  path = str(tmp_path / "site_0.npz")
-  client.write_site(path, data.images, data.labels, [str(r.path) for r in data.records])
-  config = RunConfig(experiment="e", output_dir="o", overwrite=False, data=loader.DataConfig(image_size=32),
-                     model=ModelConfig(name="vit_scratch", patch_size=8), train=TrainConfig(batch_size=4, augment=()))
+  data, path, config = _one_site(tmp_path, batch_size=4)
   fit = {"run_config": client.encode_config(config), "learning_rate": 1e-3, "local_epochs": 0.5, "round": 1}
   weights = trainer.build_model(config, weights="none").get_weights()
   _, n, metrics = client.SiteClient({"site-data": path}, {}).fit(weights, fit)

@@ -3,8 +3,9 @@
 The server sends, with the global weights, the run's settings (`run_config`, JSON), the round's
 learning rate, local epochs (whole, or a fraction: see `round_rows`), FedProx's `proximal_mu` and
 whether the site keeps its optimizer state (AdamW's moments and step count) from one round to the
-next in its Flower context, or starts every round with a fresh optimizer. A simulated site finds its images as
-`<sites_dir>/site_<partition-id>.npz`; a SuperNode is told its file with `--node-config site-data=PATH`.
+next in its Flower context, or starts every round with a fresh optimizer. A simulated site finds
+its images as `<sites_dir>/site_<partition-id>.npz`; a SuperNode is told its file with
+`--node-config site-data=PATH`.
 """
 
 import dataclasses
