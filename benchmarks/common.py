@@ -10,7 +10,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # The 224 px real data: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224. Where it is absent,
 # REAL_DATA is "" and the scripts use the package's built-in 64 px copy (enough for --quick).
 SHARED_DATA = os.environ.get("XRAY_SHARED_DATA") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224")
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "chest_xray_224"
+)
 REAL_DATA = SHARED_DATA if os.path.isdir(SHARED_DATA) else ""
 
 
@@ -33,8 +34,12 @@ def write_result(name, payload, path=None):
   """Writes `payload` with the machine and date to `path` (default results/<name>.json)."""
   path = path or os.path.join(RESULTS, f"{name}.json")
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  payload = {"benchmark": name, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "machine": machine(), **payload}
+  payload = {
+    "benchmark": name,
+    "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "machine": machine(),
+    **payload,
+  }
   with open(path, "w") as f:
     json.dump(payload, f, indent=2)
   return path

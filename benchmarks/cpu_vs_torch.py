@@ -29,9 +29,19 @@ NAMES = {"cnn_scratch": "CNN_scratch", "vit_scratch": "ViT_scratch", "resnet50":
 
 def run_worker(framework, backend, model, precision, size, batch, patch, timing_args, extra=()):
   with tempfile.NamedTemporaryFile(suffix=".json") as out:
-    args = [sys.executable, os.path.join(HERE, "step_speed.py"), f"--framework={framework}", f"--model={model}",
-            f"--size={size}", f"--batch={batch}", f"--patch={patch}", f"--precision={precision}",
-            f"--result={out.name}", *timing_args, *extra]
+    args = [
+      sys.executable,
+      os.path.join(HERE, "step_speed.py"),
+      f"--framework={framework}",
+      f"--model={model}",
+      f"--size={size}",
+      f"--batch={batch}",
+      f"--patch={patch}",
+      f"--precision={precision}",
+      f"--result={out.name}",
+      *timing_args,
+      *extra,
+    ]
     env = {**os.environ, **({"KERAS_BACKEND": backend} if backend else {})}
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     if result.returncode:
@@ -46,20 +56,29 @@ def add_ratios(rows, peer_framework):
   for row in rows:
     peer = peers.get((row["model"], row["precision"]))
     if peer and row["framework"] != peer_framework:
-      row["peer"] = {"framework": peer_framework, "train_images_per_s": peer["train_images_per_s"],
-                     "infer_images_per_s": peer["infer_images_per_s"]}
-      row["ratio_vs_peer"] = {"train": row["train_images_per_s"] / peer["train_images_per_s"],
-                              "infer": row["infer_images_per_s"] / peer["infer_images_per_s"]}
+      row["peer"] = {
+        "framework": peer_framework,
+        "train_images_per_s": peer["train_images_per_s"],
+        "infer_images_per_s": peer["infer_images_per_s"],
+      }
+      row["ratio_vs_peer"] = {
+        "train": row["train_images_per_s"] / peer["train_images_per_s"],
+        "infer": row["infer_images_per_s"] / peer["infer_images_per_s"],
+      }
 
 
 def print_table(rows):
-  print(f"{'model':<13}{'framework':<18}{'precision':<10}{'batch':>6}{'train img/s':>13}{'ratio':>7}"
-        f"{'infer img/s':>13}{'ratio':>7}{'peak RSS MB':>13}")
+  print(
+    f"{'model':<13}{'framework':<18}{'precision':<10}{'batch':>6}{'train img/s':>13}{'ratio':>7}"
+    f"{'infer img/s':>13}{'ratio':>7}{'peak RSS MB':>13}"
+  )
   for r in rows:
     ratio = r.get("ratio_vs_peer", {})
-    print(f"{NAMES.get(r['model'], r['model']):<13}{r['framework']:<18}{r['precision']:<10}{r['batch_size']:>6}"
-          f"{r['train_images_per_s']:>13.1f}{ratio.get('train', 1.0):>7.2f}{r['infer_images_per_s']:>13.1f}"
-          f"{ratio.get('infer', 1.0):>7.2f}{r['peak_rss_mb']:>13.0f}")
+    print(
+      f"{NAMES.get(r['model'], r['model']):<13}{r['framework']:<18}{r['precision']:<10}{r['batch_size']:>6}"
+      f"{r['train_images_per_s']:>13.1f}{ratio.get('train', 1.0):>7.2f}{r['infer_images_per_s']:>13.1f}"
+      f"{ratio.get('infer', 1.0):>7.2f}{r['peak_rss_mb']:>13.0f}"
+    )
 
 
 def main():
@@ -72,8 +91,11 @@ def main():
   parser.add_argument("--output", default=None)
   flags = parser.parse_args()
   size = 32 if flags.quick else 224
-  timing = (["--warmup=1", "--min_steps=1", "--min_seconds=0"] if flags.quick
-            else ["--warmup=2", "--min_steps=3", f"--min_seconds={flags.min_seconds}"])
+  timing = (
+    ["--warmup=1", "--min_steps=1", "--min_seconds=0"]
+    if flags.quick
+    else ["--warmup=2", "--min_steps=3", f"--min_seconds={flags.min_seconds}"]
+  )
   backends = flags.backends.split(",")
   rows = []
   for model in flags.models.split(","):
@@ -84,8 +106,11 @@ def main():
         if backend and backend not in backends:
           continue
         row = run_worker(framework, backend, model, precision, size, batch, patch, timing)
-        print(f"  {model} {row['framework']} {precision}: train {row['train_images_per_s']:.1f} img/s, "
-              f"infer {row['infer_images_per_s']:.1f} img/s", flush=True)
+        print(
+          f"  {model} {row['framework']} {precision}: train {row['train_images_per_s']:.1f} img/s, "
+          f"infer {row['infer_images_per_s']:.1f} img/s",
+          flush=True,
+        )
         rows.append(row)
   add_ratios(rows, "torch")
   print_table(rows)

@@ -90,20 +90,32 @@ def main():
         else:
           slow = images
   diff = np.abs(slow.astype(int) - fast.astype(int))
-  rows = {name: {"seconds": min(times[d]), "images_per_s": len(names) / min(times[d])}
-          for name, d in (("full_decode", False), ("draft", True))}
+  rows = {
+    name: {"seconds": min(times[d]), "images_per_s": len(names) / min(times[d])}
+    for name, d in (("full_decode", False), ("draft", True))
+  }
   ratio = rows["draft"]["images_per_s"] / rows["full_decode"]["images_per_s"]
   for name, row in rows.items():
     print(f"{name:<12} {row['images_per_s']:8.1f} img/s ({row['seconds']:.2f} s for {len(names)} images)")
-  print(f"draft / full: {ratio:.2f}x; pixels: mean |diff| {diff.mean():.3f}, 99th percentile "
-        f"{np.percentile(diff, 99):.0f}, max {diff.max()} grey levels")
-  path = common.write_result("decode_draft", {
-      "quick": flags.quick, "images": len(names), "image_size": flags.image_size,
+  print(
+    f"draft / full: {ratio:.2f}x; pixels: mean |diff| {diff.mean():.3f}, 99th percentile "
+    f"{np.percentile(diff, 99):.0f}, max {diff.max()} grey levels"
+  )
+  path = common.write_result(
+    "decode_draft",
+    {
+      "quick": flags.quick,
+      "images": len(names),
+      "image_size": flags.image_size,
       "originals": "given folder" if flags.originals else "stand-ins enlarged to 1,000-2,400 px, JPEG q90",
-      "mean_megapixels": megapixels, "rows": rows, "ratio_vs_full_decode": ratio,
+      "mean_megapixels": megapixels,
+      "rows": rows,
+      "ratio_vs_full_decode": ratio,
       "pixel_diff": {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)), "max": int(diff.max())},
       "peak_rss_mb": common.peak_rss_mb(),
-  }, flags.output)
+    },
+    flags.output,
+  )
   print("wrote", path)
 
 

@@ -84,11 +84,23 @@ def run_experiment(name, data_config, epochs=2, image_size=0):
     real_s += timed_fit(real, 1)
     compute_s += timed_fit(compute, 1)
   real_s, compute_s = min(real_s), min(compute_s)
-  return {"experiment": name, "model": model_name, "image_size": size, "batch_size": batch, "train_images": count,
-          "steps": steps, "augmentation": list(feeder.GEOMETRIC_AND_CONTRAST), "jit_compile": jit,
-          "end_to_end_epoch_s": real_s, "compute_epoch_s": compute_s, "ratio": real_s / compute_s,
-          "end_to_end_images_per_s": count / real_s, "compute_images_per_s": count / compute_s,
-          "peak_rss_mb": common.peak_rss_mb(), "target_ratio": 1.1}
+  return {
+    "experiment": name,
+    "model": model_name,
+    "image_size": size,
+    "batch_size": batch,
+    "train_images": count,
+    "steps": steps,
+    "augmentation": list(feeder.GEOMETRIC_AND_CONTRAST),
+    "jit_compile": jit,
+    "end_to_end_epoch_s": real_s,
+    "compute_epoch_s": compute_s,
+    "ratio": real_s / compute_s,
+    "end_to_end_images_per_s": count / real_s,
+    "compute_images_per_s": count / compute_s,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "target_ratio": 1.1,
+  }
 
 
 def main():
@@ -106,13 +118,19 @@ def main():
     data_config["max_images_per_split"] = 20
   rows = []
   for name in flags.experiments.split(","):
-    row = run_experiment(name, data_config, epochs=1 if flags.quick else flags.epochs, image_size=32 if flags.quick else 0)
+    row = run_experiment(
+      name, data_config, epochs=1 if flags.quick else flags.epochs, image_size=32 if flags.quick else 0
+    )
     rows.append(row)
-    print(f"{name:<12} {row['image_size']:>4}px: end-to-end {row['end_to_end_epoch_s']:.1f} s "
-          f"({row['end_to_end_images_per_s']:.0f} img/s), compute {row['compute_epoch_s']:.1f} s "
-          f"({row['compute_images_per_s']:.0f} img/s), ratio {row['ratio']:.2f}", flush=True)
-  path = common.write_result("end_to_end", {"quick": flags.quick, "backend": keras.backend.backend(), "rows": rows},
-                             flags.output)
+    print(
+      f"{name:<12} {row['image_size']:>4}px: end-to-end {row['end_to_end_epoch_s']:.1f} s "
+      f"({row['end_to_end_images_per_s']:.0f} img/s), compute {row['compute_epoch_s']:.1f} s "
+      f"({row['compute_images_per_s']:.0f} img/s), ratio {row['ratio']:.2f}",
+      flush=True,
+    )
+  path = common.write_result(
+    "end_to_end", {"quick": flags.quick, "backend": keras.backend.backend(), "rows": rows}, flags.output
+  )
   print("wrote", path)
 
 

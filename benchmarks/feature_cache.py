@@ -21,8 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-WEIGHTS = os.path.join(os.path.dirname(common.SHARED_DATA.rstrip("/")), "..", "weights",
-                       "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+WEIGHTS = os.path.join(
+  os.path.dirname(common.SHARED_DATA.rstrip("/")),
+  "..",
+  "weights",
+  "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+)
 
 
 def main():
@@ -44,8 +48,9 @@ def main():
   from xray_keras.training import transfer
 
   size = 32 if args.quick else args.image_size
-  config = loader.DataConfig(data_dir=args.data_dir, image_size=size, channels=1,
-                             max_images_per_split=16 if args.quick else 0)
+  config = loader.DataConfig(
+    data_dir=args.data_dir, image_size=size, channels=1, max_images_per_split=16 if args.quick else 0
+  )
   data = loader.load(config)
   train = data.splits["train"]
   images, labels = train.images, train.labels
@@ -82,24 +87,32 @@ def main():
   for epochs in sorted({1, args.head_epochs, 10}):
     through = epochs * through_epoch_s
     cached = extraction_s + epochs * head_epoch_s
-    rows.append({"head_epochs": epochs, "through_backbone_s": through, "feature_cache_s": cached,
-                 "speedup": through / cached})
+    rows.append(
+      {"head_epochs": epochs, "through_backbone_s": through, "feature_cache_s": cached, "speedup": through / cached}
+    )
   payload = {
-      "model": "ResNet50", "weights": os.path.basename(args.weights), "image_size": size, "train_images": int(len(images)),
-      "batch_size": args.batch_size, "backend": keras.backend.backend(), "quick": args.quick,
-      "through_backbone_epoch_s": through_epoch_s,
-      "through_backbone_images_per_s": len(images) / through_epoch_s,
-      "feature_extraction_s": extraction_s,
-      "feature_extraction_images_per_s": len(images) / extraction_s,
-      "head_epoch_on_features_s": head_epoch_s,
-      "feature_shape": list(np.shape(features)[1:]),
-      "rows": rows,
-      "data": {**dataclasses.asdict(config), "data_dir": os.path.basename(os.path.normpath(args.data_dir))},
+    "model": "ResNet50",
+    "weights": os.path.basename(args.weights),
+    "image_size": size,
+    "train_images": int(len(images)),
+    "batch_size": args.batch_size,
+    "backend": keras.backend.backend(),
+    "quick": args.quick,
+    "through_backbone_epoch_s": through_epoch_s,
+    "through_backbone_images_per_s": len(images) / through_epoch_s,
+    "feature_extraction_s": extraction_s,
+    "feature_extraction_images_per_s": len(images) / extraction_s,
+    "head_epoch_on_features_s": head_epoch_s,
+    "feature_shape": list(np.shape(features)[1:]),
+    "rows": rows,
+    "data": {**dataclasses.asdict(config), "data_dir": os.path.basename(os.path.normpath(args.data_dir))},
   }
   path = common.write_result("feature_cache", payload, args.output)
   for r in rows:
-    print(f"{r['head_epochs']:>2} head epochs: through backbone {r['through_backbone_s']:.1f}s, "
-          f"feature cache {r['feature_cache_s']:.1f}s, speed-up x{r['speedup']:.1f}")
+    print(
+      f"{r['head_epochs']:>2} head epochs: through backbone {r['through_backbone_s']:.1f}s, "
+      f"feature cache {r['feature_cache_s']:.1f}s, speed-up x{r['speedup']:.1f}"
+    )
   print(f"Wrote {path}")
 
 

@@ -41,14 +41,20 @@ MODELS = ("cnn_scratch", "vit_scratch", "resnet50", "vit_base")
 SCRATCH = ("cnn_scratch", "vit_scratch")
 # name -> (models, extra step_speed arguments, batch factor, extra environment)
 LEVERS = {
-    "ours": (("resnet50", "vit_base"), [], 1, {}),
-    "plain_backbone": (("resnet50", "vit_base"), ["--plain"], 1, {}),
-    "batch_x2": (("resnet50", "vit_base"), [], 2, {}),
-    "flash_attention": (("vit_base",), ["--flash_attention"], 1, {}),
-    "xla_autotune_4": (("resnet50", "vit_base"), [], 1, {"XLA_FLAGS": "--xla_gpu_autotune_level=4"}),
+  "ours": (("resnet50", "vit_base"), [], 1, {}),
+  "plain_backbone": (("resnet50", "vit_base"), ["--plain"], 1, {}),
+  "batch_x2": (("resnet50", "vit_base"), [], 2, {}),
+  "flash_attention": (("vit_base",), ["--flash_attention"], 1, {}),
+  "xla_autotune_4": (("resnet50", "vit_base"), [], 1, {"XLA_FLAGS": "--xla_gpu_autotune_level=4"}),
 }
-QUICK_FLAGS = ["--image_size=32", "--max_images_per_split=8", "--epochs=1", "--head_epochs=0", "--batch_size=8",
-               "--bootstrap_resamples=10"]
+QUICK_FLAGS = [
+  "--image_size=32",
+  "--max_images_per_split=8",
+  "--epochs=1",
+  "--head_epochs=0",
+  "--batch_size=8",
+  "--bootstrap_resamples=10",
+]
 
 
 class GpuSampler(threading.Thread):
@@ -62,8 +68,12 @@ class GpuSampler(threading.Thread):
   def run(self):
     while self.available and not self._stop_event.is_set():
       try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5).stdout.split()
+        out = subprocess.run(
+          ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+          capture_output=True,
+          text=True,
+          timeout=5,
+        ).stdout.split()
         self.samples.append((round(time.time(), 2), float(out[0])))
       except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         pass
@@ -82,8 +92,13 @@ class GpuSampler(threading.Thread):
 def compare_with_torch(flags):
   """Part 1: gpu_vs_torch.py's rows (its own process, its own result file)."""
   with tempfile.NamedTemporaryFile(suffix=".json") as out:
-    args = [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), f"--output={out.name}",
-            f"--budget_s={flags.compare_budget_s}", f"--models={flags.compare_models}"]
+    args = [
+      sys.executable,
+      os.path.join(HERE, "gpu_vs_torch.py"),
+      f"--output={out.name}",
+      f"--budget_s={flags.compare_budget_s}",
+      f"--models={flags.compare_models}",
+    ]
     if flags.quick:
       args += ["--quick", "--peer=torch"]
     result = subprocess.run(args, capture_output=True, text=True)
@@ -96,16 +111,30 @@ def compare_with_torch(flags):
 
 def run_study(flags, study_dir, sampler):
   """Part 2: the study command; returns its wall time, exit code and the per-model timing."""
-  args = [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/study.cfg", f"--models={flags.models}",
-          f"--output_dir={study_dir}", "--overwrite", "--weights=none", f"--mixed_precision={flags.precision}"]
+  args = [
+    sys.executable,
+    "-m",
+    "xray_keras.run",
+    "--flagfile=experiments/study.cfg",
+    f"--models={flags.models}",
+    f"--output_dir={study_dir}",
+    "--overwrite",
+    "--weights=none",
+    f"--mixed_precision={flags.precision}",
+  ]
   args += [f"--data_dir={flags.data_dir}"] if flags.data_dir else []
   args += QUICK_FLAGS if flags.quick else []
   args += flags.study_flags.split() if flags.study_flags else []
   start = time.perf_counter()
   result = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
   wall = time.perf_counter() - start
-  out = {"command": " ".join(args[1:]), "exit_code": result.returncode, "wall_s": wall,
-         "report_written": os.path.isfile(os.path.join(study_dir, "report.md")), "models": {}}
+  out = {
+    "command": " ".join(args[1:]),
+    "exit_code": result.returncode,
+    "wall_s": wall,
+    "report_written": os.path.isfile(os.path.join(study_dir, "report.md")),
+    "models": {},
+  }
   if result.returncode:
     out["stderr_tail"] = result.stderr[-2000:]
   training = []
@@ -118,8 +147,18 @@ def run_study(flags, study_dir, sampler):
     fit_s = timing.get("fit_s") or 0.0
     ended = os.path.getmtime(os.path.join(study_dir, model, "history.csv"))  # the last epoch's row
     training.append((ended - fit_s, ended))
-    out["models"][model] = {k: timing.get(k) for k in ("fit_s", "total_run_s", "train_images_per_s", "batch_size",
-                                                       "mean_epoch_s", "epochs_run", "first_step_s")}
+    out["models"][model] = {
+      k: timing.get(k)
+      for k in (
+        "fit_s",
+        "total_run_s",
+        "train_images_per_s",
+        "batch_size",
+        "mean_epoch_s",
+        "epochs_run",
+        "first_step_s",
+      )
+    }
     with open(os.path.join(study_dir, model, "metrics.json")) as f:
       metrics = json.load(f)
     out["models"][model]["input_shape"] = metrics["model"]["input_shape"]
@@ -132,20 +171,31 @@ def run_study(flags, study_dir, sampler):
 def epoch_vs_step(flags, study):
   """Part 3: in-memory step speed of the scratch models at the study's size and batch."""
   rows = []
-  timing = ["--warmup=1", "--min_steps=1", "--min_seconds=0"] if flags.quick else \
-      ["--warmup=5", "--min_steps=50", "--min_seconds=5"]
+  timing = (
+    ["--warmup=1", "--min_steps=1", "--min_seconds=0"]
+    if flags.quick
+    else ["--warmup=5", "--min_steps=50", "--min_seconds=5"]
+  )
   for model in SCRATCH:
     run = study["models"].get(model)
     if not run:
       continue
     size, batch = run["input_shape"][0], run["batch_size"]
     patch = 8 if model == "vit_scratch" else 0
-    step = cpu_vs_torch.run_worker("keras", "jax", model, "bfloat16" if "bfloat16" in flags.precision else "float32",
-                                   size, batch, patch, timing)
+    step = cpu_vs_torch.run_worker(
+      "keras", "jax", model, "bfloat16" if "bfloat16" in flags.precision else "float32", size, batch, patch, timing
+    )
     epoch = run["train_images_per_s"]
-    rows.append({"model": model, "image_size": size, "batch_size": batch,
-                 "epoch_train_images_per_s": epoch, "step_train_images_per_s": step["train_images_per_s"],
-                 "epoch_vs_step": epoch / step["train_images_per_s"] if epoch else None})
+    rows.append(
+      {
+        "model": model,
+        "image_size": size,
+        "batch_size": batch,
+        "epoch_train_images_per_s": epoch,
+        "step_train_images_per_s": step["train_images_per_s"],
+        "epoch_vs_step": epoch / step["train_images_per_s"] if epoch else None,
+      }
+    )
   return rows
 
 
@@ -155,8 +205,11 @@ def levers(flags):
 
   start, rows, skipped = time.perf_counter(), [], []
   size = 32 if flags.quick else 224
-  timing = ["--warmup=1", "--min_steps=1", "--min_seconds=0"] if flags.quick else \
-      ["--warmup=3", "--min_steps=10", "--min_seconds=3"]
+  timing = (
+    ["--warmup=1", "--min_steps=1", "--min_seconds=0"]
+    if flags.quick
+    else ["--warmup=3", "--min_steps=10", "--min_seconds=3"]
+  )
   for name, (models, extra, factor, env) in LEVERS.items():
     for model in models:
       if model not in flags.lever_models.split(","):
@@ -175,8 +228,15 @@ def levers(flags):
       finally:
         for k, v in saved.items():
           os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-      rows.append({"lever": name, "model": model, "batch_size": batch * factor,
-                   "train_images_per_s": row["train_images_per_s"], "infer_images_per_s": row["infer_images_per_s"]})
+      rows.append(
+        {
+          "lever": name,
+          "model": model,
+          "batch_size": batch * factor,
+          "train_images_per_s": row["train_images_per_s"],
+          "infer_images_per_s": row["infer_images_per_s"],
+        }
+      )
   base = {r["model"]: r["train_images_per_s"] for r in rows if r["lever"] == "ours" and "error" not in r}
   for r in rows:
     if "error" not in r and r["model"] in base:
@@ -233,11 +293,19 @@ def main():
   if not flags.study_dir:
     shutil.rmtree(study_dir, ignore_errors=True)
   for row in result["epoch_vs_step"]:
-    print(f"  {row['model']}: epoch {row['epoch_train_images_per_s']:.0f} img/s, step "
-          f"{row['step_train_images_per_s']:.0f} img/s, ratio {row['epoch_vs_step']:.2f}")
+    print(
+      f"  {row['model']}: epoch {row['epoch_train_images_per_s']:.0f} img/s, step "
+      f"{row['step_train_images_per_s']:.0f} img/s, ratio {row['epoch_vs_step']:.2f}"
+    )
   for row in result["levers"]["rows"]:
-    print(f"  lever {row['lever']} {row['model']}: " + (f"{row['train_images_per_s']:.0f} img/s, "
-          f"x{row.get('ratio_vs_ours', float('nan')):.2f}" if "error" not in row else "failed"))
+    print(
+      f"  lever {row['lever']} {row['model']}: "
+      + (
+        f"{row['train_images_per_s']:.0f} img/s, x{row.get('ratio_vs_ours', float('nan')):.2f}"
+        if "error" not in row
+        else "failed"
+      )
+    )
   print("wrote", path)
   return 0 if result["study"]["exit_code"] == 0 else 1
 

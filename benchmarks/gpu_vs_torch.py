@@ -26,8 +26,16 @@ import cpu_vs_torch  # noqa: E402
 # model -> (batch size, patch size) on the GPU.
 PLAN = {"resnet50": (256, 0), "vit_base": (128, 0), "cnn_scratch": (256, 0), "vit_scratch": (256, 16)}
 # Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets, by device-name fragment.
-PEAK_BF16 = {"H200": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 PCIe": 756.0e12,
-             "H100 NVL": 835.0e12, "A100": 312.0e12, "L4": 121.0e12, "T4": 65.0e12}
+PEAK_BF16 = {
+  "H200": 989.4e12,
+  "H100 80GB HBM3": 989.4e12,
+  "H100 SXM": 989.4e12,
+  "H100 PCIe": 756.0e12,
+  "H100 NVL": 835.0e12,
+  "A100": 312.0e12,
+  "L4": 121.0e12,
+  "T4": 65.0e12,
+}
 
 
 def device_and_peak():
@@ -53,8 +61,11 @@ def main():
   os.environ["KERAS_BACKEND"] = "jax"
   device, peak = device_and_peak()
   size = 32 if flags.quick else 224
-  timing = (["--warmup=1", "--min_steps=1", "--min_seconds=0"] if flags.quick
-            else ["--warmup=3", "--min_steps=10", "--min_seconds=4"])
+  timing = (
+    ["--warmup=1", "--min_steps=1", "--min_seconds=0"]
+    if flags.quick
+    else ["--warmup=3", "--min_steps=10", "--min_seconds=4"]
+  )
   torch_device = ["--device=cuda"] if device != "cpu" else []
   start, rows, skipped = time.perf_counter(), [], []
   for model in flags.models.split(","):
@@ -64,21 +75,35 @@ def main():
       if time.perf_counter() - start > flags.budget_s:
         skipped.append(f"{model} {framework}")
         continue
-      row = cpu_vs_torch.run_worker(framework, backend, model, "bfloat16", size, batch, patch, timing,
-                                    torch_device if backend is None else [])
+      row = cpu_vs_torch.run_worker(
+        framework, backend, model, "bfloat16", size, batch, patch, timing, torch_device if backend is None else []
+      )
       rows.append(row)
-      print(f"  {model} {row['framework']}: train {row['train_images_per_s']:.0f} img/s, "
-            f"infer {row['infer_images_per_s']:.0f} img/s", flush=True)
+      print(
+        f"  {model} {row['framework']}: train {row['train_images_per_s']:.0f} img/s, "
+        f"infer {row['infer_images_per_s']:.0f} img/s",
+        flush=True,
+      )
       flops = {r["model"]: r["forward_flops_per_image"] for r in rows if "forward_flops_per_image" in r}
       for r in rows:
         if r["model"] in flops:
           r["forward_flops_per_image"] = flops[r["model"]]
           r["mfu"] = 3 * flops[r["model"]] * r["train_images_per_s"] / peak if peak else None
       cpu_vs_torch.add_ratios(rows, flags.peer)
-      path = common.write_result("gpu_vs_torch", {
-          "quick": flags.quick, "device": device, "peak_bf16_flops": peak, "precision": "mixed_bfloat16",
-          "image_size": size, "rows": rows, "skipped_for_time": skipped,
-          "tensorflow_imported": any(r.get("tensorflow_imported") for r in rows)}, flags.output)
+      path = common.write_result(
+        "gpu_vs_torch",
+        {
+          "quick": flags.quick,
+          "device": device,
+          "peak_bf16_flops": peak,
+          "precision": "mixed_bfloat16",
+          "image_size": size,
+          "rows": rows,
+          "skipped_for_time": skipped,
+          "tensorflow_imported": any(r.get("tensorflow_imported") for r in rows),
+        },
+        flags.output,
+      )
   cpu_vs_torch.print_table(rows)
   for r in rows:
     if r.get("mfu") is not None:

@@ -15,7 +15,6 @@
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def feeder_rate(split, batch, augment, epochs=2):
   augmenter = feeder.augmentation(feeder.GEOMETRIC_AND_CONTRAST if augment else (), seed=0)
   feed = feeder.make_feeder(split.images, split.labels, batch, True, 0, augmenter)
   seconds = []
-  for epoch in range(epochs):  # the first pass includes tracing the augmentation
+  for _ in range(epochs):  # the first pass includes tracing the augmentation
     start = time.perf_counter()
     if keras.backend.backend() == "tensorflow":
       for _ in feed:
@@ -59,17 +58,24 @@ def feeder_rate(split, batch, augment, epochs=2):
         feed[i]
       feed.on_epoch_end()
     seconds.append(time.perf_counter() - start)
-  return {"augment": augment, "batch_size": batch, "epoch_s": seconds,
-          "images_per_s": len(split.labels) / seconds[-1]}
+  return {"augment": augment, "batch_size": batch, "epoch_s": seconds, "images_per_s": len(split.labels) / seconds[-1]}
 
 
 def first_step_s(flagfile, data_args, cache_dir, out):
   """Seconds from launching the CLI to its first-training-step log line (the run is then stopped)."""
-  args = [sys.executable, "-m", "xray_keras.run", f"--flagfile={flagfile}", *data_args, f"--cache_dir={cache_dir}",
-          "--epochs=1", f"--output_dir={out}", "--overwrite"]
+  args = [
+    sys.executable,
+    "-m",
+    "xray_keras.run",
+    f"--flagfile={flagfile}",
+    *data_args,
+    f"--cache_dir={cache_dir}",
+    "--epochs=1",
+    f"--output_dir={out}",
+    "--overwrite",
+  ]
   start = time.perf_counter()
-  proc = subprocess.Popen(args, cwd=os.path.dirname(HERE), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                          text=True)
+  proc = subprocess.Popen(args, cwd=os.path.dirname(HERE), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   seconds, lines = None, []
   for line in proc.stderr:
     lines.append(line)
@@ -89,8 +95,11 @@ def consumers(size):
     return {}
   with open(path) as f:
     result = json.load(f)
-  return {f"{r['model']} ({r['framework']}, {result['image_size']} px)": r["train_images_per_s"]
-          for r in result["rows"] if r["framework"].startswith("keras") and result["image_size"] == size}
+  return {
+    f"{r['model']} ({r['framework']}, {result['image_size']} px)": r["train_images_per_s"]
+    for r in result["rows"]
+    if r["framework"].startswith("keras") and result["image_size"] == size
+  }
 
 
 def main():
@@ -108,7 +117,9 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     data, loads = load_twice(data_config, os.path.join(tmp, "cache"))
     for row in loads:
-      print(f"load, {row['cache']} cache: {row['seconds']:.1f} s, {row['images_per_s']:.0f} img/s ({row['images']} images)")
+      print(
+        f"load, {row['cache']} cache: {row['seconds']:.1f} s, {row['images_per_s']:.0f} img/s ({row['images']} images)"
+      )
     feeds = [feeder_rate(data.splits["train"], flags.batch_size, augment) for augment in (False, True)]
     for row in feeds:
       print(f"feeder {'with' if row['augment'] else 'without'} augmentation: {row['images_per_s']:.0f} img/s")
@@ -117,7 +128,9 @@ def main():
     for name, ratio in headroom.items():
       print(f"  headroom over {name}: {ratio:.1f}x")
     # Start-up with a warm cache, at each experiment's own image size.
-    data_args = [f"--data_dir={flags.data_dir}"] + (["--image_size=32", "--max_images_per_split=20"] if flags.quick else [])
+    data_args = [f"--data_dir={flags.data_dir}"] + (
+      ["--image_size=32", "--max_images_per_split=20"] if flags.quick else []
+    )
     startup = []
     cfgs = ["experiments/vit_scratch.cfg"] + ([] if flags.quick else ["experiments/cnn_scratch.cfg"])
     for cfg in cfgs:
@@ -126,10 +139,20 @@ def main():
       seconds = first_step_s(cfg, data_args, os.path.join(tmp, "cache"), os.path.join(tmp, "run"))
       startup.append({"experiment": cfg, "warm_cache_first_step_s": seconds, "target_s": 10.0})
       print(f"start-up to first training step, warm cache, {cfg}: {seconds:.1f} s")
-  path = common.write_result("input_pipeline", {
-      "quick": flags.quick, "image_size": size, "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
-      "loads": loads, "feeder": feeds, "model_train_images_per_s": eaten, "headroom": headroom,
-      "startup": startup}, flags.output)
+  path = common.write_result(
+    "input_pipeline",
+    {
+      "quick": flags.quick,
+      "image_size": size,
+      "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+      "loads": loads,
+      "feeder": feeds,
+      "model_train_images_per_s": eaten,
+      "headroom": headroom,
+      "startup": startup,
+    },
+    flags.output,
+  )
   print("wrote", path)
 
 

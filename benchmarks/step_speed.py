@@ -66,8 +66,19 @@ def plain_backbone(model_name, size):
   return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x))
 
 
-def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, jit_compile,
-                plain=False, flash_attention=False):
+def keras_speed(
+  model_name,
+  size,
+  batch,
+  precision,
+  patch,
+  warmup,
+  min_steps,
+  min_seconds,
+  jit_compile,
+  plain=False,
+  flash_attention=False,
+):
   import keras
 
   from xray_keras import models
@@ -90,15 +101,20 @@ def keras_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   train_warm, train = _time_steps(lambda: model.train_on_batch(images, labels), warmup, min_steps, min_seconds)
   peak = common.peak_rss_mb()
   infer_warm, infer = _time_steps(lambda: model.predict_on_batch(images), warmup, min_steps, min_seconds / 2)
-  return {"framework": f"keras-{keras.backend.backend()}", "versions": testbed.describe()["versions"],
-          "params": model.count_params(), "jit_compile": model.jit_compile, **_rates(batch, train_warm, train, infer_warm, infer), "peak_rss_mb": peak}
+  return {
+    "framework": f"keras-{keras.backend.backend()}",
+    "versions": testbed.describe()["versions"],
+    "params": model.count_params(),
+    "jit_compile": model.jit_compile,
+    **_rates(batch, train_warm, train, infer_warm, infer),
+    "peak_rss_mb": peak,
+  }
 
 
 def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, compile_model, device):
   import contextlib
 
   import torch
-
   import torch_peers
 
   torch.manual_seed(0)
@@ -110,8 +126,11 @@ def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   runner = torch.compile(model) if compile_model else model
   optimizer = torch.optim.Adam(model.parameters(), 1e-4)
   loss_fn = torch.nn.BCEWithLogitsLoss()
-  autocast = (lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16)) if precision == "bfloat16" \
-      else contextlib.nullcontext
+  autocast = (
+    (lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16))
+    if precision == "bfloat16"
+    else contextlib.nullcontext
+  )
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
@@ -130,18 +149,22 @@ def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
   peak = common.peak_rss_mb()
   model.eval()
   infer_warm, infer = _time_steps(infer_step, warmup, min_steps, min_seconds / 2)
-  return {"framework": "torch.compile" if compile_model else "torch", "versions": {"torch": torch.__version__},
-          "params": params, "threads": torch.get_num_threads(),
-          **_rates(batch, train_warm, train, infer_warm, infer), "peak_rss_mb": peak,
-          "forward_flops_per_image": forward_flops(model_name, size, patch)}
+  return {
+    "framework": "torch.compile" if compile_model else "torch",
+    "versions": {"torch": torch.__version__},
+    "params": params,
+    "threads": torch.get_num_threads(),
+    **_rates(batch, train_warm, train, infer_warm, infer),
+    "peak_rss_mb": peak,
+    "forward_flops_per_image": forward_flops(model_name, size, patch),
+  }
 
 
 def forward_flops(model_name, size, patch=None):
   """Forward-pass FLOPs per image of the architecture, counted by PyTorch on the peer (1 multiply-add = 2)."""
   import torch
-  from torch.utils.flop_counter import FlopCounterMode
-
   import torch_peers
+  from torch.utils.flop_counter import FlopCounterMode
 
   model = torch_peers.build(model_name, size, patch).eval()
   counter = FlopCounterMode(display=False)
@@ -152,8 +175,14 @@ def forward_flops(model_name, size, patch=None):
 
 def _rates(batch, train_warm, train, infer_warm, infer):
   train_s, infer_s = sorted(train)[len(train) // 2], sorted(infer)[len(infer) // 2]
-  return {"warmup_train_s": train_warm, "train_step_s": train, "train_images_per_s": batch / train_s,
-          "warmup_infer_s": infer_warm, "infer_step_s": infer, "infer_images_per_s": batch / infer_s}
+  return {
+    "warmup_train_s": train_warm,
+    "train_step_s": train,
+    "train_images_per_s": batch / train_s,
+    "warmup_infer_s": infer_warm,
+    "infer_step_s": infer,
+    "infer_images_per_s": batch / infer_s,
+  }
 
 
 def main():
@@ -173,12 +202,22 @@ def main():
   parser.add_argument("--plain", action="store_true", help="Keras: the bare backbone on RGB input (no wrapper)")
   parser.add_argument("--flash_attention", action="store_true", help="Keras: keras.config.enable_flash_attention()")
   flags = parser.parse_args()
-  common_args = (flags.model, flags.size, flags.batch, flags.precision, flags.patch or None, flags.warmup,
-                 flags.min_steps, flags.min_seconds)
+  common_args = (
+    flags.model,
+    flags.size,
+    flags.batch,
+    flags.precision,
+    flags.patch or None,
+    flags.warmup,
+    flags.min_steps,
+    flags.min_seconds,
+  )
   if flags.framework == "keras":
     row = keras_speed(*common_args, flags.jit_compile, flags.plain, flags.flash_attention)
     row["tensorflow_imported"] = "tensorflow" in sys.modules
-    row.update({"plain": flags.plain, "flash_attention": flags.flash_attention, "xla_flags": os.environ.get("XLA_FLAGS", "")})
+    row.update(
+      {"plain": flags.plain, "flash_attention": flags.flash_attention, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    )
   else:
     row = torch_speed(*common_args, flags.framework == "torch.compile", flags.device)
   row.update({"model": flags.model, "image_size": flags.size, "batch_size": flags.batch, "precision": flags.precision})

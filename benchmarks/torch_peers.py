@@ -18,13 +18,23 @@ class CNNScratch(nn.Module):
     super().__init__()
     blocks, channels = [], 1
     for n in filters:
-      blocks += [nn.Conv2d(channels, n, 3, padding=1, bias=False), nn.BatchNorm2d(n, momentum=0.1), nn.ReLU(),
-                 nn.MaxPool2d(2)]
+      blocks += [
+        nn.Conv2d(channels, n, 3, padding=1, bias=False),
+        nn.BatchNorm2d(n, momentum=0.1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+      ]
       channels = n
     self.features = nn.Sequential(*blocks)
     side = size // 2 ** len(filters)
-    self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * side * side, dense_units),
-                              nn.ReLU(), nn.Dropout(dropout), nn.Linear(dense_units, 1))
+    self.head = nn.Sequential(
+      nn.Flatten(),
+      nn.Dropout(dropout),
+      nn.Linear(channels * side * side, dense_units),
+      nn.ReLU(),
+      nn.Dropout(dropout),
+      nn.Linear(dense_units, 1),
+    )
 
   def forward(self, images):
     return self.head(self.features(images / 255.0))

@@ -20,10 +20,12 @@ from xray_keras.data import builtin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get(
-    "XRAY_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data", "chest_xray_224")
+  "XRAY_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data", "chest_xray_224")
 )
 # Beside the shared data: ../shared/weights, or XRAY_SHARED_WEIGHTS.
-SHARED_WEIGHTS = os.environ.get("XRAY_SHARED_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(SHARED_DATA)), "weights"))
+SHARED_WEIGHTS = os.environ.get(
+  "XRAY_SHARED_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(SHARED_DATA)), "weights")
+)
 
 
 def shared_data():
@@ -41,7 +43,7 @@ def shared_weights(name):
   return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin():
   """{(split, class): {name.jpeg: 64x64 uint8 image}} from the built-in archive, names sorted."""
   out = {}
@@ -64,7 +66,7 @@ def real_jpeg(split, class_name, name):
   return out.getvalue()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _real_dir():
   path = tempfile.mkdtemp(prefix="xray_real_")
   atexit.register(shutil.rmtree, path, True)
@@ -104,22 +106,59 @@ def plant_junk(root):
   with open(os.path.join(normal, real), "rb") as f:
     jpeg = f.read()
   planted = {
-      "train/NORMAL/._" + real: "AppleDouble",
-      "train/NORMAL/.DS_Store": "hidden",
-      "train/PNEUMONIA/truncated.jpeg": "not a decodable image",
-      "train/PNEUMONIA/empty.jpeg": "empty",
-      "test/NORMAL/notes.jpeg": "not a decodable image",
-      "test/NORMAL/readme.txt": "extension",
+    "train/NORMAL/._" + real: "AppleDouble",
+    "train/NORMAL/.DS_Store": "hidden",
+    "train/PNEUMONIA/truncated.jpeg": "not a decodable image",
+    "train/PNEUMONIA/empty.jpeg": "empty",
+    "test/NORMAL/notes.jpeg": "not a decodable image",
+    "test/NORMAL/readme.txt": "extension",
   }
   contents = {
-      "train/NORMAL/._" + real: b"\x00\x05\x16\x07" + b"\x00" * 60,
-      "train/NORMAL/.DS_Store": b"\x00\x00\x00\x01Bud1",
-      "train/PNEUMONIA/truncated.jpeg": jpeg[:200],
-      "train/PNEUMONIA/empty.jpeg": b"",
-      "test/NORMAL/notes.jpeg": b"this is a text file, not a jpeg\n",
-      "test/NORMAL/readme.txt": b"hello\n",
+    "train/NORMAL/._" + real: b"\x00\x05\x16\x07" + b"\x00" * 60,
+    "train/NORMAL/.DS_Store": b"\x00\x00\x00\x01Bud1",
+    "train/PNEUMONIA/truncated.jpeg": jpeg[:200],
+    "train/PNEUMONIA/empty.jpeg": b"",
+    "test/NORMAL/notes.jpeg": b"this is a text file, not a jpeg\n",
+    "test/NORMAL/readme.txt": b"hello\n",
   }
   for rel, data in contents.items():
     with open(os.path.join(root, rel), "wb") as f:
       f.write(data)
   return planted
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """One finished CLI run shared by the tests that read, export, serve, explain or break a run folder.
+
+  experiments/smoke.cfg on 6 real images per split and class at 48 px (letterboxed), exported with
+  --export. Returns `(base, tree, run_dir, export_dir)`; tests copy what they change.
+  """
+  import subprocess
+  import sys
+
+  base = tmp_path_factory.mktemp("tiny_run")
+  tree = make_tree(str(base / "chest_xray"), per_class=6)
+  run_dir, export_dir = base / "run", base / "saved_models"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      "--flagfile=experiments/smoke.cfg",
+      f"--data_dir={tree}",
+      f"--cache_dir={base / 'cache'}",
+      f"--output_dir={run_dir}",
+      "--export",
+      f"--export_dir={export_dir}",
+      "--image_size=48",
+      "--resize_mode=pad",
+      "--val_fraction=0.3",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return base, tree, run_dir, export_dir

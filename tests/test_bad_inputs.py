@@ -10,7 +10,6 @@ import sys
 import zlib
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.conftest import REPO, make_tree
@@ -26,8 +25,12 @@ def _png_chunk(kind, data):
 def png_bomb(width=100_000, height=100_000):
   """A tiny PNG whose header claims `width` x `height` pixels."""
   header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-          + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", header)
+    + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    + _png_chunk(b"IEND", b"")
+  )
 
 
 def jpeg_bomb(jpeg, side=60_000):
@@ -132,10 +135,22 @@ def test_run_survives_200_bad_files_and_uses_every_real_image_once(tmp_path):
   assert len(bad) >= 200
   out = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={root}",
-       f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}", "--image_size=32", "--val_fraction=0.3",
-       "--max_images_per_split=0"],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      "--flagfile=experiments/smoke.cfg",
+      f"--data_dir={root}",
+      f"--output_dir={out}",
+      f"--cache_dir={tmp_path / 'cache'}",
+      "--image_size=32",
+      "--val_fraction=0.3",
+      "--max_images_per_split=0",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Traceback" not in result.stderr and "Logging error" not in result.stderr

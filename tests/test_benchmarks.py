@@ -23,27 +23,49 @@ def _no_tensorflow_env(tmp_path):
   return {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": path}
 
 
+@pytest.mark.slow
 def test_gpu_script_quick_mode_runs_on_jax_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
   pytest.importorskip("torch")
   out = tmp_path / "gpu.json"
-  result = subprocess.run([sys.executable, "benchmarks/gpu_vs_torch.py", "--quick", "--peer=torch",
-                           "--models=vit_scratch", f"--output={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_no_tensorflow_env(tmp_path))
+  result = subprocess.run(
+    [
+      sys.executable,
+      "benchmarks/gpu_vs_torch.py",
+      "--quick",
+      "--peer=torch",
+      "--models=vit_scratch",
+      f"--output={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=_no_tensorflow_env(tmp_path),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert [(r["model"], r["framework"]) for r in report["rows"]] == [("vit_scratch", "keras-jax"), ("vit_scratch", "torch")]
+  assert [(r["model"], r["framework"]) for r in report["rows"]] == [
+    ("vit_scratch", "keras-jax"),
+    ("vit_scratch", "torch"),
+  ]
   assert report["tensorflow_imported"] is False and report["precision"] == "mixed_bfloat16"
   ours = [r for r in report["rows"] if r["framework"] == "keras-jax"]
   assert all(r["ratio_vs_peer"]["train"] > 0 and r["forward_flops_per_image"] > 0 for r in ours)
 
 
+@pytest.mark.slow
 def test_cpu_vs_torch_quick_mode_compares_both_backends_with_the_peer(tmp_path):
   pytest.importorskip("jax")
   pytest.importorskip("torch")
   out = tmp_path / "cpu.json"
-  result = subprocess.run([sys.executable, "benchmarks/cpu_vs_torch.py", "--quick", "--models=vit_scratch",
-                           f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/cpu_vs_torch.py", "--quick", "--models=vit_scratch", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   assert [r["framework"] for r in rows] == ["keras-tensorflow", "keras-jax", "torch"]
@@ -66,11 +88,17 @@ def test_torch_peers_match_our_parameter_counts():
     assert sum(p.numel() for p in torch_peers.build(name, size, patch).parameters()) == trainable
 
 
+@pytest.mark.slow
 def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
   for script in ("input_pipeline.py", "end_to_end.py"):
     out = tmp_path / f"{script}.json"
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", f"--output={out}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+      [sys.executable, f"benchmarks/{script}", "--quick", f"--output={out}"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     if script == "input_pipeline.py":
@@ -86,21 +114,36 @@ def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
 def test_backend_epoch_time_quick_mode(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "epoch.json"
-  result = subprocess.run([sys.executable, "benchmarks/backend_epoch_time.py", "--quick", f"--output={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/backend_epoch_time.py", "--quick", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   assert [(r["backend"], r["jit_compile"], r["feeder"]) for r in rows] == [
-      ("tensorflow", False, "host"), ("tensorflow", True, "host"), ("jax", False, "host"), ("jax", True, "host"),
-      ("jax", True, "device")]
+    ("tensorflow", False, "host"),
+    ("tensorflow", True, "host"),
+    ("jax", False, "host"),
+    ("jax", True, "host"),
+    ("jax", True, "device"),
+  ]
   assert rows[0]["ratio_vs_first"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_feature_cache_quick_mode(tmp_path):
   out = tmp_path / "cache.json"
   weights = shared_weights("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-  result = subprocess.run([sys.executable, "benchmarks/feature_cache.py", "--quick", f"--weights={weights}", f"--output={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/feature_cache.py", "--quick", f"--weights={weights}", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   assert report["feature_shape"] == [2048] and report["train_images"] > 0
@@ -110,20 +153,41 @@ def test_feature_cache_quick_mode(tmp_path):
 
 def test_decode_draft_quick_mode(tmp_path):
   out = tmp_path / "draft.json"
-  result = subprocess.run([sys.executable, "benchmarks/decode_draft.py", "--quick", f"--output={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/decode_draft.py", "--quick", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   assert report["images"] == 12 and report["rows"]["draft"]["images_per_s"] > 0
   assert report["ratio_vs_full_decode"] > 0 and report["pixel_diff"]["mean"] < 0.5
 
 
+@pytest.mark.slow
 def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_path):
   pytest.importorskip("jax")
   out, study = tmp_path / "gpu_study.json", tmp_path / "study"
-  result = subprocess.run([sys.executable, "benchmarks/gpu_study.py", "--quick", "--skip_compare", "--models=vit_scratch",
-                           "--lever_models=resnet50", "--levers_budget_s=1", f"--study_dir={study}", f"--output={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=_no_tensorflow_env(tmp_path))
+  result = subprocess.run(
+    [
+      sys.executable,
+      "benchmarks/gpu_study.py",
+      "--quick",
+      "--skip_compare",
+      "--models=vit_scratch",
+      "--lever_models=resnet50",
+      "--levers_budget_s=1",
+      f"--study_dir={study}",
+      f"--output={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=_no_tensorflow_env(tmp_path),
+  )
   assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
   report = json.loads(out.read_text())
   run = report["study"]
@@ -138,3 +202,49 @@ def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_pa
   # The report of a study on JAX, Grad-CAM/rollout figure included, and the run used the device feeder.
   assert (study / "report.md").is_file() and (study / "explanations.png").stat().st_size > 5000
   assert "Feeder: the split on the JAX device" in (study / "vit_scratch" / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand(tmp_path):
+  pytest.importorskip("jax")
+  out = tmp_path / "roofline.json"
+  result = subprocess.run(
+    [sys.executable, "benchmarks/cpu_roofline.py", "--quick", "--models=vit_scratch", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert (
+    report["float32_peak_gflops"] > 1 and report["machine"]["cpu"] and isinstance(report["vector_extensions"], list)
+  )
+  (row,) = report["rows"]
+  assert row["image_size"] == 32 and row["all_flops_per_image"] >= row["model_flops_per_image"] > 0
+  assert abs(row["hand_vs_compiled"] - 1) < 0.10  # the hand count of ViT_scratch agrees with XLA's
+  for kind in ("in_memory", "end_to_end"):
+    assert row[f"{kind}_images_per_s"] > 0 and 0 < row[f"{kind}_fraction_of_peak"] < 1
+
+
+@pytest.mark.slow
+def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path):
+  out = tmp_path / "levers.json"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "benchmarks/cpu_levers.py",
+      "--quick",
+      "--levers=affine_augmentation,threads_2_1",
+      f"--output={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["lever"] for r in rows] == ["baseline", "affine_augmentation", "threads_2_1"]
+  assert rows[0]["ratio_vs_baseline"] == 1.0 and all(r["train_images_per_s"] > 0 for r in rows)
+  assert rows[2]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}

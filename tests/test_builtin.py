@@ -12,8 +12,14 @@ import pytest
 from tests.conftest import REPO, shared_data
 from xray_keras.data import builtin, decode, folder, loader
 
-OFFICIAL = {("train", 0): 1341, ("train", 1): 3875, ("official_val", 0): 8, ("official_val", 1): 8,
-            ("test", 0): 234, ("test", 1): 390}
+OFFICIAL = {
+  ("train", 0): 1341,
+  ("train", 1): 3875,
+  ("official_val", 0): 8,
+  ("official_val", 1): 8,
+  ("test", 0): 234,
+  ("test", 1): 390,
+}
 
 
 def test_archive_holds_the_5856_images_in_the_official_split():
@@ -73,9 +79,19 @@ def test_loader_defaults_to_builtin_and_resizes_down(tmp_path):
 
 def test_a_size_beyond_the_builtin_data_stops_in_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/cnn_scratch.cfg", "--epochs=1",
-       f"--output_dir={tmp_path / 'run'}", f"--cache_dir={tmp_path / 'cache'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      "--flagfile=experiments/cnn_scratch.cfg",
+      "--epochs=1",
+      f"--output_dir={tmp_path / 'run'}",
+      f"--cache_dir={tmp_path / 'cache'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]

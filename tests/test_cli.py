@@ -12,16 +12,27 @@ from tests.conftest import REPO, plant_junk
 from xray_keras import models
 
 RUN_FILES = (
-    "flags.txt", "split_manifest.csv", "skipped_files.csv", "history.csv", "timing.json",
-    "metrics.json", "run.log", "model.keras", "predictions.csv",
+  "flags.txt",
+  "split_manifest.csv",
+  "skipped_files.csv",
+  "history.csv",
+  "timing.json",
+  "metrics.json",
+  "run.log",
+  "model.keras",
+  "predictions.csv",
 )
 METRIC_KEYS = {"accuracy", "precision", "recall", "specificity", "f1", "auc", "confusion_matrix", "threshold", "n"}
 
 
 def run_cli(*args, env=None, timeout=300):
   return subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", *args], cwd=REPO, capture_output=True, text=True,
-      timeout=timeout, env={**os.environ, **(env or {})},
+    [sys.executable, "-m", "xray_keras.run", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, **(env or {})},
   )
 
 
@@ -33,9 +44,14 @@ def test_one_epoch_run_on_real_images(real_tree, tmp_path):
   plant_junk(real_tree)
   out = tmp_path / "run"
   result = run_cli(
-      "--flagfile=experiments/vit_scratch.cfg", f"--data_dir={real_tree}", f"--output_dir={out}",
-      f"--cache_dir={tmp_path / 'cache'}", "--epochs=1", "--image_size=32", "--batch_size=8",
-      "--val_fraction=0.3",
+    "--flagfile=experiments/vit_scratch.cfg",
+    f"--data_dir={real_tree}",
+    f"--output_dir={out}",
+    f"--cache_dir={tmp_path / 'cache'}",
+    "--epochs=1",
+    "--image_size=32",
+    "--batch_size=8",
+    "--val_fraction=0.3",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   for name in RUN_FILES:
@@ -88,7 +104,9 @@ def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report
   # The last lines: the run folder, test accuracy and AUC with their CIs, and how to open the report.
   last = [line.split("] ", 1)[-1] for line in result.stderr.strip().splitlines()[-3:]]
   assert last[0] == f"Run folder: {out}"
-  assert last[1].startswith("Test (32 images, threshold 0.5): accuracy ") and "[95% CI " in last[1] and "ROC-AUC" in last[1]
+  assert (
+    last[1].startswith("Test (32 images, threshold 0.5): accuracy ") and "[95% CI " in last[1] and "ROC-AUC" in last[1]
+  )
   assert last[2] == f"Figures and tables: python -m webbrowser -t {out / 'report.html'}"
   report = (out / "report.md").read_text()
   assert report.startswith("# Run report: ViT_scratch") and "builtin:chest_xray_64" in report
@@ -100,8 +118,7 @@ def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report
 
 def test_synthetic_source_is_labelled_synthetic(tmp_path):
   out = tmp_path / "smoke"
-  result = run_cli("--flagfile=experiments/smoke.cfg", "--data_source=synthetic", "--noreport",
-                   f"--output_dir={out}")
+  result = run_cli("--flagfile=experiments/smoke.cfg", "--data_source=synthetic", "--noreport", f"--output_dir={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   m = json.loads((out / "metrics.json").read_text())
   assert m["synthetic"] is True and m["data"]["source"] == "synthetic"
@@ -113,18 +130,18 @@ def test_synthetic_source_is_labelled_synthetic(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
-        (["--device=tpu"], "value should be one of <auto|cpu|gpu>"),
-        (["--epochs=0"], "--epochs=0"),
-        (["--augment=flip"], "--augment takes a comma-separated list"),
-        (["--preprocess=sharpen"], "--preprocess=sharpen: unknown step; expected downsample:N or equalize"),
-        (["--preprocess=downsample:2"], "expected downsample:N with N >= 4 pixels"),
-        (["--seeds=42,x"], "--seeds takes integers"),
-        (["--task=four_class"], "value should be one of <binary|three_class>"),
-        (["--tta=0"], "--tta=0"),
-    ],
+  "args, expected",
+  [
+    (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    (["--device=tpu"], "value should be one of <auto|cpu|gpu>"),
+    (["--epochs=0"], "--epochs=0"),
+    (["--augment=flip"], "--augment takes a comma-separated list"),
+    (["--preprocess=sharpen"], "--preprocess=sharpen: unknown step; expected downsample:N or equalize"),
+    (["--preprocess=downsample:2"], "expected downsample:N with N >= 4 pixels"),
+    (["--seeds=42,x"], "--seeds takes integers"),
+    (["--task=four_class"], "value should be one of <binary|three_class>"),
+    (["--tta=0"], "--tta=0"),
+  ],
 )
 def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):
   result = run_cli(*args)

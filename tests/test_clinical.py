@@ -21,7 +21,10 @@ from xray_keras.report import collect
 def test_ece_and_brier_on_a_worked_example():
   labels, probabilities = [0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]
   # Two bins: [0, 0.5) holds 0.1 and 0.3 (mean 0.2, no PNEUMONIA), [0.5, 1] holds 0.6 and 0.9 (mean 0.75, all).
-  assert calibration.reliability(labels, probabilities, 2) == [(pytest.approx(0.2), 0.0, 2), (pytest.approx(0.75), 1.0, 2)]
+  assert calibration.reliability(labels, probabilities, 2) == [
+    (pytest.approx(0.2), 0.0, 2),
+    (pytest.approx(0.75), 1.0, 2),
+  ]
   assert calibration.expected_calibration_error(labels, probabilities, 2) == pytest.approx(0.5 * 0.2 + 0.5 * 0.25)
   assert calibration.brier_score(labels, probabilities) == pytest.approx((0.01 + 0.09 + 0.16 + 0.01) / 4)
   assert calibration.expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0  # 1.0 falls in the last bin
@@ -40,10 +43,12 @@ def test_temperature_scaling_lowers_validation_log_loss_of_an_over_confident_mod
     scaled = calibration.apply_temperature(planted[rows], temperature)
     assert calibration.log_loss(labels[rows], scaled) < calibration.log_loss(labels[rows], planted[rows]) - 0.1
     assert calibration.expected_calibration_error(labels[rows], scaled) < calibration.expected_calibration_error(
-        labels[rows], planted[rows])
+      labels[rows], planted[rows]
+    )
   # Scaling is monotone: AUC unchanged.
   assert metrics.roc_auc(labels, calibration.apply_temperature(planted, temperature)) == pytest.approx(
-      metrics.roc_auc(labels, planted))
+    metrics.roc_auc(labels, planted)
+  )
 
 
 def test_operating_points_meet_their_aim_on_validation():
@@ -87,7 +92,9 @@ def test_subtypes_and_three_class_labels_come_from_the_real_file_names():
 
 def test_three_class_metrics():
   labels = np.array([0, 0, 1, 1, 2, 2])
-  probabilities = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.1, .2, .7], [.3, .3, .4]])
+  probabilities = np.array(
+    [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]
+  )
   m = multiclass.three_class_metrics(labels, probabilities, ("NORMAL", "BACTERIA", "VIRUS"))
   assert m["accuracy"] == pytest.approx(5 / 6)
   assert (m["recall_NORMAL"], m["recall_BACTERIA"], m["recall_VIRUS"]) == (0.5, 1.0, 1.0)
@@ -98,18 +105,34 @@ def test_three_class_metrics():
 def _fake_run(name, val_labels, val_p, test_labels, test_p):
   files = [f"f{i}" for i in range(len(test_labels))]
   return collect.RunResult(
-      name=name, run_dir="/nonexistent", metrics={"model": {"display_name": name}, "test": {}}, timing={}, history=[],
-      test_labels=np.asarray(test_labels), test_probabilities=np.asarray(test_p), test_files=files,
-      val_labels=np.asarray(val_labels), val_probabilities=np.asarray(val_p), val_files=[f"v{i}" for i in range(len(val_labels))])
+    name=name,
+    run_dir="/nonexistent",
+    metrics={"model": {"display_name": name}, "test": {}},
+    timing={},
+    history=[],
+    test_labels=np.asarray(test_labels),
+    test_probabilities=np.asarray(test_p),
+    test_files=files,
+    val_labels=np.asarray(val_labels),
+    val_probabilities=np.asarray(val_p),
+    val_files=[f"v{i}" for i in range(len(val_labels))],
+  )
 
 
 def test_ensemble_weights_are_chosen_on_validation_only():
   rng = np.random.default_rng(2)
   val_labels, test_labels = rng.integers(0, 2, 300), rng.integers(0, 2, 200)
   noise = {"good": 0.8, "fair": 1.5, "poor": 3.0}
-  runs = [_fake_run(n, val_labels, 1 / (1 + np.exp(-(2 * val_labels - 1 + rng.normal(0, s, 300)))),
-                    test_labels, 1 / (1 + np.exp(-(2 * test_labels - 1 + rng.normal(0, s, 200)))))
-          for n, s in noise.items()]
+  runs = [
+    _fake_run(
+      n,
+      val_labels,
+      1 / (1 + np.exp(-(2 * val_labels - 1 + rng.normal(0, s, 300)))),
+      test_labels,
+      1 / (1 + np.exp(-(2 * test_labels - 1 + rng.normal(0, s, 200)))),
+    )
+    for n, s in noise.items()
+  ]
   rows = report_clinical.ensemble_rows(runs, resamples=100, seed=0)
   chosen = rows[0]["weights"]
   assert rows[0]["ensemble"] == "all models, validation-chosen weights" and sum(chosen) == pytest.approx(1)
@@ -153,10 +176,27 @@ def _run(args, timeout=600):
 
 def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts_the_same(tmp_path):
   run_dir, export_dir = tmp_path / "run", tmp_path / "saved_models"
-  _run(["-m", "xray_keras.run", "--model=cnn_scratch", "--epochs=1", "--image_size=32", "--max_images_per_split=24",
-        "--batch_size=16", "--augment=rotation,zoom", "--task=three_class", "--calibrate", "--tta=3",
-        "--preprocess=downsample:16", f"--output_dir={run_dir}", f"--cache_dir={tmp_path / 'cache'}",
-        "--bootstrap_resamples=50", "--export", f"--export_dir={export_dir}"])
+  _run(
+    [
+      "-m",
+      "xray_keras.run",
+      "--model=cnn_scratch",
+      "--epochs=1",
+      "--image_size=32",
+      "--max_images_per_split=24",
+      "--batch_size=16",
+      "--augment=rotation,zoom",
+      "--task=three_class",
+      "--calibrate",
+      "--tta=3",
+      "--preprocess=downsample:16",
+      f"--output_dir={run_dir}",
+      f"--cache_dir={tmp_path / 'cache'}",
+      "--bootstrap_resamples=50",
+      "--export",
+      f"--export_dir={export_dir}",
+    ]
+  )
   metrics_json = json.loads((run_dir / "metrics.json").read_text())
   three = metrics_json["test"]["three_class"]
   assert three["class_names"] == ["NORMAL", "BACTERIA", "VIRUS"] and 0 <= three["macro_auc"] <= 1
@@ -190,36 +230,74 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
     Image.fromarray(np.squeeze(image)).save(images / f"x{i}.png")
   outputs = {}
   for name, model in (("export", export_dir / "cnn_scratch"), ("keras", run_dir / "model.keras")):
-    lines = _run(["-m", "xray_keras.predict", f"--model={model}", "--format=json", "--operating_point=specificity_90",
-                  str(images)]).stdout.strip().splitlines()
+    lines = (
+      _run(
+        [
+          "-m",
+          "xray_keras.predict",
+          f"--model={model}",
+          "--format=json",
+          "--operating_point=specificity_90",
+          str(images),
+        ]
+      )
+      .stdout.strip()
+      .splitlines()
+    )
     outputs[name] = [json.loads(line) for line in lines]
   for a, b in zip(outputs["export"], outputs["keras"]):  # calibrated and preprocessed alike, one threshold
     assert a["pneumonia_probability"] == pytest.approx(b["pneumonia_probability"], abs=1e-5)
     assert a["threshold"] == pytest.approx(card["operating_points"]["specificity_90"]["threshold"])
     assert b["threshold"] == pytest.approx(a["threshold"])
     assert a["label"] == ("PNEUMONIA" if a["pneumonia_probability"] >= a["threshold"] else "NORMAL") == b["label"]
-  refused = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'cnn_scratch'}",
-                            "--tta=2", str(images)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  refused = subprocess.run(
+    [sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'cnn_scratch'}", "--tta=2", str(images)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert refused.returncode == 1 and "needs a run's model.keras" in refused.stderr and "Traceback" not in refused.stderr
 
   report = (run_dir / "report.md").read_text()
-  for section in ("## Calibration", "## Operating points", "## Pneumonia subtypes", "## Three classes",
-                  "## Test-time augmentation", "reliability.png"):
+  for section in (
+    "## Calibration",
+    "## Operating points",
+    "## Pneumonia subtypes",
+    "## Three classes",
+    "## Test-time augmentation",
+    "reliability.png",
+  ):
     assert section in report, section
 
 
+@pytest.mark.slow
 def test_study_seeds_reuse_finished_runs_and_add_ensembles(tmp_path):
   out = tmp_path / "study"
-  args = ["-m", "xray_keras.run", "--flagfile=experiments/study.cfg", "--models=cnn_scratch", "--seeds=42,7",
-          "--epochs=1", "--image_size=32", "--max_images_per_split=20", "--batch_size=16", "--bootstrap_resamples=50",
-          f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"]
+  args = [
+    "-m",
+    "xray_keras.run",
+    "--flagfile=experiments/study.cfg",
+    "--models=cnn_scratch",
+    "--seeds=42,7",
+    "--epochs=1",
+    "--image_size=32",
+    "--max_images_per_split=20",
+    "--batch_size=16",
+    "--bootstrap_resamples=50",
+    f"--output_dir={out}",
+    f"--cache_dir={tmp_path / 'cache'}",
+  ]
   _run(args, timeout=900)
   study = json.loads((out / "study.json").read_text())
   assert study["models"] == ["cnn_scratch", "cnn_scratch_seed7"]
   assert "--seed=7" in (out / "cnn_scratch_seed7" / "flags.txt").read_text()
   assert "--seed=42" in (out / "cnn_scratch" / "flags.txt").read_text()
   results = json.loads((out / "results.json").read_text())["clinical"]
-  assert [e["ensemble"] for e in results["ensembles"]] == ["all models, validation-chosen weights", "all models, equal weights"]
+  assert [e["ensemble"] for e in results["ensembles"]] == [
+    "all models, validation-chosen weights",
+    "all models, equal weights",
+  ]
   assert "## Ensembles" in (out / "report.md").read_text()
   stamps = [os.path.getmtime(out / r / "metrics.json") for r in study["models"]]
   _run(args + ["--seeds=42,7"])
@@ -227,8 +305,22 @@ def test_study_seeds_reuse_finished_runs_and_add_ensembles(tmp_path):
   assert set(s["outcome"] for s in json.loads((out / "study.json").read_text())["runs"].values()) == {"reused"}
   wrong = subprocess.run([sys.executable, *args, "--seeds=7,42"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert wrong.returncode == 1 and "holds a finished run with --seed=42, not 7" in wrong.stderr
-  report = subprocess.run([sys.executable, "-m", "xray_keras.report", f"--study_dir={out}", "--ensemble",
-                           "--resamples=20", "--noparameter_table", "--ensemble_space=logit"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  report = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.report",
+      f"--study_dir={out}",
+      "--ensemble",
+      "--resamples=20",
+      "--noparameter_table",
+      "--ensemble_space=logit",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert report.returncode == 0, report.stderr[-2000:]
   assert "Weighted means of the models' PNEUMONIA logits" in (out / "report.md").read_text()
 

@@ -1,5 +1,4 @@
 import io
-import os
 
 import numpy as np
 import pytest
@@ -31,15 +30,15 @@ def test_real_jpeg_decodes_to_requested_shape(channels, mode):
 
 
 @pytest.mark.parametrize(
-    "image",
-    [
-        Image.new("L", (300, 200), 128),
-        Image.new("RGB", (90, 120), (10, 200, 30)),
-        Image.new("RGBA", (64, 64), (255, 255, 255, 255)),
-        Image.new("P", (50, 70), 3),
-        Image.new("CMYK", (40, 40), (0, 0, 0, 0)),
-    ],
-    ids=["gray", "rgb", "rgba", "palette", "cmyk"],
+  "image",
+  [
+    Image.new("L", (300, 200), 128),
+    Image.new("RGB", (90, 120), (10, 200, 30)),
+    Image.new("RGBA", (64, 64), (255, 255, 255, 255)),
+    Image.new("P", (50, 70), 3),
+    Image.new("CMYK", (40, 40), (0, 0, 0, 0)),
+  ],
+  ids=["gray", "rgb", "rgba", "palette", "cmyk"],
 )
 def test_modes_and_sizes(image):
   array = decode.decode_image(_encode(image, "JPEG" if image.mode == "CMYK" else "PNG"), 32, 1)
@@ -70,8 +69,8 @@ def test_exif_rotation_is_applied():
 
 
 @pytest.mark.parametrize(
-    "data, reason",
-    [(b"", "empty"), (b"not an image at all", "not a decodable image"), (None, "not a decodable image")],
+  "data, reason",
+  [(b"", "empty"), (b"not an image at all", "not a decodable image"), (None, "not a decodable image")],
 )
 def test_bad_bytes_raise_decode_error(data, reason):
   if data is None:

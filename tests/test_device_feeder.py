@@ -47,8 +47,14 @@ json.dump(out, sys.stdout)
 def jax_epochs():
   pytest.importorskip("jax")
   code = _JAX_EPOCHS.format(count=COUNT, batch=BATCH, seed=SEED, augment=AUGMENT)
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "jax"})
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "KERAS_BACKEND": "jax"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout)
 

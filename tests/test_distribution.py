@@ -23,8 +23,13 @@ SMOKE = ["--flagfile=experiments/smoke.cfg"]
 
 def _cli(args, env=None, **kwargs):
   return subprocess.Popen(
-      [sys.executable, "-m", "xray_keras.run", *args], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kwargs,
+    [sys.executable, "-m", "xray_keras.run", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, **(env or {})},
+    **kwargs,
   )
 
 
@@ -40,8 +45,9 @@ def _history_epochs(run_dir):
 
 
 # auto and cpu (one device) are what every other CLI test runs: slow-marked here.
-@pytest.mark.parametrize("strategy", [pytest.param("auto", marks=pytest.mark.slow),
-                                      pytest.param("cpu", marks=pytest.mark.slow), "mirrored"])
+@pytest.mark.parametrize(
+  "strategy", [pytest.param("auto", marks=pytest.mark.slow), pytest.param("cpu", marks=pytest.mark.slow), "mirrored"]
+)
 def test_strategies_that_run_here(tmp_path, strategy):
   out = tmp_path / strategy
   code, _, err = _run(SMOKE + [f"--distribution={strategy}", f"--output_dir={out}", "--batch_size=8"])
@@ -70,8 +76,16 @@ def _free_ports(n):
 
 
 # SGD: Adam would hide a wrongly scaled gradient.
-EXACT = SMOKE + ["--val_fraction=0", "--dropout=0", "--epochs=2", "--batch_size=16", "--deterministic",
-                 "--noclass_weights", "--optimizer=sgd", "--learning_rate=0.01"]
+EXACT = SMOKE + [
+  "--val_fraction=0",
+  "--dropout=0",
+  "--epochs=2",
+  "--batch_size=16",
+  "--deterministic",
+  "--noclass_weights",
+  "--optimizer=sgd",
+  "--learning_rate=0.01",
+]
 
 
 def _check_two_workers_equal_single(tmp_path, processes):
@@ -90,6 +104,7 @@ def _check_two_workers_equal_single(tmp_path, processes):
   return log
 
 
+@pytest.mark.slow
 def test_multiworker_on_loopback_equals_single_process(tmp_path):
   # The reference has no strategy: with one, Keras re-creates the iterator after its build step,
   # which draws another shuffle order (valid training, not the same batches).
@@ -99,11 +114,16 @@ def test_multiworker_on_loopback_equals_single_process(tmp_path):
   processes = []
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    processes.append(_cli(EXACT + ["--distribution=multiworker", f"--output_dir={tmp_path / 'multi'}"],
-                          env={"TF_CONFIG": json.dumps(tf_config)}))
+    processes.append(
+      _cli(
+        EXACT + ["--distribution=multiworker", f"--output_dir={tmp_path / 'multi'}"],
+        env={"TF_CONFIG": json.dumps(tf_config)},
+      )
+    )
   _check_two_workers_equal_single(tmp_path, processes)
 
 
+@pytest.mark.slow
 def test_jax_multiworker_on_loopback_equals_single_process(tmp_path):
   pytest.importorskip("jax")
   jax_env = {"KERAS_BACKEND": "jax"}
@@ -111,23 +131,39 @@ def test_jax_multiworker_on_loopback_equals_single_process(tmp_path):
   code, _, err = _run(exact + [f"--output_dir={tmp_path / 'single'}"], env=jax_env)
   assert code == 0, err[-3000:]
   address = f"127.0.0.1:{_free_ports(1)[0]}"
-  processes = [_cli(exact + ["--distribution=multiworker", f"--output_dir={tmp_path / 'multi'}"],
-                    env={**jax_env, "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
-                         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(index)})
-               for index in range(2)]
+  processes = [
+    _cli(
+      exact + ["--distribution=multiworker", f"--output_dir={tmp_path / 'multi'}"],
+      env={
+        **jax_env,
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+        "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+      },
+    )
+    for index in range(2)
+  ]
   log = _check_two_workers_equal_single(tmp_path, processes)
   assert "Feeder: the split on the JAX device" in log
   assert (tmp_path / "multi" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_kill_9_mid_epoch_then_resume(tmp_path, backend):
   if backend == "jax":
     pytest.importorskip("jax")
   env = {"KERAS_BACKEND": backend}  # JAX: the device feeder's training wrapper is what the backup holds
   out = tmp_path / "run"
-  args = SMOKE + ["--epochs=6", "--data_source=synthetic", "--synthetic_train_size=800", "--max_images_per_split=0", "--image_size=32",
-                  "--augment=rotation,contrast", f"--output_dir={out}"]
+  args = SMOKE + [
+    "--epochs=6",
+    "--data_source=synthetic",
+    "--synthetic_train_size=800",
+    "--max_images_per_split=0",
+    "--image_size=32",
+    "--augment=rotation,contrast",
+    f"--output_dir={out}",
+  ]
   process = _cli(args, env)
   history = out / "history.csv"
   deadline = time.time() + 240
@@ -158,10 +194,13 @@ def test_interrupted_run_with_other_flags_is_refused(tmp_path):
   assert "holds an interrupted run with other flags" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_deterministic_runs_give_identical_metrics(tmp_path):
   results = []
   for name in ("a", "b"):
-    code, _, err = _run(SMOKE + ["--deterministic", "--epochs=2", "--augment=rotation,contrast", f"--output_dir={tmp_path / name}"])
+    code, _, err = _run(
+      SMOKE + ["--deterministic", "--epochs=2", "--augment=rotation,contrast", f"--output_dir={tmp_path / name}"]
+    )
     assert code == 0, err[-3000:]
     metrics = json.loads((tmp_path / name / "metrics.json").read_text())
     results.append({k: metrics[k] for k in ("val", "test")})
@@ -240,6 +279,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_jax_backend_runs_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "jax"
@@ -247,9 +287,20 @@ def test_jax_backend_runs_without_tensorflow(tmp_path):
 
   def run(out):
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TF, *SMOKE, "--augment=rotation,zoom", f"--output_dir={out}",
-         f"--cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
+      [
+        sys.executable,
+        "-c",
+        WITHOUT_TF,
+        *SMOKE,
+        "--augment=rotation,zoom",
+        f"--output_dir={out}",
+        f"--cache_dir={tmp_path / 'cache'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "KERAS_BACKEND": "jax"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return sorted(p.name for p in compiled.iterdir())

@@ -17,8 +17,12 @@ from xray_keras.data import download, loader
 from xray_keras.data.folder import DataError
 
 # A closed local port as the proxy: every download fails at once, with or without a network.
-OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+OFFLINE = {
+  "https_proxy": "http://127.0.0.1:9",
+  "HTTPS_PROXY": "http://127.0.0.1:9",
+  "http_proxy": "http://127.0.0.1:9",
+  "HTTP_PROXY": "http://127.0.0.1:9",
+}
 
 
 def _mendeley_zip(tmp_path, members=None):
@@ -56,8 +60,9 @@ def server(tmp_path):
 
 
 def _config(tmp_path, data_dir, url):
-  return loader.DataConfig(data_dir=data_dir, image_size=32, cache_dir=str(tmp_path / "cache"), mendeley_url=url,
-                           val_fraction=0.3)
+  return loader.DataConfig(
+    data_dir=data_dir, image_size=32, cache_dir=str(tmp_path / "cache"), mendeley_url=url, val_fraction=0.3
+  )
 
 
 def test_mendeley_download_from_a_local_server_is_checksummed_and_reused(tmp_path, server):
@@ -106,11 +111,21 @@ def test_kaggle_reads_a_filled_kagglehub_cache_offline(tmp_path, monkeypatch):
 
 def test_offline_download_stops_in_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", "--data_dir=kaggle",
-       "--mendeley_url=http://127.0.0.1:9/ChestXRay2017.zip", f"--output_dir={tmp_path / 'run'}",
-       f"--cache_dir={tmp_path / 'cache'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env={**os.environ, **OFFLINE, "KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")},
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      "--flagfile=experiments/smoke.cfg",
+      "--data_dir=kaggle",
+      "--mendeley_url=http://127.0.0.1:9/ChestXRay2017.zip",
+      f"--output_dir={tmp_path / 'run'}",
+      f"--cache_dir={tmp_path / 'cache'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, **OFFLINE, "KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")},
   )
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]

@@ -58,7 +58,8 @@ def test_attention_rollout_reads_every_block_of_a_keras_hub_vit():
   from xray_keras.models import adapters, pretrained
 
   backbone = keras_hub.models.ViTBackbone(
-      image_shape=(32, 32, 3), patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32)
+    image_shape=(32, 32, 3), patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32
+  )
   model = pretrained.classifier((32, 32, 1), adapters.ApplicationPreprocessing("resnet50"), backbone, 0.0, "tiny_vit")
   images, _ = _toy(4)
   attention = explain._hub_vit_attention(model, images)
@@ -79,12 +80,19 @@ def test_grad_cam_on_jax_equals_tensorflow_on_the_same_weights(tmp_path):
   model.save_weights(str(tmp_path / "cnn.weights.h5"))
   images = builtin.load()[0][:4].astype(np.float32)
   np.save(tmp_path / "images.npy", images)
-  code = ("import numpy as np; from xray_keras import models; from xray_keras.report import explain; "
-          "m = models.build_model('cnn_scratch', (64, 64, 1)); m.load_weights(r'{w}'); "
-          "np.save(r'{out}', explain.grad_cam(m, np.load(r'{x}')))").format(
-              w=tmp_path / "cnn.weights.h5", out=tmp_path / "jax.npy", x=tmp_path / "images.npy")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "jax"})
+  code = (
+    "import numpy as np; from xray_keras import models; from xray_keras.report import explain; "
+    "m = models.build_model('cnn_scratch', (64, 64, 1)); m.load_weights(r'{w}'); "
+    "np.save(r'{out}', explain.grad_cam(m, np.load(r'{x}')))"
+  ).format(w=tmp_path / "cnn.weights.h5", out=tmp_path / "jax.npy", x=tmp_path / "images.npy")
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "KERAS_BACKEND": "jax"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   ours = explain.grad_cam(model, images)
   theirs = np.load(tmp_path / "jax.npy")

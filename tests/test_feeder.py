@@ -48,3 +48,39 @@ def test_class_weights_balance_the_loss():
   w = feeder.class_weights([0, 1, 1, 1])
   assert w[0] * 1 == pytest.approx(w[1] * 3)
   assert (w[0] * 1 + w[1] * 3) / 4 == pytest.approx(1.0)
+
+
+def _real_batch(count=16):
+  from xray_keras.data import builtin
+
+  return builtin.load()[0][:count].astype(np.float32)
+
+
+def test_affine_with_zero_ranges_is_the_identity_and_inference_passes_images_through():
+  from xray_keras.data.affine import RandomAffine
+
+  images = _real_batch()
+  np.testing.assert_allclose(np.asarray(RandomAffine(0.0, 0.0, 0.0, seed=1)(images, training=True)), images, atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(RandomAffine(seed=1)(images, training=False)), images)
+
+
+def test_affine_moves_each_image_by_its_own_amounts_as_far_as_the_three_layers_together():
+  """One resampling with the ranges of rotation, zoom and translation: each image gets its own
+  transform, and the pixels move about as much as through the three Keras layers in turn."""
+  images = np.repeat(_real_batch(1), 64, axis=0)
+  fused = next(iter(feeder.tf_dataset(images, np.zeros(64), 64, True, 0, feeder.augmentation(["affine"], seed=2))))[
+    0
+  ].numpy()
+  chained = next(
+    iter(
+      feeder.tf_dataset(
+        images, np.zeros(64), 64, True, 0, feeder.augmentation(["rotation", "zoom", "translation"], seed=2)
+      )
+    )
+  )[0].numpy()
+  assert fused.shape == images.shape and fused.min() >= 0 and fused.max() <= 255
+  assert len({round(float(x), 3) for x in fused.mean(axis=(1, 2, 3))}) == 64  # a different transform per image
+  moved_fused, moved_chained = np.abs(fused - images).mean(), np.abs(chained - images).mean()
+  assert 0.5 < moved_fused / moved_chained < 2.0, (moved_fused, moved_chained)
+  # Black corners where the image moved away, in about as many pixels as the chained layers leave.
+  assert 0.5 < (fused < 0.5).mean() / max((chained < 0.5).mean(), 1e-6) < 2.0

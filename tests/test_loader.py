@@ -149,8 +149,10 @@ def test_tfds_builder_on_real_images(tmp_path, real_tree):
 
   plant_junk(real_tree)
   ds = tfds.load(
-      "chest_xray_pneumonia", data_dir=str(tmp_path / "tfds"), split="test",
-      download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=real_tree)},
+    "chest_xray_pneumonia",
+    data_dir=str(tmp_path / "tfds"),
+    split="test",
+    download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=real_tree)},
   )
   examples = list(tfds.as_numpy(ds))
   assert len(examples) == 12  # 12 real test images; notes.jpeg and readme.txt skipped
@@ -159,7 +161,8 @@ def test_tfds_builder_on_real_images(tmp_path, real_tree):
     assert int(e["label"]) == (1 if "/PNEUMONIA/" in name else 0)
     assert e["patient"].decode() == patients.patient_id(name)
     assert e["image"].shape == (64, 64, 1)
-  data = loader.load(loader.DataConfig(
-      source="tfds", data_dir=real_tree, tfds_data_dir=str(tmp_path / "tfds"), image_size=32))
+  data = loader.load(
+    loader.DataConfig(source="tfds", data_dir=real_tree, tfds_data_dir=str(tmp_path / "tfds"), image_size=32)
+  )
   assert data.counts()["test"]["total"] == 12
   assert data.counts()["train"]["total"] + data.counts()["val"]["total"] == 24

@@ -38,13 +38,13 @@ def test_keras_round_trip_gives_identical_predictions(tmp_path, name, size):
 
 
 @pytest.mark.parametrize(
-    "layer",
-    [
-        vit_layers.PatchEmbedding(4, 8),
-        vit_layers.MultiHeadSelfAttention(2, 8, dropout=0.1),
-        vit_layers.TransformerBlock(2, 8, 16, dropout=0.2),
-        vit_layers.ClassTokenAndPosition(),
-    ],
+  "layer",
+  [
+    vit_layers.PatchEmbedding(4, 8),
+    vit_layers.MultiHeadSelfAttention(2, 8, dropout=0.1),
+    vit_layers.TransformerBlock(2, 8, 16, dropout=0.2),
+    vit_layers.ClassTokenAndPosition(),
+  ],
 )
 def test_layer_config_round_trip(layer):
   clone = layer.__class__.from_config(layer.get_config())

@@ -6,16 +6,16 @@ from xray_keras.data import builtin, patients
 
 
 @pytest.mark.parametrize(
-    "name, patient",
-    [
-        ("person1000_bacteria_2931.jpeg", "person1000"),
-        ("person1_virus_6.jpeg", "person1"),
-        ("person1180_virus_2010_2.jpeg", "person1180"),
-        ("IM-0115-0001.jpeg", "im-0115"),
-        ("IM-0117-0001-0002.jpeg", "im-0117"),
-        ("NORMAL2-IM-1427-0001.jpeg", "normal2-im-1427"),
-        ("odd_name.png", "file:odd_name"),
-    ],
+  "name, patient",
+  [
+    ("person1000_bacteria_2931.jpeg", "person1000"),
+    ("person1_virus_6.jpeg", "person1"),
+    ("person1180_virus_2010_2.jpeg", "person1180"),
+    ("IM-0115-0001.jpeg", "im-0115"),
+    ("IM-0117-0001-0002.jpeg", "im-0117"),
+    ("NORMAL2-IM-1427-0001.jpeg", "normal2-im-1427"),
+    ("odd_name.png", "file:odd_name"),
+  ],
 )
 def test_patient_id(name, patient):
   assert patients.patient_id(name) == patient

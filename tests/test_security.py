@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -30,9 +29,17 @@ def test_a_keras_file_with_code_is_refused_in_one_line(tmp_path):
   subprocess.run([sys.executable, "-c", EVIL, str(evil), str(marker)], check=True, capture_output=True, timeout=120)
   marker.unlink()  # saving traced the Lambda once
   image = real_path("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
-  for args in (["-m", "xray_keras.predict", f"--model={evil}", image],
-               ["-m", "xray_keras.run", "--model=cnn_scratch", f"--weights={evil}", "--image_size=16",
-                f"--output_dir={tmp_path / 'run'}"]):
+  for args in (
+    ["-m", "xray_keras.predict", f"--model={evil}", image],
+    [
+      "-m",
+      "xray_keras.run",
+      "--model=cnn_scratch",
+      f"--weights={evil}",
+      "--image_size=16",
+      f"--output_dir={tmp_path / 'run'}",
+    ],
+  ):
     result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
@@ -49,8 +56,11 @@ def test_no_pickle_anywhere_in_the_package():
       text = open(os.path.join(folder, name)).read()
       for pattern in (r"\bimport (c?pickle|dill|joblib|cloudpickle)\b", r"allow_pickle\s*=\s*True", r"torch\.load\("):
         offenders += [f"{name}: {m.group(0)}" for m in re.finditer(pattern, text)]
-      offenders += [f"{name}: {line.strip()}" for line in text.splitlines()
-                    if "np.load(" in line and "allow_pickle=False" not in line]
+      offenders += [
+        f"{name}: {line.strip()}"
+        for line in text.splitlines()
+        if "np.load(" in line and "allow_pickle=False" not in line
+      ]
   assert not offenders
 
 
@@ -62,10 +72,23 @@ def exported(tmp_path_factory):
   initial = base / "initial.weights.h5"  # a local weights path, which outputs must not reveal
   models.build_model("vit_scratch", (32, 32, 1), patch_size=8).save_weights(str(initial))
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={tree}",
-       f"--cache_dir={base / 'cache'}", f"--output_dir={run_dir}", "--export", f"--export_dir={export_dir}",
-       "--val_fraction=0.3", f"--weights={initial}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      "--flagfile=experiments/smoke.cfg",
+      f"--data_dir={tree}",
+      f"--cache_dir={base / 'cache'}",
+      f"--output_dir={run_dir}",
+      "--export",
+      f"--export_dir={export_dir}",
+      "--val_fraction=0.3",
+      f"--weights={initial}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return base, run_dir, export_dir / "vit_scratch" / "1"
@@ -91,9 +114,9 @@ def test_serving_rejects_oversized_requests_cleanly(exported):
   jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   assert serve(images=tf.constant([jpeg] * graph.MAX_BATCH))["label"].shape == (graph.MAX_BATCH,)
   cases = {
-      "batch larger": [jpeg] * (graph.MAX_BATCH + 1),
-      "bytes": [jpeg + b"\0" * (graph.MAX_IMAGE_BYTES + 1)],
-      "pixels": [png_bomb()],
+    "batch larger": [jpeg] * (graph.MAX_BATCH + 1),
+    "bytes": [jpeg + b"\0" * (graph.MAX_IMAGE_BYTES + 1)],
+    "pixels": [png_bomb()],
   }
   cases["pixels "] = [jpeg_bomb(jpeg)]
   for needle, batch in cases.items():

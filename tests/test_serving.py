@@ -19,18 +19,9 @@ from xray_keras.serving import export, graph
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A ViT trained for one epoch on real images and exported with --export."""
-  base = tmp_path_factory.mktemp("serving")
-  tree = make_tree(str(base / "chest_xray"), per_class=6)
-  run_dir, export_dir = base / "run", base / "saved_models"
-  result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={tree}",
-       f"--cache_dir={base / 'cache'}", f"--output_dir={run_dir}", "--export", f"--export_dir={export_dir}",
-       "--image_size=48", "--resize_mode=pad", "--val_fraction=0.3"],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+def trained(tiny_run):
+  """A ViT trained for one epoch on real images and exported with --export (the shared tiny run)."""
+  _, _, run_dir, export_dir = tiny_run
   return run_dir, export_dir
 
 
@@ -58,8 +49,11 @@ def test_export_layout_model_card_and_versions(trained):
   pb = (base / "1" / "saved_model.pb").read_bytes()
 
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.export", f"--run_dir={run_dir}", f"--export_dir={export_dir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+    [sys.executable, "-m", "xray_keras.export", f"--run_dir={run_dir}", f"--export_dir={export_dir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(os.path.join("vit_scratch", "2"))
@@ -82,12 +76,22 @@ def test_failed_export_leaves_no_visible_version(trained, tmp_path, monkeypatch)
 def test_saved_model_cli_lists_both_signatures(trained):
   _, export_dir = trained
   out = subprocess.run(
-      ["saved_model_cli", "show", "--all", "--dir", str(export_dir / "vit_scratch" / "1")],
-      capture_output=True, text=True, timeout=120,
+    ["saved_model_cli", "show", "--all", "--dir", str(export_dir / "vit_scratch" / "1")],
+    capture_output=True,
+    text=True,
+    timeout=120,
   ).stdout
-  for text in ("signature_def['serving_default']", "inputs['images']", "dtype: DT_STRING",
-               "signature_def['serving_pixels']", "inputs['pixels']", "shape: (-1, 48, 48, 1)",
-               "outputs['pneumonia_probability']", "outputs['probabilities']", "outputs['label']"):
+  for text in (
+    "signature_def['serving_default']",
+    "inputs['images']",
+    "dtype: DT_STRING",
+    "signature_def['serving_pixels']",
+    "inputs['pixels']",
+    "shape: (-1, 48, 48, 1)",
+    "outputs['pneumonia_probability']",
+    "outputs['probabilities']",
+    "outputs['label']",
+  ):
     assert text in out, text
 
 
@@ -111,8 +115,11 @@ def test_fresh_process_matches_the_keras_model_on_real_jpegs(trained, tmp_path):
     with open(paths[-1], "wb") as f:
       f.write(data)
   result = subprocess.run(
-      [sys.executable, "-c", FRESH, str(export_dir / "vit_scratch" / "1"), *paths],
-      cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+    [sys.executable, "-c", FRESH, str(export_dir / "vit_scratch" / "1"), *paths],
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   served = json.loads(result.stdout.strip().splitlines()[-1])
@@ -169,16 +176,29 @@ def test_predict_cli_on_files_and_folders(trained, tmp_path):
   plant_junk(make_tree(str(tmp_path / "junk"), per_class=1))
   out_csv = tmp_path / "preds.csv"
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
-       f"--output={out_csv}", folder, str(tmp_path / "junk" / "test" / "NORMAL" / "notes.jpeg")],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.predict",
+      f"--model={export_dir / 'vit_scratch'}",
+      f"--output={out_csv}",
+      folder,
+      str(tmp_path / "junk" / "test" / "NORMAL" / "notes.jpeg"),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode == 3, result.stderr[-2000:]
   lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
   assert len(lines) == 4 and {l[1] for l in lines} <= {"NORMAL", "PNEUMONIA"}
   assert all(0.0 <= float(l[2]) <= 1.0 for l in lines)
   assert "skipped:" in result.stderr and "notes.jpeg" in result.stderr
-  assert f"notes.jpeg: refused by the model (unsupported image format: the serving signature accepts {graph.ACCEPTED})" in result.stderr
+  assert (
+    f"notes.jpeg: refused by the model (unsupported image format: the serving signature accepts {graph.ACCEPTED})"
+    in result.stderr
+  )
   assert "assertion failed" not in result.stderr and "Traceback" not in result.stderr
   with open(out_csv) as f:
     rows = list(csv.DictReader(f))
@@ -186,8 +206,11 @@ def test_predict_cli_on_files_and_folders(trained, tmp_path):
 
   # The .keras file finds the run's resize mode and validation threshold beside it: same labels.
   keras_run = subprocess.run(
-      [sys.executable, "-m", "xray_keras.predict", f"--model={run_dir / 'model.keras'}", folder],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+    [sys.executable, "-m", "xray_keras.predict", f"--model={run_dir / 'model.keras'}", folder],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert keras_run.returncode == 0, keras_run.stderr[-2000:]
   keras_lines = [line.split("\t") for line in keras_run.stdout.strip().splitlines()]
@@ -201,8 +224,10 @@ def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path
 
   _, export_dir = trained
   path = real_path("test", "PNEUMONIA", "person100_bacteria_475.jpeg")
-  command = ("import base64, json, sys; print(json.dumps({\"signature_name\": \"serving_default\", "
-             "\"instances\": [{\"b64\": base64.b64encode(open(sys.argv[1], \"rb\").read()).decode()}]}))")
+  command = (
+    'import base64, json, sys; print(json.dumps({"signature_name": "serving_default", '
+    '"instances": [{"b64": base64.b64encode(open(sys.argv[1], "rb").read()).decode()}]}))'
+  )
   request = json.loads(subprocess.run([sys.executable, "-c", command, path], capture_output=True, text=True).stdout)
   assert request["instances"][0]["b64"].startswith("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDA")  # a JPEG's base64
   payload = [base64.b64decode(instance["b64"]) for instance in request["instances"]]
@@ -225,36 +250,39 @@ def unusual_corpus():
   alpha = np.tile(np.linspace(0, 255, base.shape[1]).astype(np.uint8), (base.shape[0], 1))
   large = Image.fromarray(rgb).resize((1300, 1100), Image.BICUBIC)
   corpus = {
-      "grey.jpeg": _encoded(Image.fromarray(base), "JPEG", quality=95),
-      "colour.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=95),
-      "large_draft_scaled.jpeg": _encoded(large, "JPEG", quality=90),
-      "progressive.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=90, progressive=True),
-      "large_progressive.jpeg": _encoded(large, "JPEG", quality=90, progressive=True),
-      "grey.png": _encoded(Image.fromarray(base), "PNG"),
-      "colour.png": _encoded(Image.fromarray(rgb), "PNG"),
-      "sixteen_bit_12_bit_data.png": _encoded(Image.fromarray(base.astype(np.uint16) * 16), "PNG"),
-      "sixteen_bit_full.png": _encoded(Image.fromarray(base.astype(np.uint16) * 257), "PNG"),
-      "rgba_transparent.png": _encoded(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "PNG"),
-      "grey_alpha.png": _encoded(Image.fromarray(np.dstack([base, alpha]), "LA"), "PNG"),
-      "palette.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG"),
-      "palette_transparent.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG", transparency=0),
-      "palette.gif": _encoded(Image.fromarray(rgb).convert("P"), "GIF"),
-      "colour.bmp": _encoded(Image.fromarray(rgb), "BMP"),
+    "grey.jpeg": _encoded(Image.fromarray(base), "JPEG", quality=95),
+    "colour.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=95),
+    "large_draft_scaled.jpeg": _encoded(large, "JPEG", quality=90),
+    "progressive.jpeg": _encoded(Image.fromarray(rgb), "JPEG", quality=90, progressive=True),
+    "large_progressive.jpeg": _encoded(large, "JPEG", quality=90, progressive=True),
+    "grey.png": _encoded(Image.fromarray(base), "PNG"),
+    "colour.png": _encoded(Image.fromarray(rgb), "PNG"),
+    "sixteen_bit_12_bit_data.png": _encoded(Image.fromarray(base.astype(np.uint16) * 16), "PNG"),
+    "sixteen_bit_full.png": _encoded(Image.fromarray(base.astype(np.uint16) * 257), "PNG"),
+    "rgba_transparent.png": _encoded(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), "PNG"),
+    "grey_alpha.png": _encoded(Image.fromarray(np.dstack([base, alpha]), "LA"), "PNG"),
+    "palette.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG"),
+    "palette_transparent.png": _encoded(Image.fromarray(rgb).convert("P"), "PNG", transparency=0),
+    "palette.gif": _encoded(Image.fromarray(rgb).convert("P"), "GIF"),
+    "colour.bmp": _encoded(Image.fromarray(rgb), "BMP"),
   }
   for orientation in range(1, 9):
     exif = Image.Exif()
     exif[0x0112] = orientation
     corpus[f"exif_{orientation}.jpeg"] = _encoded(Image.fromarray(rgb[:, :48]), "JPEG", quality=95, exif=exif.tobytes())
-    corpus[f"exif_{orientation}_large.jpeg"] = _encoded(large.crop((0, 0, 1300, 900)), "JPEG", quality=90,
-                                                        exif=exif.tobytes())
+    corpus[f"exif_{orientation}_large.jpeg"] = _encoded(
+      large.crop((0, 0, 1300, 900)), "JPEG", quality=90, exif=exif.tobytes()
+    )
   return corpus
 
 
 REFUSED = {
-    "cmyk.jpeg": (lambda rgb: _encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95),
-                  "CMYK JPEGs are not accepted: convert the image to RGB or grey"),
-    "image.webp": (lambda rgb: _encoded(Image.fromarray(rgb), "WEBP"), "unsupported image format"),
-    "image.tiff": (lambda rgb: _encoded(Image.fromarray(rgb), "TIFF"), "unsupported image format"),
+  "cmyk.jpeg": (
+    lambda rgb: _encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95),
+    "CMYK JPEGs are not accepted: convert the image to RGB or grey",
+  ),
+  "image.webp": (lambda rgb: _encoded(Image.fromarray(rgb), "WEBP"), "unsupported image format"),
+  "image.tiff": (lambda rgb: _encoded(Image.fromarray(rgb), "TIFF"), "unsupported image format"),
 }
 
 
@@ -266,7 +294,7 @@ def test_serving_decodes_unusual_images_bit_for_bit_as_training_does(channels):
       image, full = graph.decode_one(tf.constant(data), channels, 48)
       np.testing.assert_array_equal(graph.fit_square(image, 48, mode, full).numpy(), expected, err_msg=f"{name} {mode}")
   rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-  for name, (make, message) in REFUSED.items():
+  for make, message in REFUSED.values():
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
       graph.decode_one(tf.constant(make(rgb)), channels, 48)
 
@@ -279,21 +307,34 @@ def test_predict_agrees_between_the_export_and_the_keras_file_on_unusual_images(
     (folder / name).write_bytes(data)
   outputs = {}
   for model in (export_dir / "vit_scratch", run_dir / "model.keras"):
-    result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={model}", "--format=json", str(folder)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.predict", f"--model={model}", "--format=json", str(folder)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     outputs[model.name] = [json.loads(line) for line in result.stdout.strip().splitlines()]
   export_rows, keras_rows = outputs["vit_scratch"], outputs["model.keras"]
   assert len(export_rows) == len(unusual_corpus()) == len(keras_rows)
   assert [r["label"] for r in export_rows] == [r["label"] for r in keras_rows]
   assert export_rows[0]["threshold"] == keras_rows[0]["threshold"] != 0.5
-  np.testing.assert_allclose([r["pneumonia_probability"] for r in export_rows],
-                             [r["pneumonia_probability"] for r in keras_rows], atol=2e-6)
+  np.testing.assert_allclose(
+    [r["pneumonia_probability"] for r in export_rows], [r["pneumonia_probability"] for r in keras_rows], atol=2e-6
+  )
 
 
 def _gif_bomb(side=16000):
-  return b"GIF89a" + side.to_bytes(2, "little") * 2 + b"\x80\x00\x00" + b"\x00" * 6 + b",\x00\x00\x00\x00" \
-      + side.to_bytes(2, "little") * 2 + b"\x00\x02\x02\x44\x01\x00;"
+  return (
+    b"GIF89a"
+    + side.to_bytes(2, "little") * 2
+    + b"\x80\x00\x00"
+    + b"\x00" * 6
+    + b",\x00\x00\x00\x00"
+    + side.to_bytes(2, "little") * 2
+    + b"\x00\x02\x02\x44\x01\x00;"
+  )
 
 
 def _bmp_bomb(side=16000):
@@ -339,14 +380,25 @@ def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
   _, export_dir = trained
   jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   tiff = _encoded(Image.new("L", (16, 16)), "TIFF")
-  bombs = {"normal": jpeg, "png": png_bomb(), "jpeg": jpeg_bomb(jpeg), "gif": _gif_bomb(), "bmp": _bmp_bomb(),
-           "webp": _webp_bomb(), "tiff": tiff}
+  bombs = {
+    "normal": jpeg,
+    "png": png_bomb(),
+    "jpeg": jpeg_bomb(jpeg),
+    "gif": _gif_bomb(),
+    "bmp": _bmp_bomb(),
+    "webp": _webp_bomb(),
+    "tiff": tiff,
+  }
   with pytest.raises(Image.DecompressionBombError, match="256000000 pixels"):  # what its header declares
     Image.open(io.BytesIO(bombs["webp"]))
   path = tmp_path / "bombs.json"
   path.write_text(json.dumps({k: v.hex() for k, v in bombs.items()}))
-  result = subprocess.run([sys.executable, "-c", BOMB_PROCESS, str(export_dir / "vit_scratch" / "1"), str(path)],
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", BOMB_PROCESS, str(export_dir / "vit_scratch" / "1"), str(path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   for name in ("png", "jpeg", "gif", "bmp"):
@@ -361,17 +413,23 @@ def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
 def test_exports_and_run_folders_are_readable_by_another_user(trained, request):
   import shutil
   import stat
-
   import tempfile
 
   run_dir, _ = trained
   shared = tempfile.mkdtemp(prefix="xray_shared_")  # pytest's own folders are private to root
   request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
   os.chmod(shared, 0o755)
-  code = ("import os, sys; os.umask(0o022); from xray_keras.serving import export; "
-          "print(export.export_run(sys.argv[1], sys.argv[2]))")
-  result = subprocess.run([sys.executable, "-c", code, str(run_dir), os.path.join(shared, "saved_models")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+  code = (
+    "import os, sys; os.umask(0o022); from xray_keras.serving import export; "
+    "print(export.export_run(sys.argv[1], sys.argv[2]))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code, str(run_dir), os.path.join(shared, "saved_models")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   version = result.stdout.strip().splitlines()[-1]
   for top in (version, str(run_dir)):
@@ -381,8 +439,12 @@ def test_exports_and_run_folders_are_readable_by_another_user(trained, request):
         assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) & 0o004, os.path.join(folder, name)
   if os.geteuid() == 0 and shutil.which("runuser"):
     card = os.path.join(version, "assets.extra", "model_card.json")
-    as_nobody = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", f"ls '{version}' && head -c 1 '{card}'"],
-                               capture_output=True, text=True, timeout=60)
+    as_nobody = subprocess.run(
+      ["runuser", "-u", "nobody", "--", "sh", "-c", f"ls '{version}' && head -c 1 '{card}'"],
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert as_nobody.returncode == 0 and "saved_model.pb" in as_nobody.stdout, as_nobody.stderr
 
 
@@ -398,8 +460,13 @@ def test_predict_skips_a_pipe_a_socket_and_a_dangling_link_instead_of_hanging(tr
   server.bind(os.path.join(normal, "socket.jpeg"))
   os.symlink("/nonexistent/scan.jpeg", os.path.join(normal, "dangling.jpeg"))
   try:
-    result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
-                             folder, pipe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}", folder, pipe],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
   finally:
     server.close()
   assert result.returncode == 3, result.stderr[-2000:]
@@ -426,7 +493,12 @@ def test_predict_keeps_libjpeg_warnings_off_stderr(trained, tmp_path):
   _, export_dir = trained
   jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   (tmp_path / "cut.jpeg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
-  result = subprocess.run([sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}",
-                           str(tmp_path / "cut.jpeg")], cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'vit_scratch'}", str(tmp_path / "cut.jpeg")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode in (0, 3), result.stderr[-2000:]
   assert "Corrupt JPEG data" not in result.stderr and "Premature end of JPEG" not in result.stderr

@@ -53,15 +53,15 @@ def _damaged(arrays, case):
 
 # case -> what the one line must say (the key and the shapes involved)
 CASES = {
-    "labels_shorter": "train_images (200, 28, 28) uint8 vs train_labels (10, 1): 200 images but 10 labels",
-    "label_outside": "train_labels (200, 1) holds 1 label(s) other than 0 (NORMAL) or 1 (PNEUMONIA), e.g. 2",
-    "one_hot": "test_images (200, 28, 28) uint8 vs test_labels (200, 2): expected one 0/1 label per image",
-    "multi_label": "test_images (200, 28, 28) uint8 vs test_labels (200, 3): expected one 0/1 label per image",
-    "images_rank": "train_images (200, 28) uint8: expected (N, H, W) or (N, H, W, 1 or 3) images",
-    "images_dtype": "train_images (200, 28, 28) complex64: expected integer or float pixels in 0..255",
-    "nan_pixels": "val_images (200, 28, 28) float32: holds NaN or infinite pixels",
-    "negative_pixels": "train_images (200, 28, 28) int16: pixels range from -5 to ",
-    "truncated": "damaged or not an npz archive (BadZipFile",
+  "labels_shorter": "train_images (200, 28, 28) uint8 vs train_labels (10, 1): 200 images but 10 labels",
+  "label_outside": "train_labels (200, 1) holds 1 label(s) other than 0 (NORMAL) or 1 (PNEUMONIA), e.g. 2",
+  "one_hot": "test_images (200, 28, 28) uint8 vs test_labels (200, 2): expected one 0/1 label per image",
+  "multi_label": "test_images (200, 28, 28) uint8 vs test_labels (200, 3): expected one 0/1 label per image",
+  "images_rank": "train_images (200, 28) uint8: expected (N, H, W) or (N, H, W, 1 or 3) images",
+  "images_dtype": "train_images (200, 28, 28) complex64: expected integer or float pixels in 0..255",
+  "nan_pixels": "val_images (200, 28, 28) float32: holds NaN or infinite pixels",
+  "negative_pixels": "train_images (200, 28, 28) int16: pixels range from -5 to ",
+  "truncated": "damaged or not an npz archive (BadZipFile",
 }
 
 
@@ -90,10 +90,26 @@ def test_malformed_npz_runs_exit_1_with_one_line_and_no_finished_run(mnist_like,
   for case in sorted(CASES):
     path = _write_case(mnist_like, case, tmp_path)
     out = tmp_path / f"run_{case}"
-    runs[case] = (out, subprocess.Popen(
-        [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/smoke.cfg", f"--data_dir={path}",
-         "--image_size=28", "--patch_size=7", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    runs[case] = (
+      out,
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "xray_keras.run",
+          "--flagfile=experiments/smoke.cfg",
+          f"--data_dir={path}",
+          "--image_size=28",
+          "--patch_size=7",
+          f"--output_dir={out}",
+          f"--cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+    )
   for case, (out, process) in runs.items():
     _, stderr = process.communicate(timeout=600)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -123,8 +139,12 @@ def test_a_valid_npz_without_val_carves_validation_from_train(mnist_like, tmp_pa
 
 
 def _files_in_class_folders(root):
-  return sum(len(os.listdir(os.path.join(root, split, c))) for split in ("train", "val", "test")
-             for c in ("NORMAL", "PNEUMONIA") if os.path.isdir(os.path.join(root, split, c)))
+  return sum(
+    len(os.listdir(os.path.join(root, split, c)))
+    for split in ("train", "val", "test")
+    for c in ("NORMAL", "PNEUMONIA")
+    if os.path.isdir(os.path.join(root, split, c))
+  )
 
 
 @pytest.mark.parametrize("source", ["folder", "tfds"])
@@ -132,8 +152,14 @@ def test_every_file_read_is_used_or_listed_as_skipped(source, tmp_path):
   root = make_tree(str(tmp_path / "chest_xray"), per_class=4)
   plant_junk(root)
   found = _files_in_class_folders(root)
-  config = loader.DataConfig(source=source, data_dir=root, image_size=32, cache_dir=str(tmp_path / "cache"),
-                             tfds_data_dir=str(tmp_path / "tfds"), val_fraction=0.3)
+  config = loader.DataConfig(
+    source=source,
+    data_dir=root,
+    image_size=32,
+    cache_dir=str(tmp_path / "cache"),
+    tfds_data_dir=str(tmp_path / "tfds"),
+    val_fraction=0.3,
+  )
   data = loader.load(config)
   used = sum(c["total"] for c in data.counts().values())
   assert used == 24 and used + len(data.skipped) == found
@@ -159,8 +185,10 @@ def test_npz_and_builtin_use_every_image(mnist_like, tmp_path):
 def test_tfds_manual_dir_empty_or_without_test_is_one_line(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
-  for manual_dir, expected in ((empty, "is empty"), (make_tree(str(tmp_path / "no_test"), 2, ("train", "val")),
-                                                       "No train/ and test/ splits")):
+  for manual_dir, expected in (
+    (empty, "is empty"),
+    (make_tree(str(tmp_path / "no_test"), 2, ("train", "val")), "No train/ and test/ splits"),
+  ):
     with pytest.raises(DataError, match=expected) as error:
       loader.load(loader.DataConfig(source="tfds", data_dir=str(manual_dir), tfds_data_dir=str(tmp_path / "tfds")))
     assert "\n" not in str(error.value)

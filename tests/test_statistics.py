@@ -1,6 +1,5 @@
 """Bootstrap intervals, DeLong and McNemar against independent computations."""
 
-import itertools
 import math
 
 import numpy as np

@@ -7,6 +7,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, make_tree
 from tests.test_faults import _kill_at_random
 
@@ -14,9 +16,22 @@ MODELS = ("vit_scratch", "cnn_scratch")
 
 
 def _study(tree, out, cache):
-  return [sys.executable, "-m", "xray_keras.run", "--flagfile=experiments/study.cfg", f"--models={','.join(MODELS)}",
-          f"--data_dir={tree}", f"--output_dir={out}", f"--cache_dir={cache}", "--epochs=1", "--image_size=32",
-          "--batch_size=8", "--val_fraction=0.3", "--augment=", "--bootstrap_resamples=50"]
+  return [
+    sys.executable,
+    "-m",
+    "xray_keras.run",
+    "--flagfile=experiments/study.cfg",
+    f"--models={','.join(MODELS)}",
+    f"--data_dir={tree}",
+    f"--output_dir={out}",
+    f"--cache_dir={cache}",
+    "--epochs=1",
+    "--image_size=32",
+    "--batch_size=8",
+    "--val_fraction=0.3",
+    "--augment=",
+    "--bootstrap_resamples=50",
+  ]
 
 
 def _split(run_dir):
@@ -29,8 +44,9 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   out = tmp_path / "study"
   # --unfreeze only fits pretrained backbones: left out of these runs (a scratch run refuses it).
   fitting = ["--unfreeze=2", "--override=cnn_scratch:batch_size=4"]
-  result = subprocess.run(_study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+  result = subprocess.run(
+    _study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True, timeout=900
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "--unfreeze=2 fit pretrained backbones only; not passed to vit_scratch" in result.stderr
   report = json.loads((out / "study.json").read_text())
@@ -44,12 +60,29 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   assert _split(out / MODELS[0]) == _split(out / MODELS[1])
 
   report = (out / "report.md").read_text()
-  for section in ("## Models parameters", "## Results on the test split", "## Time", "## Test beds",
-                  "## Validation versus test", "## Are the differences real?", "## Data", "ViT_scratch", "CNN_scratch", "DeLong", "McNemar"):
+  for section in (
+    "## Models parameters",
+    "## Results on the test split",
+    "## Time",
+    "## Test beds",
+    "## Validation versus test",
+    "## Are the differences real?",
+    "## Data",
+    "ViT_scratch",
+    "CNN_scratch",
+    "DeLong",
+    "McNemar",
+  ):
     assert section in report, section
   assert "| ViT_scratch | 32x32x1 | random (from scratch) | 0 + 1 |" in report  # the Runs table
-  for figure in ("training_curves.png", "roc_curves.png", "confusion_matrices.png", "epoch_time.png",
-                 "accuracy_vs_size_and_time.png", "explanations.png"):
+  for figure in (
+    "training_curves.png",
+    "roc_curves.png",
+    "confusion_matrices.png",
+    "epoch_time.png",
+    "accuracy_vs_size_and_time.png",
+    "explanations.png",
+  ):
     assert (out / figure).stat().st_size > 5000 and f"]({figure})" in report
   with open(out / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -64,20 +97,28 @@ def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   assert [r["model"] for r in results["parameter_table"]] == ["CNN_scratch", "ViT_scratch"]
 
   # Two test beds merged (here the same study twice: a speed-up of exactly 1).
-  compare = subprocess.run([sys.executable, "-m", "xray_keras.report", f"--compare_runs={out},{out}"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+  compare = subprocess.run(
+    [sys.executable, "-m", "xray_keras.report", f"--compare_runs={out},{out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert compare.returncode == 0, compare.stderr[-3000:]
   rows = json.loads((out / "compare_test_beds.json").read_text())
   assert [r["model"] for r in rows] == ["ViT_scratch", "CNN_scratch"] and all(r["speedup_b_over_a"] == 1 for r in rows)
   assert "speed-up" in (out / "compare_test_beds.md").read_text()
 
   stamps = {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS}
-  again = subprocess.run(_study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True, timeout=300)
+  again = subprocess.run(
+    _study(tree, out, tmp_path / "cache") + fitting, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert [json.loads((out / "study.json").read_text())["runs"][m]["outcome"] for m in MODELS] == ["reused", "reused"]
   assert {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS} == stamps
 
 
+@pytest.mark.slow
 def test_killed_study_keeps_finished_models_and_completes(tmp_path):
   tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
   out = tmp_path / "study"
@@ -108,12 +149,20 @@ def test_study_overrides_are_checked_before_any_run():
   known = {"batch_size", "head_epochs", "weights"}
   models = ["cnn_scratch", "resnet50", "applications:MobileNet"]
   assert study.parse_overrides(["resnet50:head_epochs=1", "applications:MobileNet:weights=/w/m.h5"], models, known) == {
-      "resnet50": ["--head_epochs=1"], "applications:MobileNet": ["--weights=/w/m.h5"]}
-  for bad, message in [("resnet50", "expected <model>:<flag>=<value>"), ("vit_base:batch_size=4", "not one of --models"),
-                       ("resnet50:colour=red", "--colour is not a per-model flag"),
-                       ("resnet50:output_dir=x", "--output_dir is not a per-model flag")]:
+    "resnet50": ["--head_epochs=1"],
+    "applications:MobileNet": ["--weights=/w/m.h5"],
+  }
+  for bad, message in [
+    ("resnet50", "expected <model>:<flag>=<value>"),
+    ("vit_base:batch_size=4", "not one of --models"),
+    ("resnet50:colour=red", "--colour is not a per-model flag"),
+    ("resnet50:output_dir=x", "--output_dir is not a per-model flag"),
+  ]:
     with pytest.raises(UserError, match=message):
       study.parse_overrides([bad], models, known | {"output_dir"})
   passed = [("epochs", "--epochs=1"), ("head_epochs", "--head_epochs=1"), ("weights", "--weights=none")]
-  assert study.model_flags("cnn_scratch", passed, {"cnn_scratch": ["--batch_size=4"]}) == ["--epochs=1", "--batch_size=4"]
+  assert study.model_flags("cnn_scratch", passed, {"cnn_scratch": ["--batch_size=4"]}) == [
+    "--epochs=1",
+    "--batch_size=4",
+  ]
   assert study.model_flags("resnet50", passed) == ["--epochs=1", "--head_epochs=1", "--weights=none"]

@@ -27,8 +27,11 @@ def test_cosine_schedule_reaches_the_optimizer():
 @pytest.mark.parametrize("warmup", [0, 7])
 def test_warmup_cosine_matches_keras_cosine_decay(warmup):
   ours = schedules.WarmupCosine(3e-3, 50, warmup)
-  keras_schedule = (keras.optimizers.schedules.CosineDecay(0.0, 50, warmup_target=3e-3, warmup_steps=warmup)
-                    if warmup else keras.optimizers.schedules.CosineDecay(3e-3, 50))
+  keras_schedule = (
+    keras.optimizers.schedules.CosineDecay(0.0, 50, warmup_target=3e-3, warmup_steps=warmup)
+    if warmup
+    else keras.optimizers.schedules.CosineDecay(3e-3, 50)
+  )
   for step in [0, 1, 3, 6, 7, 8, 20, 56, 57, 80]:
     assert float(ours(step)) == pytest.approx(float(keras_schedule(step)), rel=1e-5, abs=1e-9), step
   restored = keras.optimizers.AdamW.from_config(keras.optimizers.AdamW(ours).get_config())
@@ -59,11 +62,11 @@ def test_timing_callback_records_each_epoch_and_excludes_validation():
 
 def test_cpu_device_hides_every_gpu_in_a_fresh_process():
   code = (
-      "from xray_keras.training import device; import tensorflow as tf;"
-      "assert device.configure('cpu') == 'cpu';"
-      "assert tf.config.get_visible_devices('GPU') == [];"
-      "x = tf.matmul(tf.ones((2, 2)), tf.ones((2, 2)));"
-      "assert 'CPU' in x.device, x.device; print('ok')"
+    "from xray_keras.training import device; import tensorflow as tf;"
+    "assert device.configure('cpu') == 'cpu';"
+    "assert tf.config.get_visible_devices('GPU') == [];"
+    "x = tf.matmul(tf.ones((2, 2)), tf.ones((2, 2)));"
+    "assert 'CPU' in x.device, x.device; print('ok')"
   )
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
@@ -82,10 +85,20 @@ def test_building_the_optimizer_first_changes_no_result():
   trained = []
   for build_first in (False, True):
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                              keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(**trainer.compile_kwargs(trainer.make_optimizer(TrainConfig(optimizer="adamw", schedule="cosine",
-                                                                              epochs=2, warmup_epochs=1), 4), False))
+    model = keras.Sequential(
+      [
+        keras.Input((16, 16, 1)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Flatten(),
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+      ]
+    )
+    model.compile(
+      **trainer.compile_kwargs(
+        trainer.make_optimizer(TrainConfig(optimizer="adamw", schedule="cosine", epochs=2, warmup_epochs=1), 4), False
+      )
+    )
     if build_first:
       transfer.build_optimizer(model)
       assert model.optimizer.built and len(model.optimizer.variables) > 1
@@ -93,3 +106,28 @@ def test_building_the_optimizer_first_changes_no_result():
     trained.append([w.numpy() for w in model.weights])
   for a, b in zip(*trained):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_progress_line_shows_epoch_k_of_n_elapsed_and_eta_from_the_steady_epochs(monkeypatch):
+  from absl import logging
+
+  from xray_keras.training import progress
+
+  assert progress.eta([30.0], 9) == 270.0  # only the first (compiling) epoch so far
+  assert progress.eta([30.0, 10.0, 12.0, 11.0], 6) == 66.0  # the median of the steady ones
+  assert progress.clock(3725) == "1:02:05" and progress.clock(65) == "1:05"
+  lines = []
+  monkeypatch.setattr(logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+  model.compile("adam", "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+  x, y = np.random.default_rng(0).normal(size=(32, 4)), np.arange(32) % 2
+  model.fit(x, y, batch_size=8, epochs=3, validation_data=(x, y), callbacks=[progress.ProgressLine(3)], verbose=0)
+  assert len(lines) == 3
+  assert lines[0].startswith("epoch 1/3: ") and " elapsed, ETA " in lines[0]
+  assert lines[2].startswith("epoch 3/3: ") and "ETA 0:00 |" in lines[2]
+  assert "loss " in lines[2] and "val_auc " in lines[2] and "precision" not in lines[2]
+
+  lines.clear()
+  monkeypatch.setenv(progress.STUDY_ENV, '{"index": 2, "count": 4, "name": "vit_scratch"}')
+  model.fit(x, y, batch_size=8, epochs=1, callbacks=[progress.ProgressLine(1)], verbose=0)
+  assert lines[0].startswith("model 2/4 vit_scratch, epoch 1/1: ") and "(then 2 more models)" in lines[0]

@@ -47,8 +47,9 @@ def test_phase1_leaves_every_backbone_weight_unchanged_and_phase2_changes_them(u
   model = _pretrained_resnet()
   before = _backbone_values(model)
   head_before = model.get_layer("pneumonia").kernel.numpy().copy()
-  transfer.train_head(model, _compile_kwargs(), train, val, batch_size=8, epochs=2, seed=1, callbacks=[],
-                      use_cache=use_cache)
+  transfer.train_head(
+    model, _compile_kwargs(), train, val, batch_size=8, epochs=2, seed=1, callbacks=[], use_cache=use_cache
+  )
   for a, b in zip(before, _backbone_values(model)):  # kernels and BatchNorm moving statistics
     np.testing.assert_array_equal(a, b)
   assert not np.allclose(head_before, model.get_layer("pneumonia").kernel.numpy())
@@ -72,8 +73,18 @@ def test_feature_cache_gives_the_same_head_as_training_through_the_backbone():
     if heads:
       model.get_layer("pneumonia").set_weights(heads[0][1])  # the same starting head
     start = [w.copy() for w in model.get_layer("pneumonia").get_weights()]
-    transfer.train_head(model, _compile_kwargs(), train, val, batch_size=8, epochs=3, seed=7, callbacks=[],
-                        class_weight={0: 1.5, 1: 0.75}, use_cache=use_cache)
+    transfer.train_head(
+      model,
+      _compile_kwargs(),
+      train,
+      val,
+      batch_size=8,
+      epochs=3,
+      seed=7,
+      callbacks=[],
+      class_weight={0: 1.5, 1: 0.75},
+      use_cache=use_cache,
+    )
     heads.append((model.get_layer("pneumonia").get_weights(), start))
   (cached, start), (through, _) = heads
   assert not np.allclose(cached[0], start[0])  # it trained
@@ -83,15 +94,32 @@ def test_feature_cache_gives_the_same_head_as_training_through_the_backbone():
 
 def _run(cfg, tree, out, *extra):
   result = subprocess.run(
-      [sys.executable, "-m", "xray_keras.run", f"--flagfile=experiments/{cfg}.cfg", f"--data_dir={tree}",
-       f"--output_dir={out}", f"--cache_dir={out.parent / 'cache'}", "--weights=none", "--image_size=64",
-       "--head_epochs=1", "--epochs=1", "--batch_size=8", "--val_fraction=0.3", *extra],
-      cwd=REPO, capture_output=True, text=True, timeout=900,
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      f"--flagfile=experiments/{cfg}.cfg",
+      f"--data_dir={tree}",
+      f"--output_dir={out}",
+      f"--cache_dir={out.parent / 'cache'}",
+      "--weights=none",
+      "--image_size=64",
+      "--head_epochs=1",
+      "--epochs=1",
+      "--batch_size=8",
+      "--val_fraction=0.3",
+      *extra,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", ["resnet50", "vit_base"])
 def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
@@ -108,8 +136,13 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
 
   # The SavedModel, in a fresh process without this package, gives the Keras model's probabilities.
   paths = [real_path("test", c, n) for c in ("NORMAL", "PNEUMONIA") for n in real_files("test", c, 2)]
-  served = subprocess.run([sys.executable, "-c", FRESH, str(export_dir / cfg / "1"), *paths],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+  served = subprocess.run(
+    [sys.executable, "-c", FRESH, str(export_dir / cfg / "1"), *paths],
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert served.returncode == 0, served.stderr[-3000:]
   probabilities = json.loads(served.stdout.strip().splitlines()[-1])["pneumonia_probability"]
   model = models.load_model(str(out / "model.keras"))
@@ -117,15 +150,31 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   np.testing.assert_allclose(probabilities, model.predict(pixels, verbose=0).reshape(-1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_keras_hub_vit_base_trains_on_jax_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
   from tests.test_distribution import WITHOUT_TF
 
   result = subprocess.run(
-      [sys.executable, "-c", WITHOUT_TF, "--flagfile=experiments/smoke.cfg", "--model=vit_base", "--weights=none",
-       "--head_epochs=1", "--epochs=1", "--unfreeze=1", "--image_size=32", f"--output_dir={tmp_path / 'run'}",
-       f"--cache_dir={tmp_path / 'cache'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"},
+    [
+      sys.executable,
+      "-c",
+      WITHOUT_TF,
+      "--flagfile=experiments/smoke.cfg",
+      "--model=vit_base",
+      "--weights=none",
+      "--head_epochs=1",
+      "--epochs=1",
+      "--unfreeze=1",
+      "--image_size=32",
+      f"--output_dir={tmp_path / 'run'}",
+      f"--cache_dir={tmp_path / 'cache'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "KERAS_BACKEND": "jax"},
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads((tmp_path / "run" / "timing.json").read_text())["head_phase"]["feature_cache"]

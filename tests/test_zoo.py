@@ -12,14 +12,19 @@ import pytest
 
 from tests.conftest import REPO, shared_weights
 from xray_keras import models
-from xray_keras.models import pretrained, table, weights as weights_lib
+from xray_keras.models import pretrained, table
+from xray_keras.models import weights as weights_lib
 from xray_keras.training import transfer
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 MOBILENET_TOP = "mobilenet_v1_0.75_224_imagenet.weights.h5"
 # A closed local port as the proxy: every download fails at once, with or without a network.
-OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+OFFLINE = {
+  "https_proxy": "http://127.0.0.1:9",
+  "HTTPS_PROXY": "http://127.0.0.1:9",
+  "http_proxy": "http://127.0.0.1:9",
+  "HTTP_PROXY": "http://127.0.0.1:9",
+}
 
 
 def _images(n=3, size=64, seed=0):
@@ -27,15 +32,19 @@ def _images(n=3, size=64, seed=0):
 
 
 def test_parameter_table_matches_the_paper_as_json():
-  result = subprocess.run([sys.executable, "-m", "xray_keras.models", "--format=json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-m", "xray_keras.models", "--format=json"], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   rows = {r["model"]: r for r in json.loads(result.stdout)}
   assert all(set(r) == set(table.COLUMNS) for r in rows.values())
   expected = {  # the paper's table: layers, hidden, MLP, heads, params
-      "ViT-Tiny": (12, 192, 768, 3, 5.5e6), "ViT-Base": (12, 768, 3072, 12, 86e6),
-      "ViT-Large": (24, 1024, 4096, 16, 307e6), "ViT-Huge": (32, 1280, 5120, 16, 632e6),
-      "ViT_Base": (12, 768, 3072, 12, 86e6), "ViT_scratch": (4, 56, 224, 4, 155.7e3),
+    "ViT-Tiny": (12, 192, 768, 3, 5.5e6),
+    "ViT-Base": (12, 768, 3072, 12, 86e6),
+    "ViT-Large": (24, 1024, 4096, 16, 307e6),
+    "ViT-Huge": (32, 1280, 5120, 16, 632e6),
+    "ViT_Base": (12, 768, 3072, 12, 86e6),
+    "ViT_scratch": (4, 56, 224, 4, 155.7e3),
   }
   for name, (layers, hidden, mlp, heads, params) in expected.items():
     r = rows[name]
@@ -65,8 +74,13 @@ def test_registry_takes_any_keras_application_and_names_the_valid_ones():
 
 
 def test_cli_rejects_an_unknown_model_in_one_line(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "xray_keras.run", "--model=applications:Nope", "--epochs=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "xray_keras.run", "--model=applications:Nope", "--epochs=1"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   errors = [l for l in result.stderr.splitlines() if "Unknown keras.applications model" in l]
   assert len(errors) == 1 and "ResNet50" in errors[0] and "Traceback" not in result.stderr
@@ -103,7 +117,9 @@ def test_a_weights_file_with_the_imagenet_top_loads_without_it():
   conv = pretrained.backbone_of(model).get_layer("conv_pw_13")
   np.testing.assert_array_equal(conv.kernel.numpy(), full.get_layer("conv_pw_13").kernel.numpy())
   small = models.build_model("applications:MobileNet", (64, 64, 1), weights=path, backbone_kwargs={"alpha": 0.75})
-  np.testing.assert_array_equal(pretrained.backbone_of(small).get_layer("conv_pw_13").kernel.numpy(), conv.kernel.numpy())
+  np.testing.assert_array_equal(
+    pretrained.backbone_of(small).get_layer("conv_pw_13").kernel.numpy(), conv.kernel.numpy()
+  )
   with pytest.raises(weights_lib.WeightsError, match="does not fit this backbone") as error:
     models.build_model("applications:EfficientNetV2B0", (64, 64, 1), weights=path)
   assert len(str(error.value)) < 500
@@ -130,7 +146,9 @@ def test_backbone_only_keras_file_and_local_keras_hub_preset(tmp_path):
   rn = models.build_model("resnet50", (32, 32, 1), weights="none")
   pretrained.backbone_of(rn).save(backbone_file)
   again = models.build_model("resnet50", (32, 32, 1), weights=backbone_file)
-  np.testing.assert_array_equal(pretrained.backbone_of(again).weights[0].numpy(), pretrained.backbone_of(rn).weights[0].numpy())
+  np.testing.assert_array_equal(
+    pretrained.backbone_of(again).weights[0].numpy(), pretrained.backbone_of(rn).weights[0].numpy()
+  )
   with pytest.raises(weights_lib.WeightsError, match="match neither"):
     models.build_model("cnn_scratch", (32, 32, 1), weights=backbone_file)
   with pytest.raises(weights_lib.WeightsError, match="no such file"):
@@ -140,15 +158,27 @@ def test_backbone_only_keras_file_and_local_keras_hub_preset(tmp_path):
 def test_offline_imagenet_fails_fast_naming_the_file(tmp_path):
   env = {**os.environ, **OFFLINE, "KERAS_HOME": str(tmp_path / "keras_home"), "KAGGLEHUB_CACHE": str(tmp_path / "kh")}
   cases = (
-      ("resnet50", ["resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", str(tmp_path / "keras_home" / "models")]),
-      ("vit_base", ["vit_base_patch16_224_imagenet21k", str(tmp_path / "kh" / "models" / "keras" / "vit")]),
+    ("resnet50", ["resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", str(tmp_path / "keras_home" / "models")]),
+    ("vit_base", ["vit_base_patch16_224_imagenet21k", str(tmp_path / "kh" / "models" / "keras" / "vit")]),
   )
   for model, needles in cases:
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "xray_keras.run", f"--model={model}", "--weights=imagenet", "--epochs=1",
-         f"--output_dir={tmp_path / model}", f"--cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
+      [
+        sys.executable,
+        "-m",
+        "xray_keras.run",
+        f"--model={model}",
+        "--weights=imagenet",
+        "--epochs=1",
+        f"--output_dir={tmp_path / model}",
+        f"--cache_dir={tmp_path / 'cache'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=180,
+      env=env,
     )
     elapsed = time.perf_counter() - start
     assert result.returncode == 1, result.stderr[-2000:]

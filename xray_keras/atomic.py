@@ -55,7 +55,7 @@ def remove_stale(parent):
   for name in os.listdir(parent):
     if not name.startswith(PREFIX):
       continue
-    pid = name[len(PREFIX):].split("-", 1)[0]
+    pid = name[len(PREFIX) :].split("-", 1)[0]
     if pid.isdigit() and not _alive(int(pid)):
       shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
       removed += 1

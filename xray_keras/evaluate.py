@@ -19,9 +19,16 @@ from xray_keras.errors import UserError
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished run directory.", required=True)
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "Fit temperature scaling on the run's validation predictions.")
-_TTA = flags.DEFINE_integer("tta", 1, "Test-time views of each val/test image (the image and N-1 copies through the run's --augment); 1: none.", lower_bound=1)
+_TTA = flags.DEFINE_integer(
+  "tta",
+  1,
+  "Test-time views of each val/test image (the image and N-1 copies through the run's --augment); 1: none.",
+  lower_bound=1,
+)
 _TTA_SEED = flags.DEFINE_integer("tta_seed", 0, "Seed of the test-time augmentations.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Prediction batch size (the augmentations are drawn per batch); 0: the run's.", lower_bound=0)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", 0, "Prediction batch size (the augmentations are drawn per batch); 0: the run's.", lower_bound=0
+)
 
 
 def data_config(values):
@@ -68,7 +75,9 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
     arrays = data.splits[split]
     files = [printable(r.path) for r in arrays.records]
     if split in saved and saved[split][0] != files:
-      raise UserError(f"{run_dir}: the {split} images read now differ from its predictions.csv; is --data_dir the same?")
+      raise UserError(
+        f"{run_dir}: the {split} images read now differ from its predictions.csv; is --data_dir the same?"
+      )
     splits[split] = (files, (arrays.labels > 0).astype(int), arrays.images)
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   batch_size = batch_size or int(values.get("batch_size", 32))
@@ -89,8 +98,12 @@ def main(argv):
       if "val" not in saved:
         raise UserError(f"{run_dir} has no validation predictions to fit a temperature on.")
       fitted = clinical.write_calibration(run_dir, saved["val"][1], saved["val"][2])
-      logging.info("Temperature %.3f: validation log loss %.4f -> %.4f", fitted["temperature"],
-                   fitted["val_log_loss_before"], fitted["val_log_loss_after"])
+      logging.info(
+        "Temperature %.3f: validation log loss %.4f -> %.4f",
+        fitted["temperature"],
+        fitted["val_log_loss_before"],
+        fitted["val_log_loss_after"],
+      )
     if _TTA.value > 1:
       add_tta(run_dir, _TTA.value, _TTA_SEED.value, _BATCH_SIZE.value)
       logging.info("%d-view predictions written to %s", _TTA.value, os.path.join(run_dir, clinical.TTA_PREDICTIONS))

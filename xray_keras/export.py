@@ -1,6 +1,6 @@
 """Export a finished run as a versioned SavedModel for TF Serving.
 
-  python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> [--export_dir=saved_models]
+python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> [--export_dir=saved_models]
 """
 
 import sys
@@ -9,7 +9,9 @@ from absl import app, flags, logging
 
 from xray_keras.errors import UserError
 
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished run directory (holds metrics.json and model.keras).", required=True)
+_RUN_DIR = flags.DEFINE_string(
+  "run_dir", None, "A finished run directory (holds metrics.json and model.keras).", required=True
+)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder: <export_dir>/<model>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string("model_name", "", "Name under export_dir; empty: the run's model name.")
 

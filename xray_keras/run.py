@@ -26,8 +26,15 @@ def main(argv):
       from xray_keras import study
 
       study_dir = config.output_dir or os.path.join("runs", xray_flags.study_name())
-      study.run(xray_flags.study_models(), study_dir, xray_flags.__name__, config.overwrite,
-                xray_flags.bootstrap_resamples(), xray_flags.overrides(), xray_flags.seeds())
+      study.run(
+        xray_flags.study_models(),
+        study_dir,
+        xray_flags.__name__,
+        config.overwrite,
+        xray_flags.bootstrap_resamples(),
+        xray_flags.overrides(),
+        xray_flags.seeds(),
+      )
       return
     from xray_keras.training import trainer  # Imports Keras and the backend.
 

@@ -14,6 +14,7 @@ lists every model's run and outcome;
 (`report/`).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -23,12 +24,23 @@ from absl import flags, logging
 
 from xray_keras import atomic
 from xray_keras.errors import UserError
+from xray_keras.training import progress
 from xray_keras.training import run_dir as run_dirs
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
-_NOT_PASSED = {"models", "model", "experiment", "output_dir", "flagfile", "overwrite", "export_dir", "bootstrap_resamples",
-               "override", "seeds"}
+_NOT_PASSED = {
+  "models",
+  "model",
+  "experiment",
+  "output_dir",
+  "flagfile",
+  "overwrite",
+  "export_dir",
+  "bootstrap_resamples",
+  "override",
+  "seeds",
+}
 # Flags of the two-phase fine-tuning of a pretrained backbone; a from-scratch model refuses them.
 PRETRAINED_ONLY = ("head_epochs", "head_learning_rate", "unfreeze", "feature_cache", "weights")
 
@@ -78,13 +90,19 @@ def _check_weights_path(models_, passed):
   weights = dict(passed).get("weights", "").split("=", 1)[-1]
   pretrained = [m for m in models_ if models.get_spec(m).pretrained]
   if weights not in ("", "imagenet", "none") and len(pretrained) > 1:
-    raise UserError(f"--weights={weights} is one file for {len(pretrained)} pretrained models; give each its own "
-                    f"with --override={pretrained[0]}:weights=PATH.")
+    raise UserError(
+      f"--weights={weights} is one file for {len(pretrained)} pretrained models; give each its own "
+      f"with --override={pretrained[0]}:weights=PATH."
+    )
 
 
 def _model_args(model):
   cfg = os.path.join(EXPERIMENTS, f"{model}.cfg")
-  return [f"--flagfile={cfg}"] if os.path.isfile(cfg) else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
+  return (
+    [f"--flagfile={cfg}"]
+    if os.path.isfile(cfg)
+    else ["--flagfile=" + os.path.join(EXPERIMENTS, "base.cfg"), f"--model={model}"]
+  )
 
 
 def study_runs(models, seeds=()):
@@ -92,8 +110,9 @@ def study_runs(models, seeds=()):
   others to `<model>_seed<N>`."""
   if not seeds:
     return [(m, m.replace(":", "_"), None) for m in models]
-  return [(m, m.replace(":", "_") + ("" if i == 0 else f"_seed{seed}"), seed)
-          for m in models for i, seed in enumerate(seeds)]
+  return [
+    (m, m.replace(":", "_") + ("" if i == 0 else f"_seed{seed}"), seed) for m in models for i, seed in enumerate(seeds)
+  ]
 
 
 def _check_seed(out, seed):
@@ -102,8 +121,22 @@ def _check_seed(out, seed):
     return
   had = run_dirs.read_flags(os.path.join(out, "flags.txt")).get("seed")
   if had is not None and int(had) != seed:
-    raise UserError(f"{out} holds a finished run with --seed={had}, not {seed}; list --seeds with {had} first, "
-                    "or pass --overwrite.")
+    raise UserError(
+      f"{out} holds a finished run with --seed={had}, not {seed}; list --seeds with {had} first, or pass --overwrite."
+    )
+
+
+def _run_model(args, where):
+  """Runs one model's process, passing its stderr through (its progress lines); returns the exit code
+  and its `error:` lines."""
+  env = {**os.environ, progress.STUDY_ENV: json.dumps(where)}
+  errors = []
+  with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, errors="replace", env=env) as child:
+    for line in child.stderr:
+      sys.stderr.write(line)
+      if line.startswith("error:"):
+        errors.append(line.rstrip("\n"))
+  return child.returncode, errors
 
 
 def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrides=(), seeds=()):
@@ -128,21 +161,26 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrid
       status[name] = {"run_dir": os.path.basename(out), "outcome": "reused"}
       atomic.write_json(os.path.join(study_dir, "study.json"), {"models": names, "runs": status})
       continue
-    args = [sys.executable, "-m", "xray_keras.run", *_model_args(model), *model_flags(model, passed, overrides),
-            f"--output_dir={out}"] + ([f"--seed={seed}"] if seed is not None else [])
+    args = [
+      sys.executable,
+      "-m",
+      "xray_keras.run",
+      *_model_args(model),
+      *model_flags(model, passed, overrides),
+      f"--output_dir={out}",
+    ] + ([f"--seed={seed}"] if seed is not None else [])
     if overwrite:
       args.append("--overwrite")
-    logging.info("Study: running %s into %s", name, out)
+    index = len(status) + 1
+    logging.info("Study: model %d/%d, running %s into %s", index, len(plan), name, out)
     start = time.perf_counter()
-    result = subprocess.run(args, stderr=subprocess.PIPE, text=True)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    if result.returncode:
-      reason = errors[-1] if errors else f"exit code {result.returncode}; see {os.path.join(out, 'run.log')}"
+    returncode, errors = _run_model(args, {"index": index, "count": len(plan), "name": name})
+    if returncode:
+      reason = errors[-1] if errors else f"exit code {returncode}; see {os.path.join(out, 'run.log')}"
       logging.error("Study: %s failed: %s", name, reason)
       status[name] = {"run_dir": os.path.basename(out), "outcome": "failed", "error": reason}
     else:
-      status[name] = {"run_dir": os.path.basename(out), "outcome": "finished",
-                      "wall_s": time.perf_counter() - start}
+      status[name] = {"run_dir": os.path.basename(out), "outcome": "finished", "wall_s": time.perf_counter() - start}
     atomic.write_json(os.path.join(study_dir, "study.json"), {"models": names, "runs": status})
   if any(s["outcome"] != "failed" for s in status.values()):
     from xray_keras.models import table
@@ -151,7 +189,9 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrid
     write.write_report(study_dir, resamples, parameter_table=table.rows(models), ensemble=True)
   failed = [m for m, s in status.items() if s["outcome"] == "failed"]
   if failed:
-    raise UserError(f"Study: {len(failed)} of {len(plan)} runs failed ({', '.join(failed)}); rerun the same "
-                    f"command to retry them, finished runs are reused. Details in {study_dir}/study.json")
+    raise UserError(
+      f"Study: {len(failed)} of {len(plan)} runs failed ({', '.join(failed)}); rerun the same "
+      f"command to retry them, finished runs are reused. Details in {study_dir}/study.json"
+    )
   logging.info("Study done: %s", ", ".join(f"{m} {s['outcome']}" for m, s in status.items()))
   return study_dir

@@ -32,7 +32,7 @@ def cache_key(root, paths, image_size, channels, resize_mode):
   """Hash of the source files (path, size, mtime), the decode settings and the backend (it resizes)."""
   digest = hashlib.sha256()
   digest.update(
-      json.dumps([decode.DECODER_VERSION, keras.backend.backend(), image_size, channels, resize_mode]).encode()
+    json.dumps([decode.DECODER_VERSION, keras.backend.backend(), image_size, channels, resize_mode]).encode()
   )
   for rel in paths:
     try:
@@ -69,9 +69,7 @@ def decode_files(root, paths, image_size, channels, resize_mode, workers=None):
   images = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
   kept, skipped, digests = [], [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    results = pool.map(
-        lambda rel: _decode_file(root, rel, image_size, channels, resize_mode), paths
-    )
+    results = pool.map(lambda rel: _decode_file(root, rel, image_size, channels, resize_mode), paths)
     for rel, (array, reason, digest) in zip(paths, results):
       if array is None:
         skipped.append(Skipped(rel, reason))
@@ -119,8 +117,12 @@ def _write_entry(entry, images, kept, skipped, digests):
     os.makedirs(parent, exist_ok=True)
     tmp = atomic.temp_dir(parent)
     np.save(os.path.join(tmp, "images.npy"), images, allow_pickle=False)
-    index = {"kept": kept, "skipped": [[s.path, s.reason] for s in skipped], "digests": digests,
-             "images_crc32": _crc32(images)}
+    index = {
+      "kept": kept,
+      "skipped": [[s.path, s.reason] for s in skipped],
+      "digests": digests,
+      "images_crc32": _crc32(images),
+    }
     with open(os.path.join(tmp, "index.json"), "w") as f:
       json.dump(index, f)
     os.rename(tmp, entry)

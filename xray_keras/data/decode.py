@@ -27,6 +27,7 @@ DECODER_VERSION = 4
 DRAFT_MARGIN = 4
 # The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
 MAX_PIXELS = 60_000_000
+_RESIZE_CHUNK = 512  # images per batched resize in resize_array
 
 
 class DecodeError(ValueError):
@@ -77,31 +78,32 @@ def resize_plan(height, width, size, resize_mode):
 
 
 def fit_square(array, size, resize_mode="squash", full_shape=None):
-  """Crops, resizes and pads a `(H, W, C)` uint8 array to `(size, size, C)`.
+  """Crops, resizes and pads a `(H, W, C)` uint8 array to `(size, size, C)` (or a batch, `(N, H, W, C)`).
 
   `full_shape` `(H, W)`: the image's size before a draft-mode (reduced) decode; the geometry is
   planned on it, as a full decode would, and the crop box scaled onto `array`.
   """
-  height, width, channels = array.shape
+  height, width, channels = array.shape[-3:]
   full_h, full_w = full_shape or (height, width)
-  (top, left, crop_h, crop_w), (out_h, out_w), (pad_top, pad_left) = resize_plan(
-      full_h, full_w, size, resize_mode
-  )
+  (top, left, crop_h, crop_w), (out_h, out_w), (pad_top, pad_left) = resize_plan(full_h, full_w, size, resize_mode)
   if (full_h, full_w) != (height, width):
     sy, sx = height / full_h, width / full_w
     top, left = round(top * sy), round(left * sx)
     crop_h, crop_w = min(round(crop_h * sy), height - top), min(round(crop_w * sx), width - left)
-  array = array[top : top + crop_h, left : left + crop_w]
+  array = array[..., top : top + crop_h, left : left + crop_w, :]
   if (crop_h, crop_w) != (out_h, out_w):
     resized = keras.ops.image.resize(
-        array.astype(np.float32), (out_h, out_w), interpolation="bilinear", antialias=True,
-        data_format="channels_last",
+      array.astype(np.float32),
+      (out_h, out_w),
+      interpolation="bilinear",
+      antialias=True,
+      data_format="channels_last",
     )
     array = np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8)
   if (out_h, out_w) == (size, size):
     return array
-  canvas = np.zeros((size, size, channels), np.uint8)
-  canvas[pad_top : pad_top + out_h, pad_left : pad_left + out_w] = array
+  canvas = np.zeros((*array.shape[:-3], size, size, channels), np.uint8)
+  canvas[..., pad_top : pad_top + out_h, pad_left : pad_left + out_w, :] = array
   return canvas
 
 
@@ -159,10 +161,14 @@ def resize_array(images, size, channels, resize_mode="squash"):
     images = images[..., None]
   if images.shape[1:] == (size, size, channels):
     return images.astype(np.uint8, copy=False)
+  if images.shape[-1] != channels:
+    converted = []
+    for image in images:
+      mode = "L" if image.shape[-1] == 1 else "RGB"
+      array = np.asarray(_to_mode(Image.fromarray(np.squeeze(image, -1) if mode == "L" else image, mode), channels))
+      converted.append(array[:, :, None] if array.ndim == 2 else array)
+    images = np.stack(converted) if converted else np.zeros((0, *images.shape[1:3], channels), np.uint8)
   out = np.empty((len(images), size, size, channels), dtype=np.uint8)
-  for i, image in enumerate(images):
-    mode = "L" if image.shape[-1] == 1 else "RGB"
-    pil = Image.fromarray(np.squeeze(image, -1) if mode == "L" else image, mode)
-    array = np.asarray(_to_mode(pil, channels), dtype=np.uint8)
-    out[i] = fit_square(array[:, :, None] if array.ndim == 2 else array, size, resize_mode)
+  for start in range(0, len(images), _RESIZE_CHUNK):  # one resize per chunk: the same numbers as one per image
+    out[start : start + _RESIZE_CHUNK] = fit_square(images[start : start + _RESIZE_CHUNK], size, resize_mode)
   return out

@@ -8,8 +8,6 @@ the model (`in_step_model`), so they are compiled into the train step with it;
 the wrapper shares the model's weights and is used for `fit` only.
 """
 
-import math
-
 import keras
 import numpy as np
 

@@ -23,8 +23,8 @@ from xray_keras.data.folder import DataError
 
 KAGGLE_HANDLE = "paultimothymooney/chest-xray-pneumonia/versions/2"
 MENDELEY_URL = (
-    "https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/"
-    "f12eaf6d-6023-432f-acc9-80c9d7393433/file_downloaded"
+  "https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/"
+  "f12eaf6d-6023-432f-acc9-80c9d7393433/file_downloaded"
 )
 SOURCES = ("kaggle", "mendeley")
 EXPECTED_IMAGES = 5856
@@ -70,10 +70,16 @@ def from_url(url, cache_dir):
     os.rename(os.path.join(work, "extracted"), extracted)
   finally:
     shutil.rmtree(work, ignore_errors=True)
-  atomic.write_json(record, {
-      "url": url, "sha256": digest, "bytes": size, "images": count,
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  })
+  atomic.write_json(
+    record,
+    {
+      "url": url,
+      "sha256": digest,
+      "bytes": size,
+      "images": count,
+      "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    },
+  )
   logging.info("Downloaded %s: %d bytes, sha256 %s, %d images", url, size, digest, count)
   if count != EXPECTED_IMAGES:
     logging.warning("The archive holds %d images; the Kermany set has %d.", count, EXPECTED_IMAGES)
@@ -121,7 +127,7 @@ def fetch(source, cache_dir, mendeley_url=MENDELEY_URL):
   except (urllib.error.URLError, OSError, ValueError) as e:
     failures.append(f"mendeley: {_first_line(e)}")
   raise DataError(
-      f"Cannot download the Kermany chest X-ray data ({'; '.join(failures)}). Without a network, get "
-      "it elsewhere (Kaggle paultimothymooney/chest-xray-pneumonia or Mendeley doi:10.17632/rscbjbr9sj.2), "
-      "unzip it and pass --data_dir=<the folder>; without --data_dir, runs use the built-in 64 px copy."
+    f"Cannot download the Kermany chest X-ray data ({'; '.join(failures)}). Without a network, get "
+    "it elsewhere (Kaggle paultimothymooney/chest-xray-pneumonia or Mendeley doi:10.17632/rscbjbr9sj.2), "
+    "unzip it and pass --data_dir=<the folder>; without --data_dir, runs use the built-in 64 px copy."
   )

@@ -10,7 +10,9 @@ import math
 import keras
 import numpy as np
 
-AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast", "brightness", "blur", "sharpness")
+from xray_keras.data.affine import RandomAffine
+
+AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast", "brightness", "blur", "sharpness", "affine")
 GEOMETRIC_AND_CONTRAST = AUGMENTATIONS[:4]
 
 
@@ -28,14 +30,16 @@ def augmentation(names, seed=None):
   if not names:
     return None
   factories = {
-      "rotation": lambda: keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
-      "zoom": lambda: keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
-      "translation": lambda: keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed),
-      "contrast": lambda: keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
-      "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-      # Blur and sharpen: edge sharpness follows each original's resolution, not the diagnosis.
-      "blur": lambda: keras.layers.RandomGaussianBlur(0.5, kernel_size=5, sigma=(0.1, 1.5), seed=seed),
-      "sharpness": lambda: keras.layers.RandomSharpness(0.3, value_range=(0, 255), seed=seed),
+    "rotation": lambda: keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+    "zoom": lambda: keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+    "translation": lambda: keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed),
+    "contrast": lambda: keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
+    "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
+    # Blur and sharpen: edge sharpness follows each original's resolution, not the diagnosis.
+    "blur": lambda: keras.layers.RandomGaussianBlur(0.5, kernel_size=5, sigma=(0.1, 1.5), seed=seed),
+    "sharpness": lambda: keras.layers.RandomSharpness(0.3, value_range=(0, 255), seed=seed),
+    # rotation, zoom and translation with the same ranges, in one resampling
+    "affine": lambda: RandomAffine(0.03, 0.1, 0.05, seed=seed),
   }
   return keras.Sequential([factories[n]() for n in names], name="augmentation")
 

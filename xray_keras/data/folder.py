@@ -12,18 +12,18 @@ import stat
 from absl import logging
 
 from xray_keras.data import patients
-from xray_keras.errors import UserError
 from xray_keras.data.records import CLASS_NAMES, Record, Skipped
+from xray_keras.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 _JUNK_DIRS = ("__MACOSX",)
 _MAX_DEPTH = 4
 
 DATASET_HELP = (
-    "Expected the Kermany 'Chest X-Ray Images (Pneumonia)' layout "
-    "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg. Get it from Kaggle "
-    "(paultimothymooney/chest-xray-pneumonia) or Mendeley Data (doi:10.17632/rscbjbr9sj.2), "
-    "unzip it and pass --data_dir=<the unzipped folder>."
+  "Expected the Kermany 'Chest X-Ray Images (Pneumonia)' layout "
+  "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg. Get it from Kaggle "
+  "(paultimothymooney/chest-xray-pneumonia) or Mendeley Data (doi:10.17632/rscbjbr9sj.2), "
+  "unzip it and pass --data_dir=<the unzipped folder>."
 )
 
 
@@ -32,11 +32,7 @@ class DataError(UserError, ValueError):
 
 
 def _is_split_root(path):
-  return all(
-      os.path.isdir(os.path.join(path, split, name))
-      for split in ("train", "test")
-      for name in CLASS_NAMES
-  )
+  return all(os.path.isdir(os.path.join(path, split, name)) for split in ("train", "test") for name in CLASS_NAMES)
 
 
 def find_root(data_dir):
@@ -119,12 +115,12 @@ def list_records(data_dir):
           skipped.append(Skipped(rel, reason))
           continue
         records.append(
-            Record(
-                path=rel,
-                label=label,
-                split="official_val" if split == "val" else split,
-                patient=patients.patient_id(entry.name),
-            )
+          Record(
+            path=rel,
+            label=label,
+            split="official_val" if split == "val" else split,
+            patient=patients.patient_id(entry.name),
+          )
         )
   if not any(r.split == "train" for r in records):
     raise DataError(f"No training images found under {root!r}. {DATASET_HELP}")

@@ -71,13 +71,13 @@ class StudyData:
 
   def summary(self):
     return {
-        "source": self.source,
-        "synthetic": self.synthetic,
-        "name": self.name,
-        "counts": self.counts(),
-        "skipped_files": len(self.skipped),
-        "notes": self.notes,
-        "class_names": list(self.class_names),
+      "source": self.source,
+      "synthetic": self.synthetic,
+      "name": self.name,
+      "counts": self.counts(),
+      "skipped_files": len(self.skipped),
+      "notes": self.notes,
+      "class_names": list(self.class_names),
     }
 
 
@@ -99,8 +99,13 @@ def load(config):
   if source == "folder" and config.data_dir in download.SOURCES:
     fetched = download.fetch(config.data_dir, config.cache_dir or cache.default_cache_dir(), config.mendeley_url)
     config = dataclasses.replace(config, data_dir=fetched)
-  loader = {"builtin": _load_builtin, "folder": _load_folder, "npz": _load_npz, "tfds": _load_tfds,
-            "synthetic": _load_synthetic}
+  loader = {
+    "builtin": _load_builtin,
+    "folder": _load_folder,
+    "npz": _load_npz,
+    "tfds": _load_tfds,
+    "synthetic": _load_synthetic,
+  }
   data = loader[source](config)
   if config.task == "three_class":
     _three_class(data)
@@ -129,7 +134,9 @@ def _three_class(data):
     names = [patients.subtype(r.path, r.label) for r in arrays.records]
     keep = [i for i, n in enumerate(names) if n != "UNKNOWN"]
     for i in sorted(set(range(len(names))) - set(keep)):
-      data.skipped.append(Skipped(arrays.records[i].path, "--task=three_class: PNEUMONIA file name says neither bacteria nor virus"))
+      data.skipped.append(
+        Skipped(arrays.records[i].path, "--task=three_class: PNEUMONIA file name says neither bacteria nor virus")
+      )
     dropped += len(names) - len(keep)
     labels = np.array([patients.SUBTYPES.index(names[i]) for i in keep], dtype=np.int32)
     data.splits[split] = SplitArrays(arrays.images[keep], labels, [arrays.records[i] for i in keep])
@@ -189,14 +196,21 @@ def _load_folder(config):
   records = select(records, config)
   cache_dir = config.cache_dir or cache.default_cache_dir()
   images, kept, bad, digests = cache.load_or_decode(
-      root, [r.path for r in records], config.image_size, config.channels,
-      config.resize_mode, cache_dir,
+    root,
+    [r.path for r in records],
+    config.image_size,
+    config.channels,
+    config.resize_mode,
+    cache_dir,
   )
   by_path = {r.path: r for r in records}
   kept_records = [by_path[p] for p in kept]
   data = StudyData(
-      source="folder", synthetic=False, name=os.path.basename(os.path.normpath(root)),
-      splits=_by_split(images, kept_records), skipped=skipped + bad,
+    source="folder",
+    synthetic=False,
+    name=os.path.basename(os.path.normpath(root)),
+    splits=_by_split(images, kept_records),
+    skipped=skipped + bad,
   )
   _note_duplicates(data, kept_records, digests)
   _note_patient_overlap(data, kept_records)
@@ -233,8 +247,8 @@ def _load_npz(config):
   path = config.data_dir
   if not os.path.isfile(path):
     raise DataError(
-        f"npz file {path!r} does not exist. Expected a MedMNIST file such as pneumoniamnist.npz "
-        "with keys train_images, train_labels, val_images, val_labels, test_images, test_labels."
+      f"npz file {path!r} does not exist. Expected a MedMNIST file such as pneumoniamnist.npz "
+      "with keys train_images, train_labels, val_images, val_labels, test_images, test_labels."
     )
   arrays = _read_npz(path)
   name = os.path.basename(path)
@@ -254,7 +268,9 @@ def _read_npz(path):
   """{split: (images, labels)} from a MedMNIST-style npz; any damage is one `DataError` line."""
   with open(path, "rb") as f:
     if f.read(4) != b"PK\x03\x04":
-      raise DataError(f"npz file {path!r} is not an npz archive (no zip header); expected a file written by numpy.savez.")
+      raise DataError(
+        f"npz file {path!r} is not an npz archive (no zip header); expected a file written by numpy.savez."
+      )
   try:
     with np.load(path, allow_pickle=False) as archive:
       keys = set(archive.files)
@@ -268,7 +284,9 @@ def _read_npz(path):
     raise
   except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, pickled object arrays, ...
     reason = str(e).splitlines()[0] if str(e) else ""
-    raise DataError(f"Cannot read npz file {path!r}: damaged or not an npz archive ({type(e).__name__}: {reason}).") from None
+    raise DataError(
+      f"Cannot read npz file {path!r}: damaged or not an npz archive ({type(e).__name__}: {reason})."
+    ) from None
 
 
 def _check_npz_split(path, split, images, labels):
@@ -289,16 +307,22 @@ def _check_npz_split(path, split, images, labels):
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
   if labels.ndim != 1:
-    raise DataError(f"{where} vs {shape}: expected one 0/1 label per image, shape (N,) or (N, 1) "
-                    "(one-hot and multi-label arrays are not accepted).")
+    raise DataError(
+      f"{where} vs {shape}: expected one 0/1 label per image, shape (N,) or (N, 1) "
+      "(one-hot and multi-label arrays are not accepted)."
+    )
   if len(labels) != len(images):
     raise DataError(f"{where} vs {shape}: {len(images)} images but {len(labels)} labels.")
   if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
-    raise DataError(f"npz file {path!r}: {shape} {labels.dtype}: labels must be the numbers 0 (NORMAL) or 1 (PNEUMONIA).")
+    raise DataError(
+      f"npz file {path!r}: {shape} {labels.dtype}: labels must be the numbers 0 (NORMAL) or 1 (PNEUMONIA)."
+    )
   bad = ~np.isin(labels, (0, 1))
   if bad.any():
-    raise DataError(f"npz file {path!r}: {shape} holds {int(bad.sum())} label(s) other than 0 (NORMAL) or 1 "
-                    f"(PNEUMONIA), e.g. {labels[bad][0].item()!r}.")
+    raise DataError(
+      f"npz file {path!r}: {shape} holds {int(bad.sum())} label(s) other than 0 (NORMAL) or 1 "
+      f"(PNEUMONIA), e.g. {labels[bad][0].item()!r}."
+    )
   return labels.astype(int)
 
 
@@ -310,9 +334,7 @@ def _load_tfds(config):
   folder.find_root(config.data_dir)  # our one-line message before TFDS's own, longer one
   builder = tfds.builder("chest_xray_pneumonia", data_dir=config.tfds_data_dir or None)
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir)
-    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir))
   except AssertionError as e:
     raise DataError(str(e).splitlines()[0]) from None
   records, images = [], []
@@ -326,8 +348,11 @@ def _load_tfds(config):
   skipped = _tfds_left_out(config.data_dir, {r.path for r in records})
   images, records = _select_arrays(np.stack(images)[order], records, config)
   return StudyData(
-      source="tfds", synthetic=False, name="tfds:chest_xray_pneumonia",
-      splits=_by_split(images, records), skipped=skipped,
+    source="tfds",
+    synthetic=False,
+    name="tfds:chest_xray_pneumonia",
+    splits=_by_split(images, records),
+    skipped=skipped,
   )
 
 
@@ -350,15 +375,18 @@ def _tfds_left_out(manual_dir, kept):
 def _load_builtin(config):
   if config.image_size > builtin.IMAGE_SIZE:
     raise DataError(
-        f"--image_size={config.image_size} is larger than the built-in data ({builtin.IMAGE_SIZE}x"
-        f"{builtin.IMAGE_SIZE}). {builtin.FULL_DATA_HELP}"
+      f"--image_size={config.image_size} is larger than the built-in data ({builtin.IMAGE_SIZE}x"
+      f"{builtin.IMAGE_SIZE}). {builtin.FULL_DATA_HELP}"
     )
   logging.info("No --data_dir given: using the built-in real X-rays (%d px).", builtin.IMAGE_SIZE)
-  images, records = builtin.load()
+  images, records = _select_arrays(*builtin.load(), config)  # then resize only the images kept
   images = decode.resize_array(images, config.image_size, config.channels, config.resize_mode)
-  images, records = _select_arrays(images, records, config)
   data = StudyData(
-      source="builtin", synthetic=False, name=builtin.NAME, splits=_by_split(images, records), skipped=[],
+    source="builtin",
+    synthetic=False,
+    name=builtin.NAME,
+    splits=_by_split(images, records),
+    skipped=[],
   )
   _note_patient_overlap(data, records)
   return data
@@ -367,13 +395,16 @@ def _load_builtin(config):
 def _load_synthetic(config):
   logging.info("--data_source=synthetic: using the built-in SYNTHETIC chest-X-ray-like data.")
   parts = [
-      synthetic.generate(split, n, config.image_size, config.channels, config.split_seed)
-      for split, n in (("train", config.synthetic_train_size), ("test", config.synthetic_test_size))
+    synthetic.generate(split, n, config.image_size, config.channels, config.split_seed)
+    for split, n in (("train", config.synthetic_train_size), ("test", config.synthetic_test_size))
   ]
   images, records = _select_arrays(np.concatenate([p[0] for p in parts]), parts[0][2] + parts[1][2], config)
   return StudyData(
-      source="synthetic", synthetic=True, name="synthetic",
-      splits=_by_split(images, records), skipped=[],
+    source="synthetic",
+    synthetic=True,
+    name="synthetic",
+    splits=_by_split(images, records),
+    skipped=[],
   )
 
 

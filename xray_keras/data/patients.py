@@ -10,8 +10,8 @@ import numpy as np
 # person1000_bacteria_2931.jpeg, person1_virus_6.jpeg, IM-0115-0001.jpeg,
 # IM-0117-0001-0002.jpeg, NORMAL2-IM-1427-0001.jpeg
 _PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),
+  re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),
+  re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),
 )
 
 
@@ -67,8 +67,9 @@ def carve_validation(records, fraction, seed):
   for label in sorted({records[i].label for ids in by_patient.values() for i in ids}):
     # A patient belongs to the class most of their images carry.
     patients = sorted(
-        p for p, ids in by_patient.items()
-        if collections.Counter(records[i].label for i in ids).most_common(1)[0][0] == label
+      p
+      for p, ids in by_patient.items()
+      if collections.Counter(records[i].label for i in ids).most_common(1)[0][0] == label
     )
     total = sum(len(by_patient[p]) for p in patients)
     target = fraction * total
@@ -78,7 +79,4 @@ def carve_validation(records, fraction, seed):
         break
       val_indices.update(by_patient[p])
       taken += len(by_patient[p])
-  return [
-      dataclasses.replace(r, split="val") if i in val_indices else r
-      for i, r in enumerate(records)
-  ]
+  return [dataclasses.replace(r, split="val") if i in val_indices else r for i, r in enumerate(records)]

@@ -35,15 +35,17 @@ with train/, val/ and test/ each holding NORMAL/ and PNEUMONIA/) in `manual_dir`
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 1)),
-            "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-            "patient": tfds.features.Text(),
-            "file_name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://data.mendeley.com/datasets/rscbjbr9sj/2",
-        citation=_CITATION,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 1)),
+          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+          "patient": tfds.features.Text(),
+          "file_name": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://data.mendeley.com/datasets/rscbjbr9sj/2",
+      citation=_CITATION,
     )
 
   def _split_generators(self, dl_manager):
@@ -52,17 +54,14 @@ with train/, val/ and test/ each holding NORMAL/ and PNEUMONIA/) in `manual_dir`
       root, records, skipped = folder.list_records(os.fspath(manual_dir))
     except folder.DataError as e:
       raise AssertionError(
-          f"{e}\nPlace the files in manual_dir={manual_dir}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        f"{e}\nPlace the files in manual_dir={manual_dir}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
       ) from None
     if skipped:
       logging.info("chest_xray_pneumonia: skipping %d junk files", len(skipped))
     by_split = {"train": [], "val": [], "test": []}
     for record in records:
       by_split["val" if record.split == "official_val" else record.split].append(record)
-    return {
-        split: self._generate_examples(root, split_records)
-        for split, split_records in by_split.items()
-    }
+    return {split: self._generate_examples(root, split_records) for split, split_records in by_split.items()}
 
   def _generate_examples(self, root, records):
     bad = 0
@@ -75,11 +74,14 @@ with train/, val/ and test/ each holding NORMAL/ and PNEUMONIA/) in `manual_dir`
         bad += 1
         logging.warning("chest_xray_pneumonia: skipping %s: %s", record.path, e)
         continue
-      yield record.path, {
+      yield (
+        record.path,
+        {
           "image": image,
           "label": record.label,
           "patient": record.patient,
           "file_name": record.path,
-      }
+        },
+      )
     if bad:
       logging.warning("chest_xray_pneumonia: skipped %d undecodable files", bad)

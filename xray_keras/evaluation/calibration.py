@@ -6,8 +6,10 @@ EPS = 1e-7
 
 
 def _arrays(labels, probabilities):
-  return (np.asarray(labels, dtype=np.float64).reshape(-1),
-          np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 0.0, 1.0))
+  return (
+    np.asarray(labels, dtype=np.float64).reshape(-1),
+    np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 0.0, 1.0),
+  )
 
 
 def reliability(labels, probabilities, bins=10):
@@ -21,16 +23,28 @@ def reliability(labels, probabilities, bins=10):
   for b in range(bins):
     rows = index == b
     count = int(rows.sum())
-    out.append((float(probabilities[rows].mean()) if count else float("nan"),
-                float(labels[rows].mean()) if count else float("nan"), count))
+    out.append(
+      (
+        float(probabilities[rows].mean()) if count else float("nan"),
+        float(labels[rows].mean()) if count else float("nan"),
+        count,
+      )
+    )
   return out
 
 
 def expected_calibration_error(labels, probabilities, bins=10):
   """Sum over bins of (bin share) x |PNEUMONIA fraction - mean probability| (equal-width bins)."""
   n = len(np.asarray(labels).reshape(-1))
-  return float(sum(count / n * abs(fraction - mean) for mean, fraction, count in reliability(labels, probabilities, bins)
-                   if count)) if n else float("nan")
+  return (
+    float(
+      sum(
+        count / n * abs(fraction - mean) for mean, fraction, count in reliability(labels, probabilities, bins) if count
+      )
+    )
+    if n
+    else float("nan")
+  )
 
 
 def brier_score(labels, probabilities):

@@ -33,8 +33,8 @@ def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   total = plain.copy()
   for _ in range(views - 1):
     for start in range(0, len(images), batch_size):
-      batch = augmenter(images[start:start + batch_size], training=True)
-      total[start:start + batch_size] += pneumonia_probability(model.predict_on_batch(batch))
+      batch = augmenter(images[start : start + batch_size], training=True)
+      total[start : start + batch_size] += pneumonia_probability(model.predict_on_batch(batch))
   return total / views
 
 
@@ -68,11 +68,15 @@ def write_calibration(run_dir, val_labels, val_probabilities):
   """Fits the temperature on validation and writes calibration.json; returns its content."""
   temperature = calibration.fit_temperature(val_labels, val_probabilities)
   result = {
-      "method": "temperature scaling", "temperature": temperature, "fitted_on": "val",
-      "at_search_bound": not 0.051 < temperature < 19.9,
-      "val_images": int(len(val_labels)),
-      "val_log_loss_before": calibration.log_loss(val_labels, val_probabilities),
-      "val_log_loss_after": calibration.log_loss(val_labels, calibration.apply_temperature(val_probabilities, temperature)),
+    "method": "temperature scaling",
+    "temperature": temperature,
+    "fitted_on": "val",
+    "at_search_bound": not 0.051 < temperature < 19.9,
+    "val_images": int(len(val_labels)),
+    "val_log_loss_before": calibration.log_loss(val_labels, val_probabilities),
+    "val_log_loss_after": calibration.log_loss(
+      val_labels, calibration.apply_temperature(val_probabilities, temperature)
+    ),
   }
   atomic.write_json(os.path.join(run_dir, CALIBRATION), result)
   return result
@@ -90,11 +94,15 @@ def temperature(run_dir):
 
 def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
   """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`."""
-  by_split = {s: (files, labels, tta_predict(model, images, augment, views, batch_size, seed))
-              for s, (files, labels, images) in splits.items()}
+  by_split = {
+    s: (files, labels, tta_predict(model, images, augment, views, batch_size, seed))
+    for s, (files, labels, images) in splits.items()
+  }
   write_predictions(os.path.join(run_dir, TTA_PREDICTIONS), by_split)
-  atomic.write_json(os.path.join(run_dir, TTA), {"views": int(views), "augment": list(augment), "seed": seed,
-                                                 "first_view": "the image itself"})
+  atomic.write_json(
+    os.path.join(run_dir, TTA),
+    {"views": int(views), "augment": list(augment), "seed": seed, "first_view": "the image itself"},
+  )
   return by_split
 
 

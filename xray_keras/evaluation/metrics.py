@@ -10,7 +10,7 @@ def midranks(values):
   ranks = np.empty(len(values), dtype=np.float64)
   _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
   for start, count in zip(first, counts):
-    ranks[order[start:start + count]] = start + (count + 1) / 2.0
+    ranks[order[start : start + count]] = start + (count + 1) / 2.0
   return ranks
 
 
@@ -53,15 +53,15 @@ def binary_metrics(labels, probabilities, threshold=0.5):
   precision = _ratio(tp, tp + fp)
   recall = _ratio(tp, tp + fn)
   return {
-      "accuracy": _ratio(tp + tn, len(labels)),
-      "precision": precision,
-      "recall": recall,
-      "specificity": _ratio(tn, tn + fp),
-      "f1": _ratio(2 * precision * recall, precision + recall),
-      "auc": roc_auc(labels, probabilities),
-      "confusion_matrix": [[tn, fp], [fn, tp]],
-      "threshold": float(threshold),
-      "n": int(len(labels)),
+    "accuracy": _ratio(tp + tn, len(labels)),
+    "precision": precision,
+    "recall": recall,
+    "specificity": _ratio(tn, tn + fp),
+    "f1": _ratio(2 * precision * recall, precision + recall),
+    "auc": roc_auc(labels, probabilities),
+    "confusion_matrix": [[tn, fp], [fn, tp]],
+    "threshold": float(threshold),
+    "n": int(len(labels)),
   }
 
 

@@ -14,8 +14,12 @@ def three_class_metrics(labels, probabilities, class_names):
   k = len(class_names)
   confusion = np.zeros((k, k), dtype=int)
   np.add.at(confusion, (labels, predicted), 1)
-  out = {"accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
-         "confusion_matrix": confusion.tolist(), "class_names": list(class_names), "n": int(len(labels))}
+  out = {
+    "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+    "confusion_matrix": confusion.tolist(),
+    "class_names": list(class_names),
+    "n": int(len(labels)),
+  }
   aucs = []
   for c, name in enumerate(class_names):
     rows = labels == c
@@ -29,6 +33,7 @@ def three_class_metrics(labels, probabilities, class_names):
 
 def bootstrap_ci(labels, probabilities, class_names, resamples=1000, seed=0, level=0.95):
   """Percentile bootstrap intervals over images for every scalar of `three_class_metrics`."""
-  ci = statistics.percentile_bootstrap(lambda y, p: three_class_metrics(y, p, class_names), labels, probabilities,
-                                       resamples, seed, level)
+  ci = statistics.percentile_bootstrap(
+    lambda y, p: three_class_metrics(y, p, class_names), labels, probabilities, resamples, seed, level
+  )
   return {k: list(v) for k, v in ci.items()}

@@ -6,9 +6,9 @@ from xray_keras.evaluation import metrics, statistics
 
 # name: (description, rule). Each rule picks a threshold from validation labels and probabilities.
 RULES = {
-    "youden": "max sensitivity + specificity - 1",
-    "sensitivity_95": "highest threshold with sensitivity >= 0.95",
-    "specificity_90": "lowest threshold with specificity >= 0.90",
+  "youden": "max sensitivity + specificity - 1",
+  "sensitivity_95": "highest threshold with sensitivity >= 0.95",
+  "specificity_90": "lowest threshold with specificity >= 0.90",
 }
 
 
@@ -65,9 +65,18 @@ def operating_points(val_labels, val_probabilities, test_labels, test_probabilit
     val_sens, val_spec = _rates(val_labels, val_probabilities, threshold)
     test_metrics = metrics.binary_metrics(test_labels, test_probabilities, threshold)
     ci = _bootstrap(test_labels, test_probabilities, threshold, resamples, seed)
-    rows.append({"rule": rule, "description": description, "threshold": threshold,
-                 "val_sensitivity": val_sens, "val_specificity": val_spec,
-                 "test_sensitivity": test_metrics["recall"], "test_specificity": test_metrics["specificity"],
-                 "test_accuracy": test_metrics["accuracy"],
-                 "test_sensitivity_ci": ci["sensitivity"], "test_specificity_ci": ci["specificity"]})
+    rows.append(
+      {
+        "rule": rule,
+        "description": description,
+        "threshold": threshold,
+        "val_sensitivity": val_sens,
+        "val_specificity": val_spec,
+        "test_sensitivity": test_metrics["recall"],
+        "test_specificity": test_metrics["specificity"],
+        "test_accuracy": test_metrics["accuracy"],
+        "test_sensitivity_ci": ci["sensitivity"],
+        "test_specificity_ci": ci["specificity"],
+      }
+    )
   return rows

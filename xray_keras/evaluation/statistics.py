@@ -32,8 +32,9 @@ def bootstrap_ci(labels, probabilities, threshold=0.5, resamples=1000, seed=0, l
   Returns:
     `{metric: (low, high)}`; resamples where a metric is undefined (one class) are left out.
   """
-  return percentile_bootstrap(lambda y, p: metrics.binary_metrics(y, p, threshold), labels, probabilities,
-                              resamples, seed, level)
+  return percentile_bootstrap(
+    lambda y, p: metrics.binary_metrics(y, p, threshold), labels, probabilities, resamples, seed, level
+  )
 
 
 def delong_components(labels, scores):

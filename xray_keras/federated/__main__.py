@@ -26,8 +26,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   fed = federated_flags.federated_config()
   if fed.runtime == "deployment" and not flags.FLAGS.output_dir:  # the SuperLink's ServerApp needs the folder
-    flags.FLAGS.output_dir = os.path.join("runs", xray_flags.run_config().experiment,
-                                          datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    flags.FLAGS.output_dir = os.path.join(
+      "runs", xray_flags.run_config().experiment, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    )
   config = xray_flags.run_config()
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
   try:
@@ -41,8 +42,10 @@ def main(argv):
     run.check(config, fed)
     deployment.launch(config.output_dir, config.flags_text, fed)
     if not os.path.exists(os.path.join(config.output_dir, "metrics.json")):
-      raise UserError(f"The federated run did not finish; see {os.path.join(config.output_dir, 'run.log')} and "
-                      f"the logs in {os.path.join(config.output_dir, deployment.FLOWER_DIR)}.")
+      raise UserError(
+        f"The federated run did not finish; see {os.path.join(config.output_dir, 'run.log')} and "
+        f"the logs in {os.path.join(config.output_dir, deployment.FLOWER_DIR)}."
+      )
     logging.info("Run folder: %s", config.output_dir)
   except UserError as e:
     logging.error("%s", e)

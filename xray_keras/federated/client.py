@@ -41,8 +41,14 @@ def decode_config(text):
   tuples = lambda fields: {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   model = tuples(d["model"])
   model["backbone_kwargs"] = tuple(tuple(p) for p in model["backbone_kwargs"])
-  return RunConfig(**{**d, "data": DataConfig(**tuples(d["data"])), "model": ModelConfig(**model),
-                      "train": TrainConfig(**tuples(d["train"]))})
+  return RunConfig(
+    **{
+      **d,
+      "data": DataConfig(**tuples(d["data"])),
+      "model": ModelConfig(**model),
+      "train": TrainConfig(**tuples(d["train"])),
+    }
+  )
 
 
 def write_site(path, images, labels, files):
@@ -80,8 +86,11 @@ def _model(config):
     classes = trainer.num_classes(config)
     model = trainer.build_model(config, weights="none")  # the server sends the weights
     constant = dataclasses.replace(config.train, schedule="constant")
-    model.compile(**trainer.compile_kwargs(trainer.make_optimizer(constant, 1), trainer.resolve_jit(
-        config.train.jit_compile), classes))
+    model.compile(
+      **trainer.compile_kwargs(
+        trainer.make_optimizer(constant, 1), trainer.resolve_jit(config.train.jit_compile), classes
+      )
+    )
     augmenter = feeder.augmentation(config.train.augment, seed=config.train.seed)
     _MODELS[key] = (model, augmenter, classes)
   return _MODELS[key]
@@ -137,18 +146,24 @@ class SiteClient(NumPyClient):
     if not local_epochs.is_integer():  # one pass over this round's share of the site's stream of epochs
       rows = round_rows(len(labels), local_epochs, round_, run.train.seed)
       images, targets, epochs, trained = images[rows], targets[rows], 1, len(rows)
-    data = feeder.make_feeder(images, targets, run.train.batch_size, True, seed=run.train.seed + round_,
-                              augmenter=augmenter)
+    data = feeder.make_feeder(
+      images, targets, run.train.batch_size, True, seed=run.train.seed + round_, augmenter=augmenter
+    )
     start = time.perf_counter()
     history = model.fit(data, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     if keep:
       self.state[_OPTIMIZER_STATE] = ArrayRecord(
-          numpy_ndarrays=[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+        numpy_ndarrays=[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+      )
     loss = float(history.history["loss"][-1])
-    metrics = {"site": os.path.basename(path), "train_loss": loss, "train_s": seconds,
-               "train_images_per_s": trained / seconds,
-               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
+    metrics = {
+      "site": os.path.basename(path),
+      "train_loss": loss,
+      "train_s": seconds,
+      "train_images_per_s": trained / seconds,
+      "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+    }
     return model.get_weights(), int(len(labels)), metrics
 
   def _restore_optimizer(self, model, keep):

@@ -77,7 +77,7 @@ def _free_port():
 def _tool(name):
   path = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
   if not os.path.exists(path):
-    raise UserError(f"{name} not found; install Flower with: pip install -e \".[federated]\"")
+    raise UserError(f'{name} not found; install Flower with: pip install -e ".[federated]"')
   return path
 
 
@@ -106,10 +106,15 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
     f.write(_APP_TOML.format(clientapp=_CLIENT_APPS[fed.privacy]))
   link_port = _free_port()
   with open(os.path.join(home, "config.toml"), "w") as f:
-    f.write(f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
-            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
-  env = {**os.environ, "FLWR_HOME": home,
-         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    f.write(
+      f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
+      f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
+  env = {
+    **os.environ,
+    "FLWR_HOME": home,
+    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+  }
   processes = []
 
   def start(args, log_name):
@@ -119,24 +124,49 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
     return process
 
   try:
-    link = start([_tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-                  "--disable-runtime-dependency-installation"], "superlink.log")
+    link = start(
+      [
+        _tool("flower-superlink"),
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(link_port),
+        "--disable-runtime-dependency-installation",
+      ],
+      "superlink.log",
+    )
     _wait_for_port(link_port, link, "flower-superlink")
     sites = os.path.abspath(os.path.join(run_dir, "sites"))
     for k in range(fed.sites):
-      start([_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-             "--port", str(_free_port()), "--node-config", f'site-data="{os.path.join(sites, f"site_{k}.npz")}"'],
-            f"supernode_{k}.log")
-    logging.info("Flower deployment runtime: SuperLink on 127.0.0.1:%d, %d SuperNodes (logs in %s)", link_port,
-                 fed.sites, root)
+      start(
+        [
+          _tool("flower-supernode"),
+          "--insecure",
+          "--superlink",
+          f"127.0.0.1:{link_port}",
+          "--port",
+          str(_free_port()),
+          "--node-config",
+          f'site-data="{os.path.join(sites, f"site_{k}.npz")}"',
+        ],
+        f"supernode_{k}.log",
+      )
+    logging.info(
+      "Flower deployment runtime: SuperLink on 127.0.0.1:%d, %d SuperNodes (logs in %s)", link_port, fed.sites, root
+    )
     submitted = subprocess.run(
-        [_tool("flwr"), "run", app_dir, "local-deployment", "--run-config", f'flagfile="{flagfile}"', "--stream"],
-        env=env, cwd=app_dir, stdout=open(os.path.join(root, "flwr_run.log"), "w"), stderr=subprocess.STDOUT,
-        timeout=timeout_s)
+      [_tool("flwr"), "run", app_dir, "local-deployment", "--run-config", f'flagfile="{flagfile}"', "--stream"],
+      env=env,
+      cwd=app_dir,
+      stdout=open(os.path.join(root, "flwr_run.log"), "w"),
+      stderr=subprocess.STDOUT,
+      timeout=timeout_s,
+    )
     if submitted.returncode:
       raise UserError(f"flwr run failed (code {submitted.returncode}); see {os.path.join(root, 'flwr_run.log')}")
   finally:
-    for process, log in reversed(processes):
+    for process, _log in reversed(processes):
       if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
     for process, log in processes:

@@ -6,26 +6,85 @@ from absl import flags
 
 from xray_keras.federated import partition, server
 
-_SITES = flags.DEFINE_integer("sites", 4, "Sites (hospitals) K: the train split is partitioned by patient into K.", lower_bound=2)
-_PARTITION = flags.DEFINE_enum("partition", "iid", partition.SCHEMES, "How patients are dealt to sites: iid (near-equal sizes), label_skew (each class split by Dirichlet(--partition_alpha) shares), size_skew (site sizes from Dirichlet(--partition_alpha)).")
-_ALPHA = flags.DEFINE_float("partition_alpha", 0.5, "Dirichlet concentration of label_skew and size_skew; smaller is more skewed.", lower_bound=0.0)
+_SITES = flags.DEFINE_integer(
+  "sites", 4, "Sites (hospitals) K: the train split is partitioned by patient into K.", lower_bound=2
+)
+_PARTITION = flags.DEFINE_enum(
+  "partition",
+  "iid",
+  partition.SCHEMES,
+  "How patients are dealt to sites: iid (near-equal sizes), label_skew (each class split by Dirichlet(--partition_alpha) shares), size_skew (site sizes from Dirichlet(--partition_alpha)).",
+)
+_ALPHA = flags.DEFINE_float(
+  "partition_alpha",
+  0.5,
+  "Dirichlet concentration of label_skew and size_skew; smaller is more skewed.",
+  lower_bound=0.0,
+)
 _PARTITION_SEED = flags.DEFINE_integer("partition_seed", 0, "Seed of the partition.")
-_ROUNDS = flags.DEFINE_integer("rounds", 10, "Federated rounds. The learning-rate schedule runs over rounds x --local_epochs epochs.", lower_bound=1)
-_LOCAL_EPOCHS = flags.DEFINE_float("local_epochs", 1.0, "Epochs each site trains per round on its own images. A fraction averages more often: with 0.25 a round trains on the next quarter of the site's shuffled epoch, and four rounds see each image once.", lower_bound=0.0)
-_FRACTION_FIT = flags.DEFINE_float("fraction_fit", 1.0, "Fraction of sites asked to train each round.", lower_bound=0.0, upper_bound=1.0)
-_MIN_FIT = flags.DEFINE_integer("min_fit_clients", 2, "Flower's min_fit_clients: sites a round samples at least, and the replies it needs to update the global model.", lower_bound=1)
-_ROUND_TIMEOUT = flags.DEFINE_float("round_timeout", 1800.0, "Seconds a round waits for the sites' replies before it goes on with those that answered (the first round also waits for the sites to start); 0: no limit.", lower_bound=0.0)
-_KEEP_OPTIMIZER = flags.DEFINE_bool("keep_optimizer_state", False, "Each site keeps its optimizer's state (AdamW's moments and step count) from round to round in its Flower context, as a hospital training in every round would; without it a site starts every round with a fresh optimizer. A resumed run starts the sites afresh.")
+_ROUNDS = flags.DEFINE_integer(
+  "rounds", 10, "Federated rounds. The learning-rate schedule runs over rounds x --local_epochs epochs.", lower_bound=1
+)
+_LOCAL_EPOCHS = flags.DEFINE_float(
+  "local_epochs",
+  1.0,
+  "Epochs each site trains per round on its own images. A fraction averages more often: with 0.25 a round trains on the next quarter of the site's shuffled epoch, and four rounds see each image once.",
+  lower_bound=0.0,
+)
+_FRACTION_FIT = flags.DEFINE_float(
+  "fraction_fit", 1.0, "Fraction of sites asked to train each round.", lower_bound=0.0, upper_bound=1.0
+)
+_MIN_FIT = flags.DEFINE_integer(
+  "min_fit_clients",
+  2,
+  "Flower's min_fit_clients: sites a round samples at least, and the replies it needs to update the global model.",
+  lower_bound=1,
+)
+_ROUND_TIMEOUT = flags.DEFINE_float(
+  "round_timeout",
+  1800.0,
+  "Seconds a round waits for the sites' replies before it goes on with those that answered (the first round also waits for the sites to start); 0: no limit.",
+  lower_bound=0.0,
+)
+_KEEP_OPTIMIZER = flags.DEFINE_bool(
+  "keep_optimizer_state",
+  False,
+  "Each site keeps its optimizer's state (AdamW's moments and step count) from round to round in its Flower context, as a hospital training in every round would; without it a site starts every round with a fresh optimizer. A resumed run starts the sites afresh.",
+)
 _STRATEGY = flags.DEFINE_enum("strategy", "fedavg", server.STRATEGIES, "Flower strategy.")
 _MU = flags.DEFINE_float("proximal_mu", 0.01, "FedProx's proximal weight mu.", lower_bound=0.0)
-_SERVER_LR = flags.DEFINE_float("server_learning_rate", 0.01, "FedAdam / FedAdagrad server learning rate (Flower's eta).", lower_bound=0.0)
-_PRIVACY = flags.DEFINE_enum("privacy", "none", server.PRIVACY, "dp: Flower's client-side fixed-clipping differential privacy (fixedclipping_mod); secagg: Flower's SecAgg+ secure aggregation (secaggplus_mod).")
-_DP_NOISE = flags.DEFINE_float("dp_noise_multiplier", 0.1, "DP noise multiplier (Gaussian noise std = multiplier x clipping norm / sampled sites).", lower_bound=0.0)
+_SERVER_LR = flags.DEFINE_float(
+  "server_learning_rate", 0.01, "FedAdam / FedAdagrad server learning rate (Flower's eta).", lower_bound=0.0
+)
+_PRIVACY = flags.DEFINE_enum(
+  "privacy",
+  "none",
+  server.PRIVACY,
+  "dp: Flower's client-side fixed-clipping differential privacy (fixedclipping_mod); secagg: Flower's SecAgg+ secure aggregation (secaggplus_mod).",
+)
+_DP_NOISE = flags.DEFINE_float(
+  "dp_noise_multiplier",
+  0.1,
+  "DP noise multiplier (Gaussian noise std = multiplier x clipping norm / sampled sites).",
+  lower_bound=0.0,
+)
 _DP_CLIP = flags.DEFINE_float("dp_clipping_norm", 1.0, "DP clipping norm of each site's update.", lower_bound=0.0)
 _SECAGG_SHARES = flags.DEFINE_integer("secagg_shares", 3, "SecAgg+ shares of each site's secret key.", lower_bound=2)
-_SECAGG_THRESHOLD = flags.DEFINE_integer("secagg_threshold", 2, "SecAgg+ shares needed to rebuild a key.", lower_bound=1)
-_RUNTIME = flags.DEFINE_enum("runtime", "simulation", ["simulation", "deployment"], "Flower runtime: simulation (one process, sites as Ray actors) or deployment (a SuperLink and one SuperNode per site as separate processes on 127.0.0.1).")
-_CLIENT_CPUS = flags.DEFINE_float("client_cpus", 1.0, "Simulation runtime: CPU cores each simulated site reserves (sites run side by side when cores allow).", lower_bound=0.0)
+_SECAGG_THRESHOLD = flags.DEFINE_integer(
+  "secagg_threshold", 2, "SecAgg+ shares needed to rebuild a key.", lower_bound=1
+)
+_RUNTIME = flags.DEFINE_enum(
+  "runtime",
+  "simulation",
+  ["simulation", "deployment"],
+  "Flower runtime: simulation (one process, sites as Ray actors) or deployment (a SuperLink and one SuperNode per site as separate processes on 127.0.0.1).",
+)
+_CLIENT_CPUS = flags.DEFINE_float(
+  "client_cpus",
+  1.0,
+  "Simulation runtime: CPU cores each simulated site reserves (sites run side by side when cores allow).",
+  lower_bound=0.0,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,8 +76,10 @@ def partition(records, sites, scheme="iid", alpha=0.5, seed=0):
       site_of[idx] = assigned[p]
     if len(np.unique(site_of)) == sites:
       return site_of
-  raise UserError(f"No {scheme} draw with alpha={alpha} gave all {sites} sites an image in {_TRIES} tries; "
-                  "raise --partition_alpha or lower --sites.")
+  raise UserError(
+    f"No {scheme} draw with alpha={alpha} gave all {sites} sites an image in {_TRIES} tries; "
+    "raise --partition_alpha or lower --sites."
+  )
 
 
 def describe(records, site_of, class_names):

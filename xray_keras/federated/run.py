@@ -22,7 +22,8 @@ from xray_keras import models
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
-from xray_keras.training import device, run_dir as run_dirs, schedules, trainer
+from xray_keras.training import device, schedules, trainer
+from xray_keras.training import run_dir as run_dirs
 
 STATE = os.path.join(run_dirs.BACKUP_DIR, "federated_state.npz")
 SITE_MANIFEST = "site_manifest.csv"
@@ -38,8 +39,10 @@ def check(config, fed):
   if fed.min_fit_clients > fed.sites:
     raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
   if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:
-    raise UserError(f"SecAgg+ needs --secagg_threshold <= --secagg_shares <= --sites "
-                    f"(got {fed.secagg_threshold}, {fed.secagg_shares}, {fed.sites}).")
+    raise UserError(
+      f"SecAgg+ needs --secagg_threshold <= --secagg_shares <= --sites "
+      f"(got {fed.secagg_threshold}, {fed.secagg_shares}, {fed.sites})."
+    )
 
 
 def round_learning_rate(train, fed):
@@ -76,12 +79,21 @@ def _write_sites(run_dir, train, site_of, class_names):
   os.makedirs(sites_dir, exist_ok=True)
   for k in range(int(site_of.max()) + 1):
     idx = np.flatnonzero(site_of == k)
-    client.write_site(os.path.join(sites_dir, f"site_{k}.npz"), train.images[idx], train.labels[idx],
-                      [str(train.records[i].path) for i in idx])
+    client.write_site(
+      os.path.join(sites_dir, f"site_{k}.npz"),
+      train.images[idx],
+      train.labels[idx],
+      [str(train.records[i].path) for i in idx],
+    )
   table = partition.describe(train.records, site_of, class_names)
   for row in table:
-    logging.info("Site %d: %d images of %d patients (%s)", row["site"], row["images"], row["patients"],
-                 ", ".join(f"{n} {row[n]}" for n in class_names))
+    logging.info(
+      "Site %d: %d images of %d patients (%s)",
+      row["site"],
+      row["images"],
+      row["patients"],
+      ", ".join(f"{n} {row[n]}" for n in class_names),
+    )
   return sites_dir, table
 
 
@@ -124,8 +136,9 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   sites_dir, table = _write_sites(run_dir, train, site_of, data.class_names)
 
   batch_size = config.train.batch_size
-  model.compile(**trainer.compile_kwargs(keras.optimizers.Adam(), trainer.resolve_jit(config.train.jit_compile),
-                                         classes))
+  model.compile(
+    **trainer.compile_kwargs(keras.optimizers.Adam(), trainer.resolve_jit(config.train.jit_compile), classes)
+  )
   val_targets = trainer.targets(val.labels, classes)
   val_feed = feeder.make_feeder(val.images, val_targets, batch_size, False) if len(val.labels) else None
   history_path = os.path.join(run_dir, "history.csv")
@@ -143,9 +156,15 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   images = len(train.labels)
 
   def fit_config(r):
-    return {"run_config": settings, "sites_dir": sites_dir, "learning_rate": learning_rate(r),
-            "local_epochs": fed.local_epochs, "round": r, "proximal_mu": fed.proximal_mu,
-            "keep_optimizer_state": fed.keep_optimizer_state}
+    return {
+      "run_config": settings,
+      "sites_dir": sites_dir,
+      "learning_rate": learning_rate(r),
+      "local_epochs": fed.local_epochs,
+      "round": r,
+      "proximal_mu": fed.proximal_mu,
+      "keep_optimizer_state": fed.keep_optimizer_state,
+    }
 
   rounds = []
 
@@ -153,61 +172,100 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
     model.set_weights(weights)
     scores = model.evaluate(val_feed, return_dict=True, verbose=0) if val_feed is not None else {}
     losses = record["site_train_loss"]
-    row = {"epoch": r - 1, "round": r, "loss": float(np.mean(list(losses.values()))) if losses else float("nan"),
-           **{f"val_{k}": float(v) for k, v in scores.items() if k in ("loss", "accuracy", "auc")},
-           "round_s": record["round_s"], "bytes_sent": record["bytes_sent"],
-           "bytes_received": record["bytes_received"], "replies": record["replies"], "learning_rate": learning_rate(r)}
+    row = {
+      "epoch": r - 1,
+      "round": r,
+      "loss": float(np.mean(list(losses.values()))) if losses else float("nan"),
+      **{f"val_{k}": float(v) for k, v in scores.items() if k in ("loss", "accuracy", "auc")},
+      "round_s": record["round_s"],
+      "bytes_sent": record["bytes_sent"],
+      "bytes_received": record["bytes_received"],
+      "replies": record["replies"],
+      "learning_rate": learning_rate(r),
+    }
     _append_history(history_path, row)
     _write_state(run_dir, weights, r)
-    rounds.append({**row, "failed_sites": record["failed_sites"], "site_train_s": record["site_train_s"],
-                   "site_optimizer_steps": record["site_optimizer_steps"]})
+    rounds.append(
+      {
+        **row,
+        "failed_sites": record["failed_sites"],
+        "site_train_s": record["site_train_s"],
+        "site_optimizer_steps": record["site_optimizer_steps"],
+      }
+    )
     received = f"{record['bytes_received'] / 1e6:.2f} MB" if record["bytes_received"] != "" else "(masked, not counted)"
-    logging.info("Round %d/%d: %.1fs, %d site(s) replied, %.2f MB sent, %s received; val AUC %.4f, loss %.4f",
-                 r, fed.rounds, record["round_s"], record["replies"], record["bytes_sent"] / 1e6, received,
-                 row.get("val_auc", float("nan")), row.get("val_loss", float("nan")))
+    logging.info(
+      "Round %d/%d: %.1fs, %d site(s) replied, %.2f MB sent, %s received; val AUC %.4f, loss %.4f",
+      r,
+      fed.rounds,
+      record["round_s"],
+      record["replies"],
+      record["bytes_sent"] / 1e6,
+      received,
+      row.get("val_auc", float("nan")),
+      row.get("val_loss", float("nan")),
+    )
 
   if done < fed.rounds:
     strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
-    logging.info("Flower %s runtime: %d sites, %d round(s) of %g local epoch(s), %s%s",
-                 "simulation" if grid is None else "deployment", fed.sites, fed.rounds - done, fed.local_epochs,
-                 fed.strategy, "" if fed.privacy == "none" else f", privacy {fed.privacy}")
+    logging.info(
+      "Flower %s runtime: %d sites, %d round(s) of %g local epoch(s), %s%s",
+      "simulation" if grid is None else "deployment",
+      fed.sites,
+      fed.rounds - done,
+      fed.local_epochs,
+      fed.strategy,
+      "" if fed.privacy == "none" else f", privacy {fed.privacy}",
+    )
     if grid is None:
       _simulate(fed, strategy, fed.rounds - done)
     else:
       server.run_rounds(grid, context, fed, strategy, fed.rounds - done)
   if not os.path.exists(os.path.join(run_dir, STATE)):
-    raise UserError(f"No federated round finished (see {os.path.join(run_dir, 'run.log')}); rerun the same command "
-                    "to retry.")
+    raise UserError(
+      f"No federated round finished (see {os.path.join(run_dir, 'run.log')}); rerun the same command to retry."
+    )
   final, finished = _read_state(run_dir)
   if finished < fed.rounds:
-    raise UserError(f"Only {finished} of {fed.rounds} rounds finished (see {os.path.join(run_dir, 'run.log')}); "
-                    f"rerun the same command to resume from round {finished + 1}.")
+    raise UserError(
+      f"Only {finished} of {fed.rounds} rounds finished (see {os.path.join(run_dir, 'run.log')}); "
+      f"rerun the same command to resume from round {finished + 1}."
+    )
   model.set_weights(final)
   history = _read_rows(history_path)
   round_s = [float(h["round_s"]) for h in history]
   per_round_images = images * fed.local_epochs
   steady = round_s[1:] or round_s  # the first round also starts the runtime and the sites
   timing_report = {
-      "fit_s": float(sum(round_s)),
-      "epochs_run": len(history),
-      "first_round_s": round_s[0],
-      "mean_epoch_s": float(np.mean(steady)),
-      "train_images_per_s": float(np.median([per_round_images / s for s in steady])),
-      "batch_size": batch_size,
-      "train_images_per_epoch": per_round_images,
-      "federated": {**dataclasses.asdict(fed), "site_table": table,
-                    "mean_round_s": float(np.mean(steady)),
-                    "bytes_sent_per_round": float(np.mean([float(h["bytes_sent"]) for h in history])),
-                    "bytes_received_per_round": (float(np.mean([float(h["bytes_received"]) for h in history]))
-                                                 if fed.privacy != "secagg" else None),
-                    "rounds": rounds},
-      "resumed": resuming,
+    "fit_s": float(sum(round_s)),
+    "epochs_run": len(history),
+    "first_round_s": round_s[0],
+    "mean_epoch_s": float(np.mean(steady)),
+    "train_images_per_s": float(np.median([per_round_images / s for s in steady])),
+    "batch_size": batch_size,
+    "train_images_per_epoch": per_round_images,
+    "federated": {
+      **dataclasses.asdict(fed),
+      "site_table": table,
+      "mean_round_s": float(np.mean(steady)),
+      "bytes_sent_per_round": float(np.mean([float(h["bytes_sent"]) for h in history])),
+      "bytes_received_per_round": (
+        float(np.mean([float(h["bytes_received"]) for h in history])) if fed.privacy != "secagg" else None
+      ),
+      "rounds": rounds,
+    },
+    "resumed": resuming,
   }
   if fed.privacy == "dp":
     timing_report["federated"]["dp"] = server.privacy_spent(fed, finished)
-    logging.info("Differential privacy: noise multiplier %.3g, clipping norm %.3g: epsilon %.3g at delta %g "
-                 "after %d rounds.", fed.dp_noise_multiplier, fed.dp_clipping_norm,
-                 timing_report["federated"]["dp"]["epsilon"], timing_report["federated"]["dp"]["delta"], finished)
+    logging.info(
+      "Differential privacy: noise multiplier %.3g, clipping norm %.3g: epsilon %.3g at delta %g after %d rounds.",
+      fed.dp_noise_multiplier,
+      fed.dp_clipping_norm,
+      timing_report["federated"]["dp"]["epsilon"],
+      timing_report["federated"]["dp"]["delta"],
+      finished,
+    )
   trainer.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
   shutil.rmtree(os.path.join(run_dir, run_dirs.BACKUP_DIR), ignore_errors=True)
   return run_dir
@@ -227,16 +285,22 @@ def _simulate(fed, strategy, rounds, grace_s=30.0):
     server_done.wait()
     if not returned.wait(grace_s):
       stuck = _site_processes()
-      logging.warning("Flower's simulation runtime still waits for a site %.0fs after the last round; stopping "
-                      "%d site process(es).", grace_s, len(stuck))
+      logging.warning(
+        "Flower's simulation runtime still waits for a site %.0fs after the last round; stopping %d site process(es).",
+        grace_s,
+        len(stuck),
+      )
       for process in stuck:
         process.kill()
 
   threading.Thread(target=stop_stuck_sites, daemon=True).start()
   try:
-    run_simulation(server.server_app(fed, strategy, rounds, on_done=server_done.set), client.client_app(fed.privacy),
-                   num_supernodes=fed.sites,
-                   backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}})
+    run_simulation(
+      server.server_app(fed, strategy, rounds, on_done=server_done.set),
+      client.client_app(fed.privacy),
+      num_supernodes=fed.sites,
+      backend_config={"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0}},
+    )
   finally:
     returned.set()
 

@@ -33,8 +33,7 @@ def _per_site(results, name, cast):
 class Recorded(strategies.Strategy):
   """Delegates to `inner`; records each round and calls `on_round(round, weights, record)`."""
 
-  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0,
-               min_replies=1):
+  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0, min_replies=1):
     self.inner, self.on_round, self.first_round = inner, on_round, first_round
     self.dtypes, self.secure, self.expected, self.wait_s = dtypes, secure, sites, wait_s
     self.min_replies = min_replies
@@ -50,11 +49,19 @@ class Recorded(strategies.Strategy):
   def configure_fit(self, server_round, parameters, client_manager):
     # Flower sizes the sample from the sites connected so far: give the others time to connect.
     if self.expected and not client_manager.wait_for(self.expected, timeout=self.wait_s):
-      logging.warning("Round %d: %d of %d sites connected after %.0fs; going on with them.",
-                      self.first_round + server_round, client_manager.num_available(), self.expected, self.wait_s)
+      logging.warning(
+        "Round %d: %d of %d sites connected after %.0fs; going on with them.",
+        self.first_round + server_round,
+        client_manager.num_available(),
+        self.expected,
+        self.wait_s,
+      )
     instructions = self.inner.configure_fit(server_round, parameters, client_manager)
-    self.record = {"start": time.perf_counter(), "sampled": [p.node_id for p, _ in instructions],
-                   "bytes_sent": sum(_bytes(ins.parameters) for _, ins in instructions)}
+    self.record = {
+      "start": time.perf_counter(),
+      "sampled": [p.node_id for p, _ in instructions],
+      "bytes_sent": sum(_bytes(ins.parameters) for _, ins in instructions),
+    }
     return instructions
 
   def aggregate_fit(self, server_round, results, failures):
@@ -66,12 +73,21 @@ class Recorded(strategies.Strategy):
     missing = [n for n in record.get("sampled", []) if n not in replied]
     names = [self.sites.get(n, f"node {n}") for n in missing]
     if missing:
-      logging.warning("Round %d: %d of %d sites did not reply (%s); aggregating the other %d.",
-                      self.first_round + server_round, len(missing), len(record["sampled"]), ", ".join(names),
-                      len(results))
+      logging.warning(
+        "Round %d: %d of %d sites did not reply (%s); aggregating the other %d.",
+        self.first_round + server_round,
+        len(missing),
+        len(record["sampled"]),
+        ", ".join(names),
+        len(results),
+      )
     if len(results) < self.min_replies:
-      logging.error("Round %d: %d site(s) replied, fewer than --min_fit_clients=%d; the global weights stay as "
-                    "they were.", self.first_round + server_round, len(results), self.min_replies)
+      logging.error(
+        "Round %d: %d site(s) replied, fewer than --min_fit_clients=%d; the global weights stay as they were.",
+        self.first_round + server_round,
+        len(results),
+        self.min_replies,
+      )
       parameters, metrics = None, {}
     else:
       parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
@@ -79,15 +95,18 @@ class Recorded(strategies.Strategy):
       arrays = parameters_to_ndarrays(parameters)
       if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
         parameters = ndarrays_to_parameters([a.astype(d) for a, d in zip(arrays, self.dtypes)])
-    record.update({
+    record.update(
+      {
         # Under SecAgg+ the sites' masked vectors stay inside Flower's workflow: not counted.
         "bytes_received": "" if self.secure else sum(_bytes(res.parameters) for _, res in results),
-        "replies": len(results), "failed_sites": names,
+        "replies": len(results),
+        "failed_sites": names,
         "site_train_s": _per_site(results, "train_s", float),
         "site_train_loss": _per_site(results, "train_loss", float),
         "site_optimizer_steps": _per_site(results, "optimizer_steps", int),
         "round_s": time.perf_counter() - record.get("start", time.perf_counter()),
-    })
+      }
+    )
     return parameters, metrics
 
   def configure_evaluate(self, server_round, parameters, client_manager):
@@ -107,10 +126,14 @@ class Recorded(strategies.Strategy):
 def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
   """The strategy of `fed` (FederatedConfig), started from `initial_weights`."""
   common = dict(
-      fraction_fit=fed.fraction_fit, fraction_evaluate=0.0, min_fit_clients=fed.min_fit_clients,
-      min_evaluate_clients=0, min_available_clients=fed.sites, accept_failures=True,
-      initial_parameters=ndarrays_to_parameters(initial_weights),
-      on_fit_config_fn=lambda r: fit_config(first_round + r),
+    fraction_fit=fed.fraction_fit,
+    fraction_evaluate=0.0,
+    min_fit_clients=fed.min_fit_clients,
+    min_evaluate_clients=0,
+    min_available_clients=fed.sites,
+    accept_failures=True,
+    initial_parameters=ndarrays_to_parameters(initial_weights),
+    on_fit_config_fn=lambda r: fit_config(first_round + r),
   )
   if fed.strategy == "fedavg":
     inner = strategies.FedAvg(**common)
@@ -124,10 +147,20 @@ def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
     raise ValueError(f"Unknown strategy {fed.strategy!r}")
   if fed.privacy == "dp":
     inner = strategies.DifferentialPrivacyClientSideFixedClipping(
-        inner, noise_multiplier=fed.dp_noise_multiplier, clipping_norm=fed.dp_clipping_norm,
-        num_sampled_clients=max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients))
-  return Recorded(inner, on_round, first_round, [w.dtype for w in initial_weights], fed.privacy == "secagg", fed.sites,
-                  min_replies=fed.min_fit_clients)
+      inner,
+      noise_multiplier=fed.dp_noise_multiplier,
+      clipping_norm=fed.dp_clipping_norm,
+      num_sampled_clients=max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients),
+    )
+  return Recorded(
+    inner,
+    on_round,
+    first_round,
+    [w.dtype for w in initial_weights],
+    fed.privacy == "secagg",
+    fed.sites,
+    min_replies=fed.min_fit_clients,
+  )
 
 
 def privacy_spent(fed, rounds, delta=1e-5):
@@ -136,19 +169,31 @@ def privacy_spent(fed, rounds, delta=1e-5):
   Every round is counted as one Gaussian release over the sampled sites, without amplification by
   sampling (sites are not Poisson-sampled).
   """
-  from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant,
-                              SamplingMethod)
+  from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
   sampled = max(int(fed.sites * fed.fraction_fit), fed.min_fit_clients)
-  accountant = RdpAccountant(PrivacyConfig(
-      target_delta=delta, population_size=fed.sites, neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-      sampling_method=SamplingMethod.NO_AMPLIFICATION))
+  accountant = RdpAccountant(
+    PrivacyConfig(
+      target_delta=delta,
+      population_size=fed.sites,
+      neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+      sampling_method=SamplingMethod.NO_AMPLIFICATION,
+    )
+  )
   if rounds and fed.dp_noise_multiplier > 0:
-    accountant.compose(GaussianPrivacyEvent(noise_multiplier=fed.dp_noise_multiplier, sample_size=sampled,
-                                            population_size=fed.sites), count=rounds)
+    accountant.compose(
+      GaussianPrivacyEvent(noise_multiplier=fed.dp_noise_multiplier, sample_size=sampled, population_size=fed.sites),
+      count=rounds,
+    )
   spent = accountant.get_privacy_spent() if rounds and fed.dp_noise_multiplier > 0 else None
-  return {"noise_multiplier": fed.dp_noise_multiplier, "clipping_norm": fed.dp_clipping_norm, "delta": delta,
-          "epsilon": spent.epsilon if spent else float("inf"), "rounds": rounds, "accountant": "Flower RdpAccountant"}
+  return {
+    "noise_multiplier": fed.dp_noise_multiplier,
+    "clipping_norm": fed.dp_clipping_norm,
+    "delta": delta,
+    "epsilon": spent.epsilon if spent else float("inf"),
+    "rounds": rounds,
+    "accountant": "Flower RdpAccountant",
+  }
 
 
 class _Deadline:
@@ -172,11 +217,14 @@ def run_rounds(grid, context, fed, strategy, rounds):
   timeout = fed.round_timeout or None
   legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds, round_timeout=timeout), strategy=strategy)
   if fed.privacy == "secagg":
-    fit = SecAggPlusWorkflow(num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold,
-                             timeout=timeout)
+    fit = SecAggPlusWorkflow(
+      num_shares=fed.secagg_shares, reconstruction_threshold=fed.secagg_threshold, timeout=timeout
+    )
   else:
+
     def fit(grid, context):
       default_fit_workflow(_Deadline(grid, timeout), context)
+
   DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
 

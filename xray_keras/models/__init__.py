@@ -34,14 +34,14 @@ class ModelSpec:
 
 
 REGISTRY = {
-    "cnn_scratch": ModelSpec("cnn_scratch", "CNN_scratch", cnn_scratch, 224),
-    "vit_scratch": ModelSpec("vit_scratch", "ViT_scratch", vit_scratch, 64, uses_patches=True),
-    "resnet50": ModelSpec("resnet50", "ResNet50", pretrained.resnet50, 224, pretrained=True),
-    "vit_base": ModelSpec("vit_base", "ViT_Base", pretrained.vit_base, 224, pretrained=True),
-    **{
-        name: ModelSpec(name, size.display_name, vit_family.builder(name), 224, uses_patches=True)
-        for name, size in vit_family.SIZES.items()
-    },
+  "cnn_scratch": ModelSpec("cnn_scratch", "CNN_scratch", cnn_scratch, 224),
+  "vit_scratch": ModelSpec("vit_scratch", "ViT_scratch", vit_scratch, 64, uses_patches=True),
+  "resnet50": ModelSpec("resnet50", "ResNet50", pretrained.resnet50, 224, pretrained=True),
+  "vit_base": ModelSpec("vit_base", "ViT_Base", pretrained.vit_base, 224, pretrained=True),
+  **{
+    name: ModelSpec(name, size.display_name, vit_family.builder(name), 224, uses_patches=True)
+    for name, size in vit_family.SIZES.items()
+  },
 }
 
 
@@ -58,9 +58,9 @@ def get_spec(name):
     pretrained.check_hub(ref)
     return ModelSpec(name, ref, functools.partial(pretrained.hub_classifier, ref), 224, pretrained=True)
   raise ValueError(
-      f"Unknown model: {name!r}. Valid models: {', '.join(REGISTRY)}, "
-      f"{pretrained.APPLICATIONS}<keras.applications name> (e.g. {pretrained.APPLICATIONS}EfficientNetV2B0), "
-      f"{pretrained.KERAS_HUB}<keras-hub image backbone preset or class>"
+    f"Unknown model: {name!r}. Valid models: {', '.join(REGISTRY)}, "
+    f"{pretrained.APPLICATIONS}<keras.applications name> (e.g. {pretrained.APPLICATIONS}EfficientNetV2B0), "
+    f"{pretrained.KERAS_HUB}<keras-hub image backbone preset or class>"
   )
 
 
@@ -117,7 +117,9 @@ def _build(name, input_shape, patch_size, dropout, weights, backbone_kwargs):
   from_file = weights_lib.is_path(weights) and weights.endswith(".keras")
   if not spec.pretrained:
     if weights == "imagenet":
-      raise weights_lib.WeightsError(f"{spec.display_name} is trained from scratch: it has no ImageNet weights (--weights=none or a file).")
+      raise weights_lib.WeightsError(
+        f"{spec.display_name} is trained from scratch: it has no ImageNet weights (--weights=none or a file)."
+      )
     model = spec.builder(**kwargs)
     if weights_lib.is_path(weights):
       weights_lib.load_into(model, weights)
@@ -151,8 +153,8 @@ def load_model(path, **kwargs):
   except ValueError as e:
     if "safe_mode" in str(e) or "unsafe" in str(e).lower():
       raise weights_lib.WeightsError(
-          f"Refusing to load {path}: it holds Python code (e.g. a Lambda layer), which Keras safe_mode "
-          "does not run. Rebuild the model without it, or load it yourself only if you trust its source."
+        f"Refusing to load {path}: it holds Python code (e.g. a Lambda layer), which Keras safe_mode "
+        "does not run. Rebuild the model without it, or load it yourself only if you trust its source."
       ) from None
     raise weights_lib.WeightsError(f"Cannot load {path}: {weights_lib.first_line(e)}") from None
   except (OSError, TypeError, KeyError) as e:

@@ -17,11 +17,11 @@ from keras import layers
 
 
 def cnn_scratch(
-    input_shape=(224, 224, 1),
-    filters=(32, 64, 128, 128),
-    dense_units=688,
-    dropout=0.5,
-    name="CNN_scratch",
+  input_shape=(224, 224, 1),
+  filters=(32, 64, 128, 128),
+  dense_units=688,
+  dropout=0.5,
+  name="CNN_scratch",
 ):
   """Builds CNN_scratch.
 

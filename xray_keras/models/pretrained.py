@@ -26,9 +26,17 @@ KERAS_HUB = "keras_hub:"
 VIT_BASE_PRESET = "vit_base_patch16_224_imagenet21k"
 # ViT-B/16 as in keras-hub's presets, so `--weights=none` needs no download.
 VIT_BASE_ARCHITECTURE = dict(
-    patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072,
-    dropout_rate=0.0, attention_dropout=0.0, layer_norm_epsilon=1e-6,
-    use_mha_bias=True, use_mlp_bias=True, use_class_token=True,
+  patch_size=16,
+  num_layers=12,
+  num_heads=12,
+  hidden_dim=768,
+  mlp_dim=3072,
+  dropout_rate=0.0,
+  attention_dropout=0.0,
+  layer_norm_epsilon=1e-6,
+  use_mha_bias=True,
+  use_mlp_bias=True,
+  use_class_token=True,
 )
 # The usual ViT input range [-1, 1]; presets bring their own converter.
 VIT_SCALE, VIT_OFFSET = 1.0 / 127.5, -1.0
@@ -50,9 +58,7 @@ def application_module(name):
 
 def check_application(name):
   if name not in application_names():
-    raise ValueError(
-        f"Unknown keras.applications model: {name!r}. Valid: {', '.join(application_names())}"
-    )
+    raise ValueError(f"Unknown keras.applications model: {name!r}. Valid: {', '.join(application_names())}")
 
 
 def hub_image_backbones():
@@ -75,8 +81,8 @@ def hub_presets():
 def check_hub(ref):
   if ref not in hub_presets() and ref not in hub_image_backbones():
     raise ValueError(
-        f"Unknown keras-hub image backbone or preset: {ref!r}. Classes: {', '.join(sorted(hub_image_backbones()))}. "
-        f"Presets: {', '.join(sorted(hub_presets()))}"
+      f"Unknown keras-hub image backbone or preset: {ref!r}. Classes: {', '.join(sorted(hub_image_backbones()))}. "
+      f"Presets: {', '.join(sorted(hub_presets()))}"
     )
 
 
@@ -115,7 +121,7 @@ def applications_classifier(name, input_shape=(224, 224, 1), weights="imagenet",
   else:
     backbone = constructor(weights=None, **kwargs)
   return classifier(
-      input_shape, ApplicationPreprocessing(application_module(name), name="preprocess"), backbone, dropout, name
+    input_shape, ApplicationPreprocessing(application_module(name), name="preprocess"), backbone, dropout, name
   )
 
 
@@ -131,13 +137,13 @@ def _application_from_file(constructor, path, kwargs):
       full.load_weights(path)
     except Exception:
       raise weights_lib.WeightsError(
-          f"--weights={path} does not fit this backbone: {weights_lib.first_line(no_top_error)}"
+        f"--weights={path} does not fit this backbone: {weights_lib.first_line(no_top_error)}"
       ) from None
     backbone = weights_lib.without_top(full)
     if tuple(backbone.inputs[0].shape[1:3]) != tuple(kwargs["input_shape"][:2]):
       raise weights_lib.WeightsError(
-          f"--weights={path} includes the ImageNet top, which fixes the input at "
-          f"{backbone.inputs[0].shape[1]}px; pass --image_size={backbone.inputs[0].shape[1]}."
+        f"--weights={path} includes the ImageNet top, which fixes the input at "
+        f"{backbone.inputs[0].shape[1]}px; pass --image_size={backbone.inputs[0].shape[1]}."
       ) from None
     return backbone
 
@@ -170,11 +176,13 @@ def hub_classifier(ref, input_shape=(224, 224, 1), weights="imagenet", dropout=0
       converter = weights_lib.hub_from_preset(keras_hub.layers.ImageConverter, preset, what)
     else:
       raise weights_lib.WeightsError(
-          f"keras_hub:{ref} needs a preset for its architecture: use keras_hub:<preset> or --weights=<preset or directory>."
+        f"keras_hub:{ref} needs a preset for its architecture: use keras_hub:<preset> or --weights=<preset or directory>."
       )
   else:
     if preset is None:
-      raise weights_lib.WeightsError(f"keras_hub:{ref} has no default ImageNet preset; pass --weights=<preset or directory>.")
+      raise weights_lib.WeightsError(
+        f"keras_hub:{ref} has no default ImageNet preset; pass --weights=<preset or directory>."
+      )
     backbone = weights_lib.hub_from_preset(cls, preset, what)
     try:
       converter = weights_lib.hub_from_preset(keras_hub.layers.ImageConverter, preset, what)

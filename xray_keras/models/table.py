@@ -11,15 +11,21 @@ from xray_keras.models.vit_layers import TransformerBlock
 
 # (registry name, input shape): the study's four models at their design inputs, then the ViT sizes.
 ROWS = (
-    ("cnn_scratch", (224, 224, 1)),
-    ("vit_scratch", (64, 64, 1)),
-    ("resnet50", (224, 224, 1)),
-    ("vit_base", (224, 224, 1)),
-    *((name, (224, 224, 3)) for name in vit_family.SIZES),
+  ("cnn_scratch", (224, 224, 1)),
+  ("vit_scratch", (64, 64, 1)),
+  ("resnet50", (224, 224, 1)),
+  ("vit_base", (224, 224, 1)),
+  *((name, (224, 224, 3)) for name in vit_family.SIZES),
 )
 PAPER_PARAMS = {
-    "CNN_scratch": 17.6e6, "ViT_scratch": 155.7e3, "ResNet50": 23.5e6, "ViT_Base": 86e6,
-    "ViT-Tiny": 5.5e6, "ViT-Base": 86e6, "ViT-Large": 307e6, "ViT-Huge": 632e6,
+  "CNN_scratch": 17.6e6,
+  "ViT_scratch": 155.7e3,
+  "ResNet50": 23.5e6,
+  "ViT_Base": 86e6,
+  "ViT-Tiny": 5.5e6,
+  "ViT-Base": 86e6,
+  "ViT-Large": 307e6,
+  "ViT-Huge": 632e6,
 }
 COLUMNS = ("model", "layers", "hidden_size", "mlp_size", "heads", "params")
 
@@ -32,8 +38,9 @@ def describe(model):
     c = blocks[0].get_config()
     return dict(layers=len(blocks), hidden_size=c["hidden_dim"], mlp_size=c["mlp_dim"], heads=c["num_heads"])
   if backbone is not None and hasattr(backbone, "num_layers"):  # keras-hub ViT
-    return dict(layers=backbone.num_layers, hidden_size=backbone.hidden_dim, mlp_size=backbone.mlp_dim,
-                heads=backbone.num_heads)
+    return dict(
+      layers=backbone.num_layers, hidden_size=backbone.hidden_dim, mlp_size=backbone.mlp_dim, heads=backbone.num_heads
+    )
   inner = backbone._flatten_layers() if backbone is not None else model._flatten_layers()
   # Depth as ResNets count it: main-path convolutions and dense layers (not projection shortcuts).
   depth = sum(1 for l in inner if isinstance(l, keras.layers.Conv2D) and not l.name.endswith("_0_conv"))
@@ -69,9 +76,12 @@ def format_text(table):
   for r in table:
     paper = PAPER_PARAMS.get(r["model"])
     cells = [r["model"]] + ["-" if r[k] is None else str(r[k]) for k in COLUMNS[1:5]]
-    cells += [f"{r['params']:,} ({_human(r['params'])})", _human(paper) if paper else "-",
-              f"{100 * (r['params'] - paper) / paper:+.1f}%" if paper else "-"]
+    cells += [
+      f"{r['params']:,} ({_human(r['params'])})",
+      _human(paper) if paper else "-",
+      f"{100 * (r['params'] - paper) / paper:+.1f}%" if paper else "-",
+    ]
     lines.append(cells)
   widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-  fmt = "  ".join("{:<%d}" % w for w in widths)
+  fmt = "  ".join(f"{{:<{w}}}" for w in widths)
   return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])

@@ -20,10 +20,10 @@ class ViTSize:
 
 
 SIZES = {
-    "vit_tiny_scratch": ViTSize("ViT-Tiny", 12, 192, 768, 3),
-    "vit_base_scratch": ViTSize("ViT-Base", 12, 768, 3072, 12),
-    "vit_large_scratch": ViTSize("ViT-Large", 24, 1024, 4096, 16),
-    "vit_huge_scratch": ViTSize("ViT-Huge", 32, 1280, 5120, 16),
+  "vit_tiny_scratch": ViTSize("ViT-Tiny", 12, 192, 768, 3),
+  "vit_base_scratch": ViTSize("ViT-Base", 12, 768, 3072, 12),
+  "vit_large_scratch": ViTSize("ViT-Large", 24, 1024, 4096, 16),
+  "vit_huge_scratch": ViTSize("ViT-Huge", 32, 1280, 5120, 16),
 }
 
 
@@ -31,8 +31,14 @@ def build(size, input_shape=(224, 224, 3), patch_size=16, dropout=0.1):
   """Builds the from-scratch ViT `size` (a `SIZES` key) for `input_shape`."""
   s = SIZES[size]
   return vision_transformer(
-      input_shape, patch_size, num_layers=s.num_layers, hidden_dim=s.hidden_dim,
-      mlp_dim=s.mlp_dim, num_heads=s.num_heads, dropout=dropout, name=s.display_name,
+    input_shape,
+    patch_size,
+    num_layers=s.num_layers,
+    hidden_dim=s.hidden_dim,
+    mlp_dim=s.mlp_dim,
+    num_heads=s.num_heads,
+    dropout=dropout,
+    name=s.display_name,
   )
 
 

@@ -16,9 +16,7 @@ class PatchEmbedding(layers.Layer):
     super().__init__(**kwargs)
     self.patch_size = patch_size
     self.hidden_dim = hidden_dim
-    self.projection = layers.Conv2D(
-        hidden_dim, patch_size, strides=patch_size, padding="valid", name="projection"
-    )
+    self.projection = layers.Conv2D(hidden_dim, patch_size, strides=patch_size, padding="valid", name="projection")
 
   def build(self, input_shape):
     self.projection.build(input_shape)
@@ -45,13 +43,11 @@ class ClassTokenAndPosition(layers.Layer):
 
   def build(self, input_shape):
     _, num_patches, hidden_dim = input_shape
-    self.class_token = self.add_weight(
-        shape=(1, 1, hidden_dim), initializer="zeros", name="class_token"
-    )
+    self.class_token = self.add_weight(shape=(1, 1, hidden_dim), initializer="zeros", name="class_token")
     self.position_embedding = self.add_weight(
-        shape=(1, num_patches + 1, hidden_dim),
-        initializer=keras.initializers.RandomNormal(stddev=0.02),
-        name="position_embedding",
+      shape=(1, num_patches + 1, hidden_dim),
+      initializer=keras.initializers.RandomNormal(stddev=0.02),
+      name="position_embedding",
     )
 
   def call(self, tokens):
@@ -72,8 +68,7 @@ class MultiHeadSelfAttention(layers.Layer):
     super().__init__(**kwargs)
     if hidden_dim % num_heads:
       raise ValueError(
-          f"hidden_dim must be divisible by num_heads. Received: hidden_dim={hidden_dim}, "
-          f"num_heads={num_heads}"
+        f"hidden_dim must be divisible by num_heads. Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
       )
     self.num_heads = num_heads
     self.hidden_dim = hidden_dim
@@ -90,6 +85,9 @@ class MultiHeadSelfAttention(layers.Layer):
   def attention_scores(self, tokens):
     """Returns `(batch, heads, tokens, tokens)` attention probabilities (for rollout)."""
     query, key, _ = self._split_heads(tokens)
+    return self._probabilities(query, key)
+
+  def _probabilities(self, query, key):
     logits = ops.einsum("bqhd,bkhd->bhqk", query, key) / ops.sqrt(ops.cast(self.head_dim, query.dtype))
     return ops.softmax(logits, axis=-1)
 
@@ -100,8 +98,8 @@ class MultiHeadSelfAttention(layers.Layer):
 
   def call(self, tokens, training=None):
     batch, length = ops.shape(tokens)[0], ops.shape(tokens)[1]
-    probs = self.attention_dropout(self.attention_scores(tokens), training=training)
-    _, _, value = self._split_heads(tokens)
+    query, key, value = self._split_heads(tokens)  # one QKV projection for scores and values
+    probs = self.attention_dropout(self._probabilities(query, key), training=training)
     context = ops.einsum("bhqk,bkhd->bqhd", probs, value)
     return self.output_projection(ops.reshape(context, (batch, length, self.hidden_dim)))
 
@@ -144,10 +142,12 @@ class TransformerBlock(layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update({
+    config.update(
+      {
         "num_heads": self.num_heads,
         "hidden_dim": self.hidden_dim,
         "mlp_dim": self.mlp_dim,
         "dropout": self.dropout,
-    })
+      }
+    )
     return config

@@ -13,14 +13,14 @@ from xray_keras.models.vit_layers import ClassTokenAndPosition, PatchEmbedding, 
 
 
 def vision_transformer(
-    input_shape=(64, 64, 1),
-    patch_size=8,
-    num_layers=4,
-    hidden_dim=56,
-    mlp_dim=224,
-    num_heads=4,
-    dropout=0.1,
-    name="ViT_scratch",
+  input_shape=(64, 64, 1),
+  patch_size=8,
+  num_layers=4,
+  hidden_dim=56,
+  mlp_dim=224,
+  num_heads=4,
+  dropout=0.1,
+  name="ViT_scratch",
 ):
   """Builds a ViT classifier with a single PNEUMONIA-probability output.
 
@@ -41,8 +41,7 @@ def vision_transformer(
   height, width = input_shape[0], input_shape[1]
   if height % patch_size or width % patch_size:
     raise ValueError(
-        f"Image size must be a multiple of patch_size. Received: input_shape={input_shape}, "
-        f"patch_size={patch_size}"
+      f"Image size must be a multiple of patch_size. Received: input_shape={input_shape}, patch_size={patch_size}"
     )
   inputs = keras.Input(shape=input_shape, name="image")
   x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -60,6 +59,12 @@ def vision_transformer(
 def vit_scratch(input_shape=(64, 64, 1), patch_size=8, dropout=0.1, name="ViT_scratch"):
   """The paper's ViT_scratch: 4 layers, hidden 56, MLP 224, 4 heads."""
   return vision_transformer(
-      input_shape, patch_size, num_layers=4, hidden_dim=56, mlp_dim=224, num_heads=4,
-      dropout=dropout, name=name,
+    input_shape,
+    patch_size,
+    num_layers=4,
+    hidden_dim=56,
+    mlp_dim=224,
+    num_heads=4,
+    dropout=dropout,
+    name=name,
   )

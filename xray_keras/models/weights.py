@@ -32,8 +32,8 @@ def check_path(weights):
   """Returns `weights` if it names an existing file or directory, else raises `WeightsError`."""
   if not os.path.exists(weights):
     raise WeightsError(
-        f"--weights={weights}: no such file or directory. Expected imagenet, none, a weights file "
-        "(.h5, .weights.h5), a .keras model or a local keras-hub preset directory."
+      f"--weights={weights}: no such file or directory. Expected imagenet, none, a weights file "
+      "(.h5, .weights.h5), a .keras model or a local keras-hub preset directory."
     )
   return weights
 
@@ -80,9 +80,9 @@ def application_imagenet(constructor, name, **kwargs):
     file_name = url.rsplit("/", 1)[-1]
     cache = keras_cache_dir()
     raise WeightsError(
-        f"Could not download the ImageNet weights of {name} ({str(e).split(' -- ')[-1].strip()[:200]}): "
-        f"{file_name} is not in {cache}. Put the file there (from {url}), or pass "
-        f"--weights=/path/to/{file_name}, or --weights=none for random initialisation."
+      f"Could not download the ImageNet weights of {name} ({str(e).split(' -- ')[-1].strip()[:200]}): "
+      f"{file_name} is not in {cache}. Put the file there (from {url}), or pass "
+      f"--weights=/path/to/{file_name}, or --weights=none for random initialisation."
     ) from None
 
 
@@ -100,10 +100,10 @@ def hub_from_preset(cls, preset, what, **kwargs):
   except Exception as e:
     where = kagglehub_cache_dir(handle) if handle else "the kagglehub cache"
     raise WeightsError(
-        f"Could not get the keras-hub preset {preset!r} for {what} ({type(e).__name__}: {first_line(e)[:200]}). "
-        f"Offline, download it elsewhere (keras_hub.models.Backbone.from_preset({preset!r}) fills {where}), "
-        "copy that folder here, or pass a local preset directory with --weights=<dir>; "
-        "--weights=none gives random initialisation."
+      f"Could not get the keras-hub preset {preset!r} for {what} ({type(e).__name__}: {first_line(e)[:200]}). "
+      f"Offline, download it elsewhere (keras_hub.models.Backbone.from_preset({preset!r}) fills {where}), "
+      "copy that folder here, or pass a local preset directory with --weights=<dir>; "
+      "--weights=none gives random initialisation."
     ) from None
 
 
@@ -148,14 +148,16 @@ def load_into(model, path, backbone=None):
       target.set_weights(values)
       return
   raise WeightsError(
-      f"--weights={path}: its {len(values)} weight tensors ({source.count_params():,} parameters) "
-      f"match neither this model ({model.count_params():,}) nor its backbone."
+    f"--weights={path}: its {len(values)} weight tensors ({source.count_params():,} parameters) "
+    f"match neither this model ({model.count_params():,}) nor its backbone."
   )
 
 
 def without_top(model):
   """The feature-map part of a classification model: everything before its last global pooling."""
-  pools = [l for l in model.layers if isinstance(l, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))]
+  pools = [
+    l for l in model.layers if isinstance(l, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))
+  ]
   if not pools:
     raise WeightsError(f"Cannot find the pooling layer that starts the classification top of {model.name}.")
   return keras.Model(model.inputs, pools[-1].input, name=model.name)

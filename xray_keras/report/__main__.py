@@ -4,12 +4,27 @@ import sys
 
 from absl import app, flags
 
-_STUDY_DIR = flags.DEFINE_string("study_dir", "runs/study", "A study folder (from --models) or any folder of run folders.")
-_RESAMPLES = flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples for the confidence intervals.", lower_bound=10)
+_STUDY_DIR = flags.DEFINE_string(
+  "study_dir", "runs/study", "A study folder (from --models) or any folder of run folders."
+)
+_RESAMPLES = flags.DEFINE_integer(
+  "resamples", 1000, "Bootstrap resamples for the confidence intervals.", lower_bound=10
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-_COMPARE_RUNS = flags.DEFINE_list("compare_runs", [], "Two study folders of the same models on two test beds (e.g. CPU, GPU): writes <first>/compare_test_beds.md.")
-_ENSEMBLE = flags.DEFINE_bool("ensemble", False, "Add ensembles of the study's runs (all models; each model's seeds), weights chosen on validation.")
-_ENSEMBLE_SPACE = flags.DEFINE_enum("ensemble_space", "probability", ["probability", "logit"], "Average the probabilities, or their logits (a geometric-style mean that lets a confident model weigh more).")
+_COMPARE_RUNS = flags.DEFINE_list(
+  "compare_runs",
+  [],
+  "Two study folders of the same models on two test beds (e.g. CPU, GPU): writes <first>/compare_test_beds.md.",
+)
+_ENSEMBLE = flags.DEFINE_bool(
+  "ensemble", False, "Add ensembles of the study's runs (all models; each model's seeds), weights chosen on validation."
+)
+_ENSEMBLE_SPACE = flags.DEFINE_enum(
+  "ensemble_space",
+  "probability",
+  ["probability", "logit"],
+  "Average the probabilities, or their logits (a geometric-style mean that lets a confident model weigh more).",
+)
 _PARAMETER_TABLE = flags.DEFINE_bool("parameter_table", True, "Build the study's models to count their parameters.")
 
 
@@ -30,8 +45,9 @@ def main(argv):
 
       runs, _ = collect.read_study(_STUDY_DIR.value)
       table = params.rows([r.name for r in runs])
-    print(write.write_report(_STUDY_DIR.value, _RESAMPLES.value, _SEED.value, table, _ENSEMBLE.value,
-                             _ENSEMBLE_SPACE.value))
+    print(
+      write.write_report(_STUDY_DIR.value, _RESAMPLES.value, _SEED.value, table, _ENSEMBLE.value, _ENSEMBLE_SPACE.value)
+    )
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
 

@@ -67,12 +67,22 @@ def read_run(run_dir, name=None):
   empty = ([], np.zeros(0, int), np.zeros(0))
   test_files, test_labels, test_probabilities = predictions.get("test", empty)
   val_files, val_labels, val_probabilities = predictions.get("val", empty)
-  history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in _read_csv(os.path.join(run_dir, "history.csv"))]
+  history = [
+    {k: float(v) for k, v in r.items() if v not in ("", None)} for r in _read_csv(os.path.join(run_dir, "history.csv"))
+  ]
   return RunResult(
-      name=name or metrics["model"]["name"], run_dir=run_dir, metrics=metrics, timing=timing, history=history,
-      test_labels=test_labels, test_probabilities=test_probabilities, test_files=test_files,
-      val_labels=val_labels, val_probabilities=val_probabilities, val_files=val_files,
-      temperature=clinical.temperature(run_dir),
+    name=name or metrics["model"]["name"],
+    run_dir=run_dir,
+    metrics=metrics,
+    timing=timing,
+    history=history,
+    test_labels=test_labels,
+    test_probabilities=test_probabilities,
+    test_files=test_files,
+    val_labels=val_labels,
+    val_probabilities=val_probabilities,
+    val_files=val_files,
+    temperature=clinical.temperature(run_dir),
   )
 
 

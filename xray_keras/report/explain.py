@@ -82,8 +82,10 @@ def _our_attention(model, images):
   blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
   inputs_of = keras.Model(model.inputs, [block.input for block in blocks])
   block_inputs = inputs_of(np.asarray(images, np.float32), training=False)
-  return [keras.ops.convert_to_numpy(block.attention.attention_scores(block.norm1(tokens))).mean(axis=1)
-          for block, tokens in zip(blocks, block_inputs)]
+  return [
+    keras.ops.convert_to_numpy(block.attention.attention_scores(block.norm1(tokens))).mean(axis=1)
+    for block, tokens in zip(blocks, block_inputs)
+  ]
 
 
 def _hub_vit_encoder(model):

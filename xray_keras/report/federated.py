@@ -70,25 +70,44 @@ def rows(runs, resamples, seed):
     fed = settings(run)
     if fed is None:
       continue
-    row = {"run": run.name, "model": run.metrics["model"].get("display_name", _model(run)), "sites": fed["sites"],
-           "partition": _partition(fed), "strategy": _strategy(fed), "rounds": _rounds(fed),
-           "local_epochs": fed["local_epochs"], "batch_size": run.timing.get("batch_size"),
-           "total_epochs": total_epochs(run), "val_auc": run.metrics.get("val", {}).get("auc"),
-           **_accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
-           "first_round_s": run.timing.get("first_round_s"), "mean_round_s": fed.get("mean_round_s"),
-           "mb_sent_per_round": fed["bytes_sent_per_round"] / 1e6,
-           "mb_received_per_round": (fed["bytes_received_per_round"] / 1e6
-                                     if fed.get("bytes_received_per_round") is not None else None),
-           "train_min": run.train_s / 60, "central": None}
+    row = {
+      "run": run.name,
+      "model": run.metrics["model"].get("display_name", _model(run)),
+      "sites": fed["sites"],
+      "partition": _partition(fed),
+      "strategy": _strategy(fed),
+      "rounds": _rounds(fed),
+      "local_epochs": fed["local_epochs"],
+      "batch_size": run.timing.get("batch_size"),
+      "total_epochs": total_epochs(run),
+      "val_auc": run.metrics.get("val", {}).get("auc"),
+      **_accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
+      "first_round_s": run.timing.get("first_round_s"),
+      "mean_round_s": fed.get("mean_round_s"),
+      "mb_sent_per_round": fed["bytes_sent_per_round"] / 1e6,
+      "mb_received_per_round": (
+        fed["bytes_received_per_round"] / 1e6 if fed.get("bytes_received_per_round") is not None else None
+      ),
+      "train_min": run.train_s / 60,
+      "central": None,
+    }
     central = baseline(run, runs)
     if central is not None and np.array_equal(central.test_labels, run.test_labels):
       delong = statistics.delong_test(run.test_labels, run.test_probabilities, central.test_probabilities)
-      mcnemar = statistics.mcnemar_test(run.test_labels, run.test_probabilities >= 0.5,
-                                        central.test_probabilities >= 0.5)
-      row.update({"central": central.name, "central_epochs": total_epochs(central),
-                  "central_auc": delong["auc_b"],
-                  "auc_minus_central": delong["difference"], "delong_p": delong["p_value"],
-                  "mcnemar_p": mcnemar["p_value"], "central_train_min": central.train_s / 60})
+      mcnemar = statistics.mcnemar_test(
+        run.test_labels, run.test_probabilities >= 0.5, central.test_probabilities >= 0.5
+      )
+      row.update(
+        {
+          "central": central.name,
+          "central_epochs": total_epochs(central),
+          "central_auc": delong["auc_b"],
+          "auc_minus_central": delong["difference"],
+          "delong_p": delong["p_value"],
+          "mcnemar_p": mcnemar["p_value"],
+          "central_train_min": central.train_s / 60,
+        }
+      )
     out.append(row)
   return out
 
@@ -116,31 +135,76 @@ def sections(runs, study_dir, resamples, seed):
   data = {"runs": rows(runs, resamples, seed), "sites": site_rows(runs)}
   if not data["runs"]:
     return [], {}, []
-  md = ["## Federated training against central training", "",
-        "Each federated run (Flower; validation and test central as in the study) beside the central run of the same "
-        "model with the same total local epochs. Test at threshold 0.5 with 95% bootstrap intervals; DeLong for equal "
-        "AUC and exact McNemar for equal accuracy against the central run, on the same test images. Round time is the "
-        "mean from the second round on (the first also starts the sites); bytes are the weights sent to and received "
-        "from the sites per round.", "",
-        _table(["run", "model", "partition", "strategy", "sites", "rounds x local epochs", "site batch", "val AUC",
-                "test accuracy", "test AUC", "central run: AUC (epochs)", "AUC - central", "DeLong p", "McNemar p",
-                "s / round", "MB sent / round", "MB received / round", "train min (central)"],
-               [[r["run"], r["model"], r["partition"], r["strategy"], r["sites"], f"{r['rounds']} x {r['local_epochs']:g}",
-                 r["batch_size"], _f(r["val_auc"]),
-                 _ci(r["accuracy"], r["accuracy_ci"]), _ci(r["auc"], r["auc_ci"]),
-                 f"{r['central']}: {_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",
-                 f"{r['auc_minus_central']:+.3f}" if r["central"] else "-",
-                 f"{r['delong_p']:.3g}" if r["central"] else "-", f"{r['mcnemar_p']:.3g}" if r["central"] else "-",
-                 _f(r["mean_round_s"], 1), _f(r["mb_sent_per_round"], 2),
-                 _f(r["mb_received_per_round"], 2) if r["mb_received_per_round"] is not None else "masked",
-                 f"{_f(r['train_min'], 1)} ({_f(r['central_train_min'], 1) if r['central'] else '-'})"]
-                for r in data["runs"]]), ""]
+  md = [
+    "## Federated training against central training",
+    "",
+    "Each federated run (Flower; validation and test central as in the study) beside the central run of the same "
+    "model with the same total local epochs. Test at threshold 0.5 with 95% bootstrap intervals; DeLong for equal "
+    "AUC and exact McNemar for equal accuracy against the central run, on the same test images. Round time is the "
+    "mean from the second round on (the first also starts the sites); bytes are the weights sent to and received "
+    "from the sites per round.",
+    "",
+    _table(
+      [
+        "run",
+        "model",
+        "partition",
+        "strategy",
+        "sites",
+        "rounds x local epochs",
+        "site batch",
+        "val AUC",
+        "test accuracy",
+        "test AUC",
+        "central run: AUC (epochs)",
+        "AUC - central",
+        "DeLong p",
+        "McNemar p",
+        "s / round",
+        "MB sent / round",
+        "MB received / round",
+        "train min (central)",
+      ],
+      [
+        [
+          r["run"],
+          r["model"],
+          r["partition"],
+          r["strategy"],
+          r["sites"],
+          f"{r['rounds']} x {r['local_epochs']:g}",
+          r["batch_size"],
+          _f(r["val_auc"]),
+          _ci(r["accuracy"], r["accuracy_ci"]),
+          _ci(r["auc"], r["auc_ci"]),
+          f"{r['central']}: {_f(r['central_auc'])} ({r['central_epochs']})" if r["central"] else "no central run",
+          f"{r['auc_minus_central']:+.3f}" if r["central"] else "-",
+          f"{r['delong_p']:.3g}" if r["central"] else "-",
+          f"{r['mcnemar_p']:.3g}" if r["central"] else "-",
+          _f(r["mean_round_s"], 1),
+          _f(r["mb_sent_per_round"], 2),
+          _f(r["mb_received_per_round"], 2) if r["mb_received_per_round"] is not None else "masked",
+          f"{_f(r['train_min'], 1)} ({_f(r['central_train_min'], 1) if r['central'] else '-'})",
+        ]
+        for r in data["runs"]
+      ],
+    ),
+    "",
+  ]
   if data["sites"]:
     classes = [k for k in data["sites"][0] if k not in ("partition", "site", "images", "patients")]
-    md += ["Sites of each partition (train split only, dealt by patient):", "",
-           _table(["partition", "site", "images", "patients"] + classes,
-                  [[s["partition"], s["site"], s["images"], s["patients"]] + [s.get(c, 0) for c in classes]
-                   for s in data["sites"]]), ""]
+    md += [
+      "Sites of each partition (train split only, dealt by patient):",
+      "",
+      _table(
+        ["partition", "site", "images", "patients"] + classes,
+        [
+          [s["partition"], s["site"], s["images"], s["patients"]] + [s.get(c, 0) for c in classes]
+          for s in data["sites"]
+        ],
+      ),
+      "",
+    ]
   written = []
   try:
     series = {}
@@ -152,13 +216,23 @@ def sections(runs, study_dir, resamples, seed):
       x = [(h["round"] if fed else h["epoch"] + 1) * step for h in run.history]
       label = f"{run.name}: {_partition(fed)}, {_strategy(fed)}" if fed else f"{run.name}: central"
       series.setdefault(run.metrics["model"].get("display_name", _model(run)), []).append(
-          (label, x, [h.get("val_auc", np.nan) for h in run.history], [h.get("val_loss", np.nan) for h in run.history],
-           fed is None))
+        (
+          label,
+          x,
+          [h.get("val_auc", np.nan) for h in run.history],
+          [h.get("val_loss", np.nan) for h in run.history],
+          fed is None,
+        )
+      )
     path = figures.federated_curves(series, os.path.join(study_dir, "federated_curves.png"))
     written.append(os.path.basename(path))
-    md += ["![federated_curves.png](federated_curves.png)", "",
-           "Validation AUC and loss of the global model after each round, against the central run's after each "
-           "epoch, both over the epochs of local training so far.", ""]
+    md += [
+      "![federated_curves.png](federated_curves.png)",
+      "",
+      "Validation AUC and loss of the global model after each round, against the central run's after each "
+      "epoch, both over the epochs of local training so far.",
+      "",
+    ]
   except Exception as e:  # a figure must never cost the report
     md += [f"(No federated curves: {type(e).__name__}.)", ""]
   return md, data, written

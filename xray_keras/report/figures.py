@@ -34,7 +34,13 @@ def training_curves(runs, path):
       epochs = [h["epoch"] + 1 for h in run.history]
       color = f"C{i}"
       ax.plot(epochs, [h.get(key, np.nan) for h in run.history], color=color, label=f"{run.display_name} train")
-      ax.plot(epochs, [h.get(f"val_{key}", np.nan) for h in run.history], color=color, ls="--", label=f"{run.display_name} val")
+      ax.plot(
+        epochs,
+        [h.get(f"val_{key}", np.nan) for h in run.history],
+        color=color,
+        ls="--",
+        label=f"{run.display_name} val",
+      )
     ax.set_xlabel("epoch")
     ax.set_title(key)
   axes[0].legend(fontsize=7)

@@ -3,9 +3,11 @@
 import html
 import re
 
-_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
-          "img{max-width:100%}")
+_STYLE = (
+  "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+  "img{max-width:100%}"
+)
 
 
 def _inline(text):
@@ -52,5 +54,7 @@ def render(lines):
 def write(lines, path):
   body = "\n".join(render(lines))
   with open(path, "w", encoding="utf-8") as f:
-    f.write(f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>xray_keras report</title>'
-            f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    f.write(
+      f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>xray_keras report</title>'
+      f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )

@@ -33,9 +33,14 @@ def result_rows(runs, resamples, seed):
     point = metrics.binary_metrics(run.test_labels, run.test_probabilities, 0.5)
     ci = statistics.bootstrap_ci(run.test_labels, run.test_probabilities, 0.5, resamples, seed)
     testbed = run.timing.get("testbed", {})
-    row = {"model": run.display_name, "name": run.name, "params": run.params, "test_images": int(len(run.test_labels)),
-           "test_bed": f"{testbed.get('cpu', '?')} x{testbed.get('cpu_cores', '?')}" + (
-               f", {', '.join(testbed['gpus'])}" if testbed.get("gpus") else "")}
+    row = {
+      "model": run.display_name,
+      "name": run.name,
+      "params": run.params,
+      "test_images": int(len(run.test_labels)),
+      "test_bed": f"{testbed.get('cpu', '?')} x{testbed.get('cpu_cores', '?')}"
+      + (f", {', '.join(testbed['gpus'])}" if testbed.get("gpus") else ""),
+    }
     for key in CI_METRICS:
       row[key] = point[key]
       row[f"{key}_ci"] = list(ci.get(key, (float("nan"), float("nan"))))
@@ -62,9 +67,17 @@ def pairwise(runs):
       continue
     delong = statistics.delong_test(a.test_labels, a.test_probabilities, b.test_probabilities)
     mcnemar = statistics.mcnemar_test(a.test_labels, a.test_probabilities >= 0.5, b.test_probabilities >= 0.5)
-    out.append({"a": a.display_name, "b": b.display_name, "auc_difference": delong["difference"],
-                "delong_p": delong["p_value"], "a_only_right": mcnemar["a_only"], "b_only_right": mcnemar["b_only"],
-                "mcnemar_p": mcnemar["p_value"]})
+    out.append(
+      {
+        "a": a.display_name,
+        "b": b.display_name,
+        "auc_difference": delong["difference"],
+        "delong_p": delong["p_value"],
+        "a_only_right": mcnemar["a_only"],
+        "b_only_right": mcnemar["b_only"],
+        "mcnemar_p": mcnemar["p_value"],
+      }
+    )
   return out
 
 
@@ -73,8 +86,11 @@ def _choose_images(run, per_group=2):
   chosen = []
   for label in (0, 1):
     for right in (True, False):
-      rows = [i for i, (y, p) in enumerate(zip(run.test_labels, run.test_probabilities))
-              if y == label and ((p >= run.threshold) == bool(y)) == right]
+      rows = [
+        i
+        for i, (y, p) in enumerate(zip(run.test_labels, run.test_probabilities))
+        if y == label and ((p >= run.threshold) == bool(y)) == right
+      ]
       chosen += rows[:per_group]
   return chosen
 
@@ -99,8 +115,14 @@ def explanations(runs, study_dir):
       pixels = decode.resize_array(images[[index[f] for f in files]], size, channels)
     elif source == "folder" and os.path.isdir(data_dir):
       root = folder.find_root(data_dir)
-      pixels = np.stack([decode.decode_image(open(os.path.join(root, f), "rb").read(), size, channels,
-                                             flags.get("resize_mode", "squash")) for f in files])
+      pixels = np.stack(
+        [
+          decode.decode_image(
+            open(os.path.join(root, f), "rb").read(), size, channels, flags.get("resize_mode", "squash")
+          )
+          for f in files
+        ]
+      )
     else:
       logging.info("No explanations for %s: its images are not in a readable folder.", run.name)
       continue
@@ -109,9 +131,11 @@ def explanations(runs, study_dir):
     if maps is None:
       logging.info("No explanations for %s: neither Grad-CAM nor attention rollout applies.", run.name)
       continue
-    titles = [f"{'PNEUMONIA' if run.test_labels[i] else 'NORMAL'} p={run.test_probabilities[i]:.2f}"
-              + (" ok" if (run.test_probabilities[i] >= run.threshold) == bool(run.test_labels[i]) else " WRONG")
-              for i in chosen]
+    titles = [
+      f"{'PNEUMONIA' if run.test_labels[i] else 'NORMAL'} p={run.test_probabilities[i]:.2f}"
+      + (" ok" if (run.test_probabilities[i] >= run.threshold) == bool(run.test_labels[i]) else " WRONG")
+      for i in chosen
+    ]
     rows.append((run.display_name, pixels, maps, titles))
   if not rows:
     return None
@@ -128,22 +152,46 @@ def compare_test_beds(study_a, study_b, out_path):
     if b is None:
       continue
     bed = lambda r: r.timing.get("testbed", {})  # noqa: E731
-    rows.append({
+    rows.append(
+      {
         "model": a.display_name,
         "test_bed_a": f"{bed(a).get('cpu', '?')} x{bed(a).get('cpu_cores', '?')} {' '.join(bed(a).get('gpus') or [])}".strip(),
         "test_bed_b": f"{bed(b).get('cpu', '?')} x{bed(b).get('cpu_cores', '?')} {' '.join(bed(b).get('gpus') or [])}".strip(),
-        "epoch_s_a": a.timing.get("mean_epoch_s"), "epoch_s_b": b.timing.get("mean_epoch_s"),
-        "train_s_a": a.train_s, "train_s_b": b.train_s,
-        "accuracy_a": a.metrics["test"]["accuracy"], "accuracy_b": b.metrics["test"]["accuracy"],
+        "epoch_s_a": a.timing.get("mean_epoch_s"),
+        "epoch_s_b": b.timing.get("mean_epoch_s"),
+        "train_s_a": a.train_s,
+        "train_s_b": b.train_s,
+        "accuracy_a": a.metrics["test"]["accuracy"],
+        "accuracy_b": b.metrics["test"]["accuracy"],
         "speedup_b_over_a": (a.timing.get("mean_epoch_s") or 0) / (b.timing.get("mean_epoch_s") or float("nan")),
-    })
+      }
+    )
   if not rows:
     raise ValueError(f"{study_a} and {study_b} have no finished model in common")
-  md = ["# Test beds compared", "", f"A: `{os.path.basename(os.path.normpath(study_a))}`, "
-        f"B: `{os.path.basename(os.path.normpath(study_b))}`; speed-up = time per epoch on A / on B.", "",
-        _table(["model", "test bed A", "s / epoch A", "test bed B", "s / epoch B", "speed-up", "accuracy A", "accuracy B"],
-               [[r["model"], r["test_bed_a"], _fmt(r["epoch_s_a"], 1), r["test_bed_b"], _fmt(r["epoch_s_b"], 1),
-                 f"x{_fmt(r['speedup_b_over_a'], 2)}", _fmt(r["accuracy_a"]), _fmt(r["accuracy_b"])] for r in rows]), ""]
+  md = [
+    "# Test beds compared",
+    "",
+    f"A: `{os.path.basename(os.path.normpath(study_a))}`, "
+    f"B: `{os.path.basename(os.path.normpath(study_b))}`; speed-up = time per epoch on A / on B.",
+    "",
+    _table(
+      ["model", "test bed A", "s / epoch A", "test bed B", "s / epoch B", "speed-up", "accuracy A", "accuracy B"],
+      [
+        [
+          r["model"],
+          r["test_bed_a"],
+          _fmt(r["epoch_s_a"], 1),
+          r["test_bed_b"],
+          _fmt(r["epoch_s_b"], 1),
+          f"x{_fmt(r['speedup_b_over_a'], 2)}",
+          _fmt(r["accuracy_a"]),
+          _fmt(r["accuracy_b"]),
+        ]
+        for r in rows
+      ],
+    ),
+    "",
+  ]
   with open(out_path, "w") as f:
     f.write("\n".join(md))
   with open(os.path.splitext(out_path)[0] + ".json", "w") as f:
@@ -170,7 +218,13 @@ def _run_row(run):
   head = timing.get("head_phase", {}).get("epochs_run", 0)
   shape = "x".join(str(d) for d in model.get("input_shape", [])) or "-"
   epochs = federated.total_epochs(run)  # a federated run's rounds x local epochs
-  return [run.display_name, shape, _weights(model.get("weights")), f"{head} + {epochs:g}", timing.get("batch_size", "-")]
+  return [
+    run.display_name,
+    shape,
+    _weights(model.get("weights")),
+    f"{head} + {epochs:g}",
+    timing.get("batch_size", "-"),
+  ]
 
 
 def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemble=False, ensemble_space="probability"):
@@ -184,12 +238,12 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
   rows = result_rows(runs, resamples, seed)
   pairs = pairwise(runs)
   makers = {
-      "training_curves.png": figures.training_curves,
-      "roc_curves.png": figures.roc_curves,
-      "confusion_matrices.png": figures.confusion_matrices,
-      "epoch_time.png": figures.epoch_time_bars,
-      "accuracy_vs_size_and_time.png": figures.accuracy_scatter,
-      "explanations.png": lambda runs, path: explanations(runs, study_dir) and path,
+    "training_curves.png": figures.training_curves,
+    "roc_curves.png": figures.roc_curves,
+    "confusion_matrices.png": figures.confusion_matrices,
+    "epoch_time.png": figures.epoch_time_bars,
+    "accuracy_vs_size_and_time.png": figures.accuracy_scatter,
+    "explanations.png": lambda runs, path: explanations(runs, study_dir) and path,
   }
   figure_files = {}
   for name, make in makers.items():
@@ -198,14 +252,25 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
         figure_files[name] = name
     except Exception as e:
       logging.warning("No %s: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-  clinical_md, clinical_data, clinical_figures = clinical.sections(runs, study_dir, resamples, seed, ensemble,
-                                                                      ensemble_space)
+  clinical_md, clinical_data, clinical_figures = clinical.sections(
+    runs, study_dir, resamples, seed, ensemble, ensemble_space
+  )
   federated_md, federated_data, _ = federated.sections(runs, study_dir, resamples, seed)
   with open(os.path.join(study_dir, "results.json"), "w") as f:
-    json.dump({"results": rows, "pairwise": pairs, "bootstrap": {"resamples": resamples, "seed": seed},
-               "parameter_table": parameter_table or [], "missing": missing, "clinical": clinical_data,
-               "federated": federated_data}, f, indent=2,
-              default=_json_default)
+    json.dump(
+      {
+        "results": rows,
+        "pairwise": pairs,
+        "bootstrap": {"resamples": resamples, "seed": seed},
+        "parameter_table": parameter_table or [],
+        "missing": missing,
+        "clinical": clinical_data,
+        "federated": federated_data,
+      },
+      f,
+      indent=2,
+      default=_json_default,
+    )
   with open(os.path.join(study_dir, "results.csv"), "w", newline="") as f:
     flat = [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
@@ -218,60 +283,152 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
   if missing:
     md += [f"Not finished (left out): {', '.join(missing)}.", ""]
   if parameter_table:
-    md += ["## Models parameters", "", "Built at each model's design input (the runs' own counts are in the Time table).", "", _table(
+    md += [
+      "## Models parameters",
+      "",
+      "Built at each model's design input (the runs' own counts are in the Time table).",
+      "",
+      _table(
         ["model", "layers", "hidden size", "MLP size", "heads", "params"],
-        [[r["model"]] + ["-" if r[k] is None else r[k] for k in ("layers", "hidden_size", "mlp_size", "heads")]
-         + [f"{r['params']:,}"] for r in parameter_table]), ""]
-  md += ["## Runs", "", "What each model was trained from, at what input size and for how long.", "",
-         _table(["model", "input", "weights", "epochs (head phase + training)", "batch"],
-                [_run_row(run) for run in runs]), ""]
+        [
+          [r["model"]]
+          + ["-" if r[k] is None else r[k] for k in ("layers", "hidden_size", "mlp_size", "heads")]
+          + [f"{r['params']:,}"]
+          for r in parameter_table
+        ],
+      ),
+      "",
+    ]
+  md += [
+    "## Runs",
+    "",
+    "What each model was trained from, at what input size and for how long.",
+    "",
+    _table(["model", "input", "weights", "epochs (head phase + training)", "batch"], [_run_row(run) for run in runs]),
+    "",
+  ]
   md += federated_md
-  md += ["## Results on the test split", "",
-         f"At threshold 0.5, with 95% bootstrap intervals over test images ({resamples} resamples, seed {seed}).", "",
-         _table(["model", "test bed"] + list(CI_METRICS) + ["acc. at val threshold"],
-                [[r["model"], r["test_bed"]] + [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]"
-                                                 for k in CI_METRICS]
-                 + [f"{_fmt(r['accuracy_at_val_threshold'])} (t={_fmt(r['val_threshold'], 2)})"] for r in rows]), "",
-         "## Validation versus test", "",
-         "The same model on the patient-grouped validation split (carved from train, used for model choice) and on the "
-         "official test split, threshold 0.5. A large drop means the test images differ from the training "
-         "distribution, and that validation scores overstate what the model does on new images.", "",
-         _table(["model", "val accuracy", "test accuracy", "val specificity", "test specificity", "val AUC", "test AUC"],
-                [[r["model"]] + [_fmt(r[f"{prefix}{k}"]) for k in ("accuracy", "specificity", "auc") for prefix in ("val_", "")]
-                 for r in rows]), "",
-         "## Time", "",
-         _table(["model", "params", "train time (min)", "s / epoch", "train img/s", "latency ms / image", "inference img/s"],
-                [[r["model"], f"{r['params']:,}", _fmt(r["train_s"] / 60, 1), _fmt(r["mean_epoch_s"], 1),
-                  _fmt(r["train_images_per_s"], 1), _fmt(r["latency_ms_per_image"], 1),
-                  _fmt(r["inference_images_per_s"], 1)] for r in rows]), ""]
+  md += [
+    "## Results on the test split",
+    "",
+    f"At threshold 0.5, with 95% bootstrap intervals over test images ({resamples} resamples, seed {seed}).",
+    "",
+    _table(
+      ["model", "test bed"] + list(CI_METRICS) + ["acc. at val threshold"],
+      [
+        [r["model"], r["test_bed"]]
+        + [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]" for k in CI_METRICS]
+        + [f"{_fmt(r['accuracy_at_val_threshold'])} (t={_fmt(r['val_threshold'], 2)})"]
+        for r in rows
+      ],
+    ),
+    "",
+    "## Validation versus test",
+    "",
+    "The same model on the patient-grouped validation split (carved from train, used for model choice) and on the "
+    "official test split, threshold 0.5. A large drop means the test images differ from the training "
+    "distribution, and that validation scores overstate what the model does on new images.",
+    "",
+    _table(
+      ["model", "val accuracy", "test accuracy", "val specificity", "test specificity", "val AUC", "test AUC"],
+      [
+        [r["model"]] + [_fmt(r[f"{prefix}{k}"]) for k in ("accuracy", "specificity", "auc") for prefix in ("val_", "")]
+        for r in rows
+      ],
+    ),
+    "",
+    "## Time",
+    "",
+    _table(
+      ["model", "params", "train time (min)", "s / epoch", "train img/s", "latency ms / image", "inference img/s"],
+      [
+        [
+          r["model"],
+          f"{r['params']:,}",
+          _fmt(r["train_s"] / 60, 1),
+          _fmt(r["mean_epoch_s"], 1),
+          _fmt(r["train_images_per_s"], 1),
+          _fmt(r["latency_ms_per_image"], 1),
+          _fmt(r["inference_images_per_s"], 1),
+        ]
+        for r in rows
+      ],
+    ),
+    "",
+  ]
   beds = {}
   for run in runs:
     t = run.timing.get("testbed", {})
     beds.setdefault(json.dumps(t, sort_keys=True), (t, []))[1].append(run.display_name)
-  md += ["## Test beds", "", _table(
+  md += [
+    "## Test beds",
+    "",
+    _table(
       ["models", "CPU", "cores", "RAM (GiB)", "GPU", "peak FLOPS", "backend", "versions"],
-      [[", ".join(names), t.get("cpu", "-"), t.get("cpu_cores", "-"), t.get("ram_gib", "-"),
-        ", ".join(t.get("gpus") or []) or "none", "-", t.get("backend", "-"),
-        ", ".join(f"{k} {v}" for k, v in sorted(t.get("versions", {}).items()))] for t, names in beds.values()]), ""]
+      [
+        [
+          ", ".join(names),
+          t.get("cpu", "-"),
+          t.get("cpu_cores", "-"),
+          t.get("ram_gib", "-"),
+          ", ".join(t.get("gpus") or []) or "none",
+          "-",
+          t.get("backend", "-"),
+          ", ".join(f"{k} {v}" for k, v in sorted(t.get("versions", {}).items())),
+        ]
+        for t, names in beds.values()
+      ],
+    ),
+    "",
+  ]
   if pairs:
-    md += ["## Are the differences real?", "",
-           "DeLong test for equal AUC and exact McNemar test for equal accuracy (threshold 0.5), on the same test images.", "",
-           _table(["A", "B", "AUC A - B", "DeLong p", "only A right", "only B right", "McNemar p"],
-                  [[p["a"], p["b"], f"{p['auc_difference']:+.3f}", f"{p['delong_p']:.3g}", p["a_only_right"],
-                    p["b_only_right"], f"{p['mcnemar_p']:.3g}"] for p in pairs]), ""]
+    md += [
+      "## Are the differences real?",
+      "",
+      "DeLong test for equal AUC and exact McNemar test for equal accuracy (threshold 0.5), on the same test images.",
+      "",
+      _table(
+        ["A", "B", "AUC A - B", "DeLong p", "only A right", "only B right", "McNemar p"],
+        [
+          [
+            p["a"],
+            p["b"],
+            f"{p['auc_difference']:+.3f}",
+            f"{p['delong_p']:.3g}",
+            p["a_only_right"],
+            p["b_only_right"],
+            f"{p['mcnemar_p']:.3g}",
+          ]
+          for p in pairs
+        ],
+      ),
+      "",
+    ]
   md += clinical_md
   data = runs[0].metrics.get("data", {})
-  md += ["## Data", "", f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
-         f"{data.get('skipped_files', 0)}; validation carved from train by patient.", "",
-         _table(["split", "NORMAL", "PNEUMONIA", "total"],
-                [[s, c.get("NORMAL", 0), c.get("PNEUMONIA", c.get("BACTERIA", 0) + c.get("VIRUS", 0)), c.get("total", 0)]
-                 for s, c in data.get("counts", {}).items()]),
-         ""]
+  md += [
+    "## Data",
+    "",
+    f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
+    f"{data.get('skipped_files', 0)}; validation carved from train by patient.",
+    "",
+    _table(
+      ["split", "NORMAL", "PNEUMONIA", "total"],
+      [
+        [s, c.get("NORMAL", 0), c.get("PNEUMONIA", c.get("BACTERIA", 0) + c.get("VIRUS", 0)), c.get("total", 0)]
+        for s, c in data.get("counts", {}).items()
+      ],
+    ),
+    "",
+  ]
   md += [f"- {note}" for note in data.get("notes", [])] + [""]
   md += ["## Figures", ""] + [f"![{name}]({name})" for name in figure_files] + [""]
   if "explanations.png" in figure_files:
-    md += ["`explanations.png`: Grad-CAM (CNNs) and attention rollout (ViTs) on the same test images, "
-           "both classes, right and wrong by the first model; the title gives each model's probability.", ""]
+    md += [
+      "`explanations.png`: Grad-CAM (CNNs) and attention rollout (ViTs) on the same test images, "
+      "both classes, right and wrong by the first model; the title gives each model's probability.",
+      "",
+    ]
   path = os.path.join(study_dir, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(md))

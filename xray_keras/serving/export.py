@@ -22,8 +22,8 @@ from PIL import Image
 from xray_keras import atomic, models
 from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
-from xray_keras.evaluation import clinical, operating_points
 from xray_keras.errors import UserError
+from xray_keras.evaluation import clinical, operating_points
 from xray_keras.serving import graph
 from xray_keras.training import room
 from xray_keras.training.run_dir import read_flags
@@ -67,10 +67,10 @@ def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None
       probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
     predicted = tf.cast(probability >= threshold, tf.int32)
     out = {
-        "pneumonia_probability": probability,
-        "probabilities": tf.stack([1.0 - probability, probability], axis=1),
-        "label": tf.gather(classes, predicted),
-        "label_id": predicted,
+      "pneumonia_probability": probability,
+      "probabilities": tf.stack([1.0 - probability, probability], axis=1),
+      "label": tf.gather(classes, predicted),
+      "label_id": predicted,
     }
     if raw.shape[-1] > 1:
       out["class_probabilities"] = raw
@@ -80,8 +80,11 @@ def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None
   def prepared(images):
     if not steps:
       return images
-    return tf.map_fn(lambda image: preprocess.apply_tf(image, steps), images,
-                     fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8))
+    return tf.map_fn(
+      lambda image: preprocess.apply_tf(image, steps),
+      images,
+      fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8),
+    )
 
   def from_bytes(images):
     return outputs(tf.cast(prepared(graph.decode_batch(images, size, channels, resize_mode)), tf.float32))
@@ -100,7 +103,7 @@ def write_warmup(path, model_name, samples):
 
   with tf.io.TFRecordWriter(path) as writer:
     request = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+      model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
     )
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(samples, dtype=tf.string))
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
@@ -144,14 +147,14 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
   model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
-  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold, temperature, steps,
-                                         class_names)
+  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold, temperature, steps, class_names)
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint("serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
   archive.add_endpoint(
-      "serving_pixels", from_pixels,
-      input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="pixels")],
+    "serving_pixels",
+    from_pixels,
+    input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="pixels")],
   )
 
   base = os.path.join(export_dir, model_name)
@@ -162,28 +165,35 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
     extra = os.path.join(tmp, "assets.extra")
     os.makedirs(extra, exist_ok=True)
     card = {
-        "model": metrics["model"],
-        "class_names": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "input": {"image_size": size, "channels": channels, "resize_mode": resize_mode, "pixel_range": [0, 255]},
-        "signatures": {
-            "serving_default": f"images: [batch] encoded {graph.ACCEPTED} bytes",
-            "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
-        },
-        "decision_threshold": threshold,
-        "threshold_source": "chosen on the validation split (Youden's J)",
-        "operating_points": points,
-        "calibration": ({"method": "temperature scaling", "temperature": temperature, "fitted_on": "validation",
-                         "applied": "inside the graph, to pneumonia_probability, before the threshold"}
-                        if temperature else None),
-        "preprocess": [f"{n}:{a}" if a else n for n, a in steps],
-        "task_classes": list(class_names),
-        "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},
-        "data": metrics["data"],
-        "synthetic": metrics.get("synthetic", False),
-        "flags": _public_flags(flags),
-        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
-        "exported_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "model": metrics["model"],
+      "class_names": list(CLASS_NAMES),
+      "positive_class": CLASS_NAMES[1],
+      "input": {"image_size": size, "channels": channels, "resize_mode": resize_mode, "pixel_range": [0, 255]},
+      "signatures": {
+        "serving_default": f"images: [batch] encoded {graph.ACCEPTED} bytes",
+        "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
+      },
+      "decision_threshold": threshold,
+      "threshold_source": "chosen on the validation split (Youden's J)",
+      "operating_points": points,
+      "calibration": (
+        {
+          "method": "temperature scaling",
+          "temperature": temperature,
+          "fitted_on": "validation",
+          "applied": "inside the graph, to pneumonia_probability, before the threshold",
+        }
+        if temperature
+        else None
+      ),
+      "preprocess": [f"{n}:{a}" if a else n for n, a in steps],
+      "task_classes": list(class_names),
+      "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},
+      "data": metrics["data"],
+      "synthetic": metrics.get("synthetic", False),
+      "flags": _public_flags(flags),
+      "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
+      "exported_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     with open(os.path.join(extra, "model_card.json"), "w") as f:
       json.dump(card, f, indent=2)

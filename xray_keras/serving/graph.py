@@ -38,11 +38,16 @@ def image_format(data):
   """0 JPEG, 1 PNG, 2 GIF, 3 BMP, -1 anything else (WebP, TIFF, text, ...)."""
   head = tf.strings.substr(data, 0, 8)
   is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
-  is_gif = tf.logical_or(tf.equal(tf.strings.substr(data, 0, 6), b"GIF87a"), tf.equal(tf.strings.substr(data, 0, 6), b"GIF89a"))
+  is_gif = tf.logical_or(
+    tf.equal(tf.strings.substr(data, 0, 6), b"GIF87a"), tf.equal(tf.strings.substr(data, 0, 6), b"GIF89a")
+  )
   is_bmp = tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"), tf.strings.length(data) >= 26)
   codes = tf.stack([tf.io.is_jpeg(data), is_png, is_gif, is_bmp])
-  return tf.cond(tf.reduce_any(codes), lambda: tf.cast(tf.argmax(tf.cast(codes, tf.int32)), tf.int32),
-                 lambda: tf.constant(-1, tf.int32))
+  return tf.cond(
+    tf.reduce_any(codes),
+    lambda: tf.cast(tf.argmax(tf.cast(codes, tf.int32)), tf.int32),
+    lambda: tf.constant(-1, tf.int32),
+  )
 
 
 def _declared_size(data, fmt):
@@ -69,10 +74,12 @@ def _declared_size(data, fmt):
 def check_request(encoded):
   """Asserts the bounds above on a `[batch]` string tensor; returns it."""
   checks = [
-      tf.debugging.assert_less_equal(tf.size(encoded), MAX_BATCH, message=f"batch larger than {MAX_BATCH} images"),
-      tf.debugging.assert_less_equal(
-          tf.reduce_max(tf.concat([tf.strings.length(encoded), [0]], 0)), MAX_IMAGE_BYTES,
-          message=f"an image is larger than {MAX_IMAGE_BYTES} bytes"),
+    tf.debugging.assert_less_equal(tf.size(encoded), MAX_BATCH, message=f"batch larger than {MAX_BATCH} images"),
+    tf.debugging.assert_less_equal(
+      tf.reduce_max(tf.concat([tf.strings.length(encoded), [0]], 0)),
+      MAX_IMAGE_BYTES,
+      message=f"an image is larger than {MAX_IMAGE_BYTES} bytes",
+    ),
   ]
   with tf.control_dependencies(checks):
     return tf.identity(encoded)
@@ -87,10 +94,12 @@ def _exif_orientation(data):
   def read():
     tiff = tf.strings.length(parts[0]) + 6
     little = tf.equal(tf.strings.substr(data, tiff, 2), b"II")
-    ifd = tiff + tf.cast(tf.cond(little, lambda: _uint(data, tiff + 4, 4, True),
-                                 lambda: _uint(data, tiff + 4, 4, False)), tf.int32)
-    count = tf.minimum(tf.cast(tf.cond(little, lambda: _uint(data, ifd, 2, True),
-                                       lambda: _uint(data, ifd, 2, False)), tf.int32), 64)
+    ifd = tiff + tf.cast(
+      tf.cond(little, lambda: _uint(data, tiff + 4, 4, True), lambda: _uint(data, tiff + 4, 4, False)), tf.int32
+    )
+    count = tf.minimum(
+      tf.cast(tf.cond(little, lambda: _uint(data, ifd, 2, True), lambda: _uint(data, ifd, 2, False)), tf.int32), 64
+    )
     entries = tf.reshape(_bytes(data, ifd + 2, 12 * 64), [64, 12])[:count]
     tags = tf.where(little, entries[:, 0] + 256 * entries[:, 1], 256 * entries[:, 0] + entries[:, 1])
     values = tf.where(little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9])
@@ -104,7 +113,9 @@ def _exif_orientation(data):
 def _orient(image, orientation):
   """Pillow's `ImageOps.exif_transpose` for orientations 1-8."""
   transpose = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731
-  return tf.switch_case(tf.cast(orientation - 1, tf.int32), [
+  return tf.switch_case(
+    tf.cast(orientation - 1, tf.int32),
+    [
       lambda: image,
       lambda: tf.reverse(image, [1]),  # 2: mirror
       lambda: tf.reverse(image, [0, 1]),  # 3: rotate 180
@@ -113,31 +124,38 @@ def _orient(image, orientation):
       lambda: tf.image.rot90(image, 3),  # 6: rotate 270 (90 clockwise)
       lambda: tf.reverse(transpose(image), [0, 1]),  # 7: transverse
       lambda: tf.image.rot90(image, 1),  # 8: rotate 90
-  ])
+    ],
+  )
 
 
 def _jpeg(data, size, orientation):
   """A JPEG as Pillow decodes it for training: draft scale, native channels, EXIF orientation."""
   shape = tf.image.extract_jpeg_shape(data)
   not_cmyk = tf.debugging.assert_less(
-      shape[2], 4, message="CMYK JPEGs are not accepted: convert the image to RGB or grey")
+    shape[2], 4, message="CMYK JPEGs are not accepted: convert the image to RGB or grey"
+  )
   ratio = tf.constant(1, tf.int32)
   if size:  # decode.DRAFT_MARGIN: the largest of 8, 4, 2 that keeps DRAFT_MARGIN x size per side
     scale = tf.minimum(shape[0] // (decode.DRAFT_MARGIN * size), shape[1] // (decode.DRAFT_MARGIN * size))
     ratio = tf.where(scale >= 8, 8, tf.where(scale >= 4, 4, tf.where(scale >= 2, 2, 1)))
   with tf.control_dependencies([not_cmyk]):
-    branches = [lambda r=r: tf.io.decode_jpeg(data, channels=0, ratio=r, dct_method="INTEGER_ACCURATE")
-                for r in (1, 2, 4, 8)]
-    image = tf.switch_case(tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32),
-                           branches)
+    branches = [
+      lambda r=r: tf.io.decode_jpeg(data, channels=0, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)
+    ]
+    image = tf.switch_case(
+      tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32), branches
+    )
   return _orient(image, orientation)
 
 
 def _scale_bit_depth(image):
   """16-bit grey data scaled by the bit depth it uses (8, 10, 12, 14 or 16), as training does."""
   high = tf.reduce_max(tf.cast(image, tf.int64))
-  bits = tf.reduce_min(tf.boolean_mask(tf.constant([8, 10, 12, 14, 16], tf.int64),
-                                       high < tf.constant([2**8, 2**10, 2**12, 2**14, 2**16], tf.int64)))
+  bits = tf.reduce_min(
+    tf.boolean_mask(
+      tf.constant([8, 10, 12, 14, 16], tf.int64), high < tf.constant([2**8, 2**10, 2**12, 2**14, 2**16], tf.int64)
+    )
+  )
   scaled = tf.round(tf.cast(image, tf.float64) * 255.0 / tf.cast(2**bits - 1, tf.float64))
   return tf.cast(tf.clip_by_value(scaled, 0, 255), tf.uint8)
 
@@ -182,22 +200,28 @@ def decode_one(data, channels, size=None):
   """One encoded image to `(H, W, channels)` uint8 and its full `(height, width)` for the square fit."""
   fmt = image_format(data)
   known = tf.debugging.assert_greater_equal(
-      fmt, 0, message=f"unsupported image format: the serving signature accepts {ACCEPTED}")
+    fmt, 0, message=f"unsupported image format: the serving signature accepts {ACCEPTED}"
+  )
   with tf.control_dependencies([known]):
     fmt = tf.maximum(fmt, 0)
     height, width = _declared_size(data, fmt)
   too_large = tf.debugging.assert_less_equal(
-      height * width, tf.constant(MAX_IMAGE_PIXELS, tf.int64),
-      message=f"an image is larger than {MAX_IMAGE_PIXELS} pixels")
+    height * width,
+    tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+    message=f"an image is larger than {MAX_IMAGE_PIXELS} pixels",
+  )
   is_jpeg = tf.equal(fmt, _JPEG)
   orientation = tf.cond(is_jpeg, lambda: _exif_orientation(data), lambda: tf.constant(1, tf.int64))
   with tf.control_dependencies([too_large]):  # checked before any decoder allocates
-    image = tf.switch_case(fmt, [
+    image = tf.switch_case(
+      fmt,
+      [
         lambda: _jpeg(data, size, orientation),
         lambda: _png(data),
         lambda: tf.io.decode_gif(data)[0],
         lambda: tf.io.decode_bmp(data, channels=3),
-    ])
+      ],
+    )
   image = _to_channels(image, channels)
   # A draft-scaled JPEG is planned on its full size, as Pillow's `image.size` before `draft`.
   full = tf.cast(tf.stack([height, width]), tf.int32)

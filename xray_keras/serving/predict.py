@@ -34,8 +34,15 @@ def list_inputs(paths):
 
 # What libjpeg prints to stderr about a damaged file the decoder then rejects or recovers, and
 # TensorFlow's runtime echo of a refused request (its reason is already in the skip line).
-_DECODER_NOISE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG file structure",
-                  "Unsupported marker", "Bogus", "Warning:", "[[{{")
+_DECODER_NOISE = (
+  "Corrupt JPEG data",
+  "Premature end of JPEG file",
+  "Invalid JPEG file structure",
+  "Unsupported marker",
+  "Bogus",
+  "Warning:",
+  "[[{{",
+)
 
 
 @contextlib.contextmanager
@@ -76,8 +83,10 @@ class SavedModelPredictor:
     points = card.get("operating_points") or {}
     if operating_point != "youden":
       if operating_point not in points:
-        raise UserError(f"This export's model card has no {operating_point} operating point (exported before "
-                        "operating points, or without validation data); pass --threshold instead.")
+        raise UserError(
+          f"This export's model card has no {operating_point} operating point (exported before "
+          "operating points, or without validation data); pass --threshold instead."
+        )
       self.threshold = points[operating_point]["threshold"]
 
   def __call__(self, data):
@@ -123,13 +132,16 @@ class KerasPredictor:
       raise UserError("--tta needs the run's --augment layers (its flags.txt lists none).")
     self._temperature = clinical.temperature(run_dir)
     if threshold is None:
-      points = clinical.decision_thresholds(run_dir, tta=tta > 1 and os.path.isfile(
-          os.path.join(run_dir, clinical.TTA_PREDICTIONS)))
+      points = clinical.decision_thresholds(
+        run_dir, tta=tta > 1 and os.path.isfile(os.path.join(run_dir, clinical.TTA_PREDICTIONS))
+      )
       if points:
         threshold = points[operating_point]
       elif operating_point != "youden":
-        raise UserError(f"No validation predictions beside {path} to choose the {operating_point} threshold on; "
-                        "pass --threshold instead.")
+        raise UserError(
+          f"No validation predictions beside {path} to choose the {operating_point} threshold on; "
+          "pass --threshold instead."
+        )
       elif os.path.isfile(metrics):
         with open(metrics) as f:
           threshold = float(json.load(f).get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))

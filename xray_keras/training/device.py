@@ -28,10 +28,14 @@ def configure(device):
         try:
           tf.config.set_visible_devices([], "GPU")
         except RuntimeError:
-          raise UserError("--device=cpu must take effect before TensorFlow starts; it did not (GPUs already in use).") from None
+          raise UserError(
+            "--device=cpu must take effect before TensorFlow starts; it did not (GPUs already in use)."
+          ) from None
       return "cpu"
     if device == "gpu" and not gpus:
-      raise UserError("--device=gpu, but TensorFlow sees no GPU (check the CUDA driver and the tensorflow[and-cuda] install).")
+      raise UserError(
+        "--device=gpu, but TensorFlow sees no GPU (check the CUDA driver and the tensorflow[and-cuda] install)."
+      )
     return f"gpu x{len(gpus)}" if gpus else "cpu"
   if backend == "jax":
     import jax

@@ -100,15 +100,22 @@ def _jax_cluster():
   env = os.environ
   if env.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
     try:
-      return (env["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0], int(env["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
-              int(env["KERAS_DISTRIBUTION_PROCESS_ID"]))
+      return (
+        env["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")[0],
+        int(env["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+        int(env["KERAS_DISTRIBUTION_PROCESS_ID"]),
+      )
     except (KeyError, ValueError):
-      raise UserError("KERAS_DISTRIBUTION_JOB_ADDRESSES needs KERAS_DISTRIBUTION_NUM_PROCESSES and "
-                      "KERAS_DISTRIBUTION_PROCESS_ID (integers).") from None
+      raise UserError(
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES needs KERAS_DISTRIBUTION_NUM_PROCESSES and "
+        "KERAS_DISTRIBUTION_PROCESS_ID (integers)."
+      ) from None
   workers, index = _tf_config_task()
   if workers < 1:
-    raise UserError("--distribution=multiworker needs KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and "
-                    "_PROCESS_ID (or TF_CONFIG) naming the processes.")
+    raise UserError(
+      "--distribution=multiworker needs KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and "
+      "_PROCESS_ID (or TF_CONFIG) naming the processes."
+    )
   cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
   return (cluster.get("chief") or cluster["worker"])[0], workers, index
 
@@ -134,8 +141,9 @@ def _setup_jax_processes(name):
   parallel = keras.distribution.DataParallel(devices=jax.devices())
   parallel.auto_shard_dataset = False  # each process feeds its own share (Plan.shard)
   keras.distribution.set_distribution(parallel)
-  return Plan(name, len(jax.devices()), worker_index=jax.process_index(), num_workers=jax.process_count(),
-              jax_processes=True)
+  return Plan(
+    name, len(jax.devices()), worker_index=jax.process_index(), num_workers=jax.process_count(), jax_processes=True
+  )
 
 
 def _setup_jax(name):
@@ -158,12 +166,16 @@ def global_batch(plan, batch_size, per_replica_batch_size):
     batch_size = per_replica_batch_size * plan.replicas
   if batch_size % plan.replicas:
     raise UserError(
-        f"--batch_size={batch_size} (global) does not divide over {plan.replicas} replicas; "
-        "use a multiple or --per_replica_batch_size."
+      f"--batch_size={batch_size} (global) does not divide over {plan.replicas} replicas; "
+      "use a multiple or --per_replica_batch_size."
     )
   logging.info(
-      "Distribution %s: global batch %d = %d per replica x %d replica(s), %d worker(s)",
-      plan.name, batch_size, batch_size // plan.replicas, plan.replicas, plan.num_workers,
+    "Distribution %s: global batch %d = %d per replica x %d replica(s), %d worker(s)",
+    plan.name,
+    batch_size,
+    batch_size // plan.replicas,
+    plan.replicas,
+    plan.num_workers,
   )
   return batch_size
 
@@ -194,8 +206,7 @@ def build_for_multiworker(model, plan, images, labels):
 
   def reduce_logs(values, strategy, reduction):
     if reduction in ("auto", "mean"):
-      return keras.tree.map_structure(
-          lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+      return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
     return reduce(values, strategy, reduction)
 
   tf_trainer.reduce_per_replica = reduce_logs

@@ -31,15 +31,15 @@ def check(folder, nbytes, what):
   limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
   if limit != resource.RLIM_INFINITY and nbytes > limit:
     raise UserError(
-        f"Cannot write {what}: it needs about {nbytes / 2**20:.1f} MB but the file-size limit "
-        f"(ulimit -f) is {limit / 2**20:.2f} MB. File too large; raise the limit."
+      f"Cannot write {what}: it needs about {nbytes / 2**20:.1f} MB but the file-size limit "
+      f"(ulimit -f) is {limit / 2**20:.2f} MB. File too large; raise the limit."
     )
   os.makedirs(folder, exist_ok=True)
   free = shutil.disk_usage(folder).free
   if free < nbytes + _MARGIN:
     raise UserError(
-        f"Cannot write {what} in {folder}: it needs about {(nbytes + _MARGIN) / 2**20:.1f} MB and "
-        f"{free / 2**20:.1f} MB are free. No space left on device; free some space or choose another --output_dir."
+      f"Cannot write {what} in {folder}: it needs about {(nbytes + _MARGIN) / 2**20:.1f} MB and "
+      f"{free / 2**20:.1f} MB are free. No space left on device; free some space or choose another --output_dir."
     )
 
 

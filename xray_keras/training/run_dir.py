@@ -37,7 +37,7 @@ def prepare(config, plan, synthetic=False):
     raise UserError("--distribution=multiworker needs an explicit --output_dir shared by all workers.")
   experiment = f"{config.experiment}_synthetic" if synthetic else config.experiment
   path = config.output_dir or os.path.join(
-      "runs", experiment, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    "runs", experiment, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
   )
   if not plan.is_chief:
     path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs
@@ -49,8 +49,8 @@ def prepare(config, plan, synthetic=False):
     with open(os.path.join(path, "flags.txt")) as f:
       if _comparable_flags(f.read()) != _comparable_flags(config.flags_text):
         raise UserError(
-            f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
-            "or choose another --output_dir, or pass --overwrite."
+          f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
+          "or choose another --output_dir, or pass --overwrite."
         )
   elif os.path.isdir(backup):
     shutil.rmtree(backup)

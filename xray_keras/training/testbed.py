@@ -59,11 +59,11 @@ def describe():
   except AttributeError:
     usable = os.cpu_count()
   return {
-      "cpu": _cpu_model(),
-      "cpu_cores": usable,
-      "ram_gib": _ram_gib(),
-      "gpus": _gpus(backend),
-      "os": platform.platform(),
-      "backend": backend,
-      "versions": versions,
+    "cpu": _cpu_model(),
+    "cpu_cores": usable,
+    "ram_gib": _ram_gib(),
+    "gpus": _gpus(backend),
+    "os": platform.platform(),
+    "backend": backend,
+    "versions": versions,
   }

@@ -5,6 +5,8 @@ import time
 import keras
 from absl import logging
 
+from xray_keras.training import progress
+
 
 class TimingCallback(keras.callbacks.Callback):
   """Records fit timing; validation time inside an epoch is excluded from training speed.
@@ -47,14 +49,18 @@ class TimingCallback(keras.callbacks.Callback):
     wall = time.perf_counter() - self._epoch_start
     train_s = max(wall - self._eval_s, 1e-9)
     record = {
-        "epoch": epoch + 1,
-        "wall_s": wall,
-        "train_s": train_s,
-        "val_s": self._eval_s,
-        "train_images_per_s": self.train_images / train_s,
+      "epoch": epoch + 1,
+      "wall_s": wall,
+      "train_s": train_s,
+      "val_s": self._eval_s,
+      "train_images_per_s": self.train_images / train_s,
     }
-    if (not self.epochs and self.first_step_s is not None and train_s > self.first_step_s
-        and self.train_images > self.batch_size):
+    if (
+      not self.epochs
+      and self.first_step_s is not None
+      and train_s > self.first_step_s
+      and self.train_images > self.batch_size
+    ):
       # The first epoch's speed without the compile step.
       record["steady_images_per_s"] = (self.train_images - self.batch_size) / (train_s - self.first_step_s)
     self.epochs.append(record)
@@ -62,7 +68,9 @@ class TimingCallback(keras.callbacks.Callback):
       logs["epoch_time_s"] = wall
       logs["train_images_per_s"] = record["train_images_per_s"]
     summary = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float))
-    logging.info("epoch %d: %.1fs, %.1f img/s train; %s", epoch + 1, wall, record["train_images_per_s"], summary)
+    progress.DETAIL.info(
+      "epoch %d: %.1fs, %.1f img/s train; %s", epoch + 1, wall, record["train_images_per_s"], summary
+    )
 
   def on_train_end(self, logs=None):
     self.fit_s = time.perf_counter() - self._fit_start
@@ -70,16 +78,16 @@ class TimingCallback(keras.callbacks.Callback):
   def summary(self):
     """Timing figures for timing.json."""
     steady = [e["train_images_per_s"] for e in self.epochs[1:]] or [
-        e.get("steady_images_per_s", e["train_images_per_s"]) for e in self.epochs
+      e.get("steady_images_per_s", e["train_images_per_s"]) for e in self.epochs
     ]
     steady = sorted(steady)
     return {
-        "first_step_s": self.first_step_s,
-        "fit_s": self.fit_s,
-        "epochs_run": len(self.epochs),
-        "mean_epoch_s": sum(e["wall_s"] for e in self.epochs) / max(len(self.epochs), 1),
-        "train_images_per_s": steady[len(steady) // 2] if steady else None,
-        "batch_size": self.batch_size,
-        "train_images_per_epoch": self.train_images,
-        "epochs": self.epochs,
+      "first_step_s": self.first_step_s,
+      "fit_s": self.fit_s,
+      "epochs_run": len(self.epochs),
+      "mean_epoch_s": sum(e["wall_s"] for e in self.epochs) / max(len(self.epochs), 1),
+      "train_images_per_s": steady[len(steady) // 2] if steady else None,
+      "batch_size": self.batch_size,
+      "train_images_per_epoch": self.train_images,
+      "epochs": self.epochs,
     }

@@ -23,7 +23,8 @@ from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.data.records import CLASS_NAMES, printable
 from xray_keras.errors import UserError
 from xray_keras.evaluation import clinical, metrics, multiclass, statistics
-from xray_keras.training import device, distribution, room, run_dir as run_dirs, schedules, testbed, transfer
+from xray_keras.training import device, distribution, progress, room, schedules, testbed, transfer
+from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
@@ -33,19 +34,24 @@ SCHEDULES = ("constant", "cosine")
 HEAD_WEIGHTS = "head_phase.weights.h5"
 BOOTSTRAP_RESAMPLES = 1000
 
+
 @contextlib.contextmanager
 def log_to_file(path):
-  """Copies every log record (absl, Keras, TF Python) into `path`."""
+  """Copies every log record (absl, Keras, TF Python) into `path`, and the per-epoch detail that the
+  console does not show (`progress.DETAIL`)."""
   handler = std_logging.FileHandler(path)
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  root = std_logging.getLogger()
-  root.addHandler(handler)
+  loggers = (std_logging.getLogger(), progress.DETAIL)
+  for logger in loggers:
+    logger.addHandler(handler)
+  progress.DETAIL.setLevel(std_logging.INFO)
   previous = logging.get_verbosity()
   logging.set_verbosity(logging.INFO)
   try:
     yield
   finally:
-    root.removeHandler(handler)
+    for logger in loggers:
+      logger.removeHandler(handler)
     handler.close()
     logging.set_verbosity(previous)
 
@@ -94,30 +100,38 @@ def build_model(config, weights=None):
   """The run's model at its input size; `weights` overrides `--weights`."""
   _, size, channels = resolve_input(config)
   return models.build_model(
-      config.model.name, (size, size, channels),
-      patch_size=config.model.patch_size or None,
-      dropout=config.model.dropout if config.model.dropout >= 0 else None,
-      weights=config.model.weights if weights is None else weights,
-      backbone_kwargs=dict(config.model.backbone_kwargs), classes=num_classes(config),
+    config.model.name,
+    (size, size, channels),
+    patch_size=config.model.patch_size or None,
+    dropout=config.model.dropout if config.model.dropout >= 0 else None,
+    weights=config.model.weights if weights is None else weights,
+    backbone_kwargs=dict(config.model.backbone_kwargs),
+    classes=num_classes(config),
   )
 
 
 def compile_kwargs(optimizer, jit_compile, classes=1):
   """The loss, metrics and XLA setting every training phase compiles with."""
   if classes > 1:  # one-hot targets; "auc" is the macro one-vs-rest AUC
-    return dict(optimizer=optimizer, loss="categorical_crossentropy", jit_compile=jit_compile, metrics=[
-        keras.metrics.CategoricalAccuracy(name="accuracy"),
-        keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)])
-  return dict(
+    return dict(
       optimizer=optimizer,
-      loss="binary_crossentropy",
-      metrics=[
-          keras.metrics.BinaryAccuracy(name="accuracy"),
-          keras.metrics.AUC(name="auc"),
-          keras.metrics.Precision(name="precision"),
-          keras.metrics.Recall(name="recall"),
-      ],
+      loss="categorical_crossentropy",
       jit_compile=jit_compile,
+      metrics=[
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+        keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes),
+      ],
+    )
+  return dict(
+    optimizer=optimizer,
+    loss="binary_crossentropy",
+    metrics=[
+      keras.metrics.BinaryAccuracy(name="accuracy"),
+      keras.metrics.AUC(name="auc"),
+      keras.metrics.Precision(name="precision"),
+      keras.metrics.Recall(name="recall"),
+    ],
+    jit_compile=jit_compile,
   )
 
 
@@ -130,8 +144,10 @@ def resolve_feeder(setting, images):
     if backend != "jax":
       return "host"
     if not device_feeder.fits_on_device(images):
-      logging.info("The train split (%.1f GiB) stays on the host: more than --feeder=auto puts on the device.",
-                   images.nbytes / 2**30)
+      logging.info(
+        "The train split (%.1f GiB) stays on the host: more than --feeder=auto puts on the device.",
+        images.nbytes / 2**30,
+      )
       return "host"
     return "device"
   return setting
@@ -143,16 +159,23 @@ def _feeders(kind, splits, batch_size, seed, augmenter, plan):
   multiple = plan.replicas if keras.backend.backend() == "jax" else 1
   if kind == "device":
     make = lambda split, training: device_feeder.DeviceFeeder(
-        split.images, split.labels, batch_size, training, seed, plan.shard, multiple)
+      split.images, split.labels, batch_size, training, seed, plan.shard, multiple
+    )
   else:
     make = lambda split, training: feeder.make_feeder(
-        split.images, split.labels, batch_size, training, seed, augmenter if training else None, plan.shard, multiple)
+      split.images, split.labels, batch_size, training, seed, augmenter if training else None, plan.shard, multiple
+    )
   train_ds = make(train_split, True)
   val_ds = make(val_split, False) if len(val_split.labels) else None
   left_out = train_ds.left_out() if hasattr(train_ds, "left_out") else 0
   if left_out:
-    logging.warning("%d image(s) of each epoch's last batch are left out: it does not split over %d devices "
-                    "(a different %d each epoch, as the order is reshuffled).", left_out, multiple, left_out)
+    logging.warning(
+      "%d image(s) of each epoch's last batch are left out: it does not split over %d devices "
+      "(a different %d each epoch, as the order is reshuffled).",
+      left_out,
+      multiple,
+      left_out,
+    )
   return train_ds, val_ds
 
 
@@ -179,14 +202,22 @@ def _clean_up(run_dir):
 
 def _callbacks(config, run_dir, timing, resuming, checkpoint):
   train = config.train
-  callbacks = [room.RoomCheck(run_dir), timing, keras.callbacks.TerminateOnNaN(), checkpoint]
+  callbacks = [
+    room.RoomCheck(run_dir),
+    timing,
+    progress.ProgressLine(train.epochs),
+    keras.callbacks.TerminateOnNaN(),
+    checkpoint,
+  ]
   if train.early_stopping_patience:
     callbacks.append(
-        keras.callbacks.EarlyStopping(
-            monitor=train.monitor, mode="min" if "loss" in train.monitor else "max",
-            patience=train.early_stopping_patience, restore_best_weights=train.restore_best_weights,
-            verbose=1,
-        )
+      keras.callbacks.EarlyStopping(
+        monitor=train.monitor,
+        mode="min" if "loss" in train.monitor else "max",
+        patience=train.early_stopping_patience,
+        restore_best_weights=train.restore_best_weights,
+        verbose=1,
+      )
     )
   callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resuming))
   if train.tensorboard:
@@ -230,9 +261,9 @@ def _inference_timing(model, images, batch_size):
     model.predict_on_batch(images[i : i + 1])
     latencies.append(time.perf_counter() - start)
   return {
-      "images_per_s": throughput,
-      "batch_size": batch_size,
-      "latency_ms_per_image": 1000 * float(np.median(latencies)),
+    "images_per_s": throughput,
+    "batch_size": batch_size,
+    "latency_ms_per_image": 1000 * float(np.median(latencies)),
   }
 
 
@@ -252,7 +283,9 @@ def _write_predictions(path, data, probabilities, outputs):
   names = list(data.class_names) if len(data.class_names) > 2 else []
   with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
     writer = csv.writer(f)
-    writer.writerow(["file", "split", "label", "probability"] + (["class"] + [f"p_{n}" for n in names] if names else []))
+    writer.writerow(
+      ["file", "split", "label", "probability"] + (["class"] + [f"p_{n}" for n in names] if names else [])
+    )
     for split, probs in probabilities.items():
       arrays = data.splits[split]
       for i, (record, p) in enumerate(zip(arrays.records, probs)):
@@ -273,12 +306,14 @@ def _tag_synthetic(enabled):
   if not enabled:
     yield
     return
-  tag, logger = _SyntheticTag(), logging.get_absl_logger()
-  logger.addFilter(tag)
+  tag, loggers = _SyntheticTag(), (logging.get_absl_logger(), progress.DETAIL)
+  for logger in loggers:
+    logger.addFilter(tag)
   try:
     yield
   finally:
-    logger.removeFilter(tag)
+    for logger in loggers:
+      logger.removeFilter(tag)
 
 
 def train_and_evaluate(config):
@@ -316,8 +351,20 @@ def set_precision_and_seeds(train):
     logging.info("Deterministic ops on, seed %d", train.seed)
 
 
-def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, batch_size, jit_compile, augmenter,
-                class_weight, classes=1):
+def _train_head(
+  config,
+  run_dir,
+  resuming,
+  model,
+  plan,
+  train_split,
+  val_split,
+  batch_size,
+  jit_compile,
+  augmenter,
+  class_weight,
+  classes=1,
+):
   """Phase 1 (head only, backbone frozen); skipped when resuming a run whose phase 1 finished."""
   done_path = os.path.join(run_dir, HEAD_WEIGHTS)
   if resuming and os.path.exists(done_path):
@@ -327,17 +374,32 @@ def _train_head(config, run_dir, resuming, model, plan, train_split, val_split, 
   train = config.train
   steps = math.ceil(len(train_split.labels) / batch_size)
   timing = TimingCallback(len(train_split.labels), batch_size)
-  logging.info("Phase 1: %d epochs, backbone frozen, head only%s", train.head_epochs,
-               ", on cached features" if train.feature_cache else "")
+  logging.info(
+    "Phase 1: %d epochs, backbone frozen, head only%s",
+    train.head_epochs,
+    ", on cached features" if train.feature_cache else "",
+  )
   with plan.scope():
-    optimizer = make_optimizer(train, steps, learning_rate=train.head_learning_rate, epochs=train.head_epochs, warmup_epochs=0)
+    optimizer = make_optimizer(
+      train, steps, learning_rate=train.head_learning_rate, epochs=train.head_epochs, warmup_epochs=0
+    )
     result = transfer.train_head(
-        model, compile_kwargs(optimizer, jit_compile, classes),
-        (train_split.images, train_split.labels),
-        (val_split.images, val_split.labels) if len(val_split.labels) else None,
-        batch_size, train.head_epochs, train.seed,
-        callbacks=[timing, keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(os.path.join(run_dir, "history_head.csv"))],
-        class_weight=class_weight, use_cache=train.feature_cache, augmenter=augmenter,
+      model,
+      compile_kwargs(optimizer, jit_compile, classes),
+      (train_split.images, train_split.labels),
+      (val_split.images, val_split.labels) if len(val_split.labels) else None,
+      batch_size,
+      train.head_epochs,
+      train.seed,
+      callbacks=[
+        timing,
+        progress.ProgressLine(train.head_epochs),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history_head.csv")),
+      ],
+      class_weight=class_weight,
+      use_cache=train.feature_cache,
+      augmenter=augmenter,
     )
   result.update(timing.summary())
   room.check(run_dir, room.weights_bytes(model), "the phase-1 weights")
@@ -370,9 +432,17 @@ def _run(config, run_dir, resuming, plan, used_device):
   data_config = dataclasses.replace(config.data, image_size=size)
   data = loader.load(data_config)
   synthetic = " on SYNTHETIC data" if data.synthetic else ""
-  logging.info("Run %s: %s%s, %dpx x %d channel(s), device %s, backend %s, output %s",
-               config.experiment, spec.display_name, synthetic, size, channels, used_device,
-               keras.backend.backend(), run_dir)
+  logging.info(
+    "Run %s: %s%s, %dpx x %d channel(s), device %s, backend %s, output %s",
+    config.experiment,
+    spec.display_name,
+    synthetic,
+    size,
+    channels,
+    used_device,
+    keras.backend.backend(),
+    run_dir,
+  )
   loader.write_manifest(data, os.path.join(run_dir, "split_manifest.csv"))
   loader.write_skipped(data.skipped, os.path.join(run_dir, "skipped_files.csv"))
 
@@ -387,26 +457,46 @@ def _run(config, run_dir, resuming, plan, used_device):
   fit_train, fit_val = _targets(train_split, classes), _targets(val_split, classes)
   phase1 = None
   if config.train.head_epochs:
-    phase1 = _train_head(config, run_dir, resuming, model, plan, fit_train, fit_val, batch_size, jit_compile, augmenter,
-                         class_weight, classes)
+    phase1 = _train_head(
+      config,
+      run_dir,
+      resuming,
+      model,
+      plan,
+      fit_train,
+      fit_val,
+      batch_size,
+      jit_compile,
+      augmenter,
+      class_weight,
+      classes,
+    )
   if spec.pretrained:
     trainable = transfer.set_trainable(model, config.train.unfreeze, freeze_batchnorm=weights != "none")
     logging.info("Phase 2: %s backbone parameters trainable (--unfreeze=%s)", f"{trainable:,}", config.train.unfreeze)
   kind = resolve_feeder(config.train.feeder, train_split.images)
   trainee = device_feeder.in_step_model(model, augmenter) if kind == "device" else model
   with plan.scope():
-    trainee.compile(**compile_kwargs(make_optimizer(config.train, steps), jit_compile, classes),
-                    steps_per_execution=config.train.steps_per_execution)
+    trainee.compile(
+      **compile_kwargs(make_optimizer(config.train, steps), jit_compile, classes),
+      steps_per_execution=config.train.steps_per_execution,
+    )
     transfer.build_optimizer(trainee)
   train_ds, val_ds = _feeders(kind, (fit_train, fit_val), batch_size, config.train.seed, augmenter, plan)
-  logging.info("Feeder: %s", "the split on the JAX device, cast and augmentation inside the train step"
-               if kind == "device" else "host (tf.data on TensorFlow, NumPy batches otherwise)")
+  logging.info(
+    "Feeder: %s",
+    "the split on the JAX device, cast and augmentation inside the train step"
+    if kind == "device"
+    else "host (tf.data on TensorFlow, NumPy batches otherwise)",
+  )
   if class_weight:
     logging.info("Class weights: %s", class_weight)
   if resuming:
     done = run_dirs.completed_epochs(run_dir)
     run_dirs.trim_history(os.path.join(run_dir, "history.csv"), done)
-    logging.info("Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs)
+    logging.info(
+      "Resuming an interrupted run: %d of %d epochs were complete (BackupAndRestore).", done, config.train.epochs
+    )
   if plan.name == "multiworker" and plan.strategy is not None:
     distribution.build_for_multiworker(trainee, plan, fit_train.images, fit_train.labels)
   timing = TimingCallback(len(train_split.labels), batch_size)
@@ -414,13 +504,21 @@ def _run(config, run_dir, resuming, plan, used_device):
   losses = []
   if config.train.epochs:
     history = trainee.fit(
-        train_ds, validation_data=val_ds, epochs=config.train.epochs, class_weight=class_weight,
-        callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint), verbose=2, shuffle=False,
+      train_ds,
+      validation_data=val_ds,
+      epochs=config.train.epochs,
+      class_weight=class_weight,
+      callbacks=_callbacks(config, run_dir, timing, resuming, checkpoint),
+      verbose=0,
+      shuffle=False,
     )
     losses = history.history.get("loss", [])
   if any(not math.isfinite(e) for e in losses):
-    kept = (f"the last good weights (epoch {checkpoint.epoch}) are in {os.path.join(run_dir, CHECKPOINT)}"
-            if checkpoint.epoch else "no epoch finished with a finite loss")
+    kept = (
+      f"the last good weights (epoch {checkpoint.epoch}) are in {os.path.join(run_dir, CHECKPOINT)}"
+      if checkpoint.epoch
+      else "no epoch finished with a finite loss"
+    )
     raise UserError(f"Training stopped: the loss became NaN; {kept}. Lower --learning_rate.")
   if not plan.is_chief:
     logging.info("Worker %d done; the chief writes the outputs.", plan.worker_index)
@@ -456,36 +554,52 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   else:
     threshold = 0.5
   result = {
-      split: metrics.evaluate_split(binary[split], probabilities[split], threshold)
-      for split in ("val", "test") if len(data.splits[split].labels)
+    split: metrics.evaluate_split(binary[split], probabilities[split], threshold)
+    for split in ("val", "test")
+    if len(data.splits[split].labels)
   }
   for split in ("val", "test"):
     if split in result:
-      result[split]["ci95"] = {k: list(v) for k, v in statistics.bootstrap_ci(
-          binary[split], probabilities[split], 0.5, BOOTSTRAP_RESAMPLES).items()}
+      result[split]["ci95"] = {
+        k: list(v)
+        for k, v in statistics.bootstrap_ci(binary[split], probabilities[split], 0.5, BOOTSTRAP_RESAMPLES).items()
+      }
       if classes > 1:
         labels = data.splits[split].labels
         result[split]["three_class"] = multiclass.three_class_metrics(labels, outputs[split], data.class_names)
-        result[split]["three_class"]["ci95"] = multiclass.bootstrap_ci(labels, outputs[split], data.class_names,
-                                                                       BOOTSTRAP_RESAMPLES)
+        result[split]["three_class"]["ci95"] = multiclass.bootstrap_ci(
+          labels, outputs[split], data.class_names, BOOTSTRAP_RESAMPLES
+        )
   result["synthetic"] = data.synthetic
   result["data"] = data.summary()
   result["model"] = {
-      "name": config.model.name,
-      "display_name": spec.display_name,
-      "params": int(model.count_params()),
-      "input_shape": [size, size, channels],
-      "weights": os.path.basename(os.path.normpath(weights)),  # a file name, not a local path
+    "name": config.model.name,
+    "display_name": spec.display_name,
+    "params": int(model.count_params()),
+    "input_shape": [size, size, channels],
+    "weights": os.path.basename(os.path.normpath(weights)),  # a file name, not a local path
   }
   _write_predictions(os.path.join(run_dir, "predictions.csv"), data, probabilities, outputs)
   if config.calibrate and len(val_split.labels):
     fitted = clinical.write_calibration(run_dir, binary["val"], probabilities["val"])
-    logging.info("Temperature scaling: T = %.3f, validation log loss %.4f -> %.4f", fitted["temperature"],
-                 fitted["val_log_loss_before"], fitted["val_log_loss_after"])
+    logging.info(
+      "Temperature scaling: T = %.3f, validation log loss %.4f -> %.4f",
+      fitted["temperature"],
+      fitted["val_log_loss_before"],
+      fitted["val_log_loss_after"],
+    )
   if config.tta > 1:
-    clinical.write_tta(run_dir, model, {
+    clinical.write_tta(
+      run_dir,
+      model,
+      {
         s: ([printable(r.path) for r in data.splits[s].records], binary[s], data.splits[s].images)
-        for s in ("val", "test")}, config.train.augment, config.tta, batch_size)
+        for s in ("val", "test")
+      },
+      config.train.augment,
+      config.tta,
+      batch_size,
+    )
     logging.info("Test-time augmentation: %d views of each val/test image in %s", config.tta, clinical.TTA_PREDICTIONS)
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
@@ -511,15 +625,25 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   test = result["test"]
   ci = test["ci95"]
   logging.info(
-      "Done%s: test accuracy %.4f, AUC %.4f (threshold 0.5); accuracy %.4f at validation threshold %.3f. "
-      "%.1f train img/s, %.1fs in all.",
-      synthetic, test["accuracy"], test["auc"], test["at_val_threshold"]["accuracy"], threshold,
-      timing_report["train_images_per_s"] or 0.0, timing_report["total_run_s"],
+    "Done%s: test accuracy %.4f, AUC %.4f (threshold 0.5); accuracy %.4f at validation threshold %.3f. "
+    "%.1f train img/s, %.1fs in all.",
+    synthetic,
+    test["accuracy"],
+    test["auc"],
+    test["at_val_threshold"]["accuracy"],
+    threshold,
+    timing_report["train_images_per_s"] or 0.0,
+    timing_report["total_run_s"],
   )
   logging.info("Run folder: %s", run_dir)
-  logging.info("Test (%d images, threshold 0.5): accuracy %.3f [95%% CI %.3f, %.3f], ROC-AUC %.3f [95%% CI %.3f, %.3f]",
-               test["n"], test["accuracy"], *ci.get("accuracy", (math.nan, math.nan)), test["auc"],
-               *ci.get("auc", (math.nan, math.nan)))
+  logging.info(
+    "Test (%d images, threshold 0.5): accuracy %.3f [95%% CI %.3f, %.3f], ROC-AUC %.3f [95%% CI %.3f, %.3f]",
+    test["n"],
+    test["accuracy"],
+    *ci.get("accuracy", (math.nan, math.nan)),
+    test["auc"],
+    *ci.get("auc", (math.nan, math.nan)),
+  )
   if report:
     logging.info("Figures and tables: python -m webbrowser -t %s", report)
   return run_dir
@@ -535,4 +659,3 @@ def _write_run_report(run_dir):
     logging.warning("Report not written (%s: %s); the run itself is complete.", type(e).__name__, e)
     return None
   return os.path.abspath(os.path.join(run_dir, "report.html"))
-

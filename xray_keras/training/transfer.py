@@ -20,7 +20,7 @@ from xray_keras.models.pretrained import backbone_of
 
 # A block is the group of layers sharing one of these name prefixes.
 _BLOCK_NAME = re.compile(
-    r"^(conv\d+_block\d+|block\d+[a-z]?|stage_?\d+_block_?\d+|transformer_(?:block|layer)_\d+|[a-z_]+?_\d+)(?:_|$)"
+  r"^(conv\d+_block\d+|block\d+[a-z]?|stage_?\d+_block_?\d+|transformer_(?:block|layer)_\d+|[a-z_]+?_\d+)(?:_|$)"
 )
 
 
@@ -79,7 +79,9 @@ def set_trainable(model, unfreeze, freeze_batchnorm):
     if not 0 < n <= len(names):
       raise UserError(f"--unfreeze={n}: {backbone.name} has {len(names)} blocks ({names[0]} ... {names[-1]}).")
     first = names[-n]
-    start = next(i for i, u in enumerate(units) if _BLOCK_NAME.match(u.name) and _BLOCK_NAME.match(u.name).group(1) == first)
+    start = next(
+      i for i, u in enumerate(units) if _BLOCK_NAME.match(u.name) and _BLOCK_NAME.match(u.name).group(1) == first
+    )
   for i, unit in enumerate(units):
     unit.trainable = i >= start
   if freeze_batchnorm:
@@ -112,8 +114,19 @@ def extract_features(model, images, batch_size):
   return feature_extractor(model).predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
-def train_head(model, compile_kwargs, train, val, batch_size, epochs, seed, callbacks, class_weight=None,
-               use_cache=True, augmenter=None):
+def train_head(
+  model,
+  compile_kwargs,
+  train,
+  val,
+  batch_size,
+  epochs,
+  seed,
+  callbacks,
+  class_weight=None,
+  use_cache=True,
+  augmenter=None,
+):
   """Phase 1: trains the head with the backbone frozen; returns a timing dict.
 
   Args:
@@ -136,9 +149,12 @@ def train_head(model, compile_kwargs, train, val, batch_size, epochs, seed, call
     if val is not None:
       val = (extract_features(model, val[0], batch_size), val[1])
     extraction_s = time.perf_counter() - start
-    logging.info("Phase 1: backbone features of %d images in %.1fs (%.1f img/s)",
-                 len(train[0]) + (len(val[0]) if val is not None else 0), extraction_s,
-                 (len(train[0]) + (len(val[0]) if val is not None else 0)) / max(extraction_s, 1e-9))
+    logging.info(
+      "Phase 1: backbone features of %d images in %.1fs (%.1f img/s)",
+      len(train[0]) + (len(val[0]) if val is not None else 0),
+      extraction_s,
+      (len(train[0]) + (len(val[0]) if val is not None else 0)) / max(extraction_s, 1e-9),
+    )
     trainee, augmenter = head(model), None
   else:
     extraction_s = 0.0
@@ -147,11 +163,18 @@ def train_head(model, compile_kwargs, train, val, batch_size, epochs, seed, call
   build_optimizer(trainee)
   train_ds = feeder.make_feeder(train[0], train[1], batch_size, True, seed, augmenter)
   val_ds = feeder.make_feeder(val[0], val[1], batch_size, False) if val is not None and len(val[1]) else None
-  trainee.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
-              callbacks=callbacks, verbose=2, shuffle=False)
+  trainee.fit(
+    train_ds,
+    validation_data=val_ds,
+    epochs=epochs,
+    class_weight=class_weight,
+    callbacks=callbacks,
+    verbose=0,
+    shuffle=False,
+  )
   return {
-      "epochs": epochs,
-      "feature_cache": use_cache,
-      "feature_extraction_s": extraction_s,
-      "total_s": time.perf_counter() - start,
+    "epochs": epochs,
+    "feature_cache": use_cache,
+    "feature_extraction_s": extraction_s,
+    "total_s": time.perf_counter() - start,
   }

@@ -22,8 +22,8 @@ ARCHIVE_SHA256 = "771a2900a63ace9c4d06c2cd80d6adc3d5a8046c137cac5e9610338f4443f7
 IMAGE_SIZE = 64
 NAME = "builtin:chest_xray_64"
 FULL_DATA_HELP = (
-    "For the full-resolution images use --data_dir=kaggle (downloads the Kaggle copy, about 1.2 GB) "
-    "or --data_dir=<the unzipped Kermany archive>."
+  "For the full-resolution images use --data_dir=kaggle (downloads the Kaggle copy, about 1.2 GB) "
+  "or --data_dir=<the unzipped Kermany archive>."
 )
 _SPLIT_OF = {"train": "train", "val": "official_val", "test": "test"}
 
@@ -48,8 +48,8 @@ def verified_archive(path=ARCHIVE, expected=None):
   actual = sha256(path)
   if actual != expected:
     raise BuiltinDataError(
-        f"The built-in data file {path} is altered (SHA-256 {actual[:12]}..., expected {expected[:12]}...); "
-        "reinstall xray_keras."
+      f"The built-in data file {path} is altered (SHA-256 {actual[:12]}..., expected {expected[:12]}...); "
+      "reinstall xray_keras."
     )
   return zipfile.ZipFile(path)
 

@@ -39,7 +39,9 @@ def build(data_dir, output):
 def main(argv):
   del argv
   count = build(_DATA_DIR.value, _OUTPUT.value)
-  print(f"{count} images -> {_OUTPUT.value} ({os.path.getsize(_OUTPUT.value) / 1e6:.1f} MB, sha256 {sha256(_OUTPUT.value)})")
+  print(
+    f"{count} images -> {_OUTPUT.value} ({os.path.getsize(_OUTPUT.value) / 1e6:.1f} MB, sha256 {sha256(_OUTPUT.value)})"
+  )
 
 
 if __name__ == "__main__":
