@@ -12,16 +12,13 @@ eagerly) and `--feeder=device` (the split on the device, augmentation inside the
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (backend, XLA, feeder)
 CONFIGS = [
   ("tensorflow", False, "host"),
@@ -36,21 +33,13 @@ def run_one(backend, jit, feeder, data_args, out, eager_cap):
   if backend == "jax" and not jit and eager_cap:
     data_args = data_args + [f"--max_images_per_split={eager_cap}"]
   args = [
-    sys.executable,
-    "-m",
-    "xray_keras.run",
     "--flagfile=experiments/vit_scratch.cfg",
     *data_args,
     "--epochs=2",
     f"--jit_compile={str(jit).lower()}",
     f"--feeder={feeder}",
-    f"--output_dir={out}",
   ]
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
-  if result.returncode:
-    raise RuntimeError(f"{backend} jit={jit} failed:\n{result.stderr[-3000:]}")
-  with open(os.path.join(out, "timing.json")) as f:
-    timing = json.load(f)
+  timing = common.run_timing(args, out, {"KERAS_BACKEND": backend}, f"{backend} jit={jit}")
   last = timing["epochs"][-1]
   return {
     "backend": backend,

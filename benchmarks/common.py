@@ -5,7 +5,10 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # The 224 px real data: XRAY_SHARED_DATA, else ../shared/data/chest_xray_224. Where it is absent,
 # REAL_DATA is "" and the scripts use the package's built-in 64 px copy (enough for --quick).
@@ -43,3 +46,13 @@ def write_result(name, payload, path=None):
   with open(path, "w") as f:
     json.dump(payload, f, indent=2)
   return path
+
+
+def run_timing(args, out, env=None, what="the run"):
+  """Runs `python -m xray_keras.run *args --output_dir=out` from the repository and returns its timing.json."""
+  command = [sys.executable, "-m", "xray_keras.run", *args, f"--output_dir={out}"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+  if result.returncode:
+    raise RuntimeError(f"{what} failed:\n{result.stderr[-3000:]}")
+  with open(os.path.join(out, "timing.json")) as f:
+    return json.load(f)

@@ -13,10 +13,8 @@ recipe chooses among them on validation. Writes results/cpu_levers_<model>.json.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -25,7 +23,6 @@ sys.path.insert(0, HERE)
 
 import common  # noqa: E402
 
-REPO = os.path.dirname(HERE)
 # name -> (extra flags, extra environment, what it is)
 LEVERS = {
   "baseline": (
@@ -65,22 +62,14 @@ LEVERS = {
 def run_lever(model, name, epochs, base_flags, out):
   flags_, env, _ = LEVERS[name]
   args = [
-    sys.executable,
-    "-m",
-    "xray_keras.run",
     f"--flagfile=experiments/{model}.cfg",
     f"--epochs={epochs}",
     "--noreport",
     "--compilation_cache=false",
-    f"--output_dir={out}",
     *base_flags,
     *flags_,
   ]
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env={**os.environ, **env})
-  if result.returncode:
-    raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-  with open(os.path.join(out, "timing.json")) as f:
-    timing = json.load(f)
+  timing = common.run_timing(args, out, env, name)
   steady = [e["train_images_per_s"] for e in timing["epochs"][1:]]
   return {
     "lever": name,

@@ -60,19 +60,12 @@ def vector_extensions():
 
 
 def read_cfg(name):
-  """`{flag: value}` of experiments/<name>.cfg, following its --flagfile lines (later lines win)."""
-  out = {}
-  with open(os.path.join(REPO, "experiments", f"{name}.cfg")) as f:
-    for line in f:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      key, _, value = line[2:].partition("=")
-      if key == "flagfile":
-        out.update(read_cfg(os.path.splitext(os.path.basename(value))[0]))
-      else:
-        out[key] = value
-  return out
+  """`{flag: value}` of experiments/<name>.cfg, its --flagfile's first (the cfgs include it on their first line)."""
+  from xray_keras.training.run_dir import read_flags
+
+  values = read_flags(os.path.join(REPO, "experiments", f"{name}.cfg"))
+  include = values.pop("flagfile", None)
+  return {**(read_cfg(os.path.splitext(os.path.basename(include))[0]) if include else {}), **values}
 
 
 def vit_hand_flops(image_size=64, patch=8, channels=1, layers=4, hidden=56, mlp=224):
