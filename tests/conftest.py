@@ -108,9 +108,9 @@ def plant_junk(root):
   planted = {
     "train/NORMAL/._" + real: "AppleDouble",
     "train/NORMAL/.DS_Store": "hidden",
-    "train/PNEUMONIA/truncated.jpeg": "not a decodable image",
+    "train/PNEUMONIA/truncated.jpeg": "truncated",
     "train/PNEUMONIA/empty.jpeg": "empty",
-    "test/NORMAL/notes.jpeg": "not a decodable image",
+    "test/NORMAL/notes.jpeg": "not an image format the decoder reads",
     "test/NORMAL/readme.txt": "extension",
   }
   contents = {

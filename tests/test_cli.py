@@ -164,3 +164,25 @@ def test_gpu_device_without_gpu_is_one_clear_line(tmp_path):
   assert result.returncode == 1
   (line,) = _error_lines(result)
   assert line.startswith("error: --device=gpu, but TensorFlow sees no GPU")
+
+
+def test_path_flags_expand_a_tilde_and_environment_variables(monkeypatch):
+  """Bash leaves `--data_dir=~/x` alone and a flagfile is never expanded: the flags do it."""
+  from absl import flags
+
+  from xray_keras import flags as run_flags  # noqa: F401  (defines the run's flags)
+  from xray_keras import path_flags
+
+  monkeypatch.setenv("HOME", "/home/reader")
+  monkeypatch.setenv("XRAY_DATA", "/data/xrays")
+  values = flags.FlagValues()
+  path_flags.DEFINE_path("data_dir", "", "a path", flag_values=values)
+  values(["prog", "--data_dir=~/Downloads/archive"])
+  assert values.data_dir == "/home/reader/Downloads/archive"
+  values(["prog", "--data_dir=$XRAY_DATA/chest_xray"])
+  assert values.data_dir == "/data/xrays/chest_xray"
+  values(["prog", "--data_dir=kaggle"])
+  assert values.data_dir == "kaggle"
+  for name in ("data_dir", "cache_dir", "tfds_data_dir", "weights", "output_dir", "export_dir"):
+    assert isinstance(flags.FLAGS[name].parser, path_flags._PathParser), name
+  assert {"data_dir", "output_dir"} <= {f.name for f in flags.FLAGS.get_flags_for_module("xray_keras.flags")}

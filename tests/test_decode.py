@@ -1,10 +1,12 @@
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import real_files, real_path
+from tests.conftest import REPO, real_files, real_path
 from xray_keras.data import decode
 
 
@@ -70,7 +72,11 @@ def test_exif_rotation_is_applied():
 
 @pytest.mark.parametrize(
   "data, reason",
-  [(b"", "empty"), (b"not an image at all", "not a decodable image"), (None, "not a decodable image")],
+  [
+    (b"", "empty"),
+    (b"not an image at all", r"^not an image format the decoder reads \(JPEG, PNG, GIF, BMP, TIFF, WebP, ...\)$"),
+    (None, "^truncated (JPEG|image) file$"),
+  ],
 )
 def test_bad_bytes_raise_decode_error(data, reason):
   if data is None:
@@ -84,3 +90,63 @@ def test_resize_array_handles_npz_style_batches():
   out = decode.resize_array(batch, 32, 3)
   assert out.shape == (3, 32, 32, 3) and out.dtype == np.uint8
   assert np.array_equal(out[..., 0], out[..., 1])
+
+
+def test_decoding_and_the_decode_cache_import_neither_tensorflow_nor_keras():
+  """In a fresh process (the package's own imports are what is tested) that refuses both imports."""
+  code = (
+    "import sys\n"
+    "class Refuse:\n"
+    "  def find_spec(self, name, *args):\n"
+    "    if name.split('.')[0] in ('tensorflow', 'keras', 'jax'):\n"
+    "      raise ImportError('refused: ' + name)\n"
+    "sys.meta_path.insert(0, Refuse())\n"
+    "import io, numpy as np\n"
+    "from PIL import Image\n"
+    "from xray_keras.data import cache, decode\n"
+    "out = io.BytesIO(); Image.fromarray(np.arange(100 * 80, dtype=np.uint8).reshape(100, 80)).save(out, 'PNG')\n"
+    "print(decode.decode_image(out.getvalue(), 32, 1, 'pad').shape)\n"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == "(32, 32, 1)", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+  "shape, size",
+  [
+    ((64, 64, 1), (32, 32)),
+    ((64, 64, 3), (28, 28)),
+    ((2010, 2400, 1), (224, 224)),
+    ((37, 91, 3), (17, 64)),
+    ((50, 40, 1), (64, 64)),
+  ],
+)
+def test_numpy_resize_equals_tensorflows_bit_for_bit(shape, size):
+  import tensorflow as tf
+
+  from xray_keras.data import builtin, resize
+
+  images, _ = builtin.load()
+  real = np.asarray(Image.fromarray(images[7, :, :, 0]).resize(shape[1::-1], Image.BICUBIC))
+  array = np.repeat(real[..., None], shape[2], -1) if shape[2] == 3 else real[..., None]
+  ours = resize.resize(array, *size)
+  theirs = tf.image.resize(array.astype(np.float32), size, "bilinear", antialias=True).numpy()
+  np.testing.assert_array_equal(ours, theirs)
+  batch = images[:40]
+  np.testing.assert_array_equal(
+    resize.resize(batch, 32, 32), tf.image.resize(batch.astype(np.float32), (32, 32), antialias=True).numpy()
+  )
+
+
+def test_jpeg_reduced_decoding_starts_at_8_times_the_target_size():
+  """docs/data.md: 'JPEGs at least 8 times the target size decode at a reduced DCT scale'."""
+  from xray_keras.data import builtin
+
+  images, _ = builtin.load()
+  used = {}
+  for side in (8 * 32 - 8, 8 * 32):
+    out = io.BytesIO()
+    Image.fromarray(images[3, :, :, 0]).resize((side, side), Image.BICUBIC).save(out, "JPEG", quality=90)
+    full = decode.decode_image(out.getvalue(), 32, 1, draft=False)
+    used[side] = bool((decode.decode_image(out.getvalue(), 32, 1) != full).any())
+  assert used == {248: False, 256: True} and decode.DRAFT_MARGIN == 4

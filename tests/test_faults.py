@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -51,13 +52,18 @@ def test_killed_cache_writes_are_never_read(tmp_path):
   _, records, _ = folder.list_records(root)
   paths = [r.path for r in records]
   expected, kept, _, _ = cache.decode_files(root, paths, 64, 1, "squash")
+  # Decoding imports no TensorFlow, so a process lasts well under a second: time an uncached one and
+  # kill inside that span, mostly late, while the entry is being written.
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", DECODE, root, str(tmp_path / "timing_cache"), "64"], cwd=REPO, check=True)
+  took = time.perf_counter() - start
   kills = finished = 0
   for trial in range(6):
     size = 64 if trial % 2 else 48  # alternate keys so most trials write a new entry
     for entry in os.listdir(cache_dir) if os.path.isdir(cache_dir) else []:
       if not entry.startswith(atomic.PREFIX):
         shutil.rmtree(os.path.join(cache_dir, entry))
-    done = _kill_at_random([sys.executable, "-c", DECODE, root, cache_dir, str(size)], rng, 1.0, 6.0, cwd=REPO)
+    done = _kill_at_random([sys.executable, "-c", DECODE, root, cache_dir, str(size)], rng, 0.4 * took, took, cwd=REPO)
     finished += done
     kills += not done
     # Whatever is visible is complete: an entry either loads and checks out or does not exist.

@@ -41,7 +41,7 @@ def test_junk_in_class_folders_is_skipped_with_reason(real_tree):
   _, records, skipped = folder.list_records(real_tree)
   reasons = {s.path: s.reason for s in skipped}
   for rel, reason in planted.items():
-    if "decodable" in reason or "empty" in reason:
+    if rel.endswith((".jpeg", ".jpg")) and not os.path.basename(rel).startswith("."):
       continue  # these pass the name checks; decoding rejects them (see test_loader)
     assert reason in reasons[rel]
   assert not any(os.path.basename(r.path).startswith(".") for r in records)

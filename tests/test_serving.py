@@ -243,6 +243,25 @@ def _encoded(image, fmt, **kwargs):
   return out.getvalue()
 
 
+XMP_6 = (
+  b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+  b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def _gif_frame_at(data, screen, offset, frame_size=None):
+  """`data` (a one-frame GIF) with its logical screen `(w, h)`, its first frame moved to `offset`
+  `(left, top)` and, if given, that frame's descriptor declaring `frame_size` `(w, h)`."""
+  data = bytearray(data)
+  data[6:10] = screen[0].to_bytes(2, "little") + screen[1].to_bytes(2, "little")
+  table = 3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+  at = data.index(b",", 13 + table)
+  data[at + 1 : at + 5] = offset[0].to_bytes(2, "little") + offset[1].to_bytes(2, "little")
+  if frame_size:
+    data[at + 5 : at + 9] = frame_size[0].to_bytes(2, "little") + frame_size[1].to_bytes(2, "little")
+  return bytes(data)
+
+
 def unusual_corpus():
   """Real X-ray content in the encodings a user may send: {name: bytes}."""
   base = decode.decode_image(real_jpeg("test", "PNEUMONIA", real_files("test", "PNEUMONIA", 1)[0]), None, 1)[..., 0]
@@ -266,6 +285,19 @@ def unusual_corpus():
     "palette.gif": _encoded(Image.fromarray(rgb).convert("P"), "GIF"),
     "colour.bmp": _encoded(Image.fromarray(rgb), "BMP"),
   }
+  palette = Image.fromarray(rgb).convert("P")
+  corpus["gif_frame_inside_screen.gif"] = _gif_frame_at(_encoded(palette, "GIF"), (224, 224), (32, 32))
+  corpus["gif_transparent_frame_inside_screen.gif"] = _gif_frame_at(
+    _encoded(palette, "GIF", transparency=3), (224, 224), (32, 24)
+  )
+  corpus["gif_frame_beyond_screen.gif"] = _gif_frame_at(_encoded(palette, "GIF"), (60, 60), (20, 10))
+  corpus["gif_animated.gif"] = _encoded(
+    palette, "GIF", save_all=True, append_images=[Image.fromarray(255 - rgb).convert("P")]
+  )
+  turned = Image.Exif()
+  turned[0x0112] = 6
+  corpus["png_exif_chunk_6.png"] = _encoded(Image.fromarray(rgb[:, :48]), "PNG", exif=turned.tobytes())
+  corpus["jpeg_xmp_orientation_6_only.jpeg"] = _encoded(Image.fromarray(rgb[:, :48]), "JPEG", quality=95, xmp=XMP_6)
   for orientation in range(1, 9):
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -293,6 +325,13 @@ def test_serving_decodes_unusual_images_bit_for_bit_as_training_does(channels):
       expected = decode.decode_image(data, 48, channels, mode)
       image, full = graph.decode_one(tf.constant(data), channels, 48)
       np.testing.assert_array_equal(graph.fit_square(image, 48, mode, full).numpy(), expected, err_msg=f"{name} {mode}")
+  # One orientation rule on both paths: EXIF in a JPEG or a PNG turns the image, XMP alone does not.
+  corpus = unusual_corpus()
+  height = decode.decode_image(corpus["grey.png"], None, 1).shape[0]
+  assert decode.decode_image(corpus["png_exif_chunk_6.png"], None, 1).shape[:2] == (48, height)
+  assert decode.decode_image(corpus["jpeg_xmp_orientation_6_only.jpeg"], None, 1).shape[:2] == (height, 48)
+  # The GIF frame sits on Pillow's canvas with its fill, not decoded bare.
+  assert decode.decode_image(corpus["gif_frame_inside_screen.gif"], None, 1).shape[:2] == (224, 224)
   rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
   for make, message in REFUSED.values():
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -334,6 +373,13 @@ def _gif_bomb(side=16000):
     + b",\x00\x00\x00\x00"
     + side.to_bytes(2, "little") * 2
     + b"\x00\x02\x02\x44\x01\x00;"
+  )
+
+
+def jpeg_free_gif():
+  """A real X-ray as a 224 x 224 GIF."""
+  return _encoded(
+    Image.open(io.BytesIO(real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0]))).convert("P"), "GIF"
   )
 
 
@@ -385,6 +431,8 @@ def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
     "png": png_bomb(),
     "jpeg": jpeg_bomb(jpeg),
     "gif": _gif_bomb(),
+    # A small screen, a 20000 x 20000 frame: the check reads every size a decoder allocates for.
+    "gif_frame": _gif_frame_at(jpeg_free_gif(), (224, 224), (0, 0), (20000, 20000)),
     "bmp": _bmp_bomb(),
     "webp": _webp_bomb(),
     "tiff": tiff,
@@ -401,7 +449,7 @@ def test_bombs_of_every_format_are_refused_before_decoding(trained, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  for name in ("png", "jpeg", "gif", "bmp"):
+  for name in ("png", "jpeg", "gif", "gif_frame", "bmp"):
     assert "larger than 25000000 pixels" in report["errors"][name], (name, report["errors"][name])
   for name in ("webp", "tiff"):
     assert f"unsupported image format: the serving signature accepts {graph.ACCEPTED}" in report["errors"][name]
@@ -502,3 +550,44 @@ def test_predict_keeps_libjpeg_warnings_off_stderr(trained, tmp_path):
   )
   assert result.returncode in (0, 3), result.stderr[-2000:]
   assert "Corrupt JPEG data" not in result.stderr and "Premature end of JPEG" not in result.stderr
+
+
+def test_refusals_are_short_reasons_of_our_own_on_every_path(trained, tmp_path):
+  """The export's refusals carry our one-line reason (not libjpeg's or giflib's); `predict` prints it,
+  also with a `.keras` model, and names every entry of a folder it skips, link loops included."""
+  from xray_keras.serving import predict
+
+  run_dir, export_dir = trained
+  jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
+  gif = jpeg_free_gif()
+  bad = {
+    "truncated.jpeg": (jpeg[: len(jpeg) // 2], "truncated JPEG (no end-of-image marker)", "truncated JPEG file"),
+    "truncated.gif": (gif[: len(gif) // 2], "damaged or truncated GIF", "truncated GIF file"),
+    "notes.png": (b"these are notes, not an image", "unsupported image format", "not an image format the decoder"),
+  }
+  serve = tf.saved_model.load(str(export_dir / "vit_scratch" / "1")).signatures["serving_default"]
+  for name, (data, served, _) in bad.items():
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+      serve(images=tf.constant([data]))
+    assert f"assertion failed: [{served}" in error.value.message, (name, error.value.message)
+
+  folder = tmp_path / "inputs"
+  (folder / "sub").mkdir(parents=True)
+  for name, (data, _, _) in bad.items():
+    (folder / name).write_bytes(data)
+  (folder / "sub" / "ok.jpeg").write_bytes(jpeg)
+  os.symlink(folder, folder / "sub" / "loop")
+  (folder / ".thumbnails").mkdir()
+  files, skipped = predict.list_inputs([str(folder)])
+  assert [os.path.basename(f) for f in files] == ["notes.png", "truncated.gif", "truncated.jpeg", "ok.jpeg"]
+  reasons = {os.path.relpath(s.path, folder): s.reason for s in skipped}
+  assert reasons == {
+    ".thumbnails": "hidden or system folder",
+    "sub/loop": "link to a folder already listed (a loop, or the same folder twice)",
+  }
+  for model, column in ((export_dir / "vit_scratch", 1), (run_dir / "model.keras", 2)):
+    rows, refused = predict.predict_files(predict.load_predictor(str(model)), files)
+    assert [os.path.basename(r[0]) for r in rows] == ["ok.jpeg"]
+    said = {os.path.basename(s.path): s.reason for s in refused}
+    for name, expected in bad.items():
+      assert expected[column] in said[name] and "\n" not in said[name] and "BytesIO" not in said[name], said

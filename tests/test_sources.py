@@ -1,7 +1,11 @@
 """Every data source refuses malformed input in one line and never drops images silently."""
 
+import contextlib
 import io
+import json
+import logging as std_logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -58,7 +62,7 @@ CASES = {
   "one_hot": "test_images (200, 28, 28) uint8 vs test_labels (200, 2): expected one 0/1 label per image",
   "multi_label": "test_images (200, 28, 28) uint8 vs test_labels (200, 3): expected one 0/1 label per image",
   "images_rank": "train_images (200, 28) uint8: expected (N, H, W) or (N, H, W, 1 or 3) images",
-  "images_dtype": "train_images (200, 28, 28) complex64: expected integer or float pixels in 0..255",
+  "images_dtype": "train_images (200, 28, 28) complex64: expected integer pixels in 0..255, or float pixels in 0..1",
   "nan_pixels": "val_images (200, 28, 28) float32: holds NaN or infinite pixels",
   "negative_pixels": "train_images (200, 28, 28) int16: pixels range from -5 to ",
   "truncated": "damaged or not an npz archive (BadZipFile",
@@ -128,14 +132,76 @@ def test_a_file_that_is_not_an_npz_archive_is_one_line(tmp_path):
 
 def test_a_valid_npz_without_val_carves_validation_from_train(mnist_like, tmp_path):
   arrays = {k: v for k, v in mnist_like.items() if not k.startswith("val_")}
-  path = str(tmp_path / "no_val.npz")
-  np.savez(path, **arrays)
-  data = loader.load(loader.DataConfig(data_dir=path, image_size=28, val_fraction=0.2))
-  counts = data.counts()
-  assert counts["train"]["total"] + counts["val"]["total"] == 200 and counts["val"]["total"] >= 40
+  empty = {**arrays, "val_images": np.zeros((0, 28, 28), np.uint8), "val_labels": np.zeros((0, 1), np.uint8)}
+  for name, content, why in (("no_val", arrays, "no val_images"), ("empty_val", empty, "empty val_images")):
+    path = str(tmp_path / f"{name}.npz")
+    np.savez(path, **content)
+    with absltest_logs() as logs:
+      data = loader.load(loader.DataConfig(data_dir=path, image_size=28, val_fraction=0.2))
+    counts = data.counts()
+    assert counts["train"]["total"] + counts["val"]["total"] == 200 and counts["val"]["total"] >= 40
+    # Said plainly in the log and in the run's data record (metrics.json, report): per image, and why.
+    said = f"{name}.npz has {why}: validation is carved from train per image: the source has no patient ids"
+    assert any(said in line for line in logs), logs
+    assert data.summary()["validation"] == "image" and any(said in note for note in data.summary()["notes"])
+  path = str(tmp_path / "with_val.npz")
+  np.savez(path, **mnist_like)
+  assert loader.load(loader.DataConfig(data_dir=path, image_size=28)).summary()["validation"] == "file"
+  assert loader.load(loader.DataConfig(image_size=28, max_images_per_split=4)).summary()["validation"] == "patient"
   np.savez(path, **{**arrays, "val_labels": mnist_like["val_labels"]})
   with pytest.raises(DataError, match="only one of val_images and val_labels"):
     loader.load(loader.DataConfig(data_dir=path, image_size=28))
+
+
+@contextlib.contextmanager
+def absltest_logs():
+  """The messages absl logs inside the block."""
+  lines = []
+  handler = std_logging.Handler()
+  handler.emit = lambda record: lines.append(record.getMessage())
+  logger = std_logging.getLogger("absl")
+  level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(std_logging.INFO)
+  try:
+    yield lines
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_float_npz_pixels_in_0_1_are_scaled_and_rounded_not_truncated(mnist_like, tmp_path):
+  """PneumoniaMNIST saved as float 0..1 reads as its uint8 twin (also when resized); float 0..255 is rounded."""
+  twin = str(tmp_path / "uint8.npz")
+  np.savez(twin, **mnist_like)
+  unit = {k: (v.astype(np.float32) / 255.0 if k.endswith("_images") else v) for k, v in mnist_like.items()}
+  path = str(tmp_path / "float01.npz")
+  np.savez(path, **unit)
+  for size in (28, 40):  # 40: the resize that used to end in "Invalid mode for data type"
+    expected = loader.load(loader.DataConfig(data_dir=twin, image_size=size))
+    with absltest_logs() as logs:
+      data = loader.load(loader.DataConfig(data_dir=path, image_size=size))
+    for split in ("train", "val", "test"):
+      np.testing.assert_array_equal(data.splits[split].images, expected.splits[split].images)
+    assert any("float pixels in 0..1, read as intensities: scaled by 255" in line for line in logs)
+    assert any("scaled by 255" in note for note in data.summary()["notes"])
+  noisy = {k: (v + 0.4 * (v < 255) if k.endswith("_images") else v) for k, v in mnist_like.items()}
+  noisy["train_images"][0, 0, 0] = 200.6  # rounds to 201, truncation would give 200
+  path = str(tmp_path / "float255.npz")
+  np.savez(path, **noisy)
+  data = loader.load(loader.DataConfig(data_dir=path, image_size=28, max_images_per_split=0))
+  np.testing.assert_array_equal(np.sort(data.splits["test"].images.ravel()), np.sort(mnist_like["test_images"].ravel()))
+  assert 201 in data.splits["train"].images and "rounded to the nearest integer" in " ".join(data.notes)
+
+
+def test_an_npz_with_object_arrays_says_pickled_arrays_are_not_read(mnist_like, tmp_path):
+  path = str(tmp_path / "objects.npz")
+  np.savez(path, **{**mnist_like, "train_labels": np.array(["NORMAL"] * 200, dtype=object)})
+  with pytest.raises(DataError) as error:
+    loader.load(loader.DataConfig(data_dir=path, image_size=28))
+  message = str(error.value)
+  assert "holds object (pickled) arrays, which are not read: unpickling can run any code" in message
+  assert "damaged" not in message and "\n" not in message
 
 
 def _files_in_class_folders(root):
@@ -202,7 +268,7 @@ def test_throughput_is_never_negative_when_an_epoch_is_one_batch():
   timing.on_epoch_end(0, {})
   timing.on_train_end()
   summary = timing.summary()
-  assert summary["train_images_per_s"] > 0 and "steady_images_per_s" not in summary["epochs"][0]
+  assert summary["train_images_per_s"] > 0 and "with_first_step_images_per_s" not in summary["epochs"][0]
 
 
 def _large_jpeg(seed, width, height):
@@ -227,5 +293,22 @@ def test_jpeg_draft_mode_stays_within_the_stated_tolerance():
         assert fast.shape == full.shape == (size, size, 1)
         diffs.append(np.abs(full.astype(int) - fast.astype(int)).ravel())
   diffs = np.concatenate(diffs)
-  assert diffs.mean() < 0.5 and np.percentile(diffs, 99) <= 3, (diffs.mean(), np.percentile(diffs, 99))
+  assert diffs.mean() < 0.5 and np.percentile(diffs, 99) <= 2, (diffs.mean(), np.percentile(diffs, 99))
   assert diffs.any()  # draft mode was really used
+
+
+def test_the_report_says_how_validation_was_made_from_the_runs_data_record(tiny_run, tmp_path):
+  from xray_keras.report import write
+
+  _, _, run_dir, _ = tiny_run
+  report = (run_dir / "report.md").read_text()
+  assert "validation carved from train by patient (all of a patient's images on one side)" in report
+  copy = tmp_path / "npz_run"
+  shutil.copytree(run_dir, copy)
+  metrics = json.loads((copy / "metrics.json").read_text())
+  metrics["data"].update(source="npz", name="pneumoniamnist.npz", validation="image")
+  (copy / "metrics.json").write_text(json.dumps(metrics))
+  write.write_report(str(copy), resamples=20)
+  report = (copy / "report.md").read_text()
+  assert "validation carved from train per image: the source has no patient ids" in report
+  assert "by patient" not in report and "patient-grouped" not in report

@@ -39,6 +39,7 @@ def _split(run_dir):
     return sorted((r["file"], r["split"]) for r in csv.DictReader(f))
 
 
+@pytest.mark.slow  # 84 s: four models through the study runner in their own processes
 def test_study_runs_every_model_on_one_split_and_reuses_finished_runs(tmp_path):
   tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
   out = tmp_path / "study"

@@ -56,8 +56,15 @@ def test_timing_callback_records_each_epoch_and_excludes_validation():
   assert 0 < summary["first_step_s"] <= summary["fit_s"]
   for epoch in summary["epochs"]:
     assert epoch["val_s"] > 0 and epoch["train_s"] + epoch["val_s"] == pytest.approx(epoch["wall_s"])
+  for epoch in summary["epochs"][1:]:
     assert epoch["train_images_per_s"] == pytest.approx(64 / epoch["train_s"])
-  assert "steady_images_per_s" in summary["epochs"][0]
+  # One definition: the first epoch's figure leaves out the first (compiling) step, and the run's is
+  # the median of the epochs' figures.
+  first = summary["epochs"][0]
+  assert first["with_first_step_images_per_s"] == pytest.approx(64 / first["train_s"])
+  assert first["train_images_per_s"] == pytest.approx(48 / (first["train_s"] - summary["first_step_s"]))
+  rates = sorted(e["train_images_per_s"] for e in summary["epochs"])
+  assert summary["train_images_per_s"] == rates[1]
 
 
 def test_cpu_device_hides_every_gpu_in_a_fresh_process():
@@ -130,4 +137,13 @@ def test_progress_line_shows_epoch_k_of_n_elapsed_and_eta_from_the_steady_epochs
   lines.clear()
   monkeypatch.setenv(progress.STUDY_ENV, '{"index": 2, "count": 4, "name": "vit_scratch"}')
   model.fit(x, y, batch_size=8, epochs=1, callbacks=[progress.ProgressLine(1)], verbose=0)
-  assert lines[0].startswith("model 2/4 vit_scratch, epoch 1/1: ") and "(then 2 more models)" in lines[0]
+  assert (
+    lines[0].startswith("model 2/4 vit_scratch, epoch 1/1: ") and "(then 2 more models; 2 not yet timed)" in lines[0]
+  )
+  # Later runs of a model the study has already timed (another seed) give the study's ETA.
+  study = {"index": 3, "count": 5, "name": "vit_scratch_seed7"}
+  assert progress.study_eta({**study, "later_s": 600.0, "later_untimed": 0}, 65.0) == ", study ETA 11:05"
+  assert progress.study_eta({**study, "later_s": 600.0, "later_untimed": 1}, 65.0) == (
+    " (then 2 more models, 10:00 for 1 timed; 1 not yet timed)"
+  )
+  assert progress.study_eta({"index": 5, "count": 5}, 65.0) == ""

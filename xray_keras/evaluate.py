@@ -15,9 +15,10 @@ import sys
 
 from absl import app, flags, logging
 
+from xray_keras import path_flags
 from xray_keras.errors import UserError
 
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished run directory.", required=True)
+_RUN_DIR = path_flags.DEFINE_path("run_dir", None, "A finished run directory.", required=True)
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "Fit temperature scaling on the run's validation predictions.")
 _TTA = flags.DEFINE_integer(
   "tta",

@@ -7,12 +7,13 @@ import sys
 
 from absl import app, flags, logging
 
+from xray_keras import path_flags
 from xray_keras.errors import UserError
 
-_RUN_DIR = flags.DEFINE_string(
+_RUN_DIR = path_flags.DEFINE_path(
   "run_dir", None, "A finished run directory (holds metrics.json and model.keras).", required=True
 )
-_EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "Base folder: <export_dir>/<model>/<version>/.")
+_EXPORT_DIR = path_flags.DEFINE_path("export_dir", "saved_models", "Base folder: <export_dir>/<model>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string("model_name", "", "Name under export_dir; empty: the run's model name.")
 
 

@@ -4,7 +4,7 @@ import ast
 
 from absl import flags
 
-from xray_keras import models
+from xray_keras import models, path_flags
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
 from xray_keras.data import decode, download, feeder, preprocess
 from xray_keras.data.loader import SOURCES, DataConfig
@@ -18,7 +18,7 @@ _DATA_SOURCE = flags.DEFINE_enum(
   SOURCES,
   "Where images come from; auto: builtin (real X-rays at 64 px) without --data_dir, npz for a .npz file, else folder.",
 )
-_DATA_DIR = flags.DEFINE_string(
+_DATA_DIR = path_flags.DEFINE_path(
   "data_dir",
   "",
   "Dataset folder (any level of the Kermany archive), kaggle or mendeley (download the full-resolution data once), a MedMNIST .npz, or the TFDS manual_dir. Empty: the built-in real X-rays at 64 px.",
@@ -64,14 +64,14 @@ _PREPROCESS = flags.DEFINE_list(
 _MAX_IMAGES = flags.DEFINE_integer(
   "max_images_per_split", 0, "Cap per split and class, for quick runs; 0: no cap.", lower_bound=0
 )
-_CACHE_DIR = flags.DEFINE_string(
+_CACHE_DIR = path_flags.DEFINE_path(
   "cache_dir", "", "Decode cache folder; empty: $XDG_CACHE_HOME/xray_keras or ~/.cache/xray_keras."
 )
 _SYNTHETIC_TRAIN = flags.DEFINE_integer(
   "synthetic_train_size", 800, "Synthetic train images (before validation is carved).", lower_bound=4
 )
 _SYNTHETIC_TEST = flags.DEFINE_integer("synthetic_test_size", 200, "Synthetic test images.", lower_bound=2)
-_TFDS_DATA_DIR = flags.DEFINE_string(
+_TFDS_DATA_DIR = path_flags.DEFINE_path(
   "tfds_data_dir", "", "TFDS data_dir for --data_source=tfds; empty: TFDS's default."
 )
 
@@ -81,7 +81,7 @@ _MODEL = flags.DEFINE_string(
   "vit_scratch",
   f"Model to train: {', '.join(models.REGISTRY)}, applications:<keras.applications name> or keras_hub:<image backbone preset or class>.",
 )
-_WEIGHTS = flags.DEFINE_string(
+_WEIGHTS = path_flags.DEFINE_path(
   "weights",
   "",
   "imagenet (download, cached by Keras/keras-hub), none (random), or a path: weights file, .keras model or keras-hub preset directory. Empty: imagenet for pretrained models, none otherwise.",
@@ -199,7 +199,7 @@ _OVERRIDE = flags.DEFINE_multi_string(
 
 # === Output ===
 _EXPERIMENT = flags.DEFINE_string("experiment", "", "Experiment name; empty: the model name.")
-_OUTPUT_DIR = flags.DEFINE_string(
+_OUTPUT_DIR = path_flags.DEFINE_path(
   "output_dir",
   "",
   "Run directory; empty: runs/<experiment>/<UTC timestamp>/. With --models: the study folder, default runs/<experiment>/.",
@@ -220,7 +220,7 @@ _EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving
 _REPORT = flags.DEFINE_bool(
   "report", True, "Write report.md / report.html with figures into the run folder at the end."
 )
-_EXPORT_DIR = flags.DEFINE_string(
+_EXPORT_DIR = path_flags.DEFINE_path(
   "export_dir", "saved_models", "Base folder of exports: <export_dir>/<model>/<version>/."
 )
 

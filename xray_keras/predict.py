@@ -12,11 +12,12 @@ import sys
 
 from absl import app, flags, logging
 
+from xray_keras import path_flags
 from xray_keras.data import decode
 from xray_keras.errors import UserError
 
-_MODEL = flags.DEFINE_string("model", None, "Export base or version folder, or a .keras file.", required=True)
-_OUTPUT = flags.DEFINE_string("output", "", "Also write the results as CSV to this file.")
+_MODEL = path_flags.DEFINE_path("model", None, "Export base or version folder, or a .keras file.", required=True)
+_OUTPUT = path_flags.DEFINE_path("output", "", "Also write the results as CSV to this file.")
 _FORMAT = flags.DEFINE_enum("format", "tsv", ["tsv", "json"], "Standard output: tab-separated lines or JSON lines.")
 _THRESHOLD = flags.DEFINE_float(
   "threshold",

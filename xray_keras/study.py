@@ -152,7 +152,8 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrid
   names = [name for _, name, _ in plan]
   os.makedirs(study_dir, exist_ok=True)
   status = {}
-  for model, name, seed in plan:
+  took = {}  # model -> seconds its last run took: the estimate for its later runs (other seeds)
+  for position, (model, name, seed) in enumerate(plan):
     out = os.path.join(study_dir, name)
     finished = os.path.isfile(os.path.join(out, run_dirs.FINISHED_MARKER))
     if finished and not overwrite:
@@ -174,13 +175,22 @@ def run(models, study_dir, module_name, overwrite=False, resamples=1000, overrid
     index = len(status) + 1
     logging.info("Study: model %d/%d, running %s into %s", index, len(plan), name, out)
     start = time.perf_counter()
-    returncode, errors = _run_model(args, {"index": index, "count": len(plan), "name": name})
+    later = [m for m, _, _ in plan[position + 1 :]]
+    where = {
+      "index": index,
+      "count": len(plan),
+      "name": name,
+      "later_s": sum(took.get(m, 0.0) for m in later),
+      "later_untimed": sum(m not in took for m in later),
+    }
+    returncode, errors = _run_model(args, where)
     if returncode:
       reason = errors[-1] if errors else f"exit code {returncode}; see {os.path.join(out, 'run.log')}"
       logging.error("Study: %s failed: %s", name, reason)
       status[name] = {"run_dir": os.path.basename(out), "outcome": "failed", "error": reason}
     else:
-      status[name] = {"run_dir": os.path.basename(out), "outcome": "finished", "wall_s": time.perf_counter() - start}
+      took[model] = time.perf_counter() - start
+      status[name] = {"run_dir": os.path.basename(out), "outcome": "finished", "wall_s": took[model]}
     atomic.write_json(os.path.join(study_dir, "study.json"), {"models": names, "runs": status})
   if any(s["outcome"] != "failed" for s in status.values()):
     from xray_keras.models import table

@@ -14,7 +14,6 @@ import os
 import shutil
 import zlib
 
-import keras
 import numpy as np
 from absl import logging
 
@@ -29,11 +28,9 @@ def default_cache_dir():
 
 
 def cache_key(root, paths, image_size, channels, resize_mode):
-  """Hash of the source files (path, size, mtime), the decode settings and the backend (it resizes)."""
+  """Hash of the source files (path, size, mtime) and the decode settings."""
   digest = hashlib.sha256()
-  digest.update(
-    json.dumps([decode.DECODER_VERSION, keras.backend.backend(), image_size, channels, resize_mode]).encode()
-  )
+  digest.update(json.dumps([decode.DECODER_VERSION, image_size, channels, resize_mode]).encode())
   for rel in paths:
     try:
       stat = os.stat(os.path.join(root, rel))

@@ -1,29 +1,31 @@
-"""Decode image bytes into fixed-size uint8 arrays (Pillow + `keras.ops`, no TensorFlow).
+"""Decode image bytes into fixed-size uint8 arrays (NumPy and Pillow only: no TensorFlow, no Keras).
 
 Handles what real folders hold: grayscale, RGB, RGBA, palette, CMYK, 16-bit and
-EXIF-rotated images, any size. Undecodable input raises `DecodeError` with a
+EXIF-rotated images (JPEG APP1 or PNG eXIf; not XMP alone), any size. Undecodable input raises `DecodeError` with a
 one-line reason, which callers turn into a logged skip.
 
-The square fit (`fit_square`) uses integer crop/pad arithmetic and
-`keras.ops.image.resize` (bilinear, antialiased): the exported serving graph
-does the same, so on the TensorFlow backend an 8-bit JPEG or PNG gives the
-same pixels in training and in serving.
+The square fit (`fit_square`) uses integer crop/pad arithmetic and `resize.resize`
+(bilinear, antialiased, equal to `tf.image.resize`): the exported serving graph does the
+same in TensorFlow ops, so an 8-bit JPEG or PNG gives the same pixels in training and in
+serving, whatever the Keras backend.
 """
 
 import io
 import warnings
 
-import keras
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
+
+from xray_keras.data import resize
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 4
+DECODER_VERSION = 5
 # JPEG draft mode (libjpeg DCT scaling) decodes large JPEGs at 1/2, 1/4 or 1/8 size, keeping at
 # least DRAFT_MARGIN times the target size so the final antialiased resize still averages. On
-# 1,000-2,400 px X-rays resized to 64-224 px, pixels differ from a full decode by 0.04-0.35 grey
-# levels on average, 99% within 3 (tests/test_sources.py, benchmarks/decode_draft.py).
+# 1,000-2,400 px X-rays resized to 64-224 px, pixels differ from a full decode by 0.2 grey levels
+# on average, 99% within 2 (benchmarks/decode_draft.py, tests/test_sources.py). So a JPEG is
+# decoded at 1/2 scale from 8 times the target size on (1/4 from 16, 1/8 from 32).
 DRAFT_MARGIN = 4
 # The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
 MAX_PIXELS = 60_000_000
@@ -32,6 +34,38 @@ _RESIZE_CHUNK = 512  # images per batched resize in resize_array
 
 class DecodeError(ValueError):
   """An input that is not a usable image."""
+
+
+# EXIF orientation -> the transpose that shows the image upright (Pillow's `ImageOps.exif_transpose`).
+_TRANSPOSE = {
+  2: Image.Transpose.FLIP_LEFT_RIGHT,
+  3: Image.Transpose.ROTATE_180,
+  4: Image.Transpose.FLIP_TOP_BOTTOM,
+  5: Image.Transpose.TRANSPOSE,
+  6: Image.Transpose.ROTATE_270,
+  7: Image.Transpose.TRANSVERSE,
+  8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(image):
+  """The orientation in the file's EXIF block (a JPEG's APP1, a PNG's eXIf chunk), 1 without one.
+
+  An orientation given only in XMP is ignored (Pillow's `getexif` would read it): the serving
+  graph reads EXIF only, and both paths must turn an image the same way.
+  """
+  if image.format == "PNG" and "exif" not in image.info:
+    image.load()  # an eXIf chunk after the image data is read at the end
+  raw = image.info.get("exif")
+  if not raw:
+    return 1
+  exif = Image.Exif()
+  try:
+    exif.load(raw)
+  except Exception:  # a damaged EXIF block: the image is shown as stored, as the serving graph does
+    return 1
+  value = exif.get(0x0112, 1)
+  return value if isinstance(value, int) else 1
 
 
 def _to_mode(image, channels):
@@ -92,14 +126,7 @@ def fit_square(array, size, resize_mode="squash", full_shape=None):
     crop_h, crop_w = min(round(crop_h * sy), height - top), min(round(crop_w * sx), width - left)
   array = array[..., top : top + crop_h, left : left + crop_w, :]
   if (crop_h, crop_w) != (out_h, out_w):
-    resized = keras.ops.image.resize(
-      array.astype(np.float32),
-      (out_h, out_w),
-      interpolation="bilinear",
-      antialias=True,
-      data_format="channels_last",
-    )
-    array = np.clip(np.round(keras.ops.convert_to_numpy(resized)), 0, 255).astype(np.uint8)
+    array = np.clip(np.round(resize.resize(array, out_h, out_w)), 0, 255).astype(np.uint8)
   if (out_h, out_w) == (size, size):
     return array
   canvas = np.zeros((*array.shape[:-3], size, size, channels), np.uint8)
@@ -128,26 +155,33 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
     raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
   if not data:
     raise DecodeError("empty file")
+  image_format = None
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(io.BytesIO(data)) as image:
+        image_format = image.format
         width, height = image.size
         if width * height > MAX_PIXELS:
           raise DecodeError(f"image too large ({width}x{height} pixels)")
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
-        transposed = ImageOps.exif_transpose(image)
-        if transposed is not image and transposed.size != image.size:
-          width, height = height, width  # rotated by 90 degrees
-        image = transposed
+        orientation = _exif_orientation(image)
+        if orientation in _TRANSPOSE:
+          image = image.transpose(_TRANSPOSE[orientation])
+          if orientation >= 5:
+            width, height = height, width  # turned by 90 degrees
         array = np.asarray(_to_mode(image, channels), dtype=np.uint8)
   except DecodeError:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DecodeError(f"image too large: {e}") from None
+  except UnidentifiedImageError:
+    raise DecodeError("not an image format the decoder reads (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)") from None
   except Exception as e:  # Pillow raises many types for corrupt input.
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "truncated" in reason.lower():
+      raise DecodeError(f"truncated {image_format or 'image'} file") from None
     raise DecodeError(f"not a decodable image ({type(e).__name__}: {reason})") from None
   if array.ndim == 2:
     array = array[:, :, None]

@@ -15,7 +15,7 @@ from absl import logging
 
 from xray_keras.data import builtin, cache, decode, download, folder, patients, preprocess, synthetic
 from xray_keras.data.folder import DataError
-from xray_keras.data.records import CLASS_NAMES, SPLITS, Record, Skipped, printable
+from xray_keras.data.records import CLASS_NAMES, SPLITS, VALIDATION, Record, Skipped, printable
 
 SOURCES = ("auto", "builtin", "folder", "npz", "tfds", "synthetic")
 
@@ -60,6 +60,7 @@ class StudyData:
   skipped: list
   notes: list = dataclasses.field(default_factory=list)
   class_names: tuple = CLASS_NAMES
+  validation: str = "patient"  # a key of records.VALIDATION
 
   def counts(self):
     out = {}
@@ -78,6 +79,7 @@ class StudyData:
       "skipped_files": len(self.skipped),
       "notes": self.notes,
       "class_names": list(self.class_names),
+      "validation": self.validation,
     }
 
 
@@ -252,16 +254,55 @@ def _load_npz(config):
     )
   arrays = _read_npz(path)
   name = os.path.basename(path)
+  labels = {split: _check_npz_split(path, split, *pair) for split, pair in arrays.items()}
+  notes = []
+  pixels, note = _npz_pixels({split: pair[0] for split, pair in arrays.items()})
+  if note:
+    logging.info("%s: %s", name, note)
+    notes.append(f"{name}: {note}")
   records, images = [], []
-  for split, (split_images, split_labels) in arrays.items():
-    split_labels = _check_npz_split(path, split, split_images, split_labels)
-    images.append(decode.resize_array(split_images, config.image_size, config.channels, config.resize_mode))
-    for i, label in enumerate(split_labels):
+  for split in arrays:
+    images.append(decode.resize_array(pixels[split], config.image_size, config.channels, config.resize_mode))
+    for i, label in enumerate(labels[split]):
       records.append(Record(f"{name}:{split}/{i}", int(label), split, f"{name}:{split}/{i}"))
-  if "val" not in arrays:
-    logging.info("%s has no val_images: validation is carved from train.", name)
+  validation = "file"
+  if not len(labels.get("val", ())):
+    validation = "image"
+    why = "no val_images" if "val" not in arrays else "empty val_images"
+    note = f"{name} has {why}: validation is {VALIDATION['image']}."
+    logging.warning(note)
+    notes.append(note)
   images, records = _select_arrays(np.concatenate(images), records, config)
-  return StudyData(source="npz", synthetic=False, name=name, splits=_by_split(images, records), skipped=[])
+  return StudyData(
+    source="npz",
+    synthetic=False,
+    name=name,
+    splits=_by_split(images, records),
+    skipped=[],
+    notes=notes,
+    validation=validation,
+  )
+
+
+def _npz_pixels(images):
+  """{split: uint8 images} from checked npz arrays, and a note on how float pixels were read.
+
+  Float arrays whose maximum over the whole file is at most 1 hold 0..1 intensities (as many
+  PneumoniaMNIST copies are saved) and are scaled by 255; float pixels are rounded, not truncated.
+  """
+  floats = [a for a in images.values() if np.issubdtype(a.dtype, np.floating) and a.size]
+  if not floats:
+    return {split: a.astype(np.uint8, copy=False) for split, a in images.items()}, ""
+  unit = max(float(a.max()) for a in floats) <= 1.0
+  scale = 255.0 if unit else 1.0
+  out = {}
+  for split, a in images.items():
+    if np.issubdtype(a.dtype, np.floating):
+      a = np.clip(np.round(a.astype(np.float64) * scale), 0, 255)
+    out[split] = a.astype(np.uint8)
+  if unit:
+    return out, "float pixels in 0..1, read as intensities: scaled by 255 and rounded to 0..255."
+  return out, "float pixels in 0..255: rounded to the nearest integer."
 
 
 def _read_npz(path):
@@ -282,7 +323,14 @@ def _read_npz(path):
       return {s: (archive[f"{s}_images"], archive[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in keys}
   except DataError:
     raise
-  except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, pickled object arrays, ...
+  except ValueError as e:
+    if "allow_pickle" not in str(e):
+      raise DataError(f"Cannot read npz file {path!r}: {str(e).splitlines()[0]}.") from None
+    raise DataError(
+      f"npz file {path!r} holds object (pickled) arrays, which are not read: unpickling can run any code "
+      "the file's author chose. Save plain numeric arrays (numpy.savez with uint8 or float images)."
+    ) from None
+  except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, ...
     reason = str(e).splitlines()[0] if str(e) else ""
     raise DataError(
       f"Cannot read npz file {path!r}: damaged or not an npz archive ({type(e).__name__}: {reason})."
@@ -295,7 +343,7 @@ def _check_npz_split(path, split, images, labels):
   if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
     raise DataError(f"{where}: expected (N, H, W) or (N, H, W, 1 or 3) images.")
   if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)) or images.dtype == bool:
-    raise DataError(f"{where}: expected integer or float pixels in 0..255.")
+    raise DataError(f"{where}: expected integer pixels in 0..255, or float pixels in 0..1 or 0..255.")
   if images.size:
     if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
       raise DataError(f"{where}: holds NaN or infinite pixels.")
@@ -405,6 +453,7 @@ def _load_synthetic(config):
     name="synthetic",
     splits=_by_split(images, records),
     skipped=[],
+    validation="image",
   )
 
 

@@ -4,6 +4,15 @@ import dataclasses
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
+# Where a run's validation split came from (`StudyData.validation`), in the words its report uses.
+VALIDATION = {
+  "patient": "carved from train by patient (all of a patient's images on one side)",
+  "image": (
+    "carved from train per image: the source has no patient ids, so one patient's images can fall on both "
+    "sides and validation scores can be optimistic"
+  ),
+  "file": "the file's own validation split",
+}
 
 
 def printable(path):

@@ -22,7 +22,7 @@ from xray_keras import models
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
-from xray_keras.training import device, schedules, trainer
+from xray_keras.training import device, end_of_run, schedules, trainer
 from xray_keras.training import run_dir as run_dirs
 
 STATE = os.path.join(run_dirs.BACKUP_DIR, "federated_state.npz")
@@ -266,7 +266,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       timing_report["federated"]["dp"]["delta"],
       finished,
     )
-  trainer.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
+  end_of_run.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
   shutil.rmtree(os.path.join(run_dir, run_dirs.BACKUP_DIR), ignore_errors=True)
   return run_dir
 

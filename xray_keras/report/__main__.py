@@ -4,7 +4,9 @@ import sys
 
 from absl import app, flags
 
-_STUDY_DIR = flags.DEFINE_string(
+from xray_keras import path_flags
+
+_STUDY_DIR = path_flags.DEFINE_path(
   "study_dir", "runs/study", "A study folder (from --models) or any folder of run folders."
 )
 _RESAMPLES = flags.DEFINE_integer(

@@ -8,6 +8,7 @@ import os
 import numpy as np
 from absl import logging
 
+from xray_keras.data.records import VALIDATION
 from xray_keras.evaluation import metrics, statistics
 from xray_keras.report import clinical, collect, federated, figures, html
 
@@ -213,6 +214,20 @@ def _weights(name):
   return "ImageNet (download)" if name == "imagenet" else f"file {os.path.basename(str(name).rstrip('/'))}"
 
 
+def validation_words(runs):
+  """How the runs' validation splits were made, from their data records (one phrase, or one per model)."""
+
+  def words(run):
+    data = run.metrics.get("data", {})
+    key = data.get("validation") or ("patient" if data.get("source") in ("folder", "builtin", "tfds") else None)
+    return VALIDATION.get(key, "made in a way the run did not record")
+
+  said = {run.display_name: words(run) for run in runs}
+  if len(set(said.values())) == 1:
+    return next(iter(said.values()))
+  return "; ".join(f"{name}: {text}" for name, text in said.items())
+
+
 def _run_row(run):
   model, timing = run.metrics.get("model", {}), run.timing
   head = timing.get("head_phase", {}).get("epochs_run", 0)
@@ -325,8 +340,8 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
     "",
     "## Validation versus test",
     "",
-    "The same model on the patient-grouped validation split (carved from train, used for model choice) and on the "
-    "official test split, threshold 0.5. A large drop means the test images differ from the training "
+    f"The same model on the validation split (used for model choice; {validation_words(runs)}) and on the "
+    "test split, threshold 0.5. A large drop means the test images differ from the training "
     "distribution, and that validation scores overstate what the model does on new images.",
     "",
     _table(
@@ -410,7 +425,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
     "## Data",
     "",
     f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
-    f"{data.get('skipped_files', 0)}; validation carved from train by patient.",
+    f"{data.get('skipped_files', 0)}; validation {validation_words(runs)}.",
     "",
     _table(
       ["split", "NORMAL", "PNEUMONIA", "total"],

@@ -1,8 +1,10 @@
 """In-graph preprocessing for the serving signatures, mirroring `data.decode` step for step.
 
 Accepted formats: JPEG, PNG, GIF and BMP; each image's declared size is read from its header and
-checked before any decoder runs. Then, as the training decoder does with Pillow: JPEG EXIF
-orientation is applied, large JPEGs decode at a reduced DCT scale (Pillow's draft mode), 16-bit
+checked before any decoder runs (for a GIF, its first frame's descriptor too; only that frame is
+decoded). Then, as the training decoder does with Pillow: the EXIF orientation of a JPEG or PNG is
+applied (not an orientation given in XMP alone), a GIF frame smaller than its screen is placed on
+Pillow's canvas, large JPEGs decode at a reduced DCT scale (Pillow's draft mode), 16-bit
 grey PNGs are scaled by the bit depth their data uses, transparent images are composited on black,
 colour becomes grey with Pillow's integer formula, and the square fit uses the integer geometry of
 `decode.resize_plan` with `tf.image.resize` (bilinear, antialiased), the op `keras.ops.image.resize`
@@ -60,39 +62,44 @@ def _declared_size(data, fmt):
   def png():
     return _uint(data, 20, 4, False), _uint(data, 16, 4, False)
 
-  def gif():
-    return _uint(data, 8, 2, True), _uint(data, 6, 2, True)
-
   def bmp():
     height = _uint(data, 22, 4, True)
     height = tf.where(height >= 2**31, 2**32 - height, height)  # negative: top-down rows
     return height, _uint(data, 18, 4, True)
 
+  gif = lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64))  # noqa: E731  (`_gif_first_frame` instead)
   return tf.switch_case(fmt, [jpeg, png, gif, bmp])
+
+
+def _require(condition, reason):
+  """An assertion whose error message is `reason` alone (TensorFlow adds its node name after it)."""
+  return tf.debugging.Assert(condition, [tf.constant(reason)], summarize=1)
 
 
 def check_request(encoded):
   """Asserts the bounds above on a `[batch]` string tensor; returns it."""
   checks = [
-    tf.debugging.assert_less_equal(tf.size(encoded), MAX_BATCH, message=f"batch larger than {MAX_BATCH} images"),
-    tf.debugging.assert_less_equal(
-      tf.reduce_max(tf.concat([tf.strings.length(encoded), [0]], 0)),
-      MAX_IMAGE_BYTES,
-      message=f"an image is larger than {MAX_IMAGE_BYTES} bytes",
+    _require(tf.size(encoded) <= MAX_BATCH, f"batch larger than {MAX_BATCH} images"),
+    _require(
+      tf.reduce_max(tf.concat([tf.strings.length(encoded), [0]], 0)) <= MAX_IMAGE_BYTES,
+      f"an image is larger than {MAX_IMAGE_BYTES} bytes",
     ),
   ]
   with tf.control_dependencies(checks):
     return tf.identity(encoded)
 
 
-def _exif_orientation(data):
-  """The EXIF orientation (1-8) of a JPEG, 1 when it has none."""
-  head = tf.strings.substr(data, 0, 65536)
-  parts = tf.strings.split(head, b"Exif\x00\x00", maxsplit=1)
-  has_exif = tf.equal(tf.size(parts), 2)
+def _exif_orientation(data, fmt):
+  """The EXIF orientation (1-8) of a JPEG (APP1 segment) or PNG (eXIf chunk), 1 when it has none.
+
+  Only EXIF is read: an orientation given in XMP alone is ignored, here and in `data.decode`.
+  """
+  marker = tf.where(tf.equal(fmt, _PNG), b"eXIf", b"Exif\x00\x00")
+  parts = tf.strings.split(tf.where(tf.equal(fmt, _PNG), data, tf.strings.substr(data, 0, 65536)), marker, maxsplit=1)
+  has_exif = tf.logical_and(tf.equal(tf.size(parts), 2), fmt <= _PNG)
 
   def read():
-    tiff = tf.strings.length(parts[0]) + 6
+    tiff = tf.strings.length(parts[0]) + tf.strings.length(marker)
     little = tf.equal(tf.strings.substr(data, tiff, 2), b"II")
     ifd = tiff + tf.cast(
       tf.cond(little, lambda: _uint(data, tiff + 4, 4, True), lambda: _uint(data, tiff + 4, 4, False)), tf.int32
@@ -131,9 +138,7 @@ def _orient(image, orientation):
 def _jpeg(data, size, orientation):
   """A JPEG as Pillow decodes it for training: draft scale, native channels, EXIF orientation."""
   shape = tf.image.extract_jpeg_shape(data)
-  not_cmyk = tf.debugging.assert_less(
-    shape[2], 4, message="CMYK JPEGs are not accepted: convert the image to RGB or grey"
-  )
+  not_cmyk = _require(shape[2] < 4, "CMYK JPEGs are not accepted: convert the image to RGB or grey")
   ratio = tf.constant(1, tf.int32)
   if size:  # decode.DRAFT_MARGIN: the largest of 8, 4, 2 that keeps DRAFT_MARGIN x size per side
     scale = tf.minimum(shape[0] // (decode.DRAFT_MARGIN * size), shape[1] // (decode.DRAFT_MARGIN * size))
@@ -196,29 +201,136 @@ def _to_channels(image, channels):
   return image
 
 
+def _gif_first_frame(data):
+  """Walks a GIF's blocks to the end of its first frame, as Pillow reads it, without decoding.
+
+  Returns `(complete, canvas (h, w), frame offset (top, left), fill RGB, descriptor, end)`: the canvas is the
+  logical screen grown to hold the frame (Pillow's `image.size`), the fill is what Pillow puts
+  around a frame that does not cover it (palette entry 0, or black through transparency),
+  `descriptor` where the frame's image descriptor starts and `end` the byte after its last data block.
+  """
+  raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+  n = tf.size(raw)
+
+  def byte(i):
+    return tf.where(i < n, tf.gather(raw, tf.clip_by_value(i, 0, tf.maximum(n - 1, 0))), -1)
+
+  def u16(i):
+    return byte(i) + 256 * byte(i + 1)
+
+  def table_size(flags):
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
+
+  zero = tf.constant(0)
+  # pos, in data sub-blocks, done, complete, transparent, frame seen, top, left, height, width, palette at,
+  # descriptor at
+  state = (
+    13 + table_size(byte(10)),
+    False,
+    False,
+    False,
+    False,
+    False,
+    zero,
+    zero,
+    zero,
+    zero,
+    tf.where(byte(10) >= 128, 13, -1),
+    zero,
+  )
+
+  def step(pos, in_blocks, done, complete, transparent, seen, top, left, height, width, palette, descriptor):
+    b = byte(pos)
+    # Inside data sub-blocks: a length byte, 0 ends them (and, after the frame, the walk).
+    blocks_end = tf.logical_and(in_blocks, tf.equal(b, 0))
+    next_in_blocks = tf.logical_and(in_blocks, b > 0)
+    next_pos = tf.where(in_blocks, pos + tf.where(b > 0, b + 1, 1), pos)
+    # Between blocks: an extension (0x21) or an image descriptor (0x2C); anything else is damage.
+    extension = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b, 0x21))
+    frame = tf.logical_and(tf.logical_not(in_blocks), tf.equal(b, 0x2C))
+    control = tf.logical_and(extension, tf.equal(byte(pos + 1), 0xF9))
+    transparent = tf.where(control, tf.equal(byte(pos + 3) % 2, 1), transparent)
+    flags = byte(pos + 9)
+    top, left = tf.where(frame, u16(pos + 3), top), tf.where(frame, u16(pos + 1), left)
+    height, width = tf.where(frame, u16(pos + 7), height), tf.where(frame, u16(pos + 5), width)
+    palette = tf.where(tf.logical_and(frame, flags >= 128), pos + 10, palette)
+    next_pos = tf.where(extension, pos + 2, tf.where(frame, pos + 11 + table_size(flags), next_pos))
+    next_in_blocks = tf.logical_or(next_in_blocks, tf.logical_or(extension, frame))
+    finished = tf.logical_and(blocks_end, seen)
+    damaged = tf.logical_or(b < 0, tf.logical_not(tf.logical_or(in_blocks, tf.logical_or(extension, frame))))
+    return (
+      next_pos,
+      next_in_blocks,
+      tf.logical_or(finished, damaged),
+      finished,
+      transparent,
+      tf.logical_or(seen, frame),
+      top,
+      left,
+      height,
+      width,
+      palette,
+      tf.where(frame, pos, descriptor),
+    )
+
+  pos, _, _, complete, transparent, _, top, left, height, width, palette, descriptor = tf.while_loop(
+    lambda *state: tf.logical_not(state[2]), step, state, maximum_iterations=n + 1
+  )
+  canvas = (tf.maximum(top + height, u16(8)), tf.maximum(left + width, u16(6)))
+  entry = tf.stack([byte(palette), byte(palette + 1), byte(palette + 2)])
+  fill = tf.where(tf.logical_or(transparent, palette < 0), tf.zeros([3], tf.int32), tf.maximum(entry, 0))
+  return complete, canvas, (top, left), fill, descriptor, pos
+
+
+def _gif(data, first):
+  """The first frame on its canvas, as Pillow decodes it: only that frame, moved to (0, 0) (TensorFlow
+  would clip it to its own size at its offset), reaches the decoder."""
+  _, (height, width), (top, left), fill, at, end = first
+  alone = tf.strings.join(
+    [tf.strings.substr(data, 0, at + 1), b"\0\0\0\0", tf.strings.substr(data, at + 5, end - at - 5), b";"]
+  )
+  frame = tf.cast(tf.io.decode_gif(alone)[0], tf.int32)
+  shape = tf.shape(frame)
+  paddings = [[top, height - top - shape[0]], [left, width - left - shape[1]], [0, 0]]
+  return tf.cast(tf.pad(frame - fill, paddings) + fill, tf.uint8)
+
+
 def decode_one(data, channels, size=None):
   """One encoded image to `(H, W, channels)` uint8 and its full `(height, width)` for the square fit."""
   fmt = image_format(data)
-  known = tf.debugging.assert_greater_equal(
-    fmt, 0, message=f"unsupported image format: the serving signature accepts {ACCEPTED}"
-  )
+  known = _require(fmt >= 0, f"unsupported image format: the serving signature accepts {ACCEPTED}")
   with tf.control_dependencies([known]):
     fmt = tf.maximum(fmt, 0)
-    height, width = _declared_size(data, fmt)
-  too_large = tf.debugging.assert_less_equal(
-    height * width,
-    tf.constant(MAX_IMAGE_PIXELS, tf.int64),
-    message=f"an image is larger than {MAX_IMAGE_PIXELS} pixels",
+  is_gif = tf.equal(fmt, _GIF)
+  first = tf.cond(
+    is_gif,
+    lambda: _gif_first_frame(data),
+    lambda: (tf.constant(True), (0, 0), (0, 0), tf.zeros([3], tf.int32), tf.constant(0), tf.constant(0)),
   )
-  is_jpeg = tf.equal(fmt, _JPEG)
-  orientation = tf.cond(is_jpeg, lambda: _exif_orientation(data), lambda: tf.constant(1, tf.int64))
+  gif_ok = _require(first[0], "damaged or truncated GIF")
+  jpeg_ok = _require(
+    tf.cond(
+      tf.equal(fmt, _JPEG),
+      lambda: tf.equal(tf.size(tf.strings.split(data, b"\xff\xd9", maxsplit=1)), 2),
+      lambda: tf.constant(True),
+    ),
+    "truncated JPEG (no end-of-image marker)",
+  )
+  with tf.control_dependencies([gif_ok, jpeg_ok]):
+    height, width = tf.cond(
+      is_gif, lambda: tuple(tf.cast(x, tf.int64) for x in first[1]), lambda: _declared_size(data, fmt)
+    )
+  too_large = _require(
+    height * width <= tf.constant(MAX_IMAGE_PIXELS, tf.int64), f"an image is larger than {MAX_IMAGE_PIXELS} pixels"
+  )
+  orientation = _exif_orientation(data, fmt)
   with tf.control_dependencies([too_large]):  # checked before any decoder allocates
     image = tf.switch_case(
       fmt,
       [
         lambda: _jpeg(data, size, orientation),
-        lambda: _png(data),
-        lambda: tf.io.decode_gif(data)[0],
+        lambda: _orient(_png(data), orientation),
+        lambda: _gif(data, first),
         lambda: tf.io.decode_bmp(data, channels=3),
       ],
     )

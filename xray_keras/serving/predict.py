@@ -14,12 +14,29 @@ from xray_keras.errors import UserError
 
 
 def list_inputs(paths):
-  """Expands files and folders (recursively, sorted) into `(files, skipped)`."""
+  """Expands files and folders (recursively, sorted) into `(files, skipped)`.
+
+  Links to folders are followed once: a link back into a folder already listed (a loop) or to one
+  listed through another path is skipped and named, as are hidden folders and unreadable ones.
+  """
   files, skipped = [], []
   for path in paths:
     if os.path.isdir(path):
-      for dirpath, dirnames, names in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+      listed = {os.path.realpath(path)}
+      unreadable = lambda e: skipped.append(Skipped(e.filename, f"unreadable folder ({e.strerror})"))  # noqa: E731
+      for dirpath, dirnames, names in os.walk(path, onerror=unreadable, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+          full = os.path.join(dirpath, name)
+          real = os.path.realpath(full)
+          if name.startswith(".") or name == "__MACOSX":
+            skipped.append(Skipped(full, "hidden or system folder"))
+          elif real in listed:
+            skipped.append(Skipped(full, "link to a folder already listed (a loop, or the same folder twice)"))
+          else:
+            listed.add(real)
+            kept.append(name)
+        dirnames[:] = kept
         for name in sorted(names):
           full = os.path.join(dirpath, name)
           reason = folder.junk_reason(name) or folder.file_problem(full)

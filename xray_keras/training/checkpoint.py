@@ -6,6 +6,7 @@ import os
 import keras
 
 CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
+HEAD_WEIGHTS = "head_phase.weights.h5"  # phase 1 of a pretrained model, kept until the run ends
 
 
 class LastGoodCheckpoint(keras.callbacks.Callback):

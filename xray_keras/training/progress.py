@@ -35,6 +35,20 @@ def eta(epoch_seconds, remaining):
   return statistics.median(steady) * remaining if steady else 0.0
 
 
+def study_eta(study, left):
+  """What follows this model in its study: the study's ETA when every later model has been timed in
+  it (an earlier seed of the same model), else how many are still untimed."""
+  later = study["count"] - study["index"]
+  if not later:
+    return ""
+  untimed = study.get("later_untimed", later)
+  if not untimed:
+    return f", study ETA {clock(left + study.get('later_s', 0.0))}"
+  timed = later - untimed
+  known = f", {clock(study.get('later_s', 0.0))} for {timed} timed" if timed else ""
+  return f" (then {later} more model{'s' if later > 1 else ''}{known}; {untimed} not yet timed)"
+
+
 def study_context():
   """`{"index", "count", "name"}` of the study that runs this process, or None."""
   text = os.environ.get(STUDY_ENV)
@@ -74,7 +88,6 @@ class ProgressLine(keras.callbacks.Callback):
     if self.study:
       where = f"model {self.study['index']}/{self.study['count']} {self.study['name']}, {where}"
     left_text = f"ETA {clock(left)}"
-    later = self.study and self.study["count"] - self.study["index"]
-    if later:
-      left_text += f" (then {later} more model{'s' if later > 1 else ''})"
+    if self.study:
+      left_text += study_eta(self.study, left)
     logging.info("%s: %.1fs, %s elapsed, %s | %s", where, self.seconds[-1], clock(elapsed), left_text, metrics)

@@ -11,14 +11,15 @@ import io
 import os
 import zipfile
 
-from absl import app, flags
+from absl import app
 from PIL import Image
 
+from xray_keras import path_flags
 from xray_keras.data import decode, folder
 from xray_keras.data.builtin import IMAGE_SIZE, sha256
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "A Kermany folder with train/, val/ and test/.", required=True)
-_OUTPUT = flags.DEFINE_string("output", "chest_xray_64.zip", "Archive to write.")
+_DATA_DIR = path_flags.DEFINE_path("data_dir", None, "A Kermany folder with train/, val/ and test/.", required=True)
+_OUTPUT = path_flags.DEFINE_path("output", "chest_xray_64.zip", "Archive to write.")
 
 
 def build(data_dir, output):
