@@ -248,3 +248,20 @@ def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path
   assert [r["lever"] for r in rows] == ["baseline", "affine_augmentation", "threads_2_1"]
   assert rows[0]["ratio_vs_baseline"] == 1.0 and all(r["train_images_per_s"] > 0 for r in rows)
   assert rows[2]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_npz_float_twin_quick_mode_trains_both_encodings_on_the_same_pixels(tmp_path):
+  out = tmp_path / "twin.json"
+  result = subprocess.run(
+    [sys.executable, "benchmarks/npz_float_twin.py", "--quick", f"--output={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  payload = json.loads(out.read_text())
+  assert payload["max_pixel_difference"] == 0 and set(payload["runs"]) == {"uint8", "float01"}
+  assert any("scaled by 255" in note for note in payload["runs"]["float01"]["data_notes"])
+  assert 0.0 <= payload["runs"]["float01"]["test_auc"] <= 1.0
