@@ -250,18 +250,48 @@ def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path
   assert rows[2]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
 
 
+def _run_quick(script, out):
+  """Runs a benchmark script's --quick mode into `out`; fails with its stderr."""
+  result = subprocess.run(
+    [sys.executable, script, "--quick", f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=900
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_npz_float_twin_quick_mode_trains_both_encodings_on_the_same_pixels(tmp_path):
   out = tmp_path / "twin.json"
-  result = subprocess.run(
-    [sys.executable, "benchmarks/npz_float_twin.py", "--quick", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_quick("benchmarks/npz_float_twin.py", out)
   payload = json.loads(out.read_text())
   assert payload["max_pixel_difference"] == 0 and set(payload["runs"]) == {"uint8", "float01"}
   assert any("scaled by 255" in note for note in payload["runs"]["float01"]["data_notes"])
   assert 0.0 <= payload["runs"]["float01"]["test_auc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
+  out = tmp_path / "profile.json"
+  _run_quick("benchmarks/epoch_profile.py", out)
+  rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+  assert set(rows) == {"vit_scratch", "cnn_scratch"}
+  assert rows["vit_scratch"]["compute_thread_s"]["matrix products"] > 0
+  assert rows["cnn_scratch"]["compute_thread_s"]["convolutions"] > 0
+  for row in rows.values():
+    assert 0 < row["in_compiled_step_s"] <= row["wall_s"]
+
+
+def test_trace_self_time_subtracts_nested_events():
+  import types
+
+  from benchmarks import epoch_profile
+
+  event = lambda offset, duration, name: types.SimpleNamespace(offset_ps=offset, duration_ps=duration, metadata_id=name)  # noqa: E731
+  names = {1: "ExecutorState::Process", 2: "MatMul", 3: "fusion.1"}
+  times = epoch_profile.self_times([event(0, 10, 1), event(1, 4, 2), event(6, 3, 3), event(20, 5, 2)], names)
+  assert {k: round(v * 1e12) for k, v in times.items()} == {"ExecutorState::Process": 3, "MatMul": 9, "fusion.1": 3}
+  assert [epoch_profile.kind(n) for n in ("MatMul.3", "Conv2DBackpropFilter", "fusion.1", "BlockUntilReady")] == [
+    "matrix products",
+    "convolutions",
+    "other kernels",
+    "waiting on the compiled program",
+  ]
