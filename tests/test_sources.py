@@ -89,6 +89,7 @@ def test_a_malformed_npz_is_one_line_naming_the_key_and_shapes(case, mnist_like,
   assert "\n" not in message and CASES[case] in message and path in message
 
 
+@pytest.mark.slow  # eight CLI processes; the one-line messages themselves are tested in process above
 def test_malformed_npz_runs_exit_1_with_one_line_and_no_finished_run(mnist_like, tmp_path):
   runs = {}
   for case in sorted(CASES):
