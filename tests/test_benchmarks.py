@@ -11,6 +11,12 @@ import pytest
 from tests.conftest import REPO, shared_weights
 
 
+def _run_script(args, timeout, env=None):
+  """Runs `python *args` from the repository; fails with the end of its stderr and stdout."""
+  result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+
+
 def _no_tensorflow_env(tmp_path):
   """An environment whose Python processes (workers included) cannot import TensorFlow.
 
@@ -28,22 +34,11 @@ def test_gpu_script_quick_mode_runs_on_jax_without_tensorflow(tmp_path):
   pytest.importorskip("jax")
   pytest.importorskip("torch")
   out = tmp_path / "gpu.json"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "benchmarks/gpu_vs_torch.py",
-      "--quick",
-      "--peer=torch",
-      "--models=vit_scratch",
-      f"--output={out}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
+  _run_script(
+    ["benchmarks/gpu_vs_torch.py", "--quick", "--peer=torch", "--models=vit_scratch", f"--output={out}"],
     timeout=600,
     env=_no_tensorflow_env(tmp_path),
   )
-  assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   assert [(r["model"], r["framework"]) for r in report["rows"]] == [
     ("vit_scratch", "keras-jax"),
@@ -59,14 +54,7 @@ def test_cpu_vs_torch_quick_mode_compares_both_backends_with_the_peer(tmp_path):
   pytest.importorskip("jax")
   pytest.importorskip("torch")
   out = tmp_path / "cpu.json"
-  result = subprocess.run(
-    [sys.executable, "benchmarks/cpu_vs_torch.py", "--quick", "--models=vit_scratch", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_script(["benchmarks/cpu_vs_torch.py", "--quick", "--models=vit_scratch", f"--output={out}"], timeout=600)
   rows = json.loads(out.read_text())["rows"]
   assert [r["framework"] for r in rows] == ["keras-tensorflow", "keras-jax", "torch"]
   assert rows[0]["params"] == rows[2]["params"]  # the same architecture on both sides
@@ -92,14 +80,7 @@ def test_torch_peers_match_our_parameter_counts():
 def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
   for script in ("input_pipeline.py", "end_to_end.py"):
     out = tmp_path / f"{script}.json"
-    result = subprocess.run(
-      [sys.executable, f"benchmarks/{script}", "--quick", f"--output={out}"],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_script([f"benchmarks/{script}", "--quick", f"--output={out}"], timeout=600)
     report = json.loads(out.read_text())
     if script == "input_pipeline.py":
       assert [r["cache"] for r in report["loads"]] == ["cold", "warm"] and report["loads"][0]["images"] > 0
@@ -114,14 +95,7 @@ def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
 def test_backend_epoch_time_quick_mode(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "epoch.json"
-  result = subprocess.run(
-    [sys.executable, "benchmarks/backend_epoch_time.py", "--quick", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_script(["benchmarks/backend_epoch_time.py", "--quick", f"--output={out}"], timeout=900)
   rows = json.loads(out.read_text())["rows"]
   assert [(r["backend"], r["jit_compile"], r["feeder"]) for r in rows] == [
     ("tensorflow", False, "host"),
@@ -137,14 +111,7 @@ def test_backend_epoch_time_quick_mode(tmp_path):
 def test_feature_cache_quick_mode(tmp_path):
   out = tmp_path / "cache.json"
   weights = shared_weights("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-  result = subprocess.run(
-    [sys.executable, "benchmarks/feature_cache.py", "--quick", f"--weights={weights}", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_script(["benchmarks/feature_cache.py", "--quick", f"--weights={weights}", f"--output={out}"], timeout=600)
   report = json.loads(out.read_text())
   assert report["feature_shape"] == [2048] and report["train_images"] > 0
   assert [r["head_epochs"] for r in report["rows"]] == [1, 5, 10]
@@ -153,14 +120,7 @@ def test_feature_cache_quick_mode(tmp_path):
 
 def test_decode_draft_quick_mode(tmp_path):
   out = tmp_path / "draft.json"
-  result = subprocess.run(
-    [sys.executable, "benchmarks/decode_draft.py", "--quick", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_script(["benchmarks/decode_draft.py", "--quick", f"--output={out}"], timeout=600)
   report = json.loads(out.read_text())
   assert report["images"] == 12 and report["rows"]["draft"]["images_per_s"] > 0
   assert report["ratio_vs_full_decode"] > 0 and report["pixel_diff"]["mean"] < 0.5
@@ -170,9 +130,8 @@ def test_decode_draft_quick_mode(tmp_path):
 def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_path):
   pytest.importorskip("jax")
   out, study = tmp_path / "gpu_study.json", tmp_path / "study"
-  result = subprocess.run(
+  _run_script(
     [
-      sys.executable,
       "benchmarks/gpu_study.py",
       "--quick",
       "--skip_compare",
@@ -182,13 +141,9 @@ def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_pa
       f"--study_dir={study}",
       f"--output={out}",
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
     env=_no_tensorflow_env(tmp_path),
   )
-  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
   report = json.loads(out.read_text())
   run = report["study"]
   assert run["exit_code"] == 0 and run["report_written"] and "--weights=none" in run["command"]
@@ -208,14 +163,7 @@ def test_gpu_study_quick_mode_runs_the_study_on_jax_and_writes_its_report(tmp_pa
 def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "roofline.json"
-  result = subprocess.run(
-    [sys.executable, "benchmarks/cpu_roofline.py", "--quick", "--models=vit_scratch", f"--output={out}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_script(["benchmarks/cpu_roofline.py", "--quick", "--models=vit_scratch", f"--output={out}"], timeout=900)
   report = json.loads(out.read_text())
   assert (
     report["float32_peak_gflops"] > 1 and report["machine"]["cpu"] and isinstance(report["vector_extensions"], list)
@@ -230,38 +178,19 @@ def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand
 @pytest.mark.slow
 def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path):
   out = tmp_path / "levers.json"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "benchmarks/cpu_levers.py",
-      "--quick",
-      "--levers=affine_augmentation,threads_2_1",
-      f"--output={out}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
+  _run_script(
+    ["benchmarks/cpu_levers.py", "--quick", "--levers=affine_augmentation,threads_2_1", f"--output={out}"], timeout=900
   )
-  assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   assert [r["lever"] for r in rows] == ["baseline", "affine_augmentation", "threads_2_1"]
   assert rows[0]["ratio_vs_baseline"] == 1.0 and all(r["train_images_per_s"] > 0 for r in rows)
   assert rows[2]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
 
 
-def _run_quick(script, out):
-  """Runs a benchmark script's --quick mode into `out`; fails with its stderr."""
-  result = subprocess.run(
-    [sys.executable, script, "--quick", f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=900
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_npz_float_twin_quick_mode_trains_both_encodings_on_the_same_pixels(tmp_path):
   out = tmp_path / "twin.json"
-  _run_quick("benchmarks/npz_float_twin.py", out)
+  _run_script(["benchmarks/npz_float_twin.py", "--quick", f"--output={out}"], timeout=900)
   payload = json.loads(out.read_text())
   assert payload["max_pixel_difference"] == 0 and set(payload["runs"]) == {"uint8", "float01"}
   assert any("scaled by 255" in note for note in payload["runs"]["float01"]["data_notes"])
@@ -271,7 +200,7 @@ def test_npz_float_twin_quick_mode_trains_both_encodings_on_the_same_pixels(tmp_
 @pytest.mark.slow
 def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
   out = tmp_path / "profile.json"
-  _run_quick("benchmarks/epoch_profile.py", out)
+  _run_script(["benchmarks/epoch_profile.py", "--quick", f"--output={out}"], timeout=900)
   rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
   assert set(rows) == {"vit_scratch", "cnn_scratch"}
   assert rows["vit_scratch"]["compute_thread_s"]["matrix products"] > 0

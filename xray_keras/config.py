@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from xray_keras import models
 from xray_keras.data.loader import DataConfig
 
 
@@ -59,3 +60,8 @@ class RunConfig:
   report: bool = True
   calibrate: bool = False  # fit a temperature on validation (calibration.json)
   tta: int = 1  # test-time views at evaluation (1: none)
+
+  def model_input(self):
+    """`(spec, image size, channels)` of the run's model; `--image_size=0` means the model's default."""
+    spec = models.get_spec(self.model.name)
+    return spec, self.data.image_size or spec.default_image_size, self.data.channels

@@ -55,7 +55,7 @@ def find_root(data_dir):
       except OSError:
         continue
       for entry in entries:
-        if entry.name in _JUNK_DIRS or entry.name.startswith("."):
+        if is_junk_folder(entry.name):
           continue
         if entry.is_dir(follow_symlinks=False):
           next_frontier.append(entry.path)
@@ -63,6 +63,11 @@ def find_root(data_dir):
   if not any(os.scandir(data_dir)):
     raise DataError(f"Data directory {data_dir!r} is empty. {DATASET_HELP}")
   raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
+
+
+def is_junk_folder(name):
+  """A hidden folder or the archive's `__MACOSX/`: never holds images to read."""
+  return name in _JUNK_DIRS or name.startswith(".")
 
 
 def junk_reason(name):

@@ -124,7 +124,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
   trainer.set_precision_and_seeds(config.train)
-  spec, size, _ = trainer.resolve_input(config)
+  spec, size, _ = config.model_input()
   classes = trainer.num_classes(config)
   weights_name = models.default_weights(spec, config.model.weights)
   model = trainer.build_model(config)

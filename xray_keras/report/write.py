@@ -292,6 +292,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
     writer.writeheader()
     writer.writerows(flat)
 
+  validation = validation_words(runs)
   md = ["# Study report" if len(runs) > 1 else f"# Run report: {runs[0].display_name}", ""]
   if any(r["synthetic"] for r in rows):
     md += ["**SYNTHETIC DATA: these numbers say nothing about chest X-rays.**", ""]
@@ -340,7 +341,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
     "",
     "## Validation versus test",
     "",
-    f"The same model on the validation split (used for model choice; {validation_words(runs)}) and on the "
+    f"The same model on the validation split (used for model choice; {validation}) and on the "
     "test split, threshold 0.5. A large drop means the test images differ from the training "
     "distribution, and that validation scores overstate what the model does on new images.",
     "",
@@ -425,7 +426,7 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
     "## Data",
     "",
     f"Source: {data.get('source', '-')} ({data.get('name', '-')}); skipped files: "
-    f"{data.get('skipped_files', 0)}; validation {validation_words(runs)}.",
+    f"{data.get('skipped_files', 0)}; validation {validation}.",
     "",
     _table(
       ["split", "NORMAL", "PNEUMONIA", "total"],

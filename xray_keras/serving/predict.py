@@ -29,7 +29,7 @@ def list_inputs(paths):
         for name in sorted(dirnames):
           full = os.path.join(dirpath, name)
           real = os.path.realpath(full)
-          if name.startswith(".") or name == "__MACOSX":
+          if folder.is_junk_folder(name):
             skipped.append(Skipped(full, "hidden or system folder"))
           elif real in listed:
             skipped.append(Skipped(full, "link to a folder already listed (a loop, or the same folder twice)"))

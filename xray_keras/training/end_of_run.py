@@ -26,8 +26,7 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   (`timing_report` plus inference timing and the test bed), then metrics.json (the finished
   marker), the export and the report. Shared by central and federated training.
   """
-  spec = models.get_spec(config.model.name)
-  _, size, _, channels = model.input_shape
+  spec, size, channels = config.model_input()
   classes = len(data.class_names) if len(data.class_names) > 2 else 1
   val_split, test_split = data.splits["val"], data.splits["test"]
 

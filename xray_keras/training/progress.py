@@ -50,7 +50,7 @@ def study_eta(study, left):
 
 
 def study_context():
-  """`{"index", "count", "name"}` of the study that runs this process, or None."""
+  """`{"index", "count", "name", "later_s", "later_untimed"}` of the study running this process, or None."""
   text = os.environ.get(STUDY_ENV)
   if not text:
     return None

@@ -79,13 +79,6 @@ def resolve_jit(setting):
   return setting == "true"
 
 
-def resolve_input(config):
-  """Fills the model's default image size when `--image_size` is 0."""
-  spec = models.get_spec(config.model.name)
-  size = config.data.image_size or spec.default_image_size
-  return spec, size, config.data.channels
-
-
 def num_classes(config):
   """Output units: 1 (sigmoid, PNEUMONIA) or 3 (softmax, NORMAL / BACTERIA / VIRUS)."""
   return 3 if config.data.task == "three_class" else 1
@@ -93,7 +86,7 @@ def num_classes(config):
 
 def build_model(config, weights=None):
   """The run's model at its input size; `weights` overrides `--weights`."""
-  _, size, channels = resolve_input(config)
+  _, size, channels = config.model_input()
   return models.build_model(
     config.model.name,
     (size, size, channels),
@@ -331,7 +324,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
   set_precision_and_seeds(config.train)
-  spec, size, channels = resolve_input(config)
+  spec, size, channels = config.model_input()
   classes = num_classes(config)
 
   # === Model ===
