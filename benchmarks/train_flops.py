@@ -47,7 +47,28 @@ def matmul_flops(stablehlo):
   return total
 
 
-def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
+def _dims(line, name):
+  found = re.search(name + r" = \[([\d, ]*)\] x \[([\d, ]*)\]", line)
+  if not found:
+    return [], []
+  return ([int(d) for d in side.split(",") if d.strip()] for side in found.groups())
+
+
+def dots(stablehlo):
+  """Every dot_general of a lowered program: lhs and rhs shapes, batching and contracting dims."""
+  found = []
+  for line in stablehlo.splitlines():
+    types = _TYPES.search(line) if "stablehlo.dot_general" in line else None
+    if not types:
+      continue
+    lhs, rhs, _ = (_shape(t) for t in types.groups())
+    (lhs_batch, rhs_batch), (lhs_contract, rhs_contract) = _dims(line, "batching_dims"), _dims(line, "contracting_dims")
+    found.append({"lhs": lhs, "rhs": rhs, "batch": [lhs_batch, rhs_batch], "contract": [lhs_contract, rhs_contract]})
+  return found
+
+
+def lower_step(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
+  """The jitted training step of a study model, lowered for a (batch_size, image_size) batch."""
   import jax
   import keras
   import numpy as np
@@ -78,7 +99,14 @@ def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
     [v.value for v in model.non_trainable_variables],
     [v.value for v in optimizer.variables],
   )
-  lowered = jax.jit(step).lower(*state, x, y)
+  return jax.jit(step).lower(*state, x, y), model
+
+
+def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
+  import jax
+  import numpy as np
+
+  lowered, model = lower_step(model_name, image_size, batch_size, patch_size, unfreeze)
   analysis = lowered.compile().cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
@@ -103,8 +131,13 @@ def main():
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--patch_size", type=int, default=0)
   parser.add_argument("--unfreeze", default="all")
+  parser.add_argument("--dots", action="store_true", help="print the step's matrix products instead of the counts")
   args = parser.parse_args()
-  print(json.dumps(count(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze)))
+  if args.dots:
+    lowered, _ = lower_step(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze)
+    print(json.dumps({"dots": dots(lowered.as_text()), "matmul_flops": matmul_flops(lowered.as_text())}))
+  else:
+    print(json.dumps(count(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze)))
 
 
 if __name__ == "__main__":

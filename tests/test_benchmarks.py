@@ -209,6 +209,43 @@ def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
     assert 0 < row["in_compiled_step_s"] <= row["wall_s"]
 
 
+@pytest.mark.slow
+def test_matmul_ceiling_quick_mode_times_every_product_of_the_step(tmp_path):
+  pytest.importorskip("jax")
+  out = tmp_path / "ceiling.json"
+  _run_script(["benchmarks/matmul_ceiling.py", "--quick", f"--output={out}"], timeout=900)
+  payload = json.loads(out.read_text())
+  products, ceiling = payload["products"], payload["ceiling"]
+  assert sum(p["count_in_step"] for p in products) == 75  # 4 blocks x 18 products, and the head's 3
+  # all that is not a product is the patch embedding: its convolution and its weight gradient
+  batch, patches = payload["batch_size"], (32 // 8) ** 2
+  assert ceiling["convolution_flops_at_peak"] == batch * 2 * 2 * patches * 8 * 8 * 56
+  assert all(p["seconds"] > 0 for p in products) and 0 < ceiling["fraction_of_peak"] < 1
+  assert ceiling["step_in_memory_images_per_s"] > 0
+
+
+def test_matmul_ceiling_einsum_computes_the_same_product_as_the_dot_general():
+  jax = pytest.importorskip("jax")
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import matmul_ceiling
+
+  rng = np.random.default_rng(0)
+  cases = [  # (lhs, rhs, batching dims, contracting dims), as ViT_scratch's step has them
+    ([6, 5, 4], [4, 3], [[], []], [[2], [0]]),
+    ([6, 5, 4], [6, 5, 3], [[], []], [[0, 1], [0, 1]]),
+    ([6, 5, 4], [3, 4], [[], []], [[2], [1]]),
+    ([2, 3, 4, 5], [2, 5, 3, 4], [[0, 1], [0, 2]], [[2], [3]]),
+    ([2, 3, 5, 5], [2, 5, 3, 4], [[0, 1], [0, 2]], [[3], [1]]),
+  ]
+  for lhs, rhs, batch, contract in cases:
+    a, b = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
+    expected = jax.lax.dot_general(a, b, (tuple(map(tuple, contract)), tuple(map(tuple, batch))))
+    dot = {"lhs": lhs, "rhs": rhs, "batch": batch, "contract": contract}
+    got = np.einsum(matmul_ceiling.einsum_equation(dot), a, b)
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert matmul_ceiling.dot_flops(dot) == 2 * got.size * int(np.prod([lhs[i] for i in contract[0]]))
+
+
 def test_trace_self_time_subtracts_nested_events():
   import types
 
