@@ -1,7 +1,8 @@
 """Decode image bytes into fixed-size uint8 arrays (NumPy and Pillow only: no TensorFlow, no Keras).
 
 Handles what real folders hold: grayscale, RGB, RGBA, palette, CMYK, 16-bit and
-EXIF-rotated images (JPEG APP1 or PNG eXIf; not XMP alone), any size. Undecodable input raises `DecodeError` with a
+EXIF-rotated images (JPEG APP1 or PNG eXIf; not XMP alone), any size, and DICOM radiographs
+(`dicom.py`, with the optional pydicom). Undecodable input raises `DecodeError` with a
 one-line reason, which callers turn into a logged skip.
 
 The square fit (`fit_square`) uses integer crop/pad arithmetic and `resize.resize`
@@ -16,11 +17,11 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xray_keras.data import resize
+from xray_keras.data import dicom, resize
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 5
+DECODER_VERSION = 6
 # JPEG draft mode (libjpeg DCT scaling) decodes large JPEGs at 1/2, 1/4 or 1/8 size, keeping at
 # least DRAFT_MARGIN times the target size so the final antialiased resize still averages. On
 # 1,000-2,400 px X-rays resized to 64-224 px, pixels differ from a full decode by 0.2 grey levels
@@ -155,6 +156,15 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
     raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
   if not data:
     raise DecodeError("empty file")
+  if dicom.is_dicom(data):
+    try:
+      array = dicom.read_pixels(data, MAX_PIXELS)
+    except dicom.DicomError as e:
+      raise DecodeError(str(e)) from None
+    mode = "L" if array.ndim == 2 else "RGB"
+    array = np.asarray(_to_mode(Image.fromarray(array, mode), channels), dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return fit_square(array, size, resize_mode) if size else array
   image_format = None
   try:
     with warnings.catch_warnings():
@@ -177,7 +187,7 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise DecodeError(f"image too large: {e}") from None
   except UnidentifiedImageError:
-    raise DecodeError("not an image format the decoder reads (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)") from None
+    raise DecodeError("not an image format the decoder reads (JPEG, PNG, GIF, BMP, TIFF, WebP, DICOM, ...)") from None
   except Exception as e:  # Pillow raises many types for corrupt input.
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "truncated" in reason.lower():

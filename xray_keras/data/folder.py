@@ -11,11 +11,12 @@ import stat
 
 from absl import logging
 
-from xray_keras.data import patients
+from xray_keras.data import dicom, patients
 from xray_keras.data.records import CLASS_NAMES, Record, Skipped
 from xray_keras.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+_PICTURE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+IMAGE_EXTENSIONS = _PICTURE_EXTENSIONS + dicom.EXTENSIONS
 _JUNK_DIRS = ("__MACOSX",)
 _MAX_DEPTH = 4
 
@@ -70,15 +71,37 @@ def is_junk_folder(name):
   return name in _JUNK_DIRS or name.startswith(".")
 
 
-def junk_reason(name):
-  """Why a file name is not an image to read, or None."""
+def junk_reason(name, path=None):
+  """Why a file is not an image to read, or None. A file named without an extension (as PACS exports
+  name DICOM files) is read when `path` starts with the DICOM prefix."""
   if name.startswith("._"):
     return "AppleDouble metadata file (not an image)"
   if name.startswith("."):
     return "hidden file"
-  if not name.lower().endswith(IMAGE_EXTENSIONS):
-    return "not an image file extension"
-  return None
+  if name.upper() == "DICOMDIR":
+    return "DICOMDIR index of a DICOM export (not an image)"
+  if name.lower().endswith(IMAGE_EXTENSIONS):
+    return None
+  if path and not os.path.splitext(name)[1] and _starts_as_dicom(path):
+    return None
+  return "not an image file extension"
+
+
+def _starts_as_dicom(path):
+  try:
+    with open(path, "rb") as f:
+      return dicom.is_dicom(f.read(132))
+  except OSError:
+    return False
+
+
+def patient_of(path, name, salt_dir):
+  """A DICOM file's salted PatientID hash where it has one, else the id in a Kermany file name."""
+  if salt_dir and not name.lower().endswith(_PICTURE_EXTENSIONS):
+    key = dicom.patient_key(path, salt_dir)
+    if key:
+      return key
+  return patients.patient_id(name)
 
 
 def file_problem(path):
@@ -94,8 +117,10 @@ def file_problem(path):
   return None
 
 
-def list_records(data_dir):
+def list_records(data_dir, salt_dir=None):
   """Lists the labelled images of every split under the dataset root.
+
+  DICOM files are grouped by a salted hash of their PatientID (the salt kept in `salt_dir`).
 
   Returns:
     (root, records, skipped): the resolved root, a list of `Record` sorted by
@@ -115,7 +140,7 @@ def list_records(data_dir):
         rel = os.path.join(split, class_name, entry.name)
         if entry.is_dir(follow_symlinks=False):
           continue
-        reason = junk_reason(entry.name) or file_problem(entry.path)
+        reason = junk_reason(entry.name, entry.path) or file_problem(entry.path)
         if reason:
           skipped.append(Skipped(rel, reason))
           continue
@@ -124,7 +149,7 @@ def list_records(data_dir):
             path=rel,
             label=label,
             split="official_val" if split == "val" else split,
-            patient=patients.patient_id(entry.name),
+            patient=patient_of(entry.path, entry.name, salt_dir),
           )
         )
   if not any(r.split == "train" for r in records):

@@ -194,9 +194,9 @@ def _by_split(images, records):
 
 
 def _load_folder(config):
-  root, records, skipped = folder.list_records(config.data_dir)
-  records = select(records, config)
   cache_dir = config.cache_dir or cache.default_cache_dir()
+  root, records, skipped = folder.list_records(config.data_dir, salt_dir=cache_dir)
+  records = select(records, config)
   images, kept, bad, digests = cache.load_or_decode(
     root,
     [r.path for r in records],

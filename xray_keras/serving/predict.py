@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from xray_keras.data import decode, folder, preprocess
+from xray_keras.data import decode, dicom, folder, preprocess
 from xray_keras.data.records import CLASS_NAMES, Skipped
 from xray_keras.errors import UserError
 
@@ -39,7 +39,7 @@ def list_inputs(paths):
         dirnames[:] = kept
         for name in sorted(names):
           full = os.path.join(dirpath, name)
-          reason = folder.junk_reason(name) or folder.file_problem(full)
+          reason = folder.junk_reason(name, full) or folder.file_problem(full)
           (skipped.append(Skipped(full, reason)) if reason else files.append(full))
     elif os.path.lexists(path):
       reason = folder.file_problem(path)  # a named pipe would block the read for ever
@@ -92,10 +92,12 @@ class SavedModelPredictor:
         raise FileNotFoundError(f"No SavedModel (saved_model.pb or a numbered version folder) in {path}")
       path = os.path.join(path, str(max(versions)))
     self._tf = tf
-    self._signature = tf.saved_model.load(path).signatures["serving_default"]
+    signatures = tf.saved_model.load(path).signatures
+    self._signature, self._pixels_signature = signatures["serving_default"], signatures.get("serving_pixels")
     card = os.path.join(path, "assets.extra", "model_card.json")
     with open(card) as f:
       card = json.load(f)
+    self._input = card.get("input", {})
     self.threshold = card["decision_threshold"]
     points = card.get("operating_points") or {}
     if operating_point != "youden":
@@ -107,11 +109,22 @@ class SavedModelPredictor:
       self.threshold = points[operating_point]["threshold"]
 
   def __call__(self, data):
+    if dicom.is_dicom(data):
+      return self._from_pixels(data)
     try:
       with _quiet_decoder():
         out = self._signature(images=self._tf.constant([data]))
     except self._tf.errors.InvalidArgumentError as e:
       raise decode.DecodeError(f"refused by the model ({_reason(e.message)})") from None
+    return float(out["pneumonia_probability"].numpy()[0])
+
+  def _from_pixels(self, data):
+    """DICOM, which the serving graph does not decode: the package's decoder, then `serving_pixels`."""
+    if self._pixels_signature is None or "image_size" not in self._input:
+      raise decode.DecodeError("a DICOM file, and this export has no serving_pixels signature to take its pixels")
+    size, channels = self._input["image_size"], self._input["channels"]
+    pixels = decode.decode_image(data, size, channels, self._input.get("resize_mode", "squash"))
+    out = self._pixels_signature(pixels=self._tf.constant(pixels[None], self._tf.float32))
     return float(out["pneumonia_probability"].numpy()[0])
 
 
