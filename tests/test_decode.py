@@ -74,7 +74,10 @@ def test_exif_rotation_is_applied():
   "data, reason",
   [
     (b"", "empty"),
-    (b"not an image at all", r"^not an image format the decoder reads \(JPEG, PNG, GIF, BMP, TIFF, WebP, DICOM, ...\)$"),
+    (
+      b"not an image at all",
+      r"^not an image format the decoder reads \(JPEG, PNG, GIF, BMP, TIFF, WebP, DICOM, ...\)$",
+    ),
     (None, "^truncated (JPEG|image) file$"),
   ],
 )
