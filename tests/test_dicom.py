@@ -255,6 +255,19 @@ def test_a_run_on_dicom_files_trains_predicts_exports_and_writes_no_patient_data
   assert "Classified 16 images, skipped 3" in result.stderr
   lines = predictions.read_text().splitlines()
   assert len(lines) == 1 + 16  # the header and every radiograph; the CT slice, DICOMDIR and notes skipped
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "xray_keras.evaluate",
+      f"--model={run_dir}",
+      f"--data_dir={tree}",
+      f"--cache_dir={cache_dir}",
+    ],
+    **common,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "8 images: ROC-AUC" in result.stderr and (run_dir / "external" / "pacs" / "report.html").is_file()
   assert _files_holding([run_dir, export_dir, cache_dir, predictions], dicom_files.PHI) == {}
   # the check can fail: the DICOM files themselves hold every planted value
   assert set().union(*_files_holding([tree], dicom_files.PHI).values()) == set(dicom_files.PHI)

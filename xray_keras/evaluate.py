@@ -1,6 +1,12 @@
-"""Add calibration and test-time augmentation to a finished run, without training it again.
+"""Score a finished run on another labelled set, or add calibration and TTA to it, without training.
 
+  python -m xray_keras.evaluate --model=runs/vit_scratch --data_dir=site/labels.csv
   python -m xray_keras.evaluate --run_dir=runs/study/cnn_scratch --calibrate --tta=8
+
+`--model` (a run folder or its model.keras) with `--data_dir` (a folder, labels.csv, an npz,
+`kaggle`, or nothing for the built-in images) is external validation: the model's temperature and
+validation-chosen operating points applied unchanged to the set's test images (every row of a
+label list without a split column), written to <run>/external/<name>/ (or --output_dir).
 
 `--calibrate` fits the temperature on the run's validation predictions (calibration.json);
 `--tta=N` reloads the run's model and its val/test images (the run's own data flags) and writes
@@ -18,7 +24,17 @@ from absl import app, flags, logging
 from xray_keras import path_flags
 from xray_keras.errors import UserError
 
-_RUN_DIR = path_flags.DEFINE_path("run_dir", None, "A finished run directory.", required=True)
+_RUN_DIR = path_flags.DEFINE_path("run_dir", "", "A finished run directory (--calibrate, --tta).")
+_MODEL = path_flags.DEFINE_path("model", "", "External validation: a finished run folder or its model.keras.")
+_DATA_DIR = path_flags.DEFINE_path(
+  "data_dir", "", "External validation: a folder, labels.csv, an npz or kaggle; empty: the built-in images."
+)
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "External validation: the split scored.")
+_NAME = flags.DEFINE_string("name", "", "External validation: the output folder's name; empty: from --data_dir.")
+_OUTPUT_DIR = path_flags.DEFINE_path(
+  "output_dir", "", "External validation: where to write; empty: <run>/external/<name>."
+)
+_CACHE_DIR = path_flags.DEFINE_path("cache_dir", "", "Decoded-image cache; empty: the default.")
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "Fit temperature scaling on the run's validation predictions.")
 _TTA = flags.DEFINE_integer(
   "tta",
@@ -32,35 +48,12 @@ _BATCH_SIZE = flags.DEFINE_integer(
 )
 
 
-def data_config(values):
-  """The run's `DataConfig` from its flags.txt values (`run_dir.read_flags`)."""
-  from xray_keras.data.loader import DataConfig
-
-  kwargs = {}
-  for field in dataclasses.fields(DataConfig):
-    name = {"source": "data_source"}.get(field.name, field.name)
-    if name not in values:
-      continue
-    value = values[name]
-    if field.type is bool or field.type == "bool":
-      kwargs[field.name] = value == "true"
-    elif field.type in (int, "int"):
-      kwargs[field.name] = int(value)
-    elif field.type in (float, "float"):
-      kwargs[field.name] = float(value)
-    elif field.type in (tuple, "tuple"):
-      kwargs[field.name] = tuple(v for v in value.split(",") if v)
-    else:
-      kwargs[field.name] = value
-  return DataConfig(**kwargs)
-
-
 def add_tta(run_dir, views, seed=0, batch_size=0):
   """Reloads the run's model and val/test images and writes its TTA predictions."""
   from xray_keras import models
   from xray_keras.data import loader
   from xray_keras.data.records import printable
-  from xray_keras.evaluation import clinical
+  from xray_keras.evaluation import clinical, external
   from xray_keras.training.run_dir import read_flags
 
   values = read_flags(os.path.join(run_dir, "flags.txt"))
@@ -69,7 +62,7 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
     raise UserError(f"{run_dir} was trained without --augment: no training augmentations to take views with.")
   with open(os.path.join(run_dir, "metrics.json")) as f:
     size = json.load(f)["model"]["input_shape"][0]
-  data = loader.load(dataclasses.replace(data_config(values), image_size=size))
+  data = loader.load(dataclasses.replace(external.data_config(values), image_size=size))
   saved = clinical.read_predictions(run_dir)
   splits = {}
   for split in ("val", "test"):
@@ -91,6 +84,28 @@ def main(argv):
   from xray_keras.evaluation import clinical
 
   run_dir = _RUN_DIR.value
+  if not (run_dir or _MODEL.value):
+    raise app.UsageError("Pass --model (and --data_dir) to score a run on another set, or --run_dir.")
+  if _MODEL.value:
+    try:
+      from xray_keras.evaluation import external
+
+      folder, result = external.validate(
+        _MODEL.value, _DATA_DIR.value, _SPLIT.value, _NAME.value, _OUTPUT_DIR.value, _CACHE_DIR.value
+      )
+    except UserError as e:
+      sys.exit(f"error: {e}")
+    at = result["at_0.5"]
+    logging.info(
+      "%d images: ROC-AUC %.3f [%.3f, %.3f], accuracy %.3f at 0.5 (own test ROC-AUC %s). Report: %s",
+      at["n"],
+      at["auc"],
+      *at["ci95"].get("auc", (float("nan"), float("nan"))),
+      at["accuracy"],
+      result["own_test"].get("auc"),
+      os.path.join(folder, "report.html"),
+    )
+    return
   try:
     if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
       raise UserError(f"{run_dir} is not a finished run (no metrics.json).")

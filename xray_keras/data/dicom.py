@@ -160,6 +160,9 @@ def patient_key(path, cache_dir):
   except Exception:
     return None
   patient = str(ds.get("PatientID", "") or "").strip()
-  if not patient:
-    return None
-  return "dicom:" + hashlib.sha256(_salt(cache_dir) + patient.encode("utf-8")).hexdigest()[:16]
+  return hashed_patient("dicom:", patient, cache_dir) if patient else None
+
+
+def hashed_patient(prefix, patient, cache_dir):
+  """`prefix` and 16 hex digits of the salted SHA-256 of a patient id."""
+  return prefix + hashlib.sha256(_salt(cache_dir) + patient.encode("utf-8")).hexdigest()[:16]

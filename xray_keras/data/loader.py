@@ -13,11 +13,11 @@ import os
 import numpy as np
 from absl import logging
 
-from xray_keras.data import builtin, cache, decode, download, folder, patients, preprocess, synthetic
+from xray_keras.data import builtin, cache, decode, download, folder, label_list, patients, preprocess, synthetic
 from xray_keras.data.folder import DataError
 from xray_keras.data.records import CLASS_NAMES, SPLITS, VALIDATION, Record, Skipped, printable
 
-SOURCES = ("auto", "builtin", "folder", "npz", "tfds", "synthetic")
+SOURCES = ("auto", "builtin", "folder", "csv", "npz", "tfds", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +90,16 @@ def resolve_source(config):
     return "builtin"
   if config.data_dir.endswith(".npz"):
     return "npz"
+  if label_list.is_label_list(config.data_dir):
+    return "csv"
   return "folder"
 
 
-def load(config):
-  """Loads the configured source. Raises `DataError` with a one-line reason."""
+def load(config, need=("train", "test")):
+  """Loads the configured source. Raises `DataError` with a one-line reason (also when a split in
+  `need` is empty)."""
   source = resolve_source(config)
-  if source in ("folder", "npz", "tfds") and not config.data_dir:
+  if source in ("folder", "csv", "npz", "tfds") and not config.data_dir:
     raise DataError(f"--data_source={source} needs --data_dir. {folder.DATASET_HELP}")
   if source == "folder" and config.data_dir in download.SOURCES:
     fetched = download.fetch(config.data_dir, config.cache_dir or cache.default_cache_dir(), config.mendeley_url)
@@ -104,6 +107,7 @@ def load(config):
   loader = {
     "builtin": _load_builtin,
     "folder": _load_folder,
+    "csv": _load_label_list,
     "npz": _load_npz,
     "tfds": _load_tfds,
     "synthetic": _load_synthetic,
@@ -116,9 +120,10 @@ def load(config):
     for arrays in data.splits.values():
       arrays.images = preprocess.apply(arrays.images, steps)
     data.notes.append(f"Preprocessing (--preprocess): {', '.join(config.preprocess)}.")
-  for split in ("train", "test"):
+  for split in need:
     if not len(data.splits[split].labels):
-      raise DataError(f"The {split} split is empty after loading {data.name}.")
+      hint = " (a label list without a split column holds test images only)" if source == "csv" else ""
+      raise DataError(f"The {split} split is empty after loading {data.name}{hint}.")
   counts = data.counts()
   tag = "SYNTHETIC data" if data.synthetic else f"data from {data.name}"
   for split in SPLITS:
@@ -193,10 +198,15 @@ def _by_split(images, records):
   return splits
 
 
-def _load_folder(config):
+def _load_label_list(config):
+  return _load_folder(config, label_list.list_records, "csv")
+
+
+def _load_folder(config, lister=folder.list_records, source="folder"):
   cache_dir = config.cache_dir or cache.default_cache_dir()
-  root, records, skipped = folder.list_records(config.data_dir, salt_dir=cache_dir)
-  records = select(records, config)
+  root, records, skipped = lister(config.data_dir, salt_dir=cache_dir)
+  own_val = any(r.split == "val" for r in records)
+  records = select(records, config) if any(r.split == "train" for r in records) else records
   images, kept, bad, digests = cache.load_or_decode(
     root,
     [r.path for r in records],
@@ -208,11 +218,12 @@ def _load_folder(config):
   by_path = {r.path: r for r in records}
   kept_records = [by_path[p] for p in kept]
   data = StudyData(
-    source="folder",
+    source=source,
     synthetic=False,
-    name=os.path.basename(os.path.normpath(root)),
+    name=os.path.basename(config.data_dir) if source == "csv" else os.path.basename(os.path.normpath(root)),
     splits=_by_split(images, kept_records),
     skipped=skipped + bad,
+    validation="file" if own_val else "patient",
   )
   _note_duplicates(data, kept_records, digests)
   _note_patient_overlap(data, kept_records)

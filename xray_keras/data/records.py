@@ -28,13 +28,15 @@ class Record:
     path: str. Relative path under the data root (or a synthetic/npz id).
     label: int. 0 = NORMAL, 1 = PNEUMONIA.
     split: str. `train`, `val`, `test`, or `official_val` before merging.
-    patient: str. Patient id parsed from the file name.
+    patient: str. Patient id parsed from the file name (or a salted hash of a DICOM's or a label list's).
+    subtype: str. A label list's `subtype` column; empty where the source has none.
   """
 
   path: str
   label: int
   split: str
   patient: str
+  subtype: str = ""
 
   @property
   def class_name(self):
