@@ -261,3 +261,15 @@ def test_trace_self_time_subtracts_nested_events():
     "other kernels",
     "waiting on the compiled program",
   ]
+
+
+@pytest.mark.slow
+def test_dicom_parity_quick_mode_scores_a_run_on_jpeg_and_dicom_copies(tiny_run, tmp_path):
+  pytest.importorskip("pydicom")
+  out = tmp_path / "dicom_parity.json"
+  _run_script(["benchmarks/dicom_parity.py", "--quick", f"--runs={tiny_run[2]}", f"--output={out}"], timeout=900)
+  payload = json.loads(out.read_text())
+  (row,) = payload["runs"]
+  assert row["images"] == 40 and sum(payload["variants"].values()) == 40 and len(payload["variants"]) == 9
+  assert abs(row["auc_difference"]) < 0.02 and row["label_agreement_at_0.5"] >= 0.9
+  assert all(r["images_per_s"] > 0 for r in payload["decode_2048px_to_224px"].values())
