@@ -100,7 +100,8 @@ def peak_gflops(size=4096, repeats=5):
   return 2 * size**3 / best / 1e9
 
 
-def count_flops(model, size, batch, patch, unfreeze):
+def count_flops(model, size, batch, patch, unfreeze="all", dots=False):
+  """`train_flops.py`'s JSON for the model's train step (its matrix products instead with `dots`)."""
   args = [
     sys.executable,
     os.path.join(HERE, "train_flops.py"),
@@ -109,6 +110,7 @@ def count_flops(model, size, batch, patch, unfreeze):
     f"--batch_size={batch}",
     f"--patch_size={patch}",
     f"--unfreeze={unfreeze}",
+    *(["--dots"] if dots else []),
   ]
   result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "jax"}, cwd=REPO)
   if result.returncode:

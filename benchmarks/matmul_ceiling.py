@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import string
-import subprocess
 import sys
 import time
 
@@ -26,25 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import cpu_roofline  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PAIRS = 8
-
-
-def step_dots(model, size, batch, patch):
-  args = [
-    sys.executable,
-    os.path.join(HERE, "train_flops.py"),
-    f"--model={model}",
-    f"--image_size={size}",
-    f"--batch_size={batch}",
-    f"--patch_size={patch}",
-    "--dots",
-  ]
-  env = {**os.environ, "KERAS_BACKEND": "jax"}
-  result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=common.REPO)
-  if result.returncode:
-    raise RuntimeError(f"train_flops.py --dots failed:\n{result.stderr[-3000:]}")
-  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def einsum_equation(dot):
@@ -113,7 +94,7 @@ def main():
   batch = int(cfg.get("batch_size", 32))
   patch = int(cfg.get("patch_size", 0))
   repeats = 2 if flags.quick else flags.repeats
-  found = step_dots(flags.model, size, batch, patch)
+  found = cpu_roofline.count_flops(flags.model, size, batch, patch, dots=True)
   peak = cpu_roofline.peak_gflops(1024 if flags.quick else 4096, repeats=2 if flags.quick else 5)
   print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
 

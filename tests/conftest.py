@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -93,6 +94,20 @@ def make_tree(root, per_class=6, splits=("train", "val", "test")):
   return root
 
 
+def smoke_run_command(tree, cache_dir, output_dir, *extra):
+  """`python -m xray_keras.run` with experiments/smoke.cfg on `tree`, and `extra` flags."""
+  return [
+    sys.executable,
+    "-m",
+    "xray_keras.run",
+    "--flagfile=experiments/smoke.cfg",
+    f"--data_dir={tree}",
+    f"--cache_dir={cache_dir}",
+    f"--output_dir={output_dir}",
+    *extra,
+  ]
+
+
 @pytest.fixture
 def real_tree(tmp_path):
   """A clean Kermany-layout folder with 6 real images per split and class."""
@@ -135,26 +150,21 @@ def tiny_run(tmp_path_factory):
   --export. Returns `(base, tree, run_dir, export_dir)`; tests copy what they change.
   """
   import subprocess
-  import sys
 
   base = tmp_path_factory.mktemp("tiny_run")
   tree = make_tree(str(base / "chest_xray"), per_class=6)
   run_dir, export_dir = base / "run", base / "saved_models"
   result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "xray_keras.run",
-      "--flagfile=experiments/smoke.cfg",
-      f"--data_dir={tree}",
-      f"--cache_dir={base / 'cache'}",
-      f"--output_dir={run_dir}",
+    smoke_run_command(
+      tree,
+      base / "cache",
+      run_dir,
       "--export",
       f"--export_dir={export_dir}",
       "--image_size=48",
       "--resize_mode=pad",
       "--val_fraction=0.3",
-    ],
+    ),
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests import dicom_files
-from tests.conftest import REPO, _builtin, real_files
+from tests.conftest import REPO, _builtin, real_files, smoke_run_command
 from xray_keras.data import decode, dicom, folder, loader
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -221,18 +221,7 @@ def test_a_run_on_dicom_files_trains_predicts_exports_and_writes_no_patient_data
   run_dir, export_dir, cache_dir = tmp_path / "run", tmp_path / "saved_models", tmp_path / "cache"
   common = dict(cwd=REPO, capture_output=True, text=True, timeout=600)
   result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "xray_keras.run",
-      "--flagfile=experiments/smoke.cfg",
-      f"--data_dir={tree}",
-      f"--cache_dir={cache_dir}",
-      f"--output_dir={run_dir}",
-      "--export",
-      f"--export_dir={export_dir}",
-      "--val_fraction=0.5",
-    ],
+    smoke_run_command(tree, cache_dir, run_dir, "--export", f"--export_dir={export_dir}", "--val_fraction=0.5"),
     **common,
   )
   assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, make_tree
+from tests.conftest import REPO, make_tree, smoke_run_command
 from xray_keras import atomic
 from xray_keras.data import cache, folder
 
@@ -161,16 +161,7 @@ def test_a_failing_write_is_one_clear_error_and_earlier_runs_stay_intact(finishe
   base, tree, run_dir = finished_run
   before = {p: (run_dir / p).read_bytes() for p in ("metrics.json", "model.keras", "history.csv")}
   result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "xray_keras.run",
-      "--flagfile=experiments/smoke.cfg",
-      f"--data_dir={tree}",
-      f"--cache_dir={base / 'cache'}",
-      f"--output_dir={base / 'full_disk'}",
-      "--val_fraction=0.3",
-    ],
+    smoke_run_command(tree, base / "cache", base / "full_disk", "--val_fraction=0.3"),
     cwd=REPO,
     capture_output=True,
     text=True,

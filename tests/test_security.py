@@ -9,7 +9,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, SHARED_DATA, make_tree, real_files, real_jpeg, real_path
+from tests.conftest import REPO, SHARED_DATA, make_tree, real_files, real_jpeg, real_path, smoke_run_command
 from tests.test_bad_inputs import jpeg_bomb, png_bomb
 from xray_keras import models
 from xray_keras.serving import graph
@@ -72,19 +72,15 @@ def exported(tmp_path_factory):
   initial = base / "initial.weights.h5"  # a local weights path, which outputs must not reveal
   models.build_model("vit_scratch", (32, 32, 1), patch_size=8).save_weights(str(initial))
   result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "xray_keras.run",
-      "--flagfile=experiments/smoke.cfg",
-      f"--data_dir={tree}",
-      f"--cache_dir={base / 'cache'}",
-      f"--output_dir={run_dir}",
+    smoke_run_command(
+      tree,
+      base / "cache",
+      run_dir,
       "--export",
       f"--export_dir={export_dir}",
       "--val_fraction=0.3",
       f"--weights={initial}",
-    ],
+    ),
     cwd=REPO,
     capture_output=True,
     text=True,

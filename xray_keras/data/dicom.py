@@ -32,6 +32,15 @@ def is_dicom(data):
   return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def file_is_dicom(path):
+  """Whether the file at `path` starts with the DICOM prefix (False where it cannot be read)."""
+  try:
+    with open(path, "rb") as f:
+      return is_dicom(f.read(132))
+  except OSError:
+    return False
+
+
 def _pydicom():
   try:
     import pydicom
@@ -79,9 +88,9 @@ def _window_to_8bit(values, center, width, function):
     return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
   if function == "LINEAR_EXACT":
     return np.clip((values - (center - width / 2)) / width, 0, 1) * 255.0
-  width = max(width, 1.0)  # LINEAR: PS3.3 C.11.2.1.2.1
-  scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-  return np.clip(np.where(width == 1, np.where(values > center - 0.5, 255.0, 0.0), scaled), 0, 255)
+  if width <= 1:  # LINEAR: PS3.3 C.11.2.1.2.1
+    return np.where(values > center - 0.5, 255.0, 0.0)
+  return np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0, 0, 255)
 
 
 def _first(value):
@@ -152,9 +161,8 @@ def _salt(cache_dir):
 
 def patient_key(path, cache_dir):
   """`dicom:` and a salted hash of the file's PatientID, or None (no id, or not DICOM)."""
-  with open(path, "rb") as f:
-    if not is_dicom(f.read(132)):
-      return None
+  if not file_is_dicom(path):
+    return None
   try:
     ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
   except Exception:

@@ -82,17 +82,9 @@ def junk_reason(name, path=None):
     return "DICOMDIR index of a DICOM export (not an image)"
   if name.lower().endswith(IMAGE_EXTENSIONS):
     return None
-  if path and not os.path.splitext(name)[1] and _starts_as_dicom(path):
+  if path and not os.path.splitext(name)[1] and dicom.file_is_dicom(path):
     return None
   return "not an image file extension"
-
-
-def _starts_as_dicom(path):
-  try:
-    with open(path, "rb") as f:
-      return dicom.is_dicom(f.read(132))
-  except OSError:
-    return False
 
 
 def patient_of(path, name, salt_dir):

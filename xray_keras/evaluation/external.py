@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from xray_keras.data import patients
+from xray_keras.data.records import printable
 from xray_keras.errors import UserError
 from xray_keras.evaluation import calibration, clinical, metrics, operating_points, statistics
 
@@ -105,8 +106,6 @@ def score(run_dir, data, split, batch_size):
   temperature = clinical.temperature(run_dir)
   if temperature:
     probabilities = calibration.apply_temperature(probabilities, temperature)
-  from xray_keras.data.records import printable
-
   files = [printable(r.path) for r in arrays.records]
   return Scored(files, (arrays.labels > 0).astype(int), np.asarray(probabilities, np.float64), list(arrays.records))
 
