@@ -95,13 +95,11 @@ def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
 def test_backend_epoch_time_quick_mode(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "epoch.json"
-  _run_script(["benchmarks/backend_epoch_time.py", "--quick", f"--output={out}"], timeout=900)
+  # The two ends (the baseline, and JAX with the device feeder); each config is a training process.
+  _run_script(["benchmarks/backend_epoch_time.py", "--quick", "--configs=0,4", f"--output={out}"], timeout=900)
   rows = json.loads(out.read_text())["rows"]
   assert [(r["backend"], r["jit_compile"], r["feeder"]) for r in rows] == [
     ("tensorflow", False, "host"),
-    ("tensorflow", True, "host"),
-    ("jax", False, "host"),
-    ("jax", True, "host"),
     ("jax", True, "device"),
   ]
   assert rows[0]["ratio_vs_first"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)

@@ -61,3 +61,17 @@ def test_missing_and_empty_dirs_say_what_was_expected(tmp_path):
   (tmp_path / "other" / "stuff").mkdir(parents=True)
   with pytest.raises(folder.DataError, match="No train/ and test/"):
     folder.find_root(str(tmp_path / "other"))
+
+
+def test_a_folder_with_one_split_is_found_and_a_needed_empty_split_is_named(tmp_path):
+  from xray_keras.data import loader
+
+  site = make_tree(str(tmp_path / "site" / "chest_xray"), per_class=2, splits=("test",))
+  assert folder.find_root(str(tmp_path / "site")) == site
+  config = loader.DataConfig(data_dir=str(tmp_path / "site"), image_size=16, cache_dir=str(tmp_path / "cache"))
+  assert len(loader.load(config, need=("test",)).splits["test"].labels) == 4
+  with pytest.raises(folder.DataError, match="^The train split is empty after loading chest_xray.$"):
+    loader.load(config)
+  full = make_tree(str(tmp_path / "both" / "a" / "b"), per_class=1)
+  make_tree(str(tmp_path / "both" / "a"), per_class=1, splits=("test",))
+  assert folder.find_root(str(tmp_path / "both")) == full  # a complete root deeper wins over a partial one

@@ -56,6 +56,7 @@ class RunConfig:
   train: TrainConfig
   flags_text: str = ""
   export: bool = False
+  export_format: str = "saved_model"
   export_dir: str = "saved_models"
   report: bool = True
   calibrate: bool = False  # fit a temperature on validation (calibration.json)

@@ -3,10 +3,11 @@
   python -m xray_keras.evaluate --model=runs/vit_scratch --data_dir=site/labels.csv
   python -m xray_keras.evaluate --run_dir=runs/study/cnn_scratch --calibrate --tta=8
 
-`--model` (a run folder or its model.keras) with `--data_dir` (a folder, labels.csv, an npz,
-`kaggle`, or nothing for the built-in images) is external validation: the model's temperature and
-validation-chosen operating points applied unchanged to the set's test images (every row of a
-label list without a split column), written to <run>/external/<name>/ (or --output_dir).
+`--model` (a run folder, its model.keras, or an export: SavedModel, ONNX, LiteRT, OpenVINO) with
+`--data_dir` (a folder, labels.csv, an npz, `kaggle`, or nothing for the built-in images) is
+external validation: the model's temperature and validation-chosen operating points applied
+unchanged to the set's test images (every row of a label list without a split column), written
+to <run>/external/<name>/ (an export: ./external/<name>/; or --output_dir).
 
 `--calibrate` fits the temperature on the run's validation predictions (calibration.json);
 `--tta=N` reloads the run's model and its val/test images (the run's own data flags) and writes
@@ -25,14 +26,16 @@ from xray_keras import path_flags
 from xray_keras.errors import UserError
 
 _RUN_DIR = path_flags.DEFINE_path("run_dir", "", "A finished run directory (--calibrate, --tta).")
-_MODEL = path_flags.DEFINE_path("model", "", "External validation: a finished run folder or its model.keras.")
+_MODEL = path_flags.DEFINE_path(
+  "model", "", "External validation: a finished run folder, its model.keras, or an export (any format)."
+)
 _DATA_DIR = path_flags.DEFINE_path(
   "data_dir", "", "External validation: a folder, labels.csv, an npz or kaggle; empty: the built-in images."
 )
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "External validation: the split scored.")
 _NAME = flags.DEFINE_string("name", "", "External validation: the output folder's name; empty: from --data_dir.")
 _OUTPUT_DIR = path_flags.DEFINE_path(
-  "output_dir", "", "External validation: where to write; empty: <run>/external/<name>."
+  "output_dir", "", "External validation: where to write; empty: <run>/external/<name> (an export: ./external/<name>)."
 )
 _CACHE_DIR = path_flags.DEFINE_path("cache_dir", "", "Decoded-image cache; empty: the default.")
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "Fit temperature scaling on the run's validation predictions.")
@@ -97,12 +100,12 @@ def main(argv):
       sys.exit(f"error: {e}")
     at = result["at_0.5"]
     logging.info(
-      "%d images: ROC-AUC %.3f [%.3f, %.3f], accuracy %.3f at 0.5 (own test ROC-AUC %s). Report: %s",
+      "%d images: ROC-AUC %.3f [%.3f, %.3f], accuracy %.3f at 0.5 (own test ROC-AUC %.3f). Report: %s",
       at["n"],
       at["auc"],
       *at["ci95"].get("auc", (float("nan"), float("nan"))),
       at["accuracy"],
-      result["own_test"].get("auc"),
+      result["own_test"].get("auc") or float("nan"),
       os.path.join(folder, "report.html"),
     )
     return

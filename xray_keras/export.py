@@ -1,6 +1,7 @@
-"""Export a finished run as a versioned SavedModel for TF Serving.
+"""Export a finished run: a versioned SavedModel for TF Serving, or ONNX, LiteRT or OpenVINO (float32 or int8).
 
 python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> [--export_dir=saved_models]
+python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> --format=onnx --quantize=int8
 """
 
 import sys
@@ -15,15 +16,24 @@ _RUN_DIR = path_flags.DEFINE_path(
 )
 _EXPORT_DIR = path_flags.DEFINE_path("export_dir", "saved_models", "Base folder: <export_dir>/<model>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string("model_name", "", "Name under export_dir; empty: the run's model name.")
+_FORMAT = flags.DEFINE_enum(
+  "format",
+  "saved_model",
+  ["saved_model", "onnx", "litert", "openvino"],
+  "saved_model (TF Serving, <model>/<version>/) or a file for a runtime without TensorFlow (<model>-<format>/<version>/).",
+)
+_QUANTIZE = flags.DEFINE_enum(
+  "quantize", "", ["", "int8"], "int8: post-training quantization calibrated on the run's validation images."
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from xray_keras.serving import export
+  from xray_keras.serving import formats
 
   try:
-    path = export.export_run(_RUN_DIR.value, _EXPORT_DIR.value, _MODEL_NAME.value or None)
+    path = formats.export(_RUN_DIR.value, _FORMAT.value, _QUANTIZE.value, _EXPORT_DIR.value, _MODEL_NAME.value or None)
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -216,7 +216,13 @@ _TTA = flags.DEFINE_integer(
   "Test-time augmentation: also evaluate the mean of N views (the image and N-1 copies through --augment) into predictions_tta.csv; 1: off.",
   lower_bound=1,
 )
-_EXPORT = flags.DEFINE_bool("export", False, "Export a SavedModel for TF Serving at the end of the run.")
+_EXPORT = flags.DEFINE_bool("export", False, "Export the model at the end of the run (--export_format).")
+_EXPORT_FORMAT = flags.DEFINE_enum(
+  "export_format",
+  "saved_model",
+  ["saved_model", "onnx", "litert", "openvino"],
+  "--export's format: a SavedModel for TF Serving, or a file for ONNX Runtime, LiteRT or OpenVINO (docs/serving.md).",
+)
 _REPORT = flags.DEFINE_bool(
   "report", True, "Write report.md / report.html with figures into the run folder at the end."
 )
@@ -368,6 +374,7 @@ def run_config():
     train=train,
     flags_text=flags_text(),
     export=_EXPORT.value,
+    export_format=_EXPORT_FORMAT.value,
     report=_REPORT.value,
     export_dir=_EXPORT_DIR.value,
     calibrate=_CALIBRATE.value,

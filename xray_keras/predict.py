@@ -16,7 +16,12 @@ from xray_keras import path_flags
 from xray_keras.data import decode
 from xray_keras.errors import UserError
 
-_MODEL = path_flags.DEFINE_path("model", None, "Export base or version folder, or a .keras file.", required=True)
+_MODEL = path_flags.DEFINE_path(
+  "model",
+  None,
+  "An export (base or version folder; a .onnx, .tflite or OpenVINO .xml file beside its model_card.json) or a .keras file.",
+  required=True,
+)
 _OUTPUT = path_flags.DEFINE_path("output", "", "Also write the results as CSV to this file.")
 _FORMAT = flags.DEFINE_enum("format", "tsv", ["tsv", "json"], "Standard output: tab-separated lines or JSON lines.")
 _THRESHOLD = flags.DEFINE_float(

@@ -18,6 +18,7 @@ from xray_keras.errors import UserError
 _PICTURE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 IMAGE_EXTENSIONS = _PICTURE_EXTENSIONS + dicom.EXTENSIONS
 _JUNK_DIRS = ("__MACOSX",)
+SPLITS = ("train", "val", "test")
 _MAX_DEPTH = 4
 
 DATASET_HELP = (
@@ -32,19 +33,35 @@ class DataError(UserError, ValueError):
   """The data given cannot be used; the message says what was expected."""
 
 
-def _is_split_root(path):
+def _is_split_root(path, partial=False):
+  if partial:  # one split is enough: an external site's test/ alone
+    return any(os.path.isdir(os.path.join(path, split, name)) for split in SPLITS for name in CLASS_NAMES)
   return all(os.path.isdir(os.path.join(path, split, name)) for split in ("train", "test") for name in CLASS_NAMES)
 
 
-def find_root(data_dir):
-  """Returns the shallowest folder under `data_dir` holding train/ and test/ splits."""
+def find_root(data_dir, one_split_enough=True):
+  """Returns the shallowest folder under `data_dir` holding train/ and test/ splits, else (if
+  `one_split_enough`) the shallowest holding any one split: the loader then names a needed split
+  that is empty."""
   if not os.path.exists(data_dir):
     raise DataError(f"Data directory {data_dir!r} does not exist. {DATASET_HELP}")
   if not os.path.isdir(data_dir):
     raise DataError(f"--data_dir {data_dir!r} is not a directory. {DATASET_HELP}")
+  root = _search(data_dir, partial=False) or (one_split_enough and _search(data_dir, partial=True))
+  return root or _not_found(data_dir)
+
+
+def _not_found(data_dir):
+  if not any(os.scandir(data_dir)):
+    raise DataError(f"Data directory {data_dir!r} is empty. {DATASET_HELP}")
+  raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
+
+
+def _search(data_dir, partial):
+  """Breadth first, at most `_MAX_DEPTH` folders down; None if no root."""
   frontier = [os.path.normpath(data_dir)]
   for _ in range(_MAX_DEPTH):
-    found = sorted(path for path in frontier if _is_split_root(path))
+    found = sorted(path for path in frontier if _is_split_root(path, partial))
     if found:
       if len(found) > 1:
         logging.warning("Several dataset roots at the same depth; using %s", found[0])
@@ -61,9 +78,7 @@ def find_root(data_dir):
         if entry.is_dir(follow_symlinks=False):
           next_frontier.append(entry.path)
     frontier = next_frontier
-  if not any(os.scandir(data_dir)):
-    raise DataError(f"Data directory {data_dir!r} is empty. {DATASET_HELP}")
-  raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
+  return None
 
 
 def is_junk_folder(name):
@@ -123,7 +138,7 @@ def list_records(data_dir, salt_dir=None):
   if os.path.isdir(os.path.join(root, os.path.basename(root))):
     logging.info("Ignoring nested duplicate folder %s", os.path.join(root, os.path.basename(root)))
   records, skipped = [], []
-  for split in ("train", "val", "test"):
+  for split in SPLITS:
     for label, class_name in enumerate(CLASS_NAMES):
       folder = os.path.join(root, split, class_name)
       if not os.path.isdir(folder):
@@ -144,6 +159,4 @@ def list_records(data_dir, salt_dir=None):
             patient=patient_of(entry.path, entry.name, salt_dir),
           )
         )
-  if not any(r.split == "train" for r in records):
-    raise DataError(f"No training images found under {root!r}. {DATASET_HELP}")
   return root, records, skipped

@@ -390,7 +390,7 @@ def _load_tfds(config):
 
   from xray_keras.data import tfds_builder  # noqa: F401  (registers the builder)
 
-  folder.find_root(config.data_dir)  # our one-line message before TFDS's own, longer one
+  folder.find_root(config.data_dir, one_split_enough=False)  # our one-line message before TFDS's own, longer one
   builder = tfds.builder("chest_xray_pneumonia", data_dir=config.tfds_data_dir or None)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=config.data_dir))

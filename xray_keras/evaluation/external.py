@@ -23,15 +23,99 @@ RESAMPLES = 1000
 def resolve_run(model_path):
   """The run folder of `--model` (a run folder or its model.keras)."""
   run_dir = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-  if os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, "saved_model.pb")):
-    raise UserError(
-      f"{model_path} is an export; evaluate reads a run folder or its model.keras (beside its metrics.json and "
-      "predictions.csv, which hold the operating points and the test results to compare with)."
-    )
   for name in ("model.keras", "metrics.json"):
     if not os.path.isfile(os.path.join(run_dir, name)):
-      raise UserError(f"{run_dir} is not a finished run folder (no {name}).")
+      raise UserError(
+        f"{run_dir} is not a finished run folder (no {name}) nor an export (saved_model.pb, model.onnx, "
+        "model.tflite or model.xml beside a model_card.json)."
+      )
   return run_dir
+
+
+@dataclasses.dataclass
+class Trained:
+  """The model to validate and what it brings from training: input, temperature, thresholds, own test."""
+
+  label: str  # how the report names it
+  values: dict  # the run's flags
+  size: int
+  channels: int
+  temperature: float | None
+  thresholds: dict
+  own_test: dict
+  own_predictions: tuple | None  # (labels, calibrated probabilities) of the run's own test split
+  probabilities: object  # images -> calibrated P(PNEUMONIA)
+  preprocess_in_model: bool  # an export applies the run's --preprocess itself
+  run_dir: str | None = None  # None for an export: its report goes to ./external/<name>/
+
+
+def open_model(model_path):
+  """A run folder, its model.keras, or an export of any format, as a `Trained`."""
+  from xray_keras.serving import runtime
+
+  if runtime.is_export(model_path):
+    return _export(runtime.Runtime(model_path))
+  return _run(resolve_run(model_path))
+
+
+def _run(run_dir):
+  from xray_keras import models
+  from xray_keras.training.run_dir import read_flags
+
+  values = read_flags(os.path.join(run_dir, "flags.txt"))
+  with open(os.path.join(run_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  size, _, channels = metrics["model"]["input_shape"]
+  thresholds = clinical.decision_thresholds(run_dir)
+  if not thresholds:
+    raise UserError(f"{run_dir} has no validation predictions: no operating points to apply.")
+  temperature = clinical.temperature(run_dir)
+  own = clinical.read_predictions(run_dir).get("test")
+  if own:
+    own = (own[1], calibration.apply_temperature(own[2], temperature) if temperature else own[2])
+  model = models.load_model(os.path.join(run_dir, "model.keras"))
+  batch_size = int(values.get("batch_size", 32))
+
+  def probabilities(images):
+    p = models.pneumonia_probability(model.predict(images.astype(np.float32), batch_size, verbose=0))
+    return calibration.apply_temperature(p, temperature) if temperature else p
+
+  test = metrics.get("test", {})
+  return Trained(
+    f"the run `{os.path.basename(os.path.normpath(run_dir))}`",
+    values,
+    size,
+    channels,
+    temperature,
+    thresholds,
+    {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})},
+    own,
+    probabilities,
+    False,
+    run_dir,
+  )
+
+
+def _export(runtime):
+  card = runtime.card
+  points = card.get("operating_points") or {}
+  if not points:
+    raise UserError(f"{runtime.path}: its model card has no validation-chosen operating points to apply.")
+  test = card.get("metrics", {}).get("test", {})
+  name = card.get("model", {}).get("name", "model")
+  quantized = " int8" if card.get("quantization") else ""
+  return Trained(
+    f"the {card.get('format', runtime.format)}{quantized} export of `{name}`",
+    card.get("flags", {}),
+    card["input"]["image_size"],
+    card["input"]["channels"],
+    (card.get("calibration") or {}).get("temperature"),
+    {rule: point["threshold"] for rule, point in points.items()},
+    {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})},
+    None,
+    runtime.probabilities,
+    True,
+  )
 
 
 def _rates(labels, probabilities, threshold):
@@ -61,18 +145,29 @@ def _with_ci(labels, probabilities, threshold):
   return out
 
 
-def _auc_difference(labels, probabilities, own_labels, own_probabilities, seed=0):
-  """External minus own test ROC-AUC, with a 95% bootstrap interval resampling each set on its own."""
+def _auc_difference(labels, probabilities, own, seed=0):
+  """External minus own test ROC-AUC, with a 95% bootstrap interval resampling each set on its own.
+
+  `own` is `(labels, probabilities)`, or the own AUC alone (an export carries no test predictions):
+  then only this set is resampled and the interval leaves out the own split's sampling error.
+  """
   rng = np.random.default_rng(seed)
+  own_auc = lambda index=None: (  # noqa: E731
+    own if np.isscalar(own) else metrics.roc_auc(*(own if index is None else (own[0][index], own[1][index])))
+  )
   draws = []
   for _ in range(RESAMPLES):
     a = rng.integers(0, len(labels), len(labels))
-    b = rng.integers(0, len(own_labels), len(own_labels))
-    difference = metrics.roc_auc(labels[a], probabilities[a]) - metrics.roc_auc(own_labels[b], own_probabilities[b])
+    b = None if np.isscalar(own) else rng.integers(0, len(own[0]), len(own[0]))
+    difference = metrics.roc_auc(labels[a], probabilities[a]) - own_auc(b)
     if np.isfinite(difference):
       draws.append(difference)
-  point = metrics.roc_auc(labels, probabilities) - metrics.roc_auc(own_labels, own_probabilities)
-  return {"auc_difference": float(point), "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]}
+  point = metrics.roc_auc(labels, probabilities) - own_auc()
+  return {
+    "auc_difference": float(point),
+    "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+    "resampled": "this set only (own test AUC held fixed)" if np.isscalar(own) else "both sets",
+  }
 
 
 def _subtypes(records, labels, probabilities, threshold):
@@ -94,32 +189,24 @@ class Scored:
   records: list
 
 
-def score(run_dir, data, split, batch_size):
-  """The run's model on `data.splits[split]`, on the run's calibrated scale where it has a temperature."""
-  from xray_keras import models
-
+def score(trained, data, split):
+  """The model's calibrated probabilities on `data.splits[split]`."""
   arrays = data.splits[split]
   if not len(arrays.labels):
     raise UserError(f"The {split} split of {data.name} holds no images to evaluate.")
-  model = models.load_model(os.path.join(run_dir, "model.keras"))
-  probabilities = models.pneumonia_probability(model.predict(arrays.images.astype(np.float32), batch_size, verbose=0))
-  temperature = clinical.temperature(run_dir)
-  if temperature:
-    probabilities = calibration.apply_temperature(probabilities, temperature)
+  probabilities = trained.probabilities(arrays.images)
   files = [printable(r.path) for r in arrays.records]
   return Scored(files, (arrays.labels > 0).astype(int), np.asarray(probabilities, np.float64), list(arrays.records))
 
 
-def evaluate(run_dir, scored):
+def evaluate(trained, scored):
   """metrics.json's object for an external set."""
   labels, probabilities = scored.labels, scored.probabilities
-  thresholds = clinical.decision_thresholds(run_dir)
-  if not thresholds:
-    raise UserError(f"{run_dir} has no validation predictions: no operating points to apply.")
+  thresholds = trained.thresholds
   result = {
     "n": int(len(labels)),
     "positives": int(labels.sum()),
-    "temperature": clinical.temperature(run_dir),
+    "temperature": trained.temperature,
     "at_0.5": _with_ci(labels, probabilities, 0.5),
     "operating_points": {},
     "calibration": calibration.summary(labels, probabilities, resamples=RESAMPLES),
@@ -132,15 +219,10 @@ def evaluate(run_dir, scored):
       "validation_chosen": _with_ci(labels, probabilities, threshold),
       "best_on_this_set": _rates(labels, probabilities, best) if np.isfinite(best) else None,
     }
-  own = clinical.read_predictions(run_dir).get("test")
-  with open(os.path.join(run_dir, "metrics.json")) as f:
-    own_metrics = json.load(f).get("test", {})
-  result["own_test"] = {"n": own_metrics.get("n"), "auc": own_metrics.get("auc"), "ci95": own_metrics.get("ci95", {})}
-  if own and len(set(labels)) > 1:
-    own_probabilities = own[2]
-    if result["temperature"]:
-      own_probabilities = calibration.apply_temperature(own_probabilities, result["temperature"])
-    result["difference_from_own_test"] = _auc_difference(labels, probabilities, own[1], own_probabilities)
+  result["own_test"] = trained.own_test
+  own = trained.own_predictions or trained.own_test.get("auc")
+  if own is not None and len(set(labels)) > 1:
+    result["difference_from_own_test"] = _auc_difference(labels, probabilities, own)
   return result
 
 
@@ -168,28 +250,26 @@ def data_config(values):
 
 
 def validate(model_path, data_dir, split="test", name="", output_dir="", cache_dir=""):
-  """Scores the run's model on `data_dir` and writes the external folder; returns (folder, metrics)."""
+  """Scores the model on `data_dir` and writes the external folder; returns (folder, metrics)."""
   from xray_keras.data import loader
   from xray_keras.report import external as report
-  from xray_keras.training.run_dir import read_flags
 
-  run_dir = resolve_run(model_path)
-  values = read_flags(os.path.join(run_dir, "flags.txt"))
-  with open(os.path.join(run_dir, "metrics.json")) as f:
-    size, _, channels = json.load(f)["model"]["input_shape"]
+  trained = open_model(model_path)
   config = dataclasses.replace(
-    data_config(values),
+    data_config(trained.values),
     source="auto",
     data_dir=data_dir,
-    image_size=size,
-    channels=channels,
+    image_size=trained.size,
+    channels=trained.channels,
     cache_dir=cache_dir,
     max_images_per_split=0,
   )
+  if trained.preprocess_in_model:
+    config = dataclasses.replace(config, preprocess=())
   data = loader.load(config, need=(split,))
   name = name or (os.path.splitext(os.path.basename(os.path.normpath(data_dir)))[0] if data_dir else "builtin")
-  folder = output_dir or os.path.join(run_dir, "external", name)
-  scored = score(run_dir, data, split, int(values.get("batch_size", 32)))
-  result = evaluate(run_dir, scored)
-  report.write(folder, name, run_dir, data, scored, result)
+  folder = output_dir or os.path.join(trained.run_dir or "", "external", name)
+  scored = score(trained, data, split)
+  result = evaluate(trained, scored)
+  report.write(folder, name, trained.label, data, scored, result)
   return folder, result

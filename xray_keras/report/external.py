@@ -12,12 +12,12 @@ def _ci(values, key):
   return f"{values[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _lines(name, run_dir, data, result):
+def _lines(name, model_label, data, result):
   at = result["at_0.5"]
   lines = [
     f"# External validation: {name}",
     "",
-    f"Model: the run `{os.path.basename(os.path.normpath(run_dir))}`, applied unchanged (its temperature "
+    f"Model: {model_label}, applied unchanged (its temperature "
     f"{result['temperature'] or 'none'}, its validation-chosen operating points). Data: {data.name} "
     f"({data.source}), {result['n']} images, {result['positives']} PNEUMONIA; {len(data.skipped)} files skipped "
     "(skipped_files.csv). 95% intervals: percentile bootstrap over images.",
@@ -35,7 +35,7 @@ def _lines(name, run_dir, data, result):
     d = result["difference_from_own_test"]
     lines.append(
       f"Difference (this set minus own test): ROC-AUC {d['auc_difference']:+.3f} "
-      f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (unpaired bootstrap)."
+      f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (unpaired bootstrap, resampling {d['resampled']})."
     )
   lines += [
     "",
@@ -72,7 +72,7 @@ def _lines(name, run_dir, data, result):
   return lines
 
 
-def write(folder, name, run_dir, data, scored, result):
+def write(folder, name, model_label, data, scored, result):
   """Writes the folder; returns the path of report.html."""
   from xray_keras.data import loader
   from xray_keras.report import figures
@@ -88,7 +88,7 @@ def write(folder, name, run_dir, data, scored, result):
     [(name, scored.labels, scored.probabilities, None)], os.path.join(folder, "reliability.png")
   )
   atomic.write_json(os.path.join(folder, "metrics.json"), {"name": name, "data": data.summary(), **result})
-  lines = _lines(name, run_dir, data, result)
+  lines = _lines(name, model_label, data, result)
   with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   html.write(lines, os.path.join(folder, "report.html"))

@@ -6,7 +6,6 @@ hidden temporary folder beside it and renamed when complete, so a server
 watching the base path never sees a half-written model.
 """
 
-import datetime
 import io
 import json
 import os
@@ -23,35 +22,39 @@ from xray_keras import atomic, models
 from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
-from xray_keras.evaluation import clinical, operating_points
-from xray_keras.serving import graph
+from xray_keras.evaluation import clinical
+from xray_keras.serving import card, graph
 from xray_keras.training import room
 from xray_keras.training.run_dir import read_flags
 
 SAMPLES_DIR = "samples"
-# Flags whose values are local paths: the model card keeps only their last component.
-_PATH_FLAGS = ("data_dir", "output_dir", "cache_dir", "tfds_data_dir", "export_dir", "flagfile", "weights")
-
-
-def _public_flags(values):
-  return {k: (os.path.basename(os.path.normpath(v)) if k in _PATH_FLAGS and v else v) for k, v in values.items()}
-
-
-def validation_threshold(metrics):
-  """The decision threshold a run chose on validation (0.5 without a validation split)."""
-  return float(metrics.get("val", {}).get("at_val_threshold", {}).get("threshold", 0.5))
-
-
-def operating_point_card(run_dir):
-  """`{rule: {threshold, description}}` chosen on the run's validation predictions (calibrated scale)."""
-  thresholds = clinical.decision_thresholds(run_dir)
-  return {rule: {"threshold": t, "description": operating_points.RULES[rule]} for rule, t in thresholds.items()}
 
 
 def next_version(base):
   """One above the highest integer version folder under `base` (1 if none)."""
   versions = [int(name) for name in os.listdir(base) if name.isdigit()] if os.path.isdir(base) else []
   return max(versions, default=0) + 1
+
+
+def publish(base, write):
+  """Calls `write(folder)` on a hidden folder under `base`, then renames it to the next version; returns its path.
+
+  Hidden and renamed when complete, so a server watching `base` never sees a half-written model.
+  """
+  tmp = atomic.temp_dir(base)
+  try:
+    write(tmp)
+    while True:
+      target = os.path.join(base, str(next_version(base)))
+      try:
+        os.rename(tmp, target)  # fails if another export took this version meanwhile
+        return target
+      except OSError:
+        if not os.path.exists(target):
+          raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
 
 def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None, steps=(), class_names=CLASS_NAMES):
@@ -142,8 +145,21 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   temperature = clinical.temperature(run_dir)
   steps = preprocess.parse(flags.get("preprocess", ""))
   class_names = tuple(metrics.get("data", {}).get("class_names") or CLASS_NAMES)
-  points = operating_point_card(run_dir)
-  threshold = points["youden"]["threshold"] if points else validation_threshold(metrics)
+  model_card = card.build(
+    run_dir,
+    metrics,
+    flags,
+    steps,
+    temperature,
+    class_names,
+    "inside the graph, to pneumonia_probability, before the threshold",
+    format="tf_saved_model",
+    signatures={
+      "serving_default": f"images: [batch] encoded {graph.ACCEPTED} bytes",
+      "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
+    },
+  )
+  threshold = model_card["decision_threshold"]
   # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
   model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
@@ -159,56 +175,16 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
 
   base = os.path.join(export_dir, model_name)
   room.check(export_dir, 2 * room.weights_bytes(model), "the SavedModel")
-  tmp = atomic.temp_dir(base)  # hidden: TF Serving only loads numbered folders
-  try:
+
+  def write(tmp):
     archive.write_out(tmp, verbose=False)
     extra = os.path.join(tmp, "assets.extra")
     os.makedirs(extra, exist_ok=True)
-    card = {
-      "model": metrics["model"],
-      "class_names": list(CLASS_NAMES),
-      "positive_class": CLASS_NAMES[1],
-      "input": {"image_size": size, "channels": channels, "resize_mode": resize_mode, "pixel_range": [0, 255]},
-      "signatures": {
-        "serving_default": f"images: [batch] encoded {graph.ACCEPTED} bytes",
-        "serving_pixels": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255",
-      },
-      "decision_threshold": threshold,
-      "threshold_source": "chosen on the validation split (Youden's J)",
-      "operating_points": points,
-      "calibration": (
-        {
-          "method": "temperature scaling",
-          "temperature": temperature,
-          "fitted_on": "validation",
-          "applied": "inside the graph, to pneumonia_probability, before the threshold",
-        }
-        if temperature
-        else None
-      ),
-      "preprocess": [f"{n}:{a}" if a else n for n, a in steps],
-      "task_classes": list(class_names),
-      "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},
-      "data": metrics["data"],
-      "synthetic": metrics.get("synthetic", False),
-      "flags": _public_flags(flags),
-      "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
-      "exported_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    with open(os.path.join(extra, "model_card.json"), "w") as f:
-      json.dump(card, f, indent=2)
+    model_card["versions"] = {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
+    card.write(extra, model_card)
     write_warmup(os.path.join(extra, "tf_serving_warmup_requests"), model_name, _samples(run_dir))
-    while True:
-      version = next_version(base)
-      target = os.path.join(base, str(version))
-      try:
-        os.rename(tmp, target)  # fails if another export took this version meanwhile
-        break
-      except OSError:
-        if not os.path.exists(target):
-          raise
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  target = publish(base, write)
+  version = int(os.path.basename(target))
   logging.info("Exported %s version %d to %s", model_name, version, target)
   return target

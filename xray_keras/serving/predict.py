@@ -1,4 +1,4 @@
-"""Classify image files with an exported SavedModel or a `.keras` model."""
+"""Classify image files with an export (SavedModel, ONNX, LiteRT, OpenVINO) or a `.keras` model."""
 
 import contextlib
 import json
@@ -11,6 +11,7 @@ import numpy as np
 from xray_keras.data import decode, dicom, folder, preprocess
 from xray_keras.data.records import CLASS_NAMES, Skipped
 from xray_keras.errors import UserError
+from xray_keras.serving import card, runtime
 
 
 def list_inputs(paths):
@@ -86,27 +87,13 @@ class SavedModelPredictor:
   def __init__(self, path, operating_point="youden"):
     import tensorflow as tf
 
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-      versions = [int(v) for v in os.listdir(path) if v.isdigit()] if os.path.isdir(path) else []
-      if not versions:
-        raise FileNotFoundError(f"No SavedModel (saved_model.pb or a numbered version folder) in {path}")
-      path = os.path.join(path, str(max(versions)))
+    _, path, card_path = runtime.resolve(path)
     self._tf = tf
     signatures = tf.saved_model.load(path).signatures
     self._signature, self._pixels_signature = signatures["serving_default"], signatures.get("serving_pixels")
-    card = os.path.join(path, "assets.extra", "model_card.json")
-    with open(card) as f:
-      card = json.load(f)
-    self._input = card.get("input", {})
-    self.threshold = card["decision_threshold"]
-    points = card.get("operating_points") or {}
-    if operating_point != "youden":
-      if operating_point not in points:
-        raise UserError(
-          f"This export's model card has no {operating_point} operating point (exported before "
-          "operating points, or without validation data); pass --threshold instead."
-        )
-      self.threshold = points[operating_point]["threshold"]
+    model_card = card.read(card_path)
+    self._input = model_card.get("input", {})
+    self.threshold = card_threshold(model_card, operating_point)
 
   def __call__(self, data):
     if dicom.is_dicom(data):
@@ -126,6 +113,33 @@ class SavedModelPredictor:
     pixels = decode.decode_image(data, size, channels, self._input.get("resize_mode", "squash"))
     out = self._pixels_signature(pixels=self._tf.constant(pixels[None], self._tf.float32))
     return float(out["pneumonia_probability"].numpy()[0])
+
+
+def card_threshold(model_card, operating_point):
+  """The model card's threshold for `operating_point` (youden: its decision threshold)."""
+  if operating_point == "youden":
+    return model_card["decision_threshold"]
+  points = model_card.get("operating_points") or {}
+  if operating_point not in points:
+    raise UserError(
+      f"This export's model card has no {operating_point} operating point (exported before "
+      "operating points, or without validation data); pass --threshold instead."
+    )
+  return points[operating_point]["threshold"]
+
+
+class RuntimePredictor:
+  """Decodes with the package's decoder and runs an ONNX, LiteRT or OpenVINO export: no TensorFlow, no Keras."""
+
+  def __init__(self, path, operating_point="youden"):
+    self._runtime = runtime.Runtime(path)
+    self._input = self._runtime.card["input"]
+    self.threshold = card_threshold(self._runtime.card, operating_point)
+
+  def __call__(self, data):
+    size, channels = self._input["image_size"], self._input["channels"]
+    pixels = decode.decode_image(data, size, channels, self._input.get("resize_mode", "squash"))
+    return float(self._runtime.probabilities(pixels[None])[0])
 
 
 def _reason(message):
@@ -200,7 +214,8 @@ def load_predictor(path, resize_mode=None, threshold=None, operating_point="youd
     return KerasPredictor(path, resize_mode, threshold, operating_point, tta)
   if tta > 1:
     raise UserError("--tta needs a run's model.keras: an export serves one view of each image.")
-  predictor = SavedModelPredictor(path, operating_point)
+  fmt = runtime.resolve(path)[0]
+  predictor = (SavedModelPredictor if fmt == "tf_saved_model" else RuntimePredictor)(path, operating_point)
   if threshold is not None:
     predictor.threshold = threshold
   return predictor

@@ -101,9 +101,9 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   atomic.write_json(os.path.join(run_dir, run_dirs.FINISHED_MARKER), result)
   _clean_up(run_dir)
   if config.export:
-    from xray_keras.serving import export  # TensorFlow-only
+    from xray_keras.serving import formats  # TensorFlow-only
 
-    export.export_run(run_dir, config.export_dir)
+    formats.export(run_dir, config.export_format, export_dir=config.export_dir)
   report = _write_run_report(run_dir) if config.report else None
   synthetic = " on SYNTHETIC data" if data.synthetic else ""
   test = result["test"]

@@ -1,0 +1,123 @@
+"""Run an exported model on decoded pixels: ONNX Runtime, LiteRT or OpenVINO, or a SavedModel's `serving_pixels`.
+
+Only the SavedModel imports TensorFlow; the other three need their runtime, NumPy and the card.
+Every runtime returns the calibrated PNEUMONIA probability (the temperature is in the graph).
+"""
+
+import os
+
+import numpy as np
+
+from xray_keras.data import preprocess
+from xray_keras.errors import UserError
+from xray_keras.serving import card
+
+FILES = {".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
+_EXTRAS = {
+  "onnx": ("onnxruntime", "onnx"),
+  "litert": ("ai_edge_litert", "litert"),
+  "openvino": ("openvino", "openvino"),
+}
+
+
+def resolve(path):
+  """`(format, model file or SavedModel folder, card path)` for an export's base, version folder or model file."""
+  if os.path.isdir(path) and not _model_in(path):
+    versions = [int(v) for v in os.listdir(path) if v.isdigit()]
+    if versions:
+      path = os.path.join(path, str(max(versions)))
+  if os.path.isdir(path):
+    found = _model_in(path)
+    if not found:
+      raise UserError(f"No exported model in {path} (saved_model.pb, model.onnx, model.tflite or model.xml).")
+    fmt, name = found
+    if fmt == "tf_saved_model":
+      return fmt, path, os.path.join(path, "assets.extra", card.NAME)
+    path = os.path.join(path, name)
+  fmt = FILES.get(os.path.splitext(path)[1].lower())
+  if fmt is None or not os.path.isfile(path):
+    raise UserError(f"{path} is not an exported model (.onnx, .tflite, an OpenVINO .xml, or an export folder).")
+  return fmt, path, os.path.join(os.path.dirname(path), card.NAME)
+
+
+def _model_in(folder):
+  if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+    return "tf_saved_model", ""
+  for name in ("model.onnx", "model.tflite", "model.xml"):
+    if os.path.isfile(os.path.join(folder, name)):
+      return FILES[os.path.splitext(name)[1]], name
+  return None
+
+
+def is_export(path):
+  try:
+    resolve(path)
+  except UserError:
+    return False
+  return True
+
+
+class Runtime:
+  """`probabilities(pixels)`: decoded `[batch, size, size, channels]` pixels in 0..255 to `[batch]` float64.
+
+  The card's `preprocess` steps are applied here (a SavedModel applies them in its graph).
+  """
+
+  def __init__(self, path):
+    self.format, self.path, card_path = resolve(path)
+    self.card = card.read(card_path)
+    module, extra = _EXTRAS.get(self.format, ("tensorflow", ""))
+    try:
+      __import__(module)
+    except ImportError:
+      hint = f"pip install 'xray_keras[{extra}]'" if extra else "pip install tensorflow"
+      raise UserError(f"Running a {self.format} model needs {module.replace('_', '-')}: {hint}.") from None
+    self._run = getattr(self, f"_{self.format}")()
+    self._steps = [] if self.format == "tf_saved_model" else preprocess.parse(self.card.get("preprocess", []))
+
+  def probabilities(self, pixels, batch_size=32):
+    if self._steps:
+      pixels = preprocess.apply(np.clip(np.round(pixels), 0, 255).astype(np.uint8), self._steps)
+    pixels = np.asarray(pixels, np.float32)
+    out = [self._run(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+  def _onnx(self):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0].reshape(-1)
+
+  def _litert(self):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=self.path)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    shape = [None]
+
+    def run(batch):
+      if shape[0] != batch.shape:
+        interpreter.resize_tensor_input(inp["index"], batch.shape)
+        interpreter.allocate_tensors()
+        shape[0] = batch.shape
+      interpreter.set_tensor(inp["index"], batch)
+      interpreter.invoke()
+      return interpreter.get_tensor(out["index"]).reshape(-1).copy()
+
+    return run
+
+  def _openvino(self):
+    import openvino as ov
+
+    # float32 inference: on CPUs with bfloat16 units OpenVINO would otherwise compute in bfloat16.
+    compiled = ov.Core().compile_model(self.path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda batch: np.asarray(compiled(batch)[0]).reshape(-1)
+
+  def _tf_saved_model(self):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(self.path).signatures.get("serving_pixels")
+    if signature is None:
+      raise UserError(f"{self.path} has no serving_pixels signature (exported before it existed): export it again.")
+    return lambda batch: signature(pixels=tf.constant(batch))["pneumonia_probability"].numpy().reshape(-1)
