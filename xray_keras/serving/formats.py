@@ -42,7 +42,6 @@ _PACKAGES = {
 CALIBRATION_IMAGES = 256
 
 
-@keras.saving.register_keras_serializable(package="xray_keras")
 class PneumoniaProbability(keras.layers.Layer):
   """P(PNEUMONIA) from a sigmoid `(N, 1)` or NORMAL-first softmax `(N, K)` output, with a temperature."""
 
