@@ -182,7 +182,10 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
   at_the_end = runtime.Runtime(str(trained_run / "exports" / "vit_scratch-onnx"))  # the run's --export_format
   assert at_the_end.card["format"] == "onnx" and at_the_end.card["quantization"] is None
   assert np.abs(at_the_end.probabilities(test.images) - expected).max() < 1e-4
-  for fmt in FORMATS:
+  import importlib.util
+
+  missing_nncf = importlib.util.find_spec("nncf") is None
+  for fmt in [f for f in FORMATS if f != "openvino" or not missing_nncf]:
     folder = formats.export(run, fmt, "int8", str(tmp_path / "exports"))
     model = runtime.Runtime(folder)
     threshold = model.card["decision_threshold"]
@@ -199,6 +202,8 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
       with open(path, "rb") as f:
         pixels = decode.decode_image(f.read(), 32)
       assert row["pneumonia_probability"] == pytest.approx(model.probabilities(pixels[None])[0], abs=1e-6)
+  if missing_nncf:
+    pytest.skip("OpenVINO int8 not checked: it needs NNCF (pip install -e '.[openvino]'); ONNX and LiteRT passed")
 
 
 def _bytes(folder):
