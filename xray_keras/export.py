@@ -10,6 +10,7 @@ from absl import app, flags, logging
 
 from xray_keras import path_flags
 from xray_keras.errors import UserError
+from xray_keras.serving import runtime
 
 _RUN_DIR = path_flags.DEFINE_path(
   "run_dir", None, "A finished run directory (holds metrics.json and model.keras).", required=True
@@ -19,7 +20,7 @@ _MODEL_NAME = flags.DEFINE_string("model_name", "", "Name under export_dir; empt
 _FORMAT = flags.DEFINE_enum(
   "format",
   "saved_model",
-  ["saved_model", "onnx", "litert", "openvino"],
+  list(runtime.FORMATS),
   "saved_model (TF Serving, <model>/<version>/) or a file for a runtime without TensorFlow (<model>-<format>/<version>/).",
 )
 _QUANTIZE = flags.DEFINE_enum(

@@ -9,6 +9,7 @@ from xray_keras.config import ModelConfig, RunConfig, TrainConfig
 from xray_keras.data import decode, download, feeder, preprocess
 from xray_keras.data.loader import SOURCES, DataConfig
 from xray_keras.errors import UserError
+from xray_keras.serving import runtime
 from xray_keras.training import device, distribution, trainer
 
 # === Data ===
@@ -220,7 +221,7 @@ _EXPORT = flags.DEFINE_bool("export", False, "Export the model at the end of the
 _EXPORT_FORMAT = flags.DEFINE_enum(
   "export_format",
   "saved_model",
-  ["saved_model", "onnx", "litert", "openvino"],
+  list(runtime.FORMATS),
   "--export's format: a SavedModel for TF Serving, or a file for ONNX Runtime, LiteRT or OpenVINO (docs/serving.md).",
 )
 _REPORT = flags.DEFINE_bool(

@@ -45,8 +45,7 @@ class Trained:
   own_test: dict
   own_predictions: tuple | None  # (labels, calibrated probabilities) of the run's own test split
   probabilities: object  # images -> calibrated P(PNEUMONIA)
-  preprocess_in_model: bool  # an export applies the run's --preprocess itself
-  run_dir: str | None = None  # None for an export: its report goes to ./external/<name>/
+  run_dir: str | None = None  # None for an export, which applies the run's --preprocess itself
 
 
 def open_model(model_path):
@@ -80,7 +79,6 @@ def _run(run_dir):
     p = models.pneumonia_probability(model.predict(images.astype(np.float32), batch_size, verbose=0))
     return calibration.apply_temperature(p, temperature) if temperature else p
 
-  test = metrics.get("test", {})
   return Trained(
     f"the run `{os.path.basename(os.path.normpath(run_dir))}`",
     values,
@@ -88,10 +86,9 @@ def _run(run_dir):
     channels,
     temperature,
     thresholds,
-    {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})},
+    _own_test(metrics),
     own,
     probabilities,
-    False,
     run_dir,
   )
 
@@ -101,7 +98,6 @@ def _export(runtime):
   points = card.get("operating_points") or {}
   if not points:
     raise UserError(f"{runtime.path}: its model card has no validation-chosen operating points to apply.")
-  test = card.get("metrics", {}).get("test", {})
   name = card.get("model", {}).get("name", "model")
   quantized = " int8" if card.get("quantization") else ""
   return Trained(
@@ -111,11 +107,16 @@ def _export(runtime):
     card["input"]["channels"],
     (card.get("calibration") or {}).get("temperature"),
     {rule: point["threshold"] for rule, point in points.items()},
-    {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})},
+    _own_test(card.get("metrics", {})),
     None,
     runtime.probabilities,
-    True,
   )
+
+
+def _own_test(metrics):
+  """The own test split's n, ROC-AUC and CIs from a metrics.json (or a model card's `metrics`)."""
+  test = metrics.get("test", {})
+  return {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})}
 
 
 def _rates(labels, probabilities, threshold):
@@ -152,21 +153,23 @@ def _auc_difference(labels, probabilities, own, seed=0):
   then only this set is resampled and the interval leaves out the own split's sampling error.
   """
   rng = np.random.default_rng(seed)
-  own_auc = lambda index=None: (  # noqa: E731
-    own if np.isscalar(own) else metrics.roc_auc(*(own if index is None else (own[0][index], own[1][index])))
-  )
+  fixed = np.isscalar(own)
+  own_point = own if fixed else metrics.roc_auc(*own)
   draws = []
   for _ in range(RESAMPLES):
     a = rng.integers(0, len(labels), len(labels))
-    b = None if np.isscalar(own) else rng.integers(0, len(own[0]), len(own[0]))
-    difference = metrics.roc_auc(labels[a], probabilities[a]) - own_auc(b)
+    if fixed:
+      own_draw = own_point
+    else:
+      b = rng.integers(0, len(own[0]), len(own[0]))
+      own_draw = metrics.roc_auc(own[0][b], own[1][b])
+    difference = metrics.roc_auc(labels[a], probabilities[a]) - own_draw
     if np.isfinite(difference):
       draws.append(difference)
-  point = metrics.roc_auc(labels, probabilities) - own_auc()
   return {
-    "auc_difference": float(point),
+    "auc_difference": float(metrics.roc_auc(labels, probabilities) - own_point),
     "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
-    "resampled": "this set only (own test AUC held fixed)" if np.isscalar(own) else "both sets",
+    "resampled": "this set only (own test AUC held fixed)" if fixed else "both sets",
   }
 
 
@@ -264,7 +267,7 @@ def validate(model_path, data_dir, split="test", name="", output_dir="", cache_d
     cache_dir=cache_dir,
     max_images_per_split=0,
   )
-  if trained.preprocess_in_model:
+  if trained.run_dir is None:
     config = dataclasses.replace(config, preprocess=())
   data = loader.load(config, need=(split,))
   name = name or (os.path.splitext(os.path.basename(os.path.normpath(data_dir)))[0] if data_dir else "builtin")

@@ -25,13 +25,11 @@ from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.evaluation import clinical
-from xray_keras.serving import card
+from xray_keras.serving import card, runtime
 from xray_keras.serving.export import publish
 from xray_keras.training import room
 from xray_keras.training.run_dir import read_flags
 
-FILES = {"onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
-RUNTIMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert", "openvino": "openvino"}
 # Modules an export needs: the first for float32, all for int8 (LiteRT's converter is TensorFlow's).
 _MODULES = {"onnx": ("tf2onnx", "onnxruntime"), "litert": (), "openvino": ("openvino", "nncf")}
 _PACKAGES = {
@@ -122,8 +120,8 @@ def export(run_dir, fmt="saved_model", quantize="", export_dir="saved_models", m
 
 def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_name=None):
   """Exports the finished run in `run_dir` as `fmt` (onnx, litert, openvino); returns the version folder."""
-  if fmt not in FILES:
-    raise UserError(f"Unknown export format {fmt!r}: one of saved_model, {', '.join(FILES)}.")
+  if fmt not in runtime.MODEL_FILES:
+    raise UserError(f"Unknown export format {fmt!r}: one of {', '.join(runtime.FORMATS)}.")
   if quantize not in ("", "int8"):
     raise UserError(f"Unknown --quantize={quantize}: int8, or nothing for float32.")
   if keras.backend.backend() != "tensorflow":
@@ -156,8 +154,8 @@ def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_na
     class_names,
     "inside the graph, to pneumonia_probability",
     format=fmt,
-    file=FILES[fmt],
-    runtime=RUNTIMES[fmt],
+    file=runtime.MODEL_FILES[fmt],
+    runtime=runtime.RUNTIMES[fmt][1],
     io={
       "input": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255, after the preprocess steps",
       "output": "pneumonia_probability: [batch] float32, the temperature already applied",
@@ -172,7 +170,7 @@ def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_na
   room.check(export_dir, 3 * room.weights_bytes(model), f"the {fmt} export")
 
   def write(folder):
-    path = os.path.join(folder, FILES[fmt])
+    path = os.path.join(folder, runtime.MODEL_FILES[fmt])
     _WRITERS[fmt](model, path, calibration)
     card.write(folder, model_card)
 

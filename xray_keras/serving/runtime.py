@@ -12,12 +12,15 @@ from xray_keras.data import preprocess
 from xray_keras.errors import UserError
 from xray_keras.serving import card
 
-FILES = {".onnx": "onnx", ".tflite": "litert", ".xml": "openvino"}
-_EXTRAS = {
-  "onnx": ("onnxruntime", "onnx"),
-  "litert": ("ai_edge_litert", "litert"),
+MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
+FORMATS = ("saved_model", *MODEL_FILES)  # what `export --format` and a run's `--export_format` take
+# The module that runs each format, and its pip package; the package's extra is the format's name.
+RUNTIMES = {
+  "onnx": ("onnxruntime", "onnxruntime"),
+  "litert": ("ai_edge_litert", "ai-edge-litert"),
   "openvino": ("openvino", "openvino"),
 }
+_BY_EXTENSION = {os.path.splitext(name)[1]: fmt for fmt, name in MODEL_FILES.items()}
 
 
 def resolve(path):
@@ -34,7 +37,7 @@ def resolve(path):
     if fmt == "tf_saved_model":
       return fmt, path, os.path.join(path, "assets.extra", card.NAME)
     path = os.path.join(path, name)
-  fmt = FILES.get(os.path.splitext(path)[1].lower())
+  fmt = _BY_EXTENSION.get(os.path.splitext(path)[1].lower())
   if fmt is None or not os.path.isfile(path):
     raise UserError(f"{path} is not an exported model (.onnx, .tflite, an OpenVINO .xml, or an export folder).")
   return fmt, path, os.path.join(os.path.dirname(path), card.NAME)
@@ -43,9 +46,9 @@ def resolve(path):
 def _model_in(folder):
   if os.path.isfile(os.path.join(folder, "saved_model.pb")):
     return "tf_saved_model", ""
-  for name in ("model.onnx", "model.tflite", "model.xml"):
+  for fmt, name in MODEL_FILES.items():
     if os.path.isfile(os.path.join(folder, name)):
-      return FILES[os.path.splitext(name)[1]], name
+      return fmt, name
   return None
 
 
@@ -66,12 +69,12 @@ class Runtime:
   def __init__(self, path):
     self.format, self.path, card_path = resolve(path)
     self.card = card.read(card_path)
-    module, extra = _EXTRAS.get(self.format, ("tensorflow", ""))
+    module, package = RUNTIMES.get(self.format, ("tensorflow", "tensorflow"))
     try:
       __import__(module)
     except ImportError:
-      hint = f"pip install 'xray_keras[{extra}]'" if extra else "pip install tensorflow"
-      raise UserError(f"Running a {self.format} model needs {module.replace('_', '-')}: {hint}.") from None
+      hint = "pip install tensorflow" if self.format == "tf_saved_model" else f"pip install 'xray_keras[{self.format}]'"
+      raise UserError(f"Running a {self.format} model needs {package}: {hint}.") from None
     self._run = getattr(self, f"_{self.format}")()
     self._steps = [] if self.format == "tf_saved_model" else preprocess.parse(self.card.get("preprocess", []))
 
