@@ -271,3 +271,21 @@ def test_dicom_parity_quick_mode_scores_a_run_on_jpeg_and_dicom_copies(tiny_run,
   assert row["images"] == 40 and sum(payload["variants"].values()) == 40 and len(payload["variants"]) == 9
   assert abs(row["auc_difference"]) < 0.02 and row["label_agreement_at_0.5"] >= 0.9
   assert all(r["images_per_s"] > 0 for r in payload["decode_2048px_to_224px"].values())
+
+
+@pytest.mark.slow
+def test_formats_quick_mode_scores_every_format_against_keras_in_fresh_processes(tiny_run, tmp_path):
+  pytest.importorskip("tf2onnx")
+  out = tmp_path / "formats.json"
+  _run_script(["benchmarks/formats.py", "--quick", f"--runs={tiny_run[2]}", f"--output={out}"], timeout=900)
+  payload = json.loads(out.read_text())
+  (row,) = payload["runs"]
+  assert row["test_images"] == 12 and row["model"] == "vit_scratch"
+  assert {"saved_model", "onnx", "onnx-int8", "litert", "litert-int8"} <= set(row["formats"]), row["skipped"]
+  for name, entry in row["formats"].items():
+    assert entry["batch1_ms_p50"] <= entry["batch1_ms_p95"] and entry["batch32_images_per_s"] > 0, name
+    assert entry["file_mb"] > 0 and entry["peak_rss_mb"] > 0 and entry["import_s"] > 0, name
+    if "int8" not in name:
+      assert entry["max_abs_probability_difference"] < 1e-4 and entry["label_agreement"] == 1.0, name
+  assert row["formats"]["saved_model"]["batch1_p50_speedup_vs_saved_model"] == 1.0
+  assert payload["runtime_install"]["tensorflow"]["mb"] > 5 * payload["runtime_install"]["onnxruntime"]["mb"]

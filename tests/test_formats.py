@@ -16,10 +16,12 @@ from xray_keras.serving import formats
 
 FORMATS = ("onnx", "litert", "openvino")
 TEMPERATURE = 1.7
-# Labels the int8 file shares with the float model. LiteRT's converter quantizes the ViT's layer
-# norms, softmax and GELU too: 98.7-99.0% over two trainings (docs/serving.md), so 99% is not
-# asked of it; ONNX (matrix products only) and OpenVINO (NNCF's transformer scheme) gave 99.2-99.4%.
-MIN_INT8_AGREEMENT = {"onnx": 0.99, "litert": 0.98, "openvino": 0.99}
+# Labels an int8 file shares with the float model on the 624 test images; over three trainings the
+# lowest were ONNX 99.5%, LiteRT 99.5%, OpenVINO 99.4%. LiteRT's integer-only file also quantizes
+# the layer norms, softmax and GELU: 98.7-99.0% (docs/serving.md).
+MIN_INT8_AGREEMENT = {("onnx", "int8"): 0.99, ("litert", "int8"): 0.99, ("litert", "int8_full"): 0.98}
+MIN_INT8_AGREEMENT["openvino", "int8"] = 0.99
+MAX_INT8_AUC_CHANGE = 0.005
 
 
 def _no_tensorflow(tmp_path):
@@ -153,6 +155,8 @@ def test_an_export_needs_a_model_card_and_a_known_format(float_exports, tmp_path
     runtime.Runtime(os.path.join(run, "metrics.json"))
   with pytest.raises(UserError, match="--quantize applies to onnx, litert and openvino"):
     formats.export(run, "saved_model", "int8")
+  with pytest.raises(UserError, match="int8_full is LiteRT's integer-only file; onnx and openvino take"):
+    formats.export(run, "onnx", "int8_full")
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +189,19 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
   import importlib.util
 
   missing_nncf = importlib.util.find_spec("nncf") is None
-  for fmt in [f for f in FORMATS if f != "openvino" or not missing_nncf]:
-    folder = formats.export(run, fmt, "int8", str(tmp_path / "exports"))
+  for fmt, quantize in [k for k in MIN_INT8_AGREEMENT if k[0] != "openvino" or not missing_nncf]:
+    folder = formats.export(run, fmt, quantize, str(tmp_path / "exports"))
     model = runtime.Runtime(folder)
     threshold = model.card["decision_threshold"]
     got = model.probabilities(test.images)
     agree = np.mean((got >= threshold) == (expected >= threshold))
     auc_change = metrics.roc_auc(labels, got) - metrics.roc_auc(labels, expected)
-    assert agree >= MIN_INT8_AGREEMENT[fmt] and abs(auc_change) < 0.01, (fmt, agree, auc_change)
-    assert model.card["quantization"]["calibration"] == "256 validation images"
+    assert agree >= MIN_INT8_AGREEMENT[fmt, quantize], (fmt, quantize, agree, auc_change)
+    assert abs(auc_change) < MAX_INT8_AUC_CHANGE, (fmt, quantize, agree, auc_change)
+    calibrated = (fmt, quantize) != ("litert", "int8")
+    assert model.card["quantization"]["calibration"].startswith("256 validation" if calibrated else "none"), fmt
+    if quantize == "int8_full":
+      continue
     float_folder = formats.export(run, fmt, "", str(tmp_path / "float"))
     assert _bytes(folder) < _bytes(float_folder), fmt
     result, rows = _predict(folder, [tree], env)  # a fresh process without TensorFlow gives the same numbers

@@ -24,7 +24,11 @@ _FORMAT = flags.DEFINE_enum(
   "saved_model (TF Serving, <model>/<version>/) or a file for a runtime without TensorFlow (<model>-<format>/<version>/).",
 )
 _QUANTIZE = flags.DEFINE_enum(
-  "quantize", "", ["", "int8"], "int8: post-training quantization calibrated on the run's validation images."
+  "quantize",
+  "",
+  ["", "int8", "int8_full"],
+  "int8: post-training quantization (onnx, openvino: calibrated on the run's validation images; litert: int8 "
+  "weights, activations quantized at run time); int8_full: LiteRT's integer-only file, calibrated likewise.",
 )
 
 

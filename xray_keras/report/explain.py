@@ -141,6 +141,11 @@ def attention_rollout(model, images):
   return _upsample(patches.reshape(-1, side, side), np.asarray(images).shape[1])
 
 
+def method(model):
+  """The name of what `explain` computes for `model`."""
+  return "attention rollout" if _attention_reader(model) is not None else "Grad-CAM"
+
+
 def explain(model, images):
   """Attention rollout for ViTs, Grad-CAM otherwise; None when neither applies."""
   if _attention_reader(model) is not None:

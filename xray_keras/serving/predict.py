@@ -164,8 +164,8 @@ class KerasPredictor:
     from xray_keras.evaluation import clinical
     from xray_keras.training.run_dir import read_flags
 
-    self._model = models.load_model(path)
-    _, self._size, _, self._channels = self._model.input_shape
+    self.model = models.load_model(path)
+    _, self._size, _, self._channels = self.model.input_shape
     run_dir = os.path.dirname(os.path.abspath(path))
     metrics, flags_txt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "flags.txt")
     flags = read_flags(flags_txt) if os.path.isfile(flags_txt) else {}
@@ -201,9 +201,9 @@ class KerasPredictor:
     image = decode.decode_image(data, self._size, self._channels, self._resize_mode)
     image = preprocess.apply(image[None], self._steps).astype(np.float32)
     if self._tta > 1:
-      probability = clinical.tta_predict(self._model, image, self._augment, self._tta, batch_size=1)
+      probability = clinical.tta_predict(self.model, image, self._augment, self._tta, batch_size=1)
     else:
-      probability = models.pneumonia_probability(self._model.predict_on_batch(image))
+      probability = models.pneumonia_probability(self.model.predict_on_batch(image))
     if self._temperature:
       probability = calibration.apply_temperature(probability, self._temperature)
     return float(probability[0])
