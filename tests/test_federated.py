@@ -374,6 +374,17 @@ def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp
   assert [(int(h["round"]), int(h["replies"])) for h in history] == [(1, 3)] and (out / "metrics.json").exists()
   assert "Flower deployment runtime: 3 sites" in (out / "run.log").read_text()  # the ServerApp's own log
   logs = sorted(p.name for p in (out / "flower").glob("*.log"))
-  assert logs == ["flwr_run.log", "superlink.log", "supernode_0.log", "supernode_1.log", "supernode_2.log"]
+  assert logs == [
+    "flwr_run.log",
+    "register.log",
+    "superlink.log",
+    "supernode_0.log",
+    "supernode_1.log",
+    "supernode_2.log",
+  ]
+  superlink = (out / "flower" / "superlink.log").read_text()
+  assert "Uvicorn running on https://127.0.0.1" in superlink and superlink.count("Activated node_id") == 3
+  assert (out / "flower" / "register.log").read_text().count("registered successfully") == 3
+  assert sorted(os.listdir(out / "flower" / "federation")) == ["ca", "site_0", "site_1", "site_2", "superlink"]
   listing = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
   assert str(out) not in listing  # SuperLink and SuperNodes stopped

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 
 import keras
@@ -133,6 +134,9 @@ class SiteClient(NumPyClient):
     images, labels = read_site(path)
     model, augmenter, classes = _model(run)
     model.set_weights(parameters)
+    bad = _bad_kind(path, config)
+    if bad == "label_flip":
+      labels = (np.asarray(labels) + 1) % max(classes, 2)
     keep = bool(config.get("keep_optimizer_state", False))
     self._restore_optimizer(model, keep)
     learning_rate = float(config["learning_rate"])
@@ -157,6 +161,11 @@ class SiteClient(NumPyClient):
         numpy_ndarrays=[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
       )
     loss = float(history.history["loss"][-1])
+    weights_out = model.get_weights()
+    if bad in ("scaled_update", "noise"):
+      weights_out = misbehave(
+        weights_out, parameters, bad, float(config.get("bad_scale", 10.0)), run.train.seed + round_
+      )
     metrics = {
       "site": os.path.basename(path),
       "train_loss": loss,
@@ -164,7 +173,9 @@ class SiteClient(NumPyClient):
       "train_images_per_s": trained / seconds,
       "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
     }
-    return model.get_weights(), int(len(labels)), metrics
+    if bad:
+      metrics["bad_kind"] = bad
+    return weights_out, int(len(labels)), metrics
 
   def _restore_optimizer(self, model, keep):
     """The site's optimizer state of its last round when `keep` and there is one, else a fresh one."""
@@ -180,6 +191,27 @@ class SiteClient(NumPyClient):
 
   def evaluate(self, parameters, config):
     return 0.0, 0, {}  # evaluation is central (validation and test stay with the server)
+
+
+def _bad_kind(path, config):
+  """The fault this site injects (`--bad_sites`: sites 0..N-1), or ""."""
+  match = re.fullmatch(r"site_(\d+)\.npz", os.path.basename(path))
+  return str(config.get("bad_kind", "")) if match and int(match.group(1)) < int(config.get("bad_sites", 0)) else ""
+
+
+def misbehave(weights, global_weights, kind, scale, seed):
+  """A bad site's reply: global + scale x its update, or global + Gaussian noise of its update's norm."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for w, g in zip(weights, global_weights):
+    update = w.astype(np.float64) - g
+    if kind == "noise":
+      noise = rng.normal(size=update.shape)
+      update = noise * (np.linalg.norm(update) / max(np.linalg.norm(noise), 1e-12))
+    else:
+      update = scale * update
+    out.append((g + update).astype(w.dtype))
+  return out
 
 
 def client_fn(context):

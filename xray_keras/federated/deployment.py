@@ -3,7 +3,10 @@
 `launch` writes the run's flagfile, a Flower App folder naming this package's ServerApp and
 ClientApp, and a Flower configuration, starts `flower-superlink` and one `flower-supernode` per
 site on 127.0.0.1 (site k is told only its own image file, `--node-config site-data=...`), submits
-the run with `flwr run`, waits for it and stops every process. The ServerApp (`app` below) reads
+the run with `flwr run`, waits for it and stops every process. Unless `--insecure`, it first
+provisions the federation (`credentials.py`: a CA, the SuperLink's TLS certificate, a key pair per
+site) into the run's flower/federation/, starts the SuperLink with TLS and SuperNode
+authentication, registers each site's public key, and gives each SuperNode only its own folder. The ServerApp (`app` below) reads
 the flagfile and runs the same federated experiment as the simulation runtime, on the SuperNodes.
 
 The same three steps by hand, e.g. SuperNodes on other machines, are in docs/federated.md.
@@ -21,6 +24,7 @@ from absl import logging
 from flwr.serverapp import ServerApp
 
 from xray_keras.errors import UserError
+from xray_keras.federated import credentials
 
 FLOWER_DIR = "flower"  # in the run folder: the App, the Flower configuration, the process logs
 _APP_TOML = """[build-system]
@@ -93,6 +97,33 @@ def _wait_for_port(port, process, what, timeout=60):
   raise UserError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s.")
 
 
+def supernode_security(parties, k):
+  """A SuperNode's flags: the CA that vouches for the SuperLink and site k's own key, or --insecure."""
+  if parties is None:
+    return ["--insecure"]
+  site = parties[credentials.site_folder(k)]
+  return [
+    "--root-certificates",
+    os.path.join(site, "ca.crt"),
+    "--auth-supernode-private-key",
+    os.path.join(site, "site.key"),
+  ]
+
+
+def register(parties, sites, env, root, connection="local-deployment"):
+  """Registers each site's public key with the SuperLink (`flwr supernode register`)."""
+  link = parties[credentials.SUPERLINK]
+  for k in range(sites):
+    public = os.path.join(link, f"{credentials.site_folder(k)}.pub")
+    result = subprocess.run(
+      [_tool("flwr"), "supernode", "register", public, connection], env=env, capture_output=True, text=True, timeout=120
+    )
+    with open(os.path.join(root, "register.log"), "a") as f:
+      f.write(result.stdout + result.stderr)
+    if result.returncode:
+      raise UserError(f"Registering site {k}'s key with the SuperLink failed; see {os.path.join(root, 'register.log')}")
+
+
 def launch(run_dir, flags_text, fed, timeout_s=None):
   """Runs the experiment of `flags_text` on a local SuperLink and `fed.sites` SuperNodes; stops them all."""
   root = os.path.abspath(os.path.join(run_dir, FLOWER_DIR))
@@ -105,10 +136,25 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
   with open(os.path.join(app_dir, "pyproject.toml"), "w") as f:
     f.write(_APP_TOML.format(clientapp=_CLIENT_APPS[fed.privacy]))
   link_port = _free_port()
+  if fed.insecure:
+    logging.warning(
+      "--insecure: plaintext between SuperLink and SuperNodes, and any process that reaches the port can join."
+    )
+    parties, link_security, connection = None, ["--insecure"], "insecure = true"
+  else:
+    parties = credentials.provision(os.path.join(root, "federation"), fed.sites)
+    link = parties[credentials.SUPERLINK]
+    link_security = [
+      *("--ssl-ca-certfile", os.path.join(link, "ca.crt")),
+      *("--ssl-certfile", os.path.join(link, "server.crt")),
+      *("--ssl-keyfile", os.path.join(link, "server.key")),
+      "--enable-supernode-auth",
+    ]
+    connection = f'root-certificates = "{os.path.join(link, "ca.crt")}"'
   with open(os.path.join(home, "config.toml"), "w") as f:
     f.write(
       f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
-      f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+      f'address = "127.0.0.1:{link_port}"\n{connection}\n'
     )
   env = {
     **os.environ,
@@ -124,10 +170,10 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
     return process
 
   try:
-    link = start(
+    link_process = start(
       [
         _tool("flower-superlink"),
-        "--insecure",
+        *link_security,
         "--host",
         "127.0.0.1",
         "--port",
@@ -136,13 +182,15 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
       ],
       "superlink.log",
     )
-    _wait_for_port(link_port, link, "flower-superlink")
+    _wait_for_port(link_port, link_process, "flower-superlink")
+    if parties:
+      register(parties, fed.sites, env, root)
     sites = os.path.abspath(os.path.join(run_dir, "sites"))
     for k in range(fed.sites):
       start(
         [
           _tool("flower-supernode"),
-          "--insecure",
+          *supernode_security(parties, k),
           "--superlink",
           f"127.0.0.1:{link_port}",
           "--port",

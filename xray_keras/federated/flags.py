@@ -51,7 +51,33 @@ _KEEP_OPTIMIZER = flags.DEFINE_bool(
   False,
   "Each site keeps its optimizer's state (AdamW's moments and step count) from round to round in its Flower context, as a hospital training in every round would; without it a site starts every round with a fresh optimizer. A resumed run starts the sites afresh.",
 )
-_STRATEGY = flags.DEFINE_enum("strategy", "fedavg", server.STRATEGIES, "Flower strategy.")
+_STRATEGY = flags.DEFINE_enum(
+  "strategy",
+  "fedavg",
+  server.STRATEGIES,
+  "Flower strategy; fedmedian, fedtrimmedavg and krum resist a few misbehaving sites.",
+)
+_TRIM = flags.DEFINE_float(
+  "trim_fraction",
+  0.25,
+  "FedTrimmedAvg: share of the replies cut at each end, per weight (Flower's beta; 0.25 of 4 sites cuts 1 each end).",
+  lower_bound=0.0,
+  upper_bound=0.49,
+)
+_KRUM_F = flags.DEFINE_integer("krum_byzantine", 1, "Krum: misbehaving sites it tolerates.", lower_bound=0)
+_BAD_SITES = flags.DEFINE_integer(
+  "bad_sites",
+  0,
+  "Fault injection for robustness studies: sites 0..N-1 misbehave as --bad_kind says. Never for real training.",
+  lower_bound=0,
+)
+_BAD_KIND = flags.DEFINE_enum(
+  "bad_kind",
+  "label_flip",
+  ["label_flip", "scaled_update", "noise"],
+  "label_flip: the bad sites train on flipped labels; scaled_update: they send the global weights plus --bad_scale times their update; noise: plus Gaussian noise of their update's norm instead of the update.",
+)
+_BAD_SCALE = flags.DEFINE_float("bad_scale", 10.0, "Factor of --bad_kind=scaled_update.")
 _MU = flags.DEFINE_float("proximal_mu", 0.01, "FedProx's proximal weight mu.", lower_bound=0.0)
 _SERVER_LR = flags.DEFINE_float(
   "server_learning_rate", 0.01, "FedAdam / FedAdagrad server learning rate (Flower's eta).", lower_bound=0.0
@@ -79,6 +105,17 @@ _RUNTIME = flags.DEFINE_enum(
   ["simulation", "deployment"],
   "Flower runtime: simulation (one process, sites as Ray actors) or deployment (a SuperLink and one SuperNode per site as separate processes on 127.0.0.1).",
 )
+_MAX_UPDATE_NORM = flags.DEFINE_float(
+  "max_update_norm",
+  0.0,
+  "Refuse a site's reply whose update (its weights minus the round's global weights) has a larger L2 norm; 0: no bound. Replies unlike the model (arrays, shapes, dtypes) or holding NaN or infinity are always refused.",
+  lower_bound=0.0,
+)
+_INSECURE = flags.DEFINE_bool(
+  "insecure",
+  False,
+  "Deployment runtime: plaintext, and any process that reaches the SuperLink may join as a site. By default a fresh certificate authority signs the SuperLink's TLS certificate and only the sites' registered keys are admitted (python -m xray_keras.federated.provision writes the same for other machines).",
+)
 _CLIENT_CPUS = flags.DEFINE_float(
   "client_cpus",
   1.0,
@@ -100,6 +137,11 @@ class FederatedConfig:
   min_fit_clients: int = 2
   round_timeout: float = 1800.0
   strategy: str = "fedavg"
+  trim_fraction: float = 0.25
+  krum_byzantine: int = 1
+  bad_sites: int = 0
+  bad_kind: str = "label_flip"
+  bad_scale: float = 10.0
   proximal_mu: float = 0.01
   server_learning_rate: float = 0.01
   privacy: str = "none"
@@ -109,6 +151,8 @@ class FederatedConfig:
   secagg_threshold: int = 2
   client_cpus: float = 1.0
   runtime: str = "simulation"
+  insecure: bool = False
+  max_update_norm: float = 0.0
 
 
 def federated_config():

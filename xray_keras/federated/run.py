@@ -164,6 +164,9 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       "round": r,
       "proximal_mu": fed.proximal_mu,
       "keep_optimizer_state": fed.keep_optimizer_state,
+      "bad_sites": fed.bad_sites,
+      "bad_kind": fed.bad_kind,
+      "bad_scale": fed.bad_scale,
     }
 
   rounds = []
@@ -189,6 +192,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       {
         **row,
         "failed_sites": record["failed_sites"],
+        "refused_sites": record.get("refused_sites", []),
         "site_train_s": record["site_train_s"],
         "site_optimizer_steps": record["site_optimizer_steps"],
       }
@@ -208,6 +212,13 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
 
   if done < fed.rounds:
     strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
+    if fed.bad_sites:
+      logging.warning(
+        "Fault injection: site_0..site_%d misbehave (%s%s).",
+        fed.bad_sites - 1,
+        fed.bad_kind,
+        f" x{fed.bad_scale:g}" if fed.bad_kind == "scaled_update" else "",
+      )
     logging.info(
       "Flower %s runtime: %d sites, %d round(s) of %g local epoch(s), %s%s",
       "simulation" if grid is None else "deployment",

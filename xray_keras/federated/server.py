@@ -1,15 +1,19 @@
 """The server side: Flower's strategies around a recorder, and the ServerApp that runs them.
 
-`Recorded` wraps the chosen strategy (FedAvg, FedProx, FedAdam, FedAdagrad, optionally inside
+`Recorded` wraps the chosen strategy (FedAvg, FedProx, FedAdam, FedAdagrad, or the robust FedMedian,
+FedTrimmedAvg and Krum, optionally inside
 Flower's client-side fixed-clipping DP wrapper) and, for every round, measures the time from the
 fit instructions to the aggregate, the bytes of weights sent to and received from the sites, the
 sites that failed or did not reply in time, and hands the global weights to `on_round` (central
-validation, history, checkpoint). A round with fewer replies than `min_replies` keeps the weights
-it started from.
+validation, history, checkpoint). Before aggregating it refuses a reply that could break the
+model (arrays unlike the model's in number, shape or dtype; NaN or infinity; an update whose L2
+norm exceeds `max_update_norm`), naming the site and the reason. A round with fewer usable replies
+than `min_replies` keeps the weights it started from.
 """
 
 import time
 
+import numpy as np
 from absl import logging
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerApp, ServerConfig
@@ -17,7 +21,7 @@ from flwr.server import strategy as strategies
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_fit_workflow
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum")
 PRIVACY = ("none", "dp", "secagg")
 
 
@@ -33,10 +37,22 @@ def _per_site(results, name, cast):
 class Recorded(strategies.Strategy):
   """Delegates to `inner`; records each round and calls `on_round(round, weights, record)`."""
 
-  def __init__(self, inner, on_round, first_round=0, dtypes=None, secure=False, sites=0, wait_s=120.0, min_replies=1):
+  def __init__(
+    self,
+    inner,
+    on_round,
+    first_round=0,
+    dtypes=None,
+    secure=False,
+    sites=0,
+    wait_s=120.0,
+    min_replies=1,
+    shapes=None,
+    max_update_norm=0.0,
+  ):
     self.inner, self.on_round, self.first_round = inner, on_round, first_round
     self.dtypes, self.secure, self.expected, self.wait_s = dtypes, secure, sites, wait_s
-    self.min_replies = min_replies
+    self.min_replies, self.shapes, self.max_update_norm = min_replies, shapes, max_update_norm
     self.sites = {}  # node id -> site file, learnt from replies
     self.record = {}
 
@@ -61,8 +77,41 @@ class Recorded(strategies.Strategy):
       "start": time.perf_counter(),
       "sampled": [p.node_id for p, _ in instructions],
       "bytes_sent": sum(_bytes(ins.parameters) for _, ins in instructions),
+      "sent": parameters_to_ndarrays(parameters) if self.max_update_norm else None,
     }
     return instructions
+
+  def refusal(self, arrays, sent):
+    """Why a site's weights cannot be aggregated, or "" if they can."""
+    shapes = self.shapes or [a.shape for a in sent or arrays]
+    if len(arrays) != len(shapes):
+      return f"{len(arrays)} arrays, the model has {len(shapes)}"
+    for i, (a, shape) in enumerate(zip(arrays, shapes)):
+      if tuple(a.shape) != tuple(shape):
+        return f"array {i} has shape {tuple(a.shape)}, the model's is {tuple(shape)}"
+      if self.dtypes and a.dtype != self.dtypes[i]:
+        return f"array {i} is {a.dtype}, the model's is {np.dtype(self.dtypes[i])}"
+      if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+        return f"array {i} holds NaN or infinity" if np.issubdtype(a.dtype, np.number) else f"array {i} is not numeric"
+    if self.max_update_norm and sent is not None:
+      norm = float(np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(arrays, sent))))
+      if norm > self.max_update_norm:
+        return f"update norm {norm:.4g} exceeds --max_update_norm={self.max_update_norm:g}"
+    return ""
+
+  def _usable(self, server_round, results):
+    if self.secure:  # SecAgg+ hands over the masked sum only: no site's weights to inspect
+      return results, []
+    usable, refused = [], []
+    for proxy, res in results:
+      reason = self.refusal(parameters_to_ndarrays(res.parameters), self.record.get("sent"))
+      if reason:
+        site = str(res.metrics.get("site", f"node {proxy.node_id}"))
+        logging.warning("Round %d: refused the reply of %s: %s.", self.first_round + server_round, site, reason)
+        refused.append(site)
+      else:
+        usable.append((proxy, res))
+    return usable, refused
 
   def aggregate_fit(self, server_round, results, failures):
     record = self.record
@@ -81,16 +130,17 @@ class Recorded(strategies.Strategy):
         ", ".join(names),
         len(results),
       )
-    if len(results) < self.min_replies:
+    usable, refused = self._usable(server_round, results)
+    if len(usable) < self.min_replies:
       logging.error(
-        "Round %d: %d site(s) replied, fewer than --min_fit_clients=%d; the global weights stay as they were.",
+        "Round %d: %d usable site repl(ies), fewer than --min_fit_clients=%d; the global weights stay as they were.",
         self.first_round + server_round,
-        len(results),
+        len(usable),
         self.min_replies,
       )
       parameters, metrics = None, {}
     else:
-      parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+      parameters, metrics = self.inner.aggregate_fit(server_round, usable, failures)
     if parameters is not None and self.dtypes:  # SecAgg+ dequantizes to float64; the model's dtypes go on
       arrays = parameters_to_ndarrays(parameters)
       if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
@@ -101,6 +151,7 @@ class Recorded(strategies.Strategy):
         "bytes_received": "" if self.secure else sum(_bytes(res.parameters) for _, res in results),
         "replies": len(results),
         "failed_sites": names,
+        "refused_sites": refused,
         "site_train_s": _per_site(results, "train_s", float),
         "site_train_loss": _per_site(results, "train_loss", float),
         "site_optimizer_steps": _per_site(results, "optimizer_steps", int),
@@ -143,6 +194,12 @@ def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
     inner = strategies.FedAdam(eta=fed.server_learning_rate, **common)
   elif fed.strategy == "fedadagrad":
     inner = strategies.FedAdagrad(eta=fed.server_learning_rate, **common)
+  elif fed.strategy == "fedmedian":
+    inner = strategies.FedMedian(**common)
+  elif fed.strategy == "fedtrimmedavg":
+    inner = strategies.FedTrimmedAvg(beta=fed.trim_fraction, **common)
+  elif fed.strategy == "krum":
+    inner = strategies.Krum(num_malicious_clients=fed.krum_byzantine, **common)
   else:
     raise ValueError(f"Unknown strategy {fed.strategy!r}")
   if fed.privacy == "dp":
@@ -160,6 +217,8 @@ def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
     fed.privacy == "secagg",
     fed.sites,
     min_replies=fed.min_fit_clients,
+    shapes=[w.shape for w in initial_weights],
+    max_update_norm=fed.max_update_norm,
   )
 
 
