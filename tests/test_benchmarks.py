@@ -289,3 +289,25 @@ def test_formats_quick_mode_scores_every_format_against_keras_in_fresh_processes
       assert entry["max_abs_probability_difference"] < 1e-4 and entry["label_agreement"] == 1.0, name
   assert row["formats"]["saved_model"]["batch1_p50_speedup_vs_saved_model"] == 1.0
   assert payload["runtime_install"]["tensorflow"]["mb"] > 5 * payload["runtime_install"]["onnxruntime"]["mb"]
+
+
+@pytest.mark.slow
+def test_federated_attacks_quick_mode_compares_strategies_under_a_bad_site(tmp_path):
+  pytest.importorskip("flwr")
+  out = tmp_path / "federated_attacks.json"
+  _run_script(
+    ["benchmarks/federated_attacks.py", "--quick", f"--output_dir={tmp_path / 'runs'}", f"--output={out}"], timeout=900
+  )
+  rows = json.loads(out.read_text())["runs"]
+  assert set(rows) == {
+    "clean_fedavg",
+    *(f"{a}_{s}" for a in ("label_flip", "scaled_update") for s in ("fedavg", "fedmedian")),
+  }
+  assert rows["clean_fedavg"]["auc_minus_clean_fedavg"] == 0 and rows["clean_fedavg"]["delong_p_vs_clean"] is None
+  assert all(
+    0 <= r["test_auc"] <= 1 and r["rounds"] == 1 and 0 <= r["delong_p_vs_clean"] <= 1
+    for k, r in rows.items()
+    if k != "clean_fedavg"
+  )
+  log = (tmp_path / "runs" / "scaled_update_fedavg" / "run.log").read_text()
+  assert "Fault injection: site_0..site_0 misbehave (scaled_update x10)." in log
