@@ -37,6 +37,7 @@ VARIANTS = [
   ("openvino", ""),
   ("openvino", "int8"),
 ]
+QUICK_VARIANTS = [("saved_model", ""), ("onnx", ""), ("onnx", "int8"), ("litert", "int8")]
 _MODULE = {"saved_model": "tensorflow", "onnx": "onnxruntime", "litert": "ai_edge_litert", "openvino": "openvino"}
 _PACKAGE = {"saved_model": "tensorflow", "onnx": "onnxruntime", "litert": "ai-edge-litert", "openvino": "openvino"}
 
@@ -161,7 +162,7 @@ def folder_mb(folder):
   return round(total / 2**20, 3)
 
 
-def bench_run(run_dir, work, calls, limit):
+def bench_run(run_dir, work, calls, limit, variants=VARIANTS):
   from xray_keras.evaluation import metrics
   from xray_keras.serving import formats, runtime
 
@@ -173,7 +174,7 @@ def bench_run(run_dir, work, calls, limit):
     name = json.load(f)["model"]["name"]
   row = {"run": run_dir, "model": name, "test_images": len(pixels), "keras_test_auc": metrics.roc_auc(labels, expected)}
   row["formats"], skipped = {}, {}
-  for fmt, quantize in VARIANTS:
+  for fmt, quantize in variants:
     key = fmt + (f"-{quantize}" if quantize else "")
     try:
       __import__(_MODULE[fmt])
@@ -217,7 +218,9 @@ def bench_run(run_dir, work, calls, limit):
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--runs", required=True, help="Comma-separated finished run folders.")
-  parser.add_argument("--quick", action="store_true", help="20 batch-1 calls and at most 64 test images.")
+  parser.add_argument(
+    "--quick", action="store_true", help="20 batch-1 calls, at most 64 test images, SavedModel, ONNX and LiteRT int8."
+  )
   parser.add_argument("--output", default=os.path.join(common.RESULTS, "formats.json"))
   args = parser.parse_args()
   calls, limit = (20, 64) if args.quick else (300, None)
@@ -226,7 +229,7 @@ def main():
     for run_dir in args.runs.split(","):
       folder = os.path.join(work, str(len(runs)))
       os.makedirs(folder)
-      runs.append(bench_run(run_dir, folder, calls, limit))
+      runs.append(bench_run(run_dir, folder, calls, limit, QUICK_VARIANTS if args.quick else VARIANTS))
       print(json.dumps(runs[-1], indent=1), flush=True)
   runtimes = {}
   for fmt, package in _PACKAGE.items():

@@ -281,7 +281,7 @@ def test_formats_quick_mode_scores_every_format_against_keras_in_fresh_processes
   payload = json.loads(out.read_text())
   (row,) = payload["runs"]
   assert row["test_images"] == 12 and row["model"] == "vit_scratch"
-  assert {"saved_model", "onnx", "onnx-int8", "litert", "litert-int8"} <= set(row["formats"]), row["skipped"]
+  assert set(row["formats"]) == {"saved_model", "onnx", "onnx-int8", "litert-int8"}, row["skipped"]
   for name, entry in row["formats"].items():
     assert entry["batch1_ms_p50"] <= entry["batch1_ms_p95"] and entry["batch32_images_per_s"] > 0, name
     assert entry["file_mb"] > 0 and entry["peak_rss_mb"] > 0 and entry["import_s"] > 0, name
@@ -299,15 +299,9 @@ def test_federated_attacks_quick_mode_compares_strategies_under_a_bad_site(tmp_p
     ["benchmarks/federated_attacks.py", "--quick", f"--output_dir={tmp_path / 'runs'}", f"--output={out}"], timeout=900
   )
   rows = json.loads(out.read_text())["runs"]
-  assert set(rows) == {
-    "clean_fedavg",
-    *(f"{a}_{s}" for a in ("label_flip", "scaled_update") for s in ("fedavg", "fedmedian")),
-  }
+  assert set(rows) == {"clean_fedavg", "scaled_update_fedmedian"}
   assert rows["clean_fedavg"]["auc_minus_clean_fedavg"] == 0 and rows["clean_fedavg"]["delong_p_vs_clean"] is None
-  assert all(
-    0 <= r["test_auc"] <= 1 and r["rounds"] == 1 and 0 <= r["delong_p_vs_clean"] <= 1
-    for k, r in rows.items()
-    if k != "clean_fedavg"
-  )
-  log = (tmp_path / "runs" / "scaled_update_fedavg" / "run.log").read_text()
+  row = rows["scaled_update_fedmedian"]
+  assert 0 <= row["test_auc"] <= 1 and row["rounds"] == 1 and 0 <= row["delong_p_vs_clean"] <= 1
+  log = (tmp_path / "runs" / "scaled_update_fedmedian" / "run.log").read_text()
   assert "Fault injection: site_0..site_0 misbehave (scaled_update x10)." in log
