@@ -13,13 +13,14 @@ than `min_replies` keeps the weights it started from.
 
 import time
 
-import numpy as np
 from absl import logging
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server import strategy as strategies
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_fit_workflow
+
+from xray_keras.federated import validation
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum")
 PRIVACY = ("none", "dp", "secagg")
@@ -81,30 +82,13 @@ class Recorded(strategies.Strategy):
     }
     return instructions
 
-  def refusal(self, arrays, sent):
-    """Why a site's weights cannot be aggregated, or "" if they can."""
-    shapes = self.shapes or [a.shape for a in sent or arrays]
-    if len(arrays) != len(shapes):
-      return f"{len(arrays)} arrays, the model has {len(shapes)}"
-    for i, (a, shape) in enumerate(zip(arrays, shapes)):
-      if tuple(a.shape) != tuple(shape):
-        return f"array {i} has shape {tuple(a.shape)}, the model's is {tuple(shape)}"
-      if self.dtypes and a.dtype != self.dtypes[i]:
-        return f"array {i} is {a.dtype}, the model's is {np.dtype(self.dtypes[i])}"
-      if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-        return f"array {i} holds NaN or infinity" if np.issubdtype(a.dtype, np.number) else f"array {i} is not numeric"
-    if self.max_update_norm and sent is not None:
-      norm = float(np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(arrays, sent))))
-      if norm > self.max_update_norm:
-        return f"update norm {norm:.4g} exceeds --max_update_norm={self.max_update_norm:g}"
-    return ""
-
   def _usable(self, server_round, results):
     if self.secure:  # SecAgg+ hands over the masked sum only: no site's weights to inspect
       return results, []
     usable, refused = [], []
     for proxy, res in results:
-      reason = self.refusal(parameters_to_ndarrays(res.parameters), self.record.get("sent"))
+      arrays = parameters_to_ndarrays(res.parameters)
+      reason = validation.refusal(arrays, self.shapes, self.dtypes, self.record.get("sent"), self.max_update_norm)
       if reason:
         site = str(res.metrics.get("site", f"node {proxy.node_id}"))
         logging.warning("Round %d: refused the reply of %s: %s.", self.first_round + server_round, site, reason)
