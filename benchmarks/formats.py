@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+from xray_keras.serving import runtime  # noqa: E402
+
 VARIANTS = [
   ("saved_model", ""),
   ("onnx", ""),
@@ -38,8 +40,8 @@ VARIANTS = [
   ("openvino", "int8"),
 ]
 QUICK_VARIANTS = [("saved_model", ""), ("onnx", ""), ("onnx", "int8"), ("litert", "int8")]
-_MODULE = {"saved_model": "tensorflow", "onnx": "onnxruntime", "litert": "ai_edge_litert", "openvino": "openvino"}
-_PACKAGE = {"saved_model": "tensorflow", "onnx": "onnxruntime", "litert": "ai-edge-litert", "openvino": "openvino"}
+_MODULE = {"saved_model": "tensorflow", **{fmt: module for fmt, (module, _) in runtime.RUNTIMES.items()}}
+_PACKAGE = {"saved_model": "tensorflow", **{fmt: package for fmt, (_, package) in runtime.RUNTIMES.items()}}
 
 
 # What each runtime imports to run a model (LiteRT's package imports its interpreter lazily).
@@ -59,7 +61,6 @@ def _peak_rss_mb():
 
 def worker(model, images, out, calls):
   """In a fresh process: import the runtime, score `images`, time batch 1 and batch 32; prints a JSON line."""
-  from xray_keras.serving import runtime
 
   fmt = runtime.resolve(model)[0]
   start = time.perf_counter()
@@ -164,7 +165,7 @@ def folder_mb(folder):
 
 def bench_run(run_dir, work, calls, limit, variants=VARIANTS):
   from xray_keras.evaluation import metrics
-  from xray_keras.serving import formats, runtime
+  from xray_keras.serving import formats
 
   pixels, labels, values = test_split(run_dir, limit)
   images = os.path.join(work, "test.npy")

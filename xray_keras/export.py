@@ -26,7 +26,7 @@ _FORMAT = flags.DEFINE_enum(
 _QUANTIZE = flags.DEFINE_enum(
   "quantize",
   "",
-  ["", "int8", "int8_full"],
+  ["", *runtime.QUANTIZE],
   "int8: post-training quantization (onnx, openvino: calibrated on the run's validation images; litert: int8 "
   "weights, activations quantized at run time); int8_full: LiteRT's integer-only file, calibrated likewise.",
 )

@@ -41,7 +41,6 @@ _PACKAGES = {
   "openvino": ("openvino", "nncf"),
 }
 CALIBRATION_IMAGES = 256
-QUANTIZE = ("int8", "int8_full")
 
 
 class PneumoniaProbability(keras.layers.Layer):
@@ -126,7 +125,7 @@ def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_na
   """Exports the finished run in `run_dir` as `fmt` (onnx, litert, openvino); returns the version folder."""
   if fmt not in runtime.MODEL_FILES:
     raise UserError(f"Unknown export format {fmt!r}: one of {', '.join(runtime.FORMATS)}.")
-  if quantize not in ("", *QUANTIZE):
+  if quantize not in ("", *runtime.QUANTIZE):
     raise UserError(f"Unknown --quantize={quantize}: int8, int8_full (litert), or nothing for float32.")
   if quantize == "int8_full" and fmt != "litert":
     raise UserError("--quantize=int8_full is LiteRT's integer-only file; onnx and openvino take --quantize=int8.")

@@ -20,6 +20,7 @@ RUNTIMES = {
   "litert": ("ai_edge_litert", "ai-edge-litert"),
   "openvino": ("openvino", "openvino"),
 }
+QUANTIZE = ("int8", "int8_full")  # `--quantize` beside float32 (int8_full: LiteRT's integer-only file)
 _BY_EXTENSION = {os.path.splitext(name)[1]: fmt for fmt, name in MODEL_FILES.items()}
 
 
