@@ -52,7 +52,7 @@ def main():
   parser.add_argument(
     "--quick",
     action="store_true",
-    help="Smoke recipe, 40 images, 3 sites, 1 round; clean FedAvg and scaled_update FedMedian.",
+    help="Smoke recipe, 40 images, 3 sites, 1 round, no run reports; clean FedAvg and scaled_update FedMedian.",
   )
   parser.add_argument("--output_dir", default=os.path.join("runs", "federated_attacks"))
   parser.add_argument("--output", default=os.path.join(common.RESULTS, "federated_attacks.json"))
@@ -60,7 +60,14 @@ def main():
   from xray_keras.evaluation import metrics, statistics
 
   if args.quick:
-    recipe = ["--flagfile=experiments/smoke.cfg", "--max_images_per_split=40", "--sites=3", "--rounds=1"]
+    recipe = [
+      "--flagfile=experiments/smoke.cfg",
+      "--max_images_per_split=40",
+      "--sites=3",
+      "--rounds=1",
+      "--noreport",
+      "--bootstrap_resamples=50",
+    ]
     plan = [("scaled_update", "fedmedian")]
   else:
     recipe = ["--flagfile=experiments/federated.cfg", f"--rounds={int(round(args.epochs * 4))}"]

@@ -172,3 +172,20 @@ def tiny_run(tmp_path_factory):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return base, tree, run_dir, export_dir
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+  """Under xdist's loadgroup, one worker runs every test of a costly shared fixture, so it is built once.
+
+  The tests of the shared tiny run go to one worker; a module's tests that share a module-scoped
+  fixture go to one worker each. Without xdist the marks change nothing.
+  """
+  for item in items:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+      continue
+    if "tiny_run" in info.names_closure:
+      item.add_marker(pytest.mark.xdist_group("tiny_run"))
+    elif any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))

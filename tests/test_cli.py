@@ -116,6 +116,7 @@ def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report
     assert (out / figure).stat().st_size > 1000, figure
 
 
+@pytest.mark.slow  # a whole CLI run in its own process
 def test_synthetic_source_is_labelled_synthetic(tmp_path):
   out = tmp_path / "smoke"
   result = run_cli("--flagfile=experiments/smoke.cfg", "--data_source=synthetic", "--noreport", f"--output_dir={out}")
@@ -141,6 +142,7 @@ def test_synthetic_source_is_labelled_synthetic(tmp_path):
     (["--seeds=42,x"], "--seeds takes integers"),
     (["--task=four_class"], "value should be one of <binary|three_class>"),
     (["--tta=0"], "--tta=0"),
+    (["--model=vit_giant"], "Unknown model: 'vit_giant'. Valid models: cnn_scratch, vit_scratch"),
   ],
 )
 def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):
@@ -149,6 +151,24 @@ def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):
   lines = _error_lines(result)
   assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_flags_are_parsed_before_tensorflow_or_keras_is_imported():
+  """A fresh process that refuses both imports still parses every flag and names a bad one."""
+  code = (
+    "import runpy, sys\n"
+    "class Refuse:\n"
+    "  def find_spec(self, name, *args):\n"
+    "    if name.split('.')[0] in ('tensorflow', 'keras', 'jax'):\n"
+    "      raise ImportError('refused: ' + name)\n"
+    "sys.meta_path.insert(0, Refuse())\n"
+    "sys.argv = ['run', '--flagfile=experiments/vit_scratch.cfg', '--model=vit_giant']\n"
+    "runpy.run_module('xray_keras.run', run_name='__main__')\n"
+  )
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1 and "refused" not in result.stderr, result.stderr[-2000:]
+  (line,) = _error_lines(result)
+  assert "Unknown model: 'vit_giant'" in line
 
 
 def test_missing_data_dir_says_what_to_get(tmp_path):

@@ -16,6 +16,7 @@ from xray_keras.errors import UserError
 from xray_keras.evaluation import calibration, clinical, ensemble, metrics, multiclass, operating_points
 from xray_keras.report import clinical as report_clinical
 from xray_keras.report import collect
+from xray_keras.serving import predict
 
 
 def test_ece_and_brier_on_a_worked_example():
@@ -230,34 +231,18 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
     Image.fromarray(np.squeeze(image)).save(images / f"x{i}.png")
   outputs = {}
   for name, model in (("export", export_dir / "cnn_scratch"), ("keras", run_dir / "model.keras")):
-    lines = (
-      _run(
-        [
-          "-m",
-          "xray_keras.predict",
-          f"--model={model}",
-          "--format=json",
-          "--operating_point=specificity_90",
-          str(images),
-        ]
-      )
-      .stdout.strip()
-      .splitlines()
-    )
-    outputs[name] = [json.loads(line) for line in lines]
+    predictor = predict.load_predictor(str(model), operating_point="specificity_90")
+    rows, skipped = predict.predict_files(predictor, predict.list_inputs([str(images)])[0])
+    assert len(rows) == 4 and not skipped
+    outputs[name] = [(label, probability, predictor.threshold) for _, label, probability in rows]
   for a, b in zip(outputs["export"], outputs["keras"]):  # calibrated and preprocessed alike, one threshold
-    assert a["pneumonia_probability"] == pytest.approx(b["pneumonia_probability"], abs=1e-5)
-    assert a["threshold"] == pytest.approx(card["operating_points"]["specificity_90"]["threshold"])
-    assert b["threshold"] == pytest.approx(a["threshold"])
-    assert a["label"] == ("PNEUMONIA" if a["pneumonia_probability"] >= a["threshold"] else "NORMAL") == b["label"]
-  refused = subprocess.run(
-    [sys.executable, "-m", "xray_keras.predict", f"--model={export_dir / 'cnn_scratch'}", "--tta=2", str(images)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert refused.returncode == 1 and "needs a run's model.keras" in refused.stderr and "Traceback" not in refused.stderr
+    assert a[1] == pytest.approx(b[1], abs=1e-5)
+    assert a[2] == pytest.approx(card["operating_points"]["specificity_90"]["threshold"]) and b[2] == pytest.approx(
+      a[2]
+    )
+    assert a[0] == ("PNEUMONIA" if a[1] >= a[2] else "NORMAL") == b[0]
+  with pytest.raises(UserError, match="needs a run's model.keras"):
+    predict.load_predictor(str(export_dir / "cnn_scratch"), tta=2)
 
   report = (run_dir / "report.md").read_text()
   for section in (

@@ -31,33 +31,63 @@ def _images(n=3, size=64, seed=0):
   return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 1)).astype(np.float32)
 
 
+# The paper's table: layers, hidden, MLP, heads, params.
+PAPER_TABLE = {
+  "ViT-Tiny": (12, 192, 768, 3, 5.5e6),
+  "ViT-Base": (12, 768, 3072, 12, 86e6),
+  "ViT-Large": (24, 1024, 4096, 16, 307e6),
+  "ViT-Huge": (32, 1280, 5120, 16, 632e6),
+  "ViT_Base": (12, 768, 3072, 12, 86e6),
+  "ViT_scratch": (4, 56, 224, 4, 155.7e3),
+}
+
+
+def _matches_the_paper(rows):
+  for r in rows:
+    assert set(r) == set(table.COLUMNS)
+    if r["model"] in PAPER_TABLE:
+      layers, hidden, mlp, heads, params = PAPER_TABLE[r["model"]]
+      assert (r["layers"], r["hidden_size"], r["mlp_size"], r["heads"]) == (layers, hidden, mlp, heads), r["model"]
+      tolerance = 0.04 if r["model"] == "ViT_scratch" else 0.02
+      assert abs(r["params"] - params) / params < tolerance, (r["model"], r["params"])
+
+
 def test_parameter_table_matches_the_paper_as_json():
+  """The CLI's JSON; ViT-Large and ViT-Huge (940M weights to build) are checked in the slow set."""
+  small = ["cnn_scratch", "vit_scratch", "resnet50", "vit_base", "vit_tiny_scratch", "vit_base_scratch"]
   result = subprocess.run(
-    [sys.executable, "-m", "xray_keras.models", "--format=json"], cwd=REPO, capture_output=True, text=True, timeout=600
+    [sys.executable, "-m", "xray_keras.models", "--format=json", f"--only={','.join(small)}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert result.returncode == 0, result.stderr[-2000:]
   rows = {r["model"]: r for r in json.loads(result.stdout)}
-  assert all(set(r) == set(table.COLUMNS) for r in rows.values())
-  expected = {  # the paper's table: layers, hidden, MLP, heads, params
-    "ViT-Tiny": (12, 192, 768, 3, 5.5e6),
-    "ViT-Base": (12, 768, 3072, 12, 86e6),
-    "ViT-Large": (24, 1024, 4096, 16, 307e6),
-    "ViT-Huge": (32, 1280, 5120, 16, 632e6),
-    "ViT_Base": (12, 768, 3072, 12, 86e6),
-    "ViT_scratch": (4, 56, 224, 4, 155.7e3),
-  }
-  for name, (layers, hidden, mlp, heads, params) in expected.items():
-    r = rows[name]
-    assert (r["layers"], r["hidden_size"], r["mlp_size"], r["heads"]) == (layers, hidden, mlp, heads), name
-    tolerance = 0.04 if name == "ViT_scratch" else 0.02
-    assert abs(r["params"] - params) / params < tolerance, (name, r["params"])
+  assert set(rows) == {"CNN_scratch", "ViT_scratch", "ResNet50", "ViT_Base", "ViT-Tiny", "ViT-Base"}
+  _matches_the_paper(rows.values())
   assert abs(rows["ResNet50"]["params"] - 23.5e6) / 23.5e6 < 0.02 and rows["ResNet50"]["layers"] == 50
   assert abs(rows["CNN_scratch"]["params"] - 17.6e6) / 17.6e6 < 0.02
+
+
+@pytest.mark.slow
+def test_parameter_table_of_the_large_vits_matches_the_paper():
+  rows = table.rows(["vit_large_scratch", "vit_huge_scratch"])
+  assert [r["model"] for r in rows] == ["ViT-Large", "ViT-Huge"]
+  _matches_the_paper(rows)
 
 
 def test_text_table_lists_every_model():
   text = table.format_text(table.rows(["vit_scratch", "resnet50"]))
   assert "ViT_scratch" in text and "ResNet50" in text and "23,589,761" in text and "paper" in text
+
+
+def test_the_registry_builds_exactly_the_names_the_flags_accept():
+  from xray_keras import choices
+  from xray_keras.models import vit_family
+
+  assert tuple(models.REGISTRY) == choices.MODELS and tuple(vit_family.SIZES) == choices.VIT_SIZES
+  assert choices.unknown_model("applications:EfficientNetV2B0") is None and choices.unknown_model("vit_giant")
 
 
 def test_registry_takes_any_keras_application_and_names_the_valid_ones():
@@ -125,8 +155,17 @@ def test_a_weights_file_with_the_imagenet_top_loads_without_it():
   assert len(str(error.value)) < 500
 
 
-@pytest.mark.parametrize("name", ["resnet50", "vit_base"])
-@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+@pytest.mark.parametrize(
+  "name, suffix",
+  [
+    ("resnet50", ".keras"),
+    ("resnet50", ".weights.h5"),
+    ("vit_base", ".keras"),
+    pytest.param(
+      "vit_base", ".weights.h5", marks=pytest.mark.slow
+    ),  # 86M weights; the .keras twin runs in the fast set
+  ],
+)
 def test_weights_saved_locally_give_identical_outputs(name, suffix, tmp_path):
   source = models.build_model(name, (32, 32, 1), weights="none")
   path = str(tmp_path / f"saved{suffix}")
@@ -135,6 +174,7 @@ def test_weights_saved_locally_give_identical_outputs(name, suffix, tmp_path):
   np.testing.assert_array_equal(loaded.predict(_images(2, 32), verbose=0), source.predict(_images(2, 32), verbose=0))
 
 
+@pytest.mark.slow  # builds and saves ViT-Base (86M weights) and ResNet50 twice each
 def test_backbone_only_keras_file_and_local_keras_hub_preset(tmp_path):
   source = models.build_model("vit_base", (32, 32, 1), weights="none")
   preset = str(tmp_path / "my_vit_preset")
@@ -155,6 +195,7 @@ def test_backbone_only_keras_file_and_local_keras_hub_preset(tmp_path):
     models.build_model("resnet50", (32, 32, 1), weights=str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.slow  # two CLI runs in their own processes
 def test_offline_imagenet_fails_fast_naming_the_file(tmp_path):
   env = {**os.environ, **OFFLINE, "KERAS_HOME": str(tmp_path / "keras_home"), "KAGGLEHUB_CACHE": str(tmp_path / "kh")}
   cases = (

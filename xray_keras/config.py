@@ -2,7 +2,6 @@
 
 import dataclasses
 
-from xray_keras import models
 from xray_keras.data.loader import DataConfig
 
 
@@ -64,5 +63,7 @@ class RunConfig:
 
   def model_input(self):
     """`(spec, image size, channels)` of the run's model; `--image_size=0` means the model's default."""
+    from xray_keras import models
+
     spec = models.get_spec(self.model.name)
     return spec, self.data.image_size or spec.default_image_size, self.data.channels

@@ -4,13 +4,12 @@ import ast
 
 from absl import flags
 
-from xray_keras import models, path_flags
+from xray_keras import choices, path_flags
 from xray_keras.config import ModelConfig, RunConfig, TrainConfig
-from xray_keras.data import decode, download, feeder, preprocess
+from xray_keras.data import decode, download, preprocess
 from xray_keras.data.loader import SOURCES, DataConfig
 from xray_keras.errors import UserError
 from xray_keras.serving import runtime
-from xray_keras.training import device, distribution, trainer
 
 # === Data ===
 _DATA_SOURCE = flags.DEFINE_enum(
@@ -80,7 +79,7 @@ _TFDS_DATA_DIR = path_flags.DEFINE_path(
 _MODEL = flags.DEFINE_string(
   "model",
   "vit_scratch",
-  f"Model to train: {', '.join(models.REGISTRY)}, applications:<keras.applications name> or keras_hub:<image backbone preset or class>.",
+  f"Model to train: {', '.join(choices.MODELS)}, applications:<keras.applications name> or keras_hub:<image backbone preset or class>.",
 )
 _WEIGHTS = path_flags.DEFINE_path(
   "weights",
@@ -113,10 +112,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size (all rep
 _PER_REPLICA_BATCH = flags.DEFINE_integer(
   "per_replica_batch_size", 0, "If set, the global batch is this times the replica count.", lower_bound=0
 )
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", trainer.OPTIMIZERS, "Optimizer.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", choices.OPTIMIZERS, "Optimizer.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw).", lower_bound=0.0)
-_SCHEDULE = flags.DEFINE_enum("schedule", "constant", trainer.SCHEDULES, "Learning-rate schedule.")
+_SCHEDULE = flags.DEFINE_enum("schedule", "constant", choices.SCHEDULES, "Learning-rate schedule.")
 _WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).", lower_bound=0)
 _PATIENCE = flags.DEFINE_integer(
   "early_stopping_patience", 0, "Stop after this many epochs without --monitor improving; 0: off.", lower_bound=0
@@ -129,12 +128,12 @@ _CLASS_WEIGHTS = flags.DEFINE_bool(
   "class_weights", True, "Weight the loss by inverse class frequency of the train split."
 )
 _AUGMENT = flags.DEFINE_list(
-  "augment", [], f"Comma-separated augmentations from {','.join(feeder.AUGMENTATIONS)}; default none."
+  "augment", [], f"Comma-separated augmentations from {','.join(choices.AUGMENTATIONS)}; default none."
 )
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs into the run directory.")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 _DEVICE = flags.DEFINE_enum(
-  "device", "auto", device.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none."
+  "device", "auto", choices.DEVICES, "auto: GPU if present; cpu: never a GPU; gpu: fail if none."
 )
 _JIT_COMPILE = flags.DEFINE_enum(
   "jit_compile",
@@ -150,13 +149,13 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
 _DISTRIBUTION = flags.DEFINE_enum(
   "distribution",
   "auto",
-  distribution.STRATEGIES,
+  choices.STRATEGIES,
   "auto, cpu, gpu (one device), mirrored (all local devices), multiworker (processes named by TF_CONFIG, or on JAX by KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID).",
 )
 _FEEDER = flags.DEFINE_enum(
   "feeder",
   "auto",
-  trainer.FEEDERS,
+  choices.FEEDERS,
   "device (JAX): the split on the accelerator, batches gathered there, cast and augmentation inside the compiled train step; host: tf.data (TensorFlow) or NumPy batches. auto: device on JAX, host otherwise.",
 )
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
@@ -252,7 +251,18 @@ def _validator(check, errors):
   return validate
 
 
-_known_model = _validator(models.get_spec, ValueError)
+def _known_model(name):
+  """A registered name passes at once; an `applications:`/`keras_hub:` name is checked by building its spec."""
+  reason = choices.unknown_model(name)
+  if reason:
+    raise flags.ValidationError(reason)
+  if name not in choices.MODELS:
+    from xray_keras import models
+
+    _validator(models.get_spec, ValueError)(name)
+  return True
+
+
 _valid_preprocess = _validator(preprocess.parse, UserError)
 
 
@@ -278,8 +288,8 @@ def _literal(text):
 
 flags.register_validator(
   "augment",
-  lambda names: set(names) <= set(feeder.AUGMENTATIONS),
-  message=f"--augment takes a comma-separated list from: {', '.join(feeder.AUGMENTATIONS)}",
+  lambda names: set(names) <= set(choices.AUGMENTATIONS),
+  message=f"--augment takes a comma-separated list from: {', '.join(choices.AUGMENTATIONS)}",
 )
 
 

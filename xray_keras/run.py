@@ -36,6 +36,10 @@ def main(argv):
         xray_flags.seeds(),
       )
       return
+    if config.output_dir and config.train.distribution != "multiworker":
+      from xray_keras.training import run_dir
+
+      run_dir.check(config.output_dir, config)  # before the imports below, which take seconds
     from xray_keras.training import trainer  # Imports Keras and the backend.
 
     trainer.train_and_evaluate(config)

@@ -10,9 +10,10 @@ import math
 import keras
 import numpy as np
 
+from xray_keras import choices
 from xray_keras.data.affine import RandomAffine
 
-AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast", "brightness", "blur", "sharpness", "affine")
+AUGMENTATIONS = choices.AUGMENTATIONS
 GEOMETRIC_AND_CONTRAST = AUGMENTATIONS[:4]
 
 

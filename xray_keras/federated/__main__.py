@@ -32,6 +32,7 @@ def main(argv):
   config = xray_flags.run_config()
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
   try:
+    federated_flags.check(config, fed)  # before the imports below, which take seconds
     from xray_keras.federated import run  # Imports Keras, the backend and Flower.
 
     if fed.runtime == "simulation":
@@ -39,7 +40,6 @@ def main(argv):
       return
     from xray_keras.federated import deployment
 
-    run.check(config, fed)
     deployment.launch(config.output_dir, config.flags_text, fed)
     if not os.path.exists(os.path.join(config.output_dir, "metrics.json")):
       raise UserError(

@@ -4,6 +4,7 @@ import dataclasses
 
 from absl import flags
 
+from xray_keras.errors import UserError
 from xray_keras.federated import partition, server
 
 _SITES = flags.DEFINE_integer(
@@ -164,3 +165,18 @@ def flags_text():
   """This module's flags as flagfile lines."""
   lines = [flag.serialize() for flag in flags.FLAGS.get_flags_for_module(__name__)]
   return "\n".join(line for line in lines if line) + "\n"
+
+
+def check(config, fed):
+  """One-line errors for settings that cannot work together."""
+  if config.train.head_epochs:
+    raise UserError("--head_epochs is not available in federated training; set --head_epochs=0.")
+  if fed.local_epochs <= 0:
+    raise UserError(f"--local_epochs must be above 0 (got {fed.local_epochs:g}).")
+  if fed.min_fit_clients > fed.sites:
+    raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
+  if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:
+    raise UserError(
+      f"SecAgg+ needs --secagg_threshold <= --secagg_shares <= --sites "
+      f"(got {fed.secagg_threshold}, {fed.secagg_shares}, {fed.sites})."
+    )

@@ -22,27 +22,13 @@ from xray_keras import models
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
+from xray_keras.federated import flags as federated_flags
 from xray_keras.training import device, end_of_run, schedules, trainer
 from xray_keras.training import run_dir as run_dirs
 
 STATE = os.path.join(run_dirs.BACKUP_DIR, "federated_state.npz")
 SITE_MANIFEST = "site_manifest.csv"
 _ONE_PROCESS = types.SimpleNamespace(num_workers=1, is_chief=True, worker_index=0)
-
-
-def check(config, fed):
-  """One-line errors for settings that cannot work together."""
-  if config.train.head_epochs:
-    raise UserError("--head_epochs is not available in federated training; set --head_epochs=0.")
-  if fed.local_epochs <= 0:
-    raise UserError(f"--local_epochs must be above 0 (got {fed.local_epochs:g}).")
-  if fed.min_fit_clients > fed.sites:
-    raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
-  if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:
-    raise UserError(
-      f"SecAgg+ needs --secagg_threshold <= --secagg_shares <= --sites "
-      f"(got {fed.secagg_threshold}, {fed.secagg_shares}, {fed.sites})."
-    )
 
 
 def round_learning_rate(train, fed):
@@ -64,7 +50,7 @@ def train_and_evaluate(config, fed, grid=None, context=None):
   Without `grid` the rounds run in Flower's simulation runtime; with the `grid` and `context` of a
   ServerApp (Flower's deployment runtime) they run on its SuperNodes.
   """
-  check(config, fed)
+  federated_flags.check(config, fed)
   used_device = device.configure(config.train.device)
   synthetic = loader.resolve_source(config.data) == "synthetic"
   run_dir, resuming = run_dirs.prepare(config, _ONE_PROCESS, synthetic)

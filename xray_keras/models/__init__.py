@@ -10,6 +10,7 @@ import functools
 import keras
 import numpy as np
 
+from xray_keras import choices
 from xray_keras.models import pretrained, vit_family
 from xray_keras.models import weights as weights_lib
 from xray_keras.models.cnn_scratch import cnn_scratch
@@ -57,11 +58,7 @@ def get_spec(name):
     ref = name.removeprefix(pretrained.KERAS_HUB)
     pretrained.check_hub(ref)
     return ModelSpec(name, ref, functools.partial(pretrained.hub_classifier, ref), 224, pretrained=True)
-  raise ValueError(
-    f"Unknown model: {name!r}. Valid models: {', '.join(REGISTRY)}, "
-    f"{pretrained.APPLICATIONS}<keras.applications name> (e.g. {pretrained.APPLICATIONS}EfficientNetV2B0), "
-    f"{pretrained.KERAS_HUB}<keras-hub image backbone preset or class>"
-  )
+  raise ValueError(choices.unknown_model(name))
 
 
 def default_weights(spec, weights=""):

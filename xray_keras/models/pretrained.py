@@ -17,11 +17,12 @@ import os
 import keras
 from absl import logging
 
+from xray_keras import choices
 from xray_keras.models import weights as weights_lib
 from xray_keras.models.adapters import ApplicationPreprocessing, ClassTokenPooling, GrayscaleToRGB
 
-APPLICATIONS = "applications:"
-KERAS_HUB = "keras_hub:"
+APPLICATIONS = choices.APPLICATIONS
+KERAS_HUB = choices.KERAS_HUB
 
 VIT_BASE_PRESET = "vit_base_patch16_224_imagenet21k"
 # ViT-B/16 as in keras-hub's presets, so `--weights=none` needs no download.

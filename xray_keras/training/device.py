@@ -5,9 +5,10 @@ import os
 import keras
 from absl import logging
 
+from xray_keras import choices
 from xray_keras.errors import UserError
 
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = choices.DEVICES
 
 
 def configure(device):

@@ -19,9 +19,10 @@ import os
 import keras
 from absl import logging
 
+from xray_keras import choices
 from xray_keras.errors import UserError
 
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multiworker")
+STRATEGIES = choices.STRATEGIES
 
 
 @dataclasses.dataclass

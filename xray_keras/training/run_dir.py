@@ -41,10 +41,22 @@ def prepare(config, plan, synthetic=False):
   )
   if not plan.is_chief:
     path = os.path.join(path, f".worker{plan.worker_index}")  # backups only; the chief writes the outputs
+  resuming = check(path, config)
+  backup = os.path.join(path, BACKUP_DIR)
+  if not resuming and os.path.isdir(backup):
+    shutil.rmtree(backup)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
+  return path, resuming
+
+
+def check(path, config):
+  """Whether `path` holds an interrupted run to resume; refuses a finished one, or one with other flags."""
   if os.path.exists(os.path.join(path, FINISHED_MARKER)) and not config.overwrite:
     raise UserError(f"{path} holds a finished run; choose another --output_dir or pass --overwrite.")
-  backup = os.path.join(path, BACKUP_DIR)
-  resuming = os.path.isdir(backup) and not config.overwrite
+  resuming = os.path.isdir(os.path.join(path, BACKUP_DIR)) and not config.overwrite
   if resuming:
     with open(os.path.join(path, "flags.txt")) as f:
       if _comparable_flags(f.read()) != _comparable_flags(config.flags_text):
@@ -52,13 +64,7 @@ def prepare(config, plan, synthetic=False):
           f"{path} holds an interrupted run with other flags; rerun the same command to resume it, "
           "or choose another --output_dir, or pass --overwrite."
         )
-  elif os.path.isdir(backup):
-    shutil.rmtree(backup)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"Cannot create output directory {path!r}: {e.strerror}") from None
-  return path, resuming
+  return resuming
 
 
 def completed_epochs(run_dir):

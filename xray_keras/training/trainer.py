@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from xray_keras import models
+from xray_keras import choices, models
 from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.training import device, distribution, end_of_run, progress, room, schedules, transfer
@@ -25,9 +25,9 @@ from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-FEEDERS = ("auto", "device", "host")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = choices.OPTIMIZERS
+FEEDERS = choices.FEEDERS
+SCHEDULES = choices.SCHEDULES
 
 
 @contextlib.contextmanager
