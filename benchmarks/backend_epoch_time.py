@@ -36,6 +36,7 @@ def run_one(backend, jit, feeder, data_args, out, eager_cap):
     "--flagfile=experiments/vit_scratch.cfg",
     *data_args,
     "--epochs=2",
+    "--noreport",
     f"--jit_compile={str(jit).lower()}",
     f"--feeder={feeder}",
   ]

@@ -220,6 +220,7 @@ def test_a_full_or_read_only_disk_is_one_clear_error(tmp_path, options, message)
 @pytest.mark.slow
 def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
   from tests.test_distribution import _history_epochs
+  from xray_keras.training import run_dir
 
   out = tmp_path / "run"
   args = [
@@ -232,18 +233,30 @@ def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
     "--synthetic_train_size=800",
     "--max_images_per_split=0",
     "--image_size=32",
+    "--augment=rotation,contrast",
+    "--noreport",
     f"--output_dir={out}",
     f"--cache_dir={tmp_path / 'cache'}",
   ]
+  # First kill -9 once two epochs are written, so every later start resumes from a backup.
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and (not (out / "history.csv").exists() or len(_history_epochs(out)) < 2):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  assert 2 <= len(_history_epochs(out)) < 12 and not (out / "metrics.json").exists()
   rng = random.Random(2)
-  kills = 0
-  for _ in range(4):
+  kills = 1
+  for _ in range(3):
     kills += not _kill_at_random(args, rng, 6.0, 14.0, cwd=REPO)  # a whole run takes about 25 s
-    if (out / "history.csv").exists():
-      epochs = _history_epochs(out)
-      assert epochs == sorted(set(epochs))  # never a repeated or reordered epoch row
+    epochs = _history_epochs(out)
+    assert epochs == sorted(set(epochs))  # never a repeated or reordered epoch row
   result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0 or "holds a finished run" in result.stderr, result.stderr[-3000:]
   assert kills >= 2
   assert _history_epochs(out) == list(range(12))
   assert (out / "metrics.json").is_file() and (out / "model.keras").is_file()
+  assert "Resuming an interrupted run" in (out / "run.log").read_text()
+  assert json.loads((out / "timing.json").read_text())["resumed"] is True
+  assert not (out / run_dir.BACKUP_DIR).exists()  # the backup goes once training finished

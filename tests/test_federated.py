@@ -242,7 +242,9 @@ def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_fol
 @pytest.mark.parametrize("privacy,strategy", [("dp", "fedprox"), ("secagg", "fedavg")])
 def test_privacy_options_end_with_finite_weights(tmp_path, privacy, strategy):
   out = tmp_path / privacy
-  result = _federated([f"--output_dir={out}", "--rounds=1", f"--privacy={privacy}", f"--strategy={strategy}"])
+  result = _federated(
+    [f"--output_dir={out}", "--rounds=1", f"--privacy={privacy}", f"--strategy={strategy}", "--noreport"]
+  )
   weights = models.load_model(str(out / "model.keras")).get_weights()
   assert all(np.isfinite(w).all() for w in weights)
   timing = json.loads((out / "timing.json").read_text())
@@ -305,7 +307,7 @@ def _rounds(path):
 @pytest.mark.slow
 def test_a_killed_site_does_not_stop_the_run_and_a_killed_server_resumes(tmp_path):
   out = tmp_path / "faults"
-  args = [sys.executable, *SMALL, f"--output_dir={out}", "--rounds=6", "--local_epochs=2"]
+  args = [sys.executable, *SMALL, f"--output_dir={out}", "--rounds=6", "--local_epochs=2", "--noreport"]
   run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   try:
     assert _wait_for(_logged(out / "run.log", "Round 1/6"), run), "the run ended before its first round"
@@ -340,7 +342,14 @@ def _site_actors(run):
 @pytest.mark.slow
 def test_a_site_that_never_answers_is_left_behind_after_the_round_timeout(tmp_path):
   out = tmp_path / "silent"
-  args = [sys.executable, *SMALL, f"--output_dir={out}", "--rounds=2", "--round_timeout=90"]
+  args = [
+    sys.executable,
+    *SMALL,
+    f"--output_dir={out}",
+    "--rounds=2",
+    "--round_timeout=90",
+    "--noreport",
+  ]  # round 1 starts the sites' processes: 90 s leaves room for that on a loaded machine
   run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   frozen = []
   try:
@@ -369,7 +378,7 @@ def test_a_site_that_never_answers_is_left_behind_after_the_round_timeout(tmp_pa
 @pytest.mark.slow
 def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp_path):
   out = tmp_path / "deployment"
-  _federated([f"--output_dir={out}", "--rounds=1", "--runtime=deployment"])
+  _federated([f"--output_dir={out}", "--rounds=1", "--runtime=deployment", "--noreport"])
   history = _rounds(out / "history.csv")
   assert [(int(h["round"]), int(h["replies"])) for h in history] == [(1, 3)] and (out / "metrics.json").exists()
   assert "Flower deployment runtime: 3 sites" in (out / "run.log").read_text()  # the ServerApp's own log

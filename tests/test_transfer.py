@@ -103,11 +103,12 @@ def _run(cfg, tree, out, *extra):
       f"--output_dir={out}",
       f"--cache_dir={out.parent / 'cache'}",
       "--weights=none",
-      "--image_size=64",
+      "--image_size=32",
       "--head_epochs=1",
       "--epochs=1",
       "--batch_size=8",
       "--val_fraction=0.3",
+      "--noreport",
       *extra,
     ],
     cwd=REPO,
@@ -146,7 +147,7 @@ def test_one_epoch_cli_run_of_each_pretrained_cfg(cfg, tmp_path):
   assert served.returncode == 0, served.stderr[-3000:]
   probabilities = json.loads(served.stdout.strip().splitlines()[-1])["pneumonia_probability"]
   model = models.load_model(str(out / "model.keras"))
-  pixels = np.stack([decode.decode_image(open(p, "rb").read(), 64, 1, "squash") for p in paths]).astype(np.float32)
+  pixels = np.stack([decode.decode_image(open(p, "rb").read(), 32, 1, "squash") for p in paths]).astype(np.float32)
   np.testing.assert_allclose(probabilities, model.predict(pixels, verbose=0).reshape(-1), atol=1e-5)
 
 
@@ -167,6 +168,7 @@ def test_keras_hub_vit_base_trains_on_jax_without_tensorflow(tmp_path):
       "--epochs=1",
       "--unfreeze=1",
       "--image_size=32",
+      "--noreport",
       f"--output_dir={tmp_path / 'run'}",
       f"--cache_dir={tmp_path / 'cache'}",
     ],
