@@ -83,7 +83,8 @@ def main():
     with open(os.path.join(run_dir, "metrics.json")) as f:
       result = json.load(f)
     with open(os.path.join(run_dir, "timing.json")) as f:
-      rounds = json.load(f)["federated"]["rounds"]
+      timing = json.load(f)
+    rounds = timing["federated"]["rounds"]
     _, probabilities = test_predictions(run_dir)
     refused = sum(len(r.get("refused_sites", [])) for r in rounds)
     with open(os.path.join(run_dir, "wall_s.txt")) as f:
@@ -98,7 +99,8 @@ def main():
       "val_auc": result["val"]["auc"],
       "refused_replies": refused,
       "rounds": len(rounds),
-      "wall_s": wall_s,
+      "wall_s": wall_s,  # of the process that finished the run
+      "resumed": timing["resumed"],  # an earlier process was stopped: wall_s covers only the last one
     }
     print(name, json.dumps(rows[name]), flush=True)
   path = common.write_result(

@@ -303,5 +303,6 @@ def test_federated_attacks_quick_mode_compares_strategies_under_a_bad_site(tmp_p
   assert rows["clean_fedavg"]["auc_minus_clean_fedavg"] == 0 and rows["clean_fedavg"]["delong_p_vs_clean"] is None
   row = rows["scaled_update_fedmedian"]
   assert 0 <= row["test_auc"] <= 1 and row["rounds"] == 1 and 0 <= row["delong_p_vs_clean"] <= 1
+  assert row["resumed"] is False and row["wall_s"] > 0
   log = (tmp_path / "runs" / "scaled_update_fedmedian" / "run.log").read_text()
   assert "Fault injection: site_0..site_0 misbehave (scaled_update x10)." in log
