@@ -89,6 +89,8 @@ def main():
     refused = sum(len(r.get("refused_sites", [])) for r in rounds)
     with open(os.path.join(run_dir, "wall_s.txt")) as f:
       wall_s = float(f.read())
+    with open(os.path.join(run_dir, "history.csv")) as f:
+      rounds_run = sum(1 for _ in f) - 1  # all of a resumed run's rounds, not only its last process's
     rows[name] = {
       "test_auc": metrics.roc_auc(labels, probabilities),
       "test_auc_ci95": result["test"]["ci95"]["auc"],
@@ -98,7 +100,7 @@ def main():
       else statistics.delong_test(labels, probabilities, clean)["p_value"],
       "val_auc": result["val"]["auc"],
       "refused_replies": refused,
-      "rounds": len(rounds),
+      "rounds": rounds_run,
       "wall_s": wall_s,  # of the process that finished the run
       "resumed": timing["resumed"],  # an earlier process was stopped: wall_s covers only the last one
     }
