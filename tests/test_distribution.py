@@ -44,6 +44,17 @@ def _history_epochs(run_dir):
     return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+def _kill_after_epochs(process, run_dir, epochs=2, timeout=240):
+  """SIGKILLs the training `process` once `run_dir`'s history holds `epochs` rows; returns how many it held."""
+  history = os.path.join(run_dir, "history.csv")
+  deadline = time.time() + timeout
+  while time.time() < deadline and (not os.path.exists(history) or len(_history_epochs(run_dir)) < epochs):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  return len(_history_epochs(run_dir))
+
+
 # cpu (one device) and MirroredStrategy on one CPU replica change no number; auto, what every other CLI run uses, is
 # checked the same way in test_deterministic_runs_give_identical_metrics.
 @pytest.mark.slow
@@ -164,15 +175,7 @@ def test_kill_9_mid_epoch_then_resume(tmp_path, backend):
     "--augment=rotation,contrast",
     f"--output_dir={out}",
   ]
-  process = _cli(args, env)
-  history = out / "history.csv"
-  deadline = time.time() + 240
-  while time.time() < deadline and (not history.exists() or len(_history_epochs(out)) < 2):
-    time.sleep(0.05)
-  os.kill(process.pid, signal.SIGKILL)  # somewhere in epoch 3
-  process.wait()
-  assert process.returncode == -signal.SIGKILL
-  done_before = len(_history_epochs(out))
+  done_before = _kill_after_epochs(_cli(args, env), out)  # somewhere in epoch 3
   assert 2 <= done_before < 6 and not (out / "metrics.json").exists()
 
   code, _, err = _run(args, env)

@@ -219,7 +219,7 @@ def test_a_full_or_read_only_disk_is_one_clear_error(tmp_path, options, message)
 
 @pytest.mark.slow
 def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
-  from tests.test_distribution import _history_epochs
+  from tests.test_distribution import _history_epochs, _kill_after_epochs
   from xray_keras.training import run_dir
 
   out = tmp_path / "run"
@@ -240,12 +240,7 @@ def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
   ]
   # First kill -9 once two epochs are written, so every later start resumes from a backup.
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline and (not (out / "history.csv").exists() or len(_history_epochs(out)) < 2):
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL
-  assert 2 <= len(_history_epochs(out)) < 12 and not (out / "metrics.json").exists()
+  assert 2 <= _kill_after_epochs(process, out) < 12 and not (out / "metrics.json").exists()
   rng = random.Random(2)
   kills = 1
   for _ in range(3):

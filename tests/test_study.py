@@ -39,7 +39,7 @@ def _split(run_dir):
     return sorted((r["file"], r["split"]) for r in csv.DictReader(f))
 
 
-@pytest.mark.slow  # about 130 s: two models through the study runner, killed twice on the way
+@pytest.mark.slow  # about 170 s: two models through the study runner, killed twice on the way
 def test_killed_study_keeps_finished_models_completes_and_reports(tmp_path):
   tree = make_tree(str(tmp_path / "chest_xray"), per_class=5)
   out = tmp_path / "study"
