@@ -19,6 +19,13 @@ from PIL import Image
 
 from xray_keras.data import builtin
 
+# The xdist workers share the cores: one TensorFlow compute thread in each (and in the processes they
+# start), where a pool per core in every process would spin against the others.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+# Ray starts the simulated sites at nice 15, where another worker's test would starve them.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get(
   "XRAY_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data", "chest_xray_224")
