@@ -28,15 +28,16 @@ import common  # noqa: E402
 from tests import dicom_files  # noqa: E402
 
 
-def test_images(quick):
-  """[(path to a JPEG, label)] of the test split."""
+def test_images(quick, scratch):
+  """[(path to a JPEG, label)] of the test split (the built-in images written under `scratch`)."""
   from xray_keras.data import builtin, folder
 
   if common.REAL_DATA and not quick:
     root, records, _ = folder.list_records(common.REAL_DATA)
     return [(os.path.join(root, r.path), r.label) for r in records if r.split == "test"]
   # the built-in archive's test images, NORMAL and PNEUMONIA
-  out, folder_ = [], tempfile.mkdtemp(prefix="builtin_test_")
+  out, folder_ = [], os.path.join(scratch, "builtin_test")
+  os.makedirs(folder_)
   for name, split, label, data in builtin.files():
     if split == "test":
       path = os.path.join(folder_, os.path.basename(name))
@@ -66,10 +67,11 @@ def write_lists(images, out):
   return kinds
 
 
-def decode_rate(repeats):
+def decode_rate(path, repeats):
+  """Decodes per second of the X-ray at `path` upscaled to 2048 px, as JPEG and as 12-bit DICOM."""
   from xray_keras.data import decode
 
-  with Image.open(test_images(True)[0][0]) as image:
+  with Image.open(path) as image:
     big = np.asarray(image.convert("L").resize((2048, 2048), Image.BILINEAR))
   stored = dicom_files.twelve_bit(big)
   plain = dicom_files.to_bytes(dicom_files.dataset(stored, bits_stored=12))
@@ -101,13 +103,23 @@ def main():
   parser.add_argument("--quick", action="store_true", help="40 built-in test images, 3 decodes each")
   parser.add_argument("--output", default=None)
   flags = parser.parse_args()
+  with tempfile.TemporaryDirectory(prefix="dicom_parity_") as out:
+    images = test_images(flags.quick, out)
+    rows, kinds = score(flags.runs, images, out)
+    rates = decode_rate(images[0][0], 3 if flags.quick else 20)
+  for name, row in rates.items():
+    print(f"decode {name}: {row['images_per_s']:.1f} img/s ({row['ratio_vs_jpeg']:.2f}x JPEG)")
+  payload = {"quick": flags.quick, "variants": kinds, "runs": rows, "decode_2048px_to_224px": rates}
+  print("wrote", common.write_result("dicom_parity", payload, flags.output))
+
+
+def score(runs, images, out):
+  """Each run's scores on `images` and on their DICOM copies written under `out`, and the count of each variant."""
   from xray_keras.evaluation import external
 
-  out = tempfile.mkdtemp(prefix="dicom_parity_")
-  images = test_images(flags.quick)
   kinds = write_lists(images, out)
   rows = []
-  for run in flags.runs.split(","):
+  for run in runs.split(","):
     scored = {}
     for kind in ("jpeg", "dicom"):
       folder, result = external.validate(
@@ -133,11 +145,7 @@ def main():
       f"({row['auc_difference']:+.4f}); max |p difference| {row['max_probability_difference']:.4f}",
       flush=True,
     )
-  rates = decode_rate(3 if flags.quick else 20)
-  for name, row in rates.items():
-    print(f"decode {name}: {row['images_per_s']:.1f} img/s ({row['ratio_vs_jpeg']:.2f}x JPEG)")
-  payload = {"quick": flags.quick, "variants": kinds, "runs": rows, "decode_2048px_to_224px": rates}
-  print("wrote", common.write_result("dicom_parity", payload, flags.output))
+  return rows, kinds
 
 
 if __name__ == "__main__":

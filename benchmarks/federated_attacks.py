@@ -52,7 +52,7 @@ def main():
   parser.add_argument(
     "--quick",
     action="store_true",
-    help="Smoke recipe, 40 images, 3 sites, 1 round, no run reports; clean FedAvg and scaled_update FedMedian.",
+    help="Smoke recipe, 40 images, 3 sites (2 cores each), 1 round, no run reports; clean FedAvg and scaled_update FedMedian.",
   )
   parser.add_argument("--output_dir", default=os.path.join("runs", "federated_attacks"))
   parser.add_argument("--output", default=os.path.join(common.RESULTS, "federated_attacks.json"))
@@ -67,6 +67,7 @@ def main():
       "--rounds=1",
       "--noreport",
       "--bootstrap_resamples=50",
+      "--client_cpus=2",  # one site process on 2 cores
     ]
     plan = [("scaled_update", "fedmedian")]
   else:

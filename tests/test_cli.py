@@ -153,8 +153,8 @@ def test_bad_flags_fail_at_parse_time_with_one_line(args, expected):
   assert "Traceback" not in result.stderr
 
 
-def test_flags_are_parsed_before_tensorflow_or_keras_is_imported():
-  """A fresh process that refuses both imports still parses every flag and names a bad one."""
+def _run_without_libraries(*args):
+  """`python -m xray_keras.run *args` in a fresh process that refuses to import TensorFlow, Keras or JAX."""
   code = (
     "import runpy, sys\n"
     "class Refuse:\n"
@@ -162,18 +162,24 @@ def test_flags_are_parsed_before_tensorflow_or_keras_is_imported():
     "    if name.split('.')[0] in ('tensorflow', 'keras', 'jax'):\n"
     "      raise ImportError('refused: ' + name)\n"
     "sys.meta_path.insert(0, Refuse())\n"
-    "sys.argv = ['run', '--flagfile=experiments/vit_scratch.cfg', '--model=vit_giant']\n"
+    "sys.argv = ['run'] + sys.argv[1:]\n"
     "runpy.run_module('xray_keras.run', run_name='__main__')\n"
   )
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+  result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
   assert result.returncode == 1 and "refused" not in result.stderr, result.stderr[-2000:]
+  return result
+
+
+def test_flags_are_parsed_before_tensorflow_or_keras_is_imported():
+  """A fresh process that refuses both imports still parses every flag and names a bad one."""
+  result = _run_without_libraries("--flagfile=experiments/vit_scratch.cfg", "--model=vit_giant")
   (line,) = _error_lines(result)
   assert "Unknown model: 'vit_giant'" in line
 
 
 def test_missing_data_dir_says_what_to_get(tmp_path):
-  result = run_cli(f"--data_dir={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}")
-  assert result.returncode == 1
+  """Before TensorFlow is imported: a second, not ten."""
+  result = _run_without_libraries(f"--data_dir={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}")
   (line,) = _error_lines(result)
   assert "does not exist" in line and "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}" in line and "Kaggle" in line
   assert "Traceback" not in result.stderr

@@ -189,6 +189,10 @@ def test_a_federated_run_is_measured_against_the_central_run_with_its_epochs_and
 
 
 SMALL = ["-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg", "--max_images_per_split=40", "--sites=3"]
+# Each site on two cores: on a 2-core machine one Ray worker trains the three sites in turn, so a
+# site's state (its optimizer's, with --keep_optimizer_state) must be its own and not its process's,
+# and one process imports TensorFlow and traces the step instead of two.
+ONE_SITE_PROCESS = "--client_cpus=2"
 
 
 def _federated(args, timeout=900):
@@ -200,7 +204,7 @@ def _federated(args, timeout=900):
 @pytest.mark.slow
 def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_folder(tmp_path):
   out = tmp_path / "fedavg"
-  _federated([f"--output_dir={out}", "--rounds=2", "--keep_optimizer_state"])
+  _federated([f"--output_dir={out}", "--rounds=2", "--keep_optimizer_state", ONE_SITE_PROCESS])
   metrics = json.loads((out / "metrics.json").read_text())
   assert {"val", "test"} <= set(metrics) and 0 <= metrics["test"]["auc"] <= 1
   with open(out / "history.csv", newline="") as f:
@@ -243,7 +247,14 @@ def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_fol
 def test_privacy_options_end_with_finite_weights(tmp_path, privacy, strategy):
   out = tmp_path / privacy
   result = _federated(
-    [f"--output_dir={out}", "--rounds=1", f"--privacy={privacy}", f"--strategy={strategy}", "--noreport"]
+    [
+      f"--output_dir={out}",
+      "--rounds=1",
+      f"--privacy={privacy}",
+      f"--strategy={strategy}",
+      "--noreport",
+      ONE_SITE_PROCESS,
+    ]
   )
   weights = models.load_model(str(out / "model.keras")).get_weights()
   assert all(np.isfinite(w).all() for w in weights)

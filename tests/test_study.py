@@ -154,3 +154,15 @@ def test_study_overrides_are_checked_before_any_run():
     "--batch_size=4",
   ]
   assert study.model_flags("resnet50", passed) == ["--epochs=1", "--head_epochs=1", "--weights=none"]
+
+
+def test_the_study_runner_holds_no_tensorflow_while_its_models_train():
+  """Its process imports TensorFlow for the report only: a mismatched seed fails in a second, and the
+  process waiting on each model's run does not hold TensorFlow's memory."""
+  from xray_keras import choices, models
+
+  for name in (*choices.MODELS, "applications:EfficientNetV2B0", "keras_hub:vit_base_patch16_224_imagenet"):
+    assert choices.is_pretrained(name) == models.get_spec(name).pretrained, name
+  code = "import sys, xray_keras.study; print(sorted({'tensorflow', 'keras', 'jax'} & set(sys.modules)))"
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

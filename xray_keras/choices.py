@@ -5,6 +5,7 @@ the run imports the libraries that train.
 """
 
 STUDY_MODELS = ("cnn_scratch", "vit_scratch", "resnet50", "vit_base")
+PRETRAINED = ("resnet50", "vit_base")  # the registered models with a backbone --weights initialises
 VIT_SIZES = ("vit_tiny_scratch", "vit_base_scratch", "vit_large_scratch", "vit_huge_scratch")
 MODELS = STUDY_MODELS + VIT_SIZES
 APPLICATIONS = "applications:"
@@ -27,3 +28,8 @@ def unknown_model(name):
     f"{APPLICATIONS}<keras.applications name> (e.g. {APPLICATIONS}EfficientNetV2B0), "
     f"{KERAS_HUB}<keras-hub image backbone preset or class>"
   )
+
+
+def is_pretrained(name):
+  """Whether `--model=name` wraps a pretrained backbone (what `models.get_spec(name).pretrained` says)."""
+  return name in PRETRAINED or name.startswith((APPLICATIONS, KERAS_HUB))

@@ -40,6 +40,9 @@ def main(argv):
       from xray_keras.training import run_dir
 
       run_dir.check(config.output_dir, config)  # before the imports below, which take seconds
+    from xray_keras.data import loader
+
+    loader.check_early(config.data)
     from xray_keras.training import trainer  # Imports Keras and the backend.
 
     trainer.train_and_evaluate(config)

@@ -22,11 +22,12 @@ import time
 
 from absl import flags, logging
 
-from xray_keras import atomic
+from xray_keras import atomic, choices
 from xray_keras.errors import UserError
-from xray_keras.training import progress
 from xray_keras.training import run_dir as run_dirs
 
+# Tells each model's run which model of the study it is (its progress lines say so).
+STUDY_ENV = "XRAY_STUDY_PROGRESS"
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
 _NOT_PASSED = {
@@ -73,9 +74,7 @@ def parse_overrides(overrides, study_models, known_flags):
 
 def model_flags(model, passed, overrides=None):
   """The study-wide flags that fit `model`, then its own overrides; logs what was left out."""
-  from xray_keras import models
-
-  pretrained = models.get_spec(model).pretrained
+  pretrained = choices.is_pretrained(model)
   out, left = [], []
   for name, argument in passed:
     (out if pretrained or name not in PRETRAINED_ONLY else left).append(argument)
@@ -85,10 +84,8 @@ def model_flags(model, passed, overrides=None):
 
 
 def _check_weights_path(models_, passed):
-  from xray_keras import models
-
   weights = dict(passed).get("weights", "").split("=", 1)[-1]
-  pretrained = [m for m in models_ if models.get_spec(m).pretrained]
+  pretrained = [m for m in models_ if choices.is_pretrained(m)]
   if weights not in ("", "imagenet", "none") and len(pretrained) > 1:
     raise UserError(
       f"--weights={weights} is one file for {len(pretrained)} pretrained models; give each its own "
@@ -129,7 +126,7 @@ def _check_seed(out, seed):
 def _run_model(args, where):
   """Runs one model's process, passing its stderr through (its progress lines); returns the exit code
   and its `error:` lines."""
-  env = {**os.environ, progress.STUDY_ENV: json.dumps(where)}
+  env = {**os.environ, STUDY_ENV: json.dumps(where)}
   errors = []
   with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, errors="replace", env=env) as child:
     for line in child.stderr:

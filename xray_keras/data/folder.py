@@ -39,14 +39,19 @@ def _is_split_root(path, partial=False):
   return all(os.path.isdir(os.path.join(path, split, name)) for split in ("train", "test") for name in CLASS_NAMES)
 
 
-def find_root(data_dir, one_split_enough=True):
-  """Returns the shallowest folder under `data_dir` holding train/ and test/ splits, else (if
-  `one_split_enough`) the shallowest holding any one split: the loader then names a needed split
-  that is empty."""
+def check_dir(data_dir):
+  """Raises `DataError` unless `data_dir` is an existing folder."""
   if not os.path.exists(data_dir):
     raise DataError(f"Data directory {data_dir!r} does not exist. {DATASET_HELP}")
   if not os.path.isdir(data_dir):
     raise DataError(f"--data_dir {data_dir!r} is not a directory. {DATASET_HELP}")
+
+
+def find_root(data_dir, one_split_enough=True):
+  """Returns the shallowest folder under `data_dir` holding train/ and test/ splits, else (if
+  `one_split_enough`) the shallowest holding any one split: the loader then names a needed split
+  that is empty."""
+  check_dir(data_dir)
   root = _search(data_dir, partial=False) or (one_split_enough and _search(data_dir, partial=True))
   return root or _not_found(data_dir)
 

@@ -95,6 +95,18 @@ def resolve_source(config):
   return "folder"
 
 
+def check_early(config):
+  """The data checks that need neither decoding nor TensorFlow, so that a run with a missing folder or
+  file, or a size the built-in data cannot give, stops within a second. `load` makes them again."""
+  source = resolve_source(config)
+  if source == "builtin" and config.image_size:
+    _check_builtin_size(config.image_size)
+  elif source == "folder" and config.data_dir not in download.SOURCES:
+    folder.check_dir(config.data_dir)
+  elif source == "npz":
+    _check_npz_path(config.data_dir)
+
+
 def load(config, need=("train", "test")):
   """Loads the configured source. Raises `DataError` with a one-line reason (also when a split in
   `need` is empty)."""
@@ -256,13 +268,17 @@ def _note_patient_overlap(data, records):
     data.notes.append(note)
 
 
-def _load_npz(config):
-  path = config.data_dir
+def _check_npz_path(path):
   if not os.path.isfile(path):
     raise DataError(
       f"npz file {path!r} does not exist. Expected a MedMNIST file such as pneumoniamnist.npz "
       "with keys train_images, train_labels, val_images, val_labels, test_images, test_labels."
     )
+
+
+def _load_npz(config):
+  path = config.data_dir
+  _check_npz_path(path)
   arrays = _read_npz(path)
   name = os.path.basename(path)
   labels = {split: _check_npz_split(path, split, *pair) for split, pair in arrays.items()}
@@ -431,12 +447,16 @@ def _tfds_left_out(manual_dir, kept):
   return skipped
 
 
-def _load_builtin(config):
-  if config.image_size > builtin.IMAGE_SIZE:
+def _check_builtin_size(size):
+  if size > builtin.IMAGE_SIZE:
     raise DataError(
-      f"--image_size={config.image_size} is larger than the built-in data ({builtin.IMAGE_SIZE}x"
+      f"--image_size={size} is larger than the built-in data ({builtin.IMAGE_SIZE}x"
       f"{builtin.IMAGE_SIZE}). {builtin.FULL_DATA_HELP}"
     )
+
+
+def _load_builtin(config):
+  _check_builtin_size(config.image_size)
   logging.info("No --data_dir given: using the built-in real X-rays (%d px).", builtin.IMAGE_SIZE)
   images, records = _select_arrays(*builtin.load(), config)  # then resize only the images kept
   images = decode.resize_array(images, config.image_size, config.channels, config.resize_mode)

@@ -14,10 +14,11 @@ import time
 import keras
 from absl import logging
 
+from xray_keras.study import STUDY_ENV
+
 # Records of this logger reach run.log (trainer.log_to_file) but not the console.
 DETAIL = std_logging.getLogger("xray_keras.detail")
 DETAIL.propagate = False
-STUDY_ENV = "XRAY_STUDY_PROGRESS"
 SHOWN = ("loss", "auc", "val_loss", "val_auc")
 
 
