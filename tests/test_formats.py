@@ -183,7 +183,8 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
   labels = (test.labels > 0).astype(int)
   env = _no_tensorflow(tmp_path)
   tree = make_tree(str(tmp_path / "tree"), per_class=2)
-  at_the_end = runtime.Runtime(str(trained_run / "exports" / "vit_scratch-onnx"))  # the run's --export_format
+  run_onnx = trained_run / "exports" / "vit_scratch-onnx"  # the run's --export_format
+  at_the_end = runtime.Runtime(str(run_onnx))
   assert at_the_end.card["format"] == "onnx" and at_the_end.card["quantization"] is None
   assert np.abs(at_the_end.probabilities(test.images) - expected).max() < 1e-4
   import importlib.util
@@ -203,8 +204,7 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
     if quantize == "int8_full":
       continue
     # ONNX's float file is the run's own export; the others are exported here.
-    run_onnx = str(trained_run / "exports" / "vit_scratch-onnx" / "1")
-    float_folder = run_onnx if fmt == "onnx" else formats.export(run, fmt, "", str(tmp_path / "float"))
+    float_folder = str(run_onnx / "1") if fmt == "onnx" else formats.export(run, fmt, "", str(tmp_path / "float"))
     assert _bytes(folder) < _bytes(float_folder), fmt
     result, rows = _predict(folder, [tree], env)  # a fresh process without TensorFlow gives the same numbers
     assert result.returncode == 0 and len(rows) == 12, result.stderr[-2000:]
