@@ -142,6 +142,7 @@ def test_synthetic_source_is_labelled_synthetic(tmp_path):
     (["--seeds=42,x"], "--seeds takes integers"),
     (["--task=four_class"], "value should be one of <binary|three_class>"),
     (["--tta=0"], "--tta=0"),
+    (["--ema_momentum=0.99", "--early_stopping_patience=3"], "--ema_momentum with early stopping"),
     (["--model=vit_giant"], "Unknown model: 'vit_giant'. Valid models: cnn_scratch, vit_scratch"),
   ],
 )

@@ -283,6 +283,14 @@ def test_bad_federated_settings_fail_in_one_line(tmp_path):
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_weight_averaging_is_refused_in_federated_training():
+  import types
+
+  config = types.SimpleNamespace(train=TrainConfig(ema_momentum=0.99))
+  with pytest.raises(UserError, match="--ema_momentum is not available in federated training"):
+    federated_flags.check(config, federated_flags.FederatedConfig())
+
+
 def test_epsilon_from_flowers_accountant_grows_with_rounds_and_shrinks_with_noise():
   fed = federated_flags.FederatedConfig(sites=4, privacy="dp", dp_noise_multiplier=1.0)
   ten = server.privacy_spent(fed, 10)

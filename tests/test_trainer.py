@@ -147,3 +147,29 @@ def test_progress_line_shows_epoch_k_of_n_elapsed_and_eta_from_the_steady_epochs
     " (then 2 more models, 10:00 for 1 timed; 1 not yet timed)"
   )
   assert progress.study_eta({"index": 5, "count": 5}, 65.0) == ""
+
+
+def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
+  import types
+
+  from xray_keras.training.checkpoint import LastGoodCheckpoint
+
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(64, 4)).astype("float32"), (np.arange(64) % 2).astype("float32")
+  train = TrainConfig(optimizer="adamw", learning_rate=5e-2, epochs=3, ema_momentum=0.9)
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+  model.compile(**trainer.compile_kwargs(trainer.make_optimizer(train, 8, ema_momentum=train.ema_momentum), False))
+  callbacks = trainer._callbacks(
+    types.SimpleNamespace(train=train),
+    str(tmp_path),
+    TimingCallback(64, 8),
+    False,
+    LastGoodCheckpoint(str(tmp_path / "last.weights.h5")),
+  )
+  history = model.fit(x, y, batch_size=8, epochs=3, validation_data=(x, y), callbacks=callbacks, verbose=0)
+  average = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+  for weight, mean in zip(model.trainable_weights, average):
+    np.testing.assert_array_equal(weight.numpy(), mean)  # fit's last act: the average into the model
+  assert history.history["val_loss"][-1] == pytest.approx(model.evaluate(x, y, verbose=0)[0], rel=1e-5)
+  assert not trainer.make_optimizer(train, 8).use_ema  # phase 1 and federated sites: no average

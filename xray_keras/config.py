@@ -27,6 +27,7 @@ class TrainConfig:
   weight_decay: float = 0.0
   schedule: str = "constant"
   warmup_epochs: int = 0
+  ema_momentum: float = 0.0  # 0: off; else validation, test and model.keras use the weights' moving average
   early_stopping_patience: int = 0
   monitor: str = "val_auc"
   restore_best_weights: bool = True

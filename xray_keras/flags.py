@@ -117,6 +117,14 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate."
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw).", lower_bound=0.0)
 _SCHEDULE = flags.DEFINE_enum("schedule", "constant", choices.SCHEDULES, "Learning-rate schedule.")
 _WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).", lower_bound=0)
+_EMA_MOMENTUM = flags.DEFINE_float(
+  "ema_momentum",
+  0.0,
+  "Keep an exponential moving average of the weights (e.g. 0.99 per step); validation, test and the saved "
+  "model use the average. 0: off.",
+  lower_bound=0.0,
+  upper_bound=0.9999,
+)
 _PATIENCE = flags.DEFINE_integer(
   "early_stopping_patience", 0, "Stop after this many epochs without --monitor improving; 0: off.", lower_bound=0
 )
@@ -277,6 +285,11 @@ flags.register_multi_flags_validator(
   lambda f: f["epochs"] + f["head_epochs"] > 0,
   message="--epochs=0 and --head_epochs=0: nothing to train",
 )
+flags.register_multi_flags_validator(
+  ["ema_momentum", "early_stopping_patience", "restore_best_weights"],
+  lambda f: not (f["ema_momentum"] and f["early_stopping_patience"] and f["restore_best_weights"]),
+  message="--ema_momentum with early stopping: pass --norestore_best_weights (the run ends on the average)",
+)
 
 
 def _literal(text):
@@ -359,6 +372,7 @@ def run_config():
     weight_decay=_WEIGHT_DECAY.value,
     schedule=_SCHEDULE.value,
     warmup_epochs=_WARMUP_EPOCHS.value,
+    ema_momentum=_EMA_MOMENTUM.value,
     early_stopping_patience=_PATIENCE.value,
     monitor=_MONITOR.value,
     restore_best_weights=_RESTORE_BEST.value,

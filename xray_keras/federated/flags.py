@@ -171,6 +171,8 @@ def check(config, fed):
   """One-line errors for settings that cannot work together."""
   if config.train.head_epochs:
     raise UserError("--head_epochs is not available in federated training; set --head_epochs=0.")
+  if config.train.ema_momentum:
+    raise UserError("--ema_momentum is not available in federated training; set --ema_momentum=0.")
   if fed.local_epochs <= 0:
     raise UserError(f"--local_epochs must be above 0 (got {fed.local_epochs:g}).")
   if fed.min_fit_clients > fed.sites:

@@ -51,8 +51,8 @@ def log_to_file(path):
     logging.set_verbosity(previous)
 
 
-def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warmup_epochs=None):
-  """The optimizer of `train`; phase 1 passes its own learning rate and epochs."""
+def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warmup_epochs=None, ema_momentum=0.0):
+  """The optimizer of `train`; phase 1 passes its own learning rate and epochs, the main phase its EMA."""
   peak = train.learning_rate if learning_rate is None else learning_rate
   epochs = train.epochs if epochs is None else epochs
   warmup_epochs = train.warmup_epochs if warmup_epochs is None else warmup_epochs
@@ -63,12 +63,13 @@ def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warm
     lr = schedules.WarmupCosine(peak, max(total - warmup, 1), warmup)
   elif train.schedule != "constant":
     raise UserError(f"Unknown schedule: {train.schedule!r}. Expected one of {SCHEDULES}.")
+  ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
   if train.optimizer == "adam":
-    return keras.optimizers.Adam(lr)
+    return keras.optimizers.Adam(lr, **ema)
   if train.optimizer == "adamw":
-    return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 1e-4)
+    return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 1e-4, **ema)
   if train.optimizer == "sgd":
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
   raise UserError(f"Unknown optimizer: {train.optimizer!r}. Expected one of {OPTIMIZERS}.")
 
 
@@ -176,6 +177,8 @@ def _callbacks(config, run_dir, timing, resuming, checkpoint):
     keras.callbacks.TerminateOnNaN(),
     checkpoint,
   ]
+  if train.ema_momentum:  # validation sees the average; fit ends by assigning it to the model
+    callbacks.insert(0, keras.callbacks.SwapEMAWeights())
   if train.early_stopping_patience:
     callbacks.append(
       keras.callbacks.EarlyStopping(
@@ -390,7 +393,9 @@ def _run(config, run_dir, resuming, plan, used_device):
   trainee = device_feeder.in_step_model(model, augmenter) if kind == "device" else model
   with plan.scope():
     trainee.compile(
-      **compile_kwargs(make_optimizer(config.train, steps), jit_compile, classes),
+      **compile_kwargs(
+        make_optimizer(config.train, steps, ema_momentum=config.train.ema_momentum), jit_compile, classes
+      ),
       steps_per_execution=config.train.steps_per_execution,
     )
     transfer.build_optimizer(trainee)
