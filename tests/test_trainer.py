@@ -173,3 +173,11 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
     np.testing.assert_array_equal(weight.numpy(), mean)  # fit's last act: the average into the model
   assert history.history["val_loss"][-1] == pytest.approx(model.evaluate(x, y, verbose=0)[0], rel=1e-5)
   assert not trainer.make_optimizer(train, 8).use_ema  # phase 1 and federated sites: no average
+  # A resumed run starts from BackupAndRestore's weights file: the average comes back with it.
+  model.save_weights(str(tmp_path / "backup.weights.h5"))
+  resumed = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+  resumed.compile(**trainer.compile_kwargs(trainer.make_optimizer(train, 8, ema_momentum=0.9), False))
+  transfer.build_optimizer(resumed)
+  resumed.load_weights(str(tmp_path / "backup.weights.h5"))
+  for kept, mean in zip(resumed.optimizer._model_variables_moving_average, average):
+    np.testing.assert_array_equal(kept.numpy(), mean)
