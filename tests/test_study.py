@@ -129,7 +129,9 @@ def test_killed_study_keeps_finished_models_completes_and_reports(tmp_path):
   assert {m: os.path.getmtime(out / m / "metrics.json") for m in MODELS} == stamps
 
 
-def test_study_overrides_are_checked_before_any_run(caplog):
+def test_study_overrides_are_checked_before_any_run(monkeypatch):
+  from absl import logging
+
   from xray_keras import study
   from xray_keras.errors import UserError
 
@@ -148,12 +150,13 @@ def test_study_overrides_are_checked_before_any_run(caplog):
     with pytest.raises(UserError, match=message):
       study.parse_overrides([bad], models, known | {"output_dir"})
   passed = [("epochs", "--epochs=1"), ("head_epochs", "--head_epochs=1"), ("weights", "--weights=none")]
-  with caplog.at_level("INFO"):
-    assert study.model_flags("cnn_scratch", passed, {"cnn_scratch": ["--batch_size=4"]}) == [
-      "--epochs=1",
-      "--batch_size=4",
-    ]
-  assert "--head_epochs=1 --weights=none fit pretrained backbones only; not passed to cnn_scratch" in caplog.text
+  lines = []
+  monkeypatch.setattr(logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  assert study.model_flags("cnn_scratch", passed, {"cnn_scratch": ["--batch_size=4"]}) == [
+    "--epochs=1",
+    "--batch_size=4",
+  ]
+  assert lines == ["Study: --head_epochs=1 --weights=none fit pretrained backbones only; not passed to cnn_scratch."]
   assert study.model_flags("resnet50", passed) == ["--epochs=1", "--head_epochs=1", "--weights=none"]
 
 
