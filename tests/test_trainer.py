@@ -157,9 +157,14 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(64, 4)).astype("float32"), (np.arange(64) % 2).astype("float32")
   train = TrainConfig(optimizer="adamw", learning_rate=5e-2, epochs=3, ema_momentum=0.9)
+
+  def compiled():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(**trainer.compile_kwargs(trainer.make_optimizer(train, 8, ema_momentum=train.ema_momentum), False))
+    return model
+
   keras.utils.set_random_seed(0)
-  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-  model.compile(**trainer.compile_kwargs(trainer.make_optimizer(train, 8, ema_momentum=train.ema_momentum), False))
+  model = compiled()
   callbacks = trainer._callbacks(
     types.SimpleNamespace(train=train),
     str(tmp_path),
@@ -175,8 +180,7 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
   assert not trainer.make_optimizer(train, 8).use_ema  # phase 1 and federated sites: no average
   # A resumed run starts from BackupAndRestore's weights file: the average comes back with it.
   model.save_weights(str(tmp_path / "backup.weights.h5"))
-  resumed = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-  resumed.compile(**trainer.compile_kwargs(trainer.make_optimizer(train, 8, ema_momentum=0.9), False))
+  resumed = compiled()
   transfer.build_optimizer(resumed)
   resumed.load_weights(str(tmp_path / "backup.weights.h5"))
   for kept, mean in zip(resumed.optimizer._model_variables_moving_average, average):
