@@ -101,7 +101,7 @@ def peak_gflops(size=4096, repeats=5):
 
 
 def count_flops(model, size, batch, patch, unfreeze="all", dots=False):
-  """`train_flops.py`'s JSON for the model's train step (its matrix products instead with `dots`)."""
+  """`train_flops.py`'s JSON for the model's train step (and each of its matrix products with `dots`)."""
   args = [
     sys.executable,
     os.path.join(HERE, "train_flops.py"),
@@ -135,7 +135,8 @@ def train_images(size, count, data_dir):
   return images, np.asarray(labels)
 
 
-def measure(name, cfg, data_dir, quick, pretrained_steps):
+def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None):
+  """Train img/s in memory and end to end at the cfg's size and batch; `flops`: `count_flops`'s, if counted."""
   import keras
   import numpy as np
   from end_to_end import repeated_batch
@@ -159,7 +160,7 @@ def measure(name, cfg, data_dir, quick, pretrained_steps):
     keras.mixed_precision.set_global_policy(precision)
   steps = (pretrained_steps if spec.pretrained else 0) or (2 if quick else 0)
 
-  flops = count_flops(name, size, batch, patch, unfreeze)
+  flops = flops or count_flops(name, size, batch, patch, unfreeze)
   images, labels = train_images(size, steps * batch if steps else 10**9, data_dir)
   steps = steps or math.ceil(len(labels) / batch)
   images, labels = images[: steps * batch], labels[: steps * batch]

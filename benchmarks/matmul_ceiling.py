@@ -132,7 +132,7 @@ def main():
     "fraction_of_peak": found["matmul_flops"] / step_s / 1e9 / peak,
     "convolution_flops_at_peak": other_flops,
   }
-  step = cpu_roofline.measure(flags.model, cfg, common.REAL_DATA, flags.quick, 0)
+  step = cpu_roofline.measure(flags.model, cfg, common.REAL_DATA, flags.quick, 0, flops=found)
   ceiling["step_in_memory_images_per_s"] = step["in_memory_images_per_s"]
   ceiling["step_fraction_of_ceiling"] = step["in_memory_images_per_s"] / ceiling["train_images_per_s"]
   ceiling["step_fraction_of_peak"] = step["in_memory_images_per_s"] * ceiling["model_flops_per_image"] / 1e9 / peak

@@ -102,7 +102,8 @@ def lower_step(model_name, image_size, batch_size, patch_size=0, unfreeze="all")
   return jax.jit(step).lower(*state, x, y), model
 
 
-def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
+def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all", with_dots=False):
+  """The step's FLOPs per image (XLA's cost analysis, and the matrix products); `with_dots`: each product too."""
   import jax
   import numpy as np
 
@@ -111,8 +112,9 @@ def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   flops = float(analysis["flops"])
-  matmul = matmul_flops(lowered.as_text())
-  return {
+  text = lowered.as_text()
+  matmul = matmul_flops(text)
+  out = {
     "model": model_name,
     "image_size": image_size,
     "batch_size": batch_size,
@@ -122,6 +124,9 @@ def count(model_name, image_size, batch_size, patch_size=0, unfreeze="all"):
     "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
     "counted_by": f"XLA cost analysis, jax {jax.__version__}",
   }
+  if with_dots:
+    out.update(dots=dots(text), matmul_flops=matmul)
+  return out
 
 
 def main():
@@ -131,13 +136,9 @@ def main():
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--patch_size", type=int, default=0)
   parser.add_argument("--unfreeze", default="all")
-  parser.add_argument("--dots", action="store_true", help="print the step's matrix products instead of the counts")
+  parser.add_argument("--dots", action="store_true", help="also print the step's matrix products")
   args = parser.parse_args()
-  if args.dots:
-    lowered, _ = lower_step(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze)
-    print(json.dumps({"dots": dots(lowered.as_text()), "matmul_flops": matmul_flops(lowered.as_text())}))
-  else:
-    print(json.dumps(count(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze)))
+  print(json.dumps(count(args.model, args.image_size, args.batch_size, args.patch_size, args.unfreeze, args.dots)))
 
 
 if __name__ == "__main__":
