@@ -191,13 +191,12 @@ def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand
 @pytest.mark.slow
 def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path):
   out = tmp_path / "levers.json"
-  _run_script(
-    ["benchmarks/cpu_levers.py", "--quick", "--levers=affine_augmentation,threads_2_1", f"--output={out}"], timeout=900
-  )
+  # One lever: a lever's flags join the baseline's on one command line; this one also sets an environment.
+  _run_script(["benchmarks/cpu_levers.py", "--quick", "--levers=threads_2_1", f"--output={out}"], timeout=900)
   rows = json.loads(out.read_text())["rows"]
-  assert [r["lever"] for r in rows] == ["baseline", "affine_augmentation", "threads_2_1"]
+  assert [r["lever"] for r in rows] == ["baseline", "threads_2_1"]
   assert rows[0]["ratio_vs_baseline"] == 1.0 and all(r["train_images_per_s"] > 0 for r in rows)
-  assert rows[2]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
+  assert rows[1]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
 
 
 @pytest.mark.slow

@@ -270,6 +270,7 @@ def test_study_seeds_reuse_finished_runs_and_add_ensembles(tmp_path):
     "--max_images_per_split=20",
     "--batch_size=16",
     "--bootstrap_resamples=50",
+    "--noreport",  # the runs' own reports; the study's is written
     f"--output_dir={out}",
     f"--cache_dir={tmp_path / 'cache'}",
   ]
