@@ -117,20 +117,6 @@ def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report
     assert (out / figure).stat().st_size > 1000, figure
 
 
-@pytest.mark.slow  # a whole CLI run in its own process
-def test_synthetic_source_is_labelled_synthetic(tmp_path):
-  out = tmp_path / "smoke"
-  result = run_cli("--flagfile=experiments/smoke.cfg", "--data_source=synthetic", "--noreport", f"--output_dir={out}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
-  assert m["synthetic"] is True and m["data"]["source"] == "synthetic"
-  for line in (out / "run.log").read_text().splitlines():
-    if " INFO " in line or " WARNING " in line:
-      assert "synthetic" in line.lower(), line
-  with open(out / "split_manifest.csv") as f:
-    assert all(row["file"].startswith("synthetic/") for row in csv.DictReader(f))
-
-
 @pytest.mark.parametrize(
   "args, expected",
   [

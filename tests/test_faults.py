@@ -1,5 +1,6 @@
 """Fault suite: SIGKILL at random points of cache writing and export, and failing writes."""
 
+import csv
 import json
 import os
 import random
@@ -272,6 +273,15 @@ def test_training_killed_at_random_points_resumes_and_loses_nothing(tmp_path):
   assert kills >= 2
   assert _history_epochs(out) == list(range(12))
   assert (out / "metrics.json").is_file() and (out / "model.keras").is_file()
-  assert "Resuming an interrupted run" in (out / "run.log").read_text()
+  log = (out / "run.log").read_text()
+  assert "Resuming an interrupted run" in log
   assert json.loads((out / "timing.json").read_text())["resumed"] is True
+  # Synthetic data says so in its results and in every log line of every start.
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["synthetic"] is True and m["data"]["source"] == "synthetic"
+  for line in log.splitlines():
+    if " INFO " in line or " WARNING " in line:
+      assert "synthetic" in line.lower(), line
+  with open(out / "split_manifest.csv") as f:
+    assert all(row["file"].startswith("synthetic/") for row in csv.DictReader(f))
   assert not (out / run_dir.BACKUP_DIR).exists()  # the backup goes once training finished

@@ -185,3 +185,18 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
   resumed.load_weights(str(tmp_path / "backup.weights.h5"))
   for kept, mean in zip(resumed.optimizer._model_variables_moving_average, average):
     np.testing.assert_array_equal(kept.numpy(), mean)
+
+
+def test_end_of_run_predictions_use_whole_batches_only(monkeypatch):
+  from xray_keras import models
+  from xray_keras.training import end_of_run
+
+  model = models.build_model("cnn_scratch", (32, 32, 1), weights="none")
+  images = np.random.default_rng(0).integers(0, 255, (23, 32, 32, 1)).astype(np.uint8)
+  expected = model.predict(images.astype(np.float32), batch_size=8, verbose=0)
+  shapes, predict = [], model.predict
+  monkeypatch.setattr(model, "predict", lambda x, **kw: shapes.append(x.shape[0]) or predict(x, **kw))
+  for count in (23, 7, 8):  # the validation and test splits, and a split of exactly one batch
+    np.testing.assert_allclose(end_of_run.predict(model, images[:count], 8), expected[:count], atol=1e-6)
+  end_of_run._inference_timing(model, images, 8)
+  assert shapes and all(n % 8 == 0 for n in shapes), shapes  # one batch shape: the step is traced once

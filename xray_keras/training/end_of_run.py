@@ -167,20 +167,28 @@ def _clean_up(run_dir):
 
 
 def predict(model, images, batch_size):
-  """The model's outputs, `(N, units)`."""
-  if not len(images):
+  """The model's outputs, `(N, units)`.
+
+  The last batch is filled up with copies of the last image, so every call has one batch shape and the
+  prediction step is traced once (a partial batch would trace it again, seconds for a large model).
+  """
+  count = len(images)
+  if not count:
     return np.zeros((0, model.outputs[0].shape[-1]), np.float32)  # Keras cannot predict on zero images
-  outputs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
-  return outputs.reshape(len(images), -1)
+  batch = np.empty((count + -count % batch_size, *images.shape[1:]), np.float32)
+  batch[:count], batch[count:] = images, images[-1]
+  outputs = model.predict(batch, batch_size=batch_size, verbose=0)
+  return outputs[:count].reshape(count, -1)
 
 
 def _inference_timing(model, images, batch_size):
-  """Throughput of batched prediction and latency of single-image calls."""
+  """Throughput of batched prediction (whole batches) and latency of single-image calls."""
   images = images.astype(np.float32)
-  model.predict(images[:batch_size], batch_size=batch_size, verbose=0)  # warm up
+  timed = images[: max(batch_size, len(images) - len(images) % batch_size)]
+  predict(model, timed[:batch_size], batch_size)  # warm up
   start = time.perf_counter()
-  model.predict(images, batch_size=batch_size, verbose=0)
-  throughput = len(images) / (time.perf_counter() - start)
+  predict(model, timed, batch_size)
+  throughput = len(timed) / (time.perf_counter() - start)
   single = images[:1]
   model.predict_on_batch(single)
   latencies = []
