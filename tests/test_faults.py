@@ -46,7 +46,7 @@ def _kill_at_random(args, rng, low, high, kill_group=False, **kwargs):
 
 
 def _kill_while_writing(args, folder, rng, **kwargs):
-  """Starts `args` and SIGKILLs it a random 0-5 s after its hidden temporary folder appears in `folder`,
+  """Starts `args` and SIGKILLs it a random 0-3 s after its hidden temporary folder appears in `folder`,
   while the export writes (about 7 s on 2 cores; TensorFlow's import before it is not what is tested).
 
   Returns True if it finished first.
@@ -56,7 +56,7 @@ def _kill_while_writing(args, folder, rng, **kwargs):
   while process.poll() is None:
     if os.path.isdir(folder) and any(name.startswith(mine) for name in os.listdir(folder)):
       try:
-        process.wait(timeout=rng.uniform(0.0, 5.0))
+        process.wait(timeout=rng.uniform(0.0, 3.0))
         return True
       except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
