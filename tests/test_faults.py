@@ -33,8 +33,13 @@ def _kill_at_random(args, rng, low, high, kill_group=False, **kwargs):
   Returns True if it finished first.
   """
   process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+  return _wait_or_kill(process, rng.uniform(low, high), kill_group)
+
+
+def _wait_or_kill(process, seconds, kill_group=False):
+  """Waits `seconds` for `process`, then SIGKILLs it (or its process group); True if it finished first."""
   try:
-    process.wait(timeout=rng.uniform(low, high))
+    process.wait(timeout=seconds)
     return True
   except subprocess.TimeoutExpired:
     if kill_group:
@@ -55,13 +60,7 @@ def _kill_while_writing(args, folder, rng, **kwargs):
   mine = f"{atomic.PREFIX}{process.pid}-"
   while process.poll() is None:
     if os.path.isdir(folder) and any(name.startswith(mine) for name in os.listdir(folder)):
-      try:
-        process.wait(timeout=rng.uniform(0.0, 3.0))
-        return True
-      except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        return False
+      return _wait_or_kill(process, rng.uniform(0.0, 3.0))
     time.sleep(0.05)
   return True
 

@@ -229,8 +229,15 @@ def test_simulation_runtime_runs_two_rounds_on_three_sites_into_a_normal_run_fol
   assert len(run.test_labels) == metrics["test"]["n"] and (out / "report.md").exists()
 
   # Beside a central run of the same model and total epochs, the report measures one against the other.
-  central = [sys.executable, "-m", "xray_keras.run", *SMALL[2:4], "--epochs=2", "--noreport"]
-  central.append(f"--output_dir={tmp_path / 'central'}")
+  central = [
+    sys.executable,
+    "-m",
+    "xray_keras.run",
+    *SMALL[2:4],
+    "--epochs=2",
+    "--noreport",
+    f"--output_dir={tmp_path / 'central'}",
+  ]
   subprocess.run(central, cwd=REPO, capture_output=True, text=True, timeout=900, check=True)
   write.write_report(str(tmp_path), resamples=50, parameter_table=None)
   results = json.loads((tmp_path / "results.json").read_text())["federated"]

@@ -166,28 +166,35 @@ def _clean_up(run_dir):
     os.rmdir(os.path.join(run_dir, os.path.dirname(CHECKPOINT)))
 
 
-def predict(model, images, batch_size):
-  """The model's outputs, `(N, units)`.
+def _whole_batches(images, batch_size):
+  """`images` as float32 with the last batch filled up by copies of the last image.
 
-  The last batch is filled up with copies of the last image, so every call has one batch shape and the
-  prediction step is traced once (a partial batch would trace it again, seconds for a large model).
+  Every prediction call then has one batch shape, so the prediction step is traced once (a partial
+  batch would trace it again, seconds for a large model).
   """
+  count = len(images)
+  filled = np.empty((count + -count % batch_size, *images.shape[1:]), np.float32)
+  filled[:count] = images
+  filled[count:] = images[-1]
+  return filled
+
+
+def predict(model, images, batch_size):
+  """The model's outputs, `(N, units)`, predicted on whole batches."""
   count = len(images)
   if not count:
     return np.zeros((0, model.outputs[0].shape[-1]), np.float32)  # Keras cannot predict on zero images
-  batch = np.empty((count + -count % batch_size, *images.shape[1:]), np.float32)
-  batch[:count], batch[count:] = images, images[-1]
-  outputs = model.predict(batch, batch_size=batch_size, verbose=0)
+  outputs = model.predict(_whole_batches(images, batch_size), batch_size=batch_size, verbose=0)
   return outputs[:count].reshape(count, -1)
 
 
 def _inference_timing(model, images, batch_size):
   """Throughput of batched prediction (whole batches) and latency of single-image calls."""
   images = images.astype(np.float32)
-  timed = images[: max(batch_size, len(images) - len(images) % batch_size)]
-  predict(model, timed[:batch_size], batch_size)  # warm up
+  timed = _whole_batches(images[: max(batch_size, len(images) - len(images) % batch_size)], batch_size)
+  model.predict(timed[:batch_size], batch_size=batch_size, verbose=0)  # warm up
   start = time.perf_counter()
-  predict(model, timed, batch_size)
+  model.predict(timed, batch_size=batch_size, verbose=0)
   throughput = len(timed) / (time.perf_counter() - start)
   single = images[:1]
   model.predict_on_batch(single)
