@@ -54,6 +54,16 @@ LEVERS = {
     {},
     "XLA, no dropout, batch 128, fused affine augmentation",
   ),
+  "jit_dropout_0_affine": (
+    ["--jit_compile=true", "--dropout=0", "--augment=affine,contrast"],
+    {},
+    "XLA, no dropout, batch 32, fused affine augmentation",
+  ),
+  "jit_dropout_0_affine_steps_4": (
+    ["--jit_compile=true", "--dropout=0", "--augment=affine,contrast", "--steps_per_execution=4"],
+    {},
+    "XLA, no dropout, batch 32, fused affine augmentation, 4 train steps per compiled call",
+  ),
   "mixed_bfloat16": (["--mixed_precision=mixed_bfloat16"], {}, "bfloat16 compute (AVX-512 BF16 / AMX where present)"),
   "jax": ([], {"KERAS_BACKEND": "jax"}, "the JAX backend (jit), its device feeder"),
 }
@@ -101,7 +111,13 @@ def main():
   if unknown:
     parser.error(f"unknown lever(s) {unknown}; known: {', '.join(LEVERS)}")
   # The baseline pins what the cfgs set before the levers, so later cfg changes do not move it.
-  base_flags = ["--jit_compile=false", "--augment=rotation,zoom,translation,contrast", "--batch_size=32"]
+  base_flags = [
+    "--jit_compile=false",
+    "--augment=rotation,zoom,translation,contrast",
+    "--batch_size=32",
+    "--steps_per_execution=1",
+    "--tta=1",
+  ]
   if flags.model == "vit_scratch":
     base_flags.append("--dropout=0.1")
   if flags.data_dir:

@@ -177,7 +177,7 @@ def _run(args, timeout=600):
 
 def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts_the_same(tmp_path):
   run_dir, export_dir = tmp_path / "run", tmp_path / "saved_models"
-  _run(
+  trained = _run(
     [
       "-m",
       "xray_keras.run",
@@ -212,6 +212,16 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
   assert fitted["fitted_on"] == "val" and fitted["val_log_loss_after"] <= fitted["val_log_loss_before"] + 1e-12
   tta = clinical.read_predictions(str(run_dir), clinical.TTA_PREDICTIONS)
   assert set(tta) == {"val", "test"} and json.loads((run_dir / "tta.json").read_text())["views"] == 3
+  # metrics.json and the closing lines say which of one view and TTA validation's log loss chooses.
+  single, chosen = clinical.read_predictions(str(run_dir)), metrics_json["tta"]
+  val_labels = single["val"][1]
+  assert chosen["val_log_loss"] == pytest.approx(calibration.log_loss(val_labels, tta["val"][2]), abs=1e-5)
+  assert chosen["val_log_loss_single_view"] == pytest.approx(
+    calibration.log_loss(val_labels, single["val"][2]), abs=1e-5
+  )
+  assert chosen["validation_chooses"] == clinical.tta_choice(val_labels, single["val"][2], tta["val"][2])
+  assert chosen["test"]["auc"] == pytest.approx(metrics.roc_auc(tta["test"][1], tta["test"][2]), abs=1e-4)
+  assert "Test with 3-view TTA, " in trained.stderr
 
   # The same TTA predictions again from the finished run (reloading its model and images).
   shutil.copy(run_dir / clinical.TTA_PREDICTIONS, tmp_path / "first.csv")

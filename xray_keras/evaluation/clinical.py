@@ -106,6 +106,13 @@ def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
   return by_split
 
 
+def tta_choice(val_labels, val_single, val_tta):
+  """ "TTA" where the views lower the validation log loss, else "single view" (the choice that counts)."""
+  return (
+    "TTA" if calibration.log_loss(val_labels, val_tta) < calibration.log_loss(val_labels, val_single) else "single view"
+  )
+
+
 def tta_views(run_dir):
   path = os.path.join(run_dir, TTA)
   if not os.path.isfile(path):

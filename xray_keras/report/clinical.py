@@ -120,7 +120,7 @@ def tta_rows(runs, resamples, seed):
         "val_auc_tta": metrics.roc_auc(val_labels, val_tta),
         "test": _accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
         "test_tta": _accuracy_auc(test_labels, test_tta, 0.5, resamples, seed),
-        "validation_chooses": "TTA" if tta_loss < plain_loss else "single view",
+        "validation_chooses": clinical_files.tta_choice(run.val_labels, run.val_probabilities, val_tta),
       }
     )
   return rows

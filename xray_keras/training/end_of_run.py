@@ -11,7 +11,7 @@ from absl import logging
 
 from xray_keras import atomic, models
 from xray_keras.data.records import CLASS_NAMES, printable
-from xray_keras.evaluation import clinical, metrics, multiclass, statistics
+from xray_keras.evaluation import calibration, clinical, metrics, multiclass, statistics
 from xray_keras.training import room, testbed
 from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS
@@ -73,7 +73,7 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
       fitted["val_log_loss_after"],
     )
   if config.tta > 1:
-    clinical.write_tta(
+    by_split = clinical.write_tta(
       run_dir,
       model,
       {
@@ -85,6 +85,8 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
       batch_size,
     )
     logging.info("Test-time augmentation: %d views of each val/test image in %s", config.tta, clinical.TTA_PREDICTIONS)
+    if len(val_split.labels) and len(test_split.labels):
+      result["tta"] = _tta_result(config.tta, binary, probabilities, {s: p for s, (_, _, p) in by_split.items()})
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
   with without_training_state(model):
@@ -128,9 +130,47 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
     test["auc"],
     *ci.get("auc", (math.nan, math.nan)),
   )
+  if "tta" in result:
+    _log_tta(result["tta"])
   if report:
     logging.info("Figures and tables: python -m webbrowser -t %s", report)
   return run_dir
+
+
+def _tta_result(views, binary, single, tta):
+  """The TTA predictions' validation log loss against the single view's, validation's choice, and test."""
+  test = metrics.binary_metrics(binary["test"], tta["test"], 0.5)
+  ci = statistics.bootstrap_ci(binary["test"], tta["test"], 0.5, BOOTSTRAP_RESAMPLES)
+  return {
+    "views": int(views),
+    "val_log_loss": calibration.log_loss(binary["val"], tta["val"]),
+    "val_log_loss_single_view": calibration.log_loss(binary["val"], single["val"]),
+    "val_auc": metrics.roc_auc(binary["val"], tta["val"]),
+    "validation_chooses": clinical.tta_choice(binary["val"], single["val"], tta["val"]),
+    "test": {
+      "n": int(len(binary["test"])),
+      "accuracy": test["accuracy"],
+      "auc": test["auc"],
+      "ci95": {k: list(v) for k, v in ci.items() if k in ("accuracy", "auc")},
+    },
+  }
+
+
+def _log_tta(tta):
+  test, ci = tta["test"], tta["test"]["ci95"]
+  chosen = tta["validation_chooses"] == "TTA"
+  logging.info(
+    "Test with %d-view TTA, %s (validation log loss %.3f with it, %.3f without): accuracy %.3f [95%% CI %.3f, %.3f], "
+    "ROC-AUC %.3f [95%% CI %.3f, %.3f]",
+    tta["views"],
+    "which validation chooses" if chosen else "for the record: validation keeps the single view",
+    tta["val_log_loss"],
+    tta["val_log_loss_single_view"],
+    test["accuracy"],
+    *ci.get("accuracy", (math.nan, math.nan)),
+    test["auc"],
+    *ci.get("auc", (math.nan, math.nan)),
+  )
 
 
 def _write_run_report(run_dir):
