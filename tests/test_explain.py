@@ -1,6 +1,7 @@
 """Grad-CAM and attention rollout point at the evidence."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -50,6 +51,16 @@ def test_attention_rollout_gives_one_map_per_image_from_the_class_token():
   maps = explain.attention_rollout(model, images)
   assert maps.shape == (8, 32, 32) and np.isfinite(maps).all()
   assert explain.explain(model, images).shape == (8, 32, 32)
+
+
+def test_attention_rollout_of_a_saved_model_warns_of_nothing(tmp_path):
+  """A reloaded model's input is a one-element list; the block-input model must not be called otherwise."""
+  vit_scratch((32, 32, 1), patch_size=8).save(tmp_path / "model.keras")
+  model = keras.models.load_model(tmp_path / "model.keras")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    maps = explain.attention_rollout(model, _toy(4)[0])
+  assert maps.shape == (4, 32, 32)
 
 
 def test_attention_rollout_reads_every_block_of_a_keras_hub_vit():

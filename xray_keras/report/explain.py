@@ -80,7 +80,7 @@ def grad_cam(model, images):
 def _our_attention(model, images):
   """Head-averaged attention of each `TransformerBlock` (the from-scratch ViTs)."""
   blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
-  inputs_of = keras.Model(model.inputs, [block.input for block in blocks])
+  inputs_of = keras.Model(model.inputs[0], [block.input for block in blocks])
   block_inputs = inputs_of(np.asarray(images, np.float32), training=False)
   return [
     keras.ops.convert_to_numpy(block.attention.attention_scores(block.norm1(tokens))).mean(axis=1)
