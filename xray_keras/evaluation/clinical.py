@@ -107,7 +107,7 @@ def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
 
 
 def tta_choice(val_labels, val_single, val_tta):
-  """ "TTA" where the views lower the validation log loss, else "single view" (the choice that counts)."""
+  """Validation's choice, the one that counts: "TTA" where the views lower its log loss, else "single view"."""
   return (
     "TTA" if calibration.log_loss(val_labels, val_tta) < calibration.log_loss(val_labels, val_single) else "single view"
   )
