@@ -219,7 +219,9 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
   assert chosen["val_log_loss_single_view"] == pytest.approx(
     calibration.log_loss(val_labels, single["val"][2]), abs=1e-5
   )
-  assert chosen["validation_chooses"] == clinical.tta_choice(val_labels, single["val"][2], tta["val"][2])
+  assert chosen["validation_chooses"] == clinical.tta_choice(
+    calibration.log_loss(val_labels, single["val"][2]), calibration.log_loss(val_labels, tta["val"][2])
+  )
   assert chosen["test"]["auc"] == pytest.approx(metrics.roc_auc(tta["test"][1], tta["test"][2]), abs=1e-4)
   assert "Test with 3-view TTA, " in trained.stderr
 

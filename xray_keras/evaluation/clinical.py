@@ -106,11 +106,9 @@ def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
   return by_split
 
 
-def tta_choice(val_labels, val_single, val_tta):
+def tta_choice(val_log_loss_single_view, val_log_loss_tta):
   """Validation's choice, the one that counts: "TTA" where the views lower its log loss, else "single view"."""
-  return (
-    "TTA" if calibration.log_loss(val_labels, val_tta) < calibration.log_loss(val_labels, val_single) else "single view"
-  )
+  return "TTA" if val_log_loss_tta < val_log_loss_single_view else "single view"
 
 
 def tta_views(run_dir):

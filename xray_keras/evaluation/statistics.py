@@ -37,6 +37,20 @@ def bootstrap_ci(labels, probabilities, threshold=0.5, resamples=1000, seed=0, l
   )
 
 
+def accuracy_auc(labels, probabilities, threshold=0.5, resamples=1000, seed=0):
+  """Accuracy and ROC-AUC with their bootstrap intervals, and sensitivity and specificity, at `threshold`."""
+  point = metrics.binary_metrics(labels, probabilities, threshold)
+  ci = bootstrap_ci(labels, probabilities, threshold, resamples, seed)
+  return {
+    "accuracy": point["accuracy"],
+    "accuracy_ci": list(ci.get("accuracy", (np.nan, np.nan))),
+    "auc": point["auc"],
+    "auc_ci": list(ci.get("auc", (np.nan, np.nan))),
+    "sensitivity": point["recall"],
+    "specificity": point["specificity"],
+  }
+
+
 def delong_components(labels, scores):
   """Per-image structural components of the AUC (DeLong et al. 1988), via midranks (Sun & Xu 2014).
 

@@ -26,19 +26,6 @@ def _table(header, rows):
   return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def _accuracy_auc(labels, probabilities, threshold, resamples, seed):
-  point = metrics.binary_metrics(labels, probabilities, threshold)
-  ci = statistics.bootstrap_ci(labels, probabilities, threshold, resamples, seed)
-  return {
-    "accuracy": point["accuracy"],
-    "accuracy_ci": list(ci.get("accuracy", (np.nan, np.nan))),
-    "auc": point["auc"],
-    "auc_ci": list(ci.get("auc", (np.nan, np.nan))),
-    "sensitivity": point["recall"],
-    "specificity": point["specificity"],
-  }
-
-
 def calibration_rows(runs, resamples, seed):
   rows = []
   for run in runs:
@@ -118,9 +105,9 @@ def tta_rows(runs, resamples, seed):
         "val_log_loss_tta": tta_loss,
         "val_auc": metrics.roc_auc(run.val_labels, run.val_probabilities),
         "val_auc_tta": metrics.roc_auc(val_labels, val_tta),
-        "test": _accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
-        "test_tta": _accuracy_auc(test_labels, test_tta, 0.5, resamples, seed),
-        "validation_chooses": clinical_files.tta_choice(run.val_labels, run.val_probabilities, val_tta),
+        "test": statistics.accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
+        "test_tta": statistics.accuracy_auc(test_labels, test_tta, 0.5, resamples, seed),
+        "validation_chooses": clinical_files.tta_choice(plain_loss, tta_loss),
       }
     )
   return rows
@@ -180,7 +167,7 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
           "space": space,
           "val_log_loss": calibration.log_loss(val_labels, combined_val),
           "val_auc": metrics.roc_auc(val_labels, combined_val),
-          "test": _accuracy_auc(labels, combined, 0.5, resamples, seed),
+          "test": statistics.accuracy_auc(labels, combined, 0.5, resamples, seed),
           "test_accuracy_at_val_threshold": metrics.binary_metrics(labels, combined, threshold)["accuracy"],
           "val_threshold": threshold,
           "best_single": best.display_name,

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from xray_keras.evaluation import statistics
-from xray_keras.report.clinical import _accuracy_auc, _ci, _f, _table
+from xray_keras.report.clinical import _ci, _f, _table
 from xray_keras.training import run_dir as run_dirs
 
 
@@ -81,7 +81,7 @@ def rows(runs, resamples, seed):
       "batch_size": run.timing.get("batch_size"),
       "total_epochs": total_epochs(run),
       "val_auc": run.metrics.get("val", {}).get("auc"),
-      **_accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
+      **statistics.accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
       "first_round_s": run.timing.get("first_round_s"),
       "mean_round_s": fed.get("mean_round_s"),
       "mb_sent_per_round": fed["bytes_sent_per_round"] / 1e6,

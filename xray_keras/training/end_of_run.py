@@ -139,37 +139,35 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
 
 def _tta_result(views, binary, single, tta):
   """The TTA predictions' validation log loss against the single view's, validation's choice, and test."""
-  test = metrics.binary_metrics(binary["test"], tta["test"], 0.5)
-  ci = statistics.bootstrap_ci(binary["test"], tta["test"], 0.5, BOOTSTRAP_RESAMPLES)
+  losses = {k: calibration.log_loss(binary["val"], p["val"]) for k, p in (("single", single), ("tta", tta))}
   return {
     "views": int(views),
-    "val_log_loss": calibration.log_loss(binary["val"], tta["val"]),
-    "val_log_loss_single_view": calibration.log_loss(binary["val"], single["val"]),
+    "val_log_loss": losses["tta"],
+    "val_log_loss_single_view": losses["single"],
     "val_auc": metrics.roc_auc(binary["val"], tta["val"]),
-    "validation_chooses": clinical.tta_choice(binary["val"], single["val"], tta["val"]),
+    "validation_chooses": clinical.tta_choice(losses["single"], losses["tta"]),
     "test": {
       "n": int(len(binary["test"])),
-      "accuracy": test["accuracy"],
-      "auc": test["auc"],
-      "ci95": {k: list(v) for k, v in ci.items() if k in ("accuracy", "auc")},
+      **statistics.accuracy_auc(binary["test"], tta["test"], 0.5, BOOTSTRAP_RESAMPLES),
     },
   }
 
 
 def _log_tta(tta):
-  test, ci = tta["test"], tta["test"]["ci95"]
-  chosen = tta["validation_chooses"] == "TTA"
+  test = tta["test"]
   logging.info(
     "Test with %d-view TTA, %s (validation log loss %.3f with it, %.3f without): accuracy %.3f [95%% CI %.3f, %.3f], "
     "ROC-AUC %.3f [95%% CI %.3f, %.3f]",
     tta["views"],
-    "which validation chooses" if chosen else "for the record: validation keeps the single view",
+    "which validation chooses"
+    if tta["validation_chooses"] == "TTA"
+    else "for the record: validation keeps the single view",
     tta["val_log_loss"],
     tta["val_log_loss_single_view"],
     test["accuracy"],
-    *ci.get("accuracy", (math.nan, math.nan)),
+    *test["accuracy_ci"],
     test["auc"],
-    *ci.get("auc", (math.nan, math.nan)),
+    *test["auc_ci"],
   )
 
 
