@@ -5,13 +5,22 @@ import tensorflow as tf
 from xray_keras.data import feeder
 
 
-def test_training_dataset_sees_every_image_once_per_epoch():
+def test_training_dataset_sees_every_image_once_per_epoch_in_whole_batches():
   images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 4, 4, 1), np.uint8)
   labels = np.arange(10) % 2
   ds = feeder.tf_dataset(images, labels, 3, training=True, seed=1)
+  epochs = []
   for _ in range(2):
-    seen = np.concatenate([x[:, 0, 0, 0].numpy() for x, _ in ds])
-    assert sorted(seen.tolist()) == list(range(10))
+    batches = [x[:, 0, 0, 0].numpy().tolist() for x, _ in ds]
+    assert [len(b) for b in batches] == [3, 3, 3, 3]  # the last batch filled up from the next shuffle
+    seen = sum(batches, [])
+    assert sorted(set(seen)) == list(range(10)) and len(set(seen[-2:])) == 2
+    epochs.append(seen)
+  assert epochs[0] != epochs[1]
+  fewer = feeder.tf_dataset(images[:2], labels[:2], 3, training=True, seed=1)
+  assert sorted(np.concatenate([x[:, 0, 0, 0].numpy() for x, _ in fewer]).tolist()) == [0, 1]
+  whole = feeder.tf_dataset(images, labels, 5, training=False)
+  assert np.concatenate([x[:, 0, 0, 0].numpy() for x, _ in whole]).tolist() == list(range(10))
   first = [x.dtype for x, _ in ds.take(1)][0]
   assert first == tf.float32
 

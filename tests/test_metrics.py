@@ -33,6 +33,12 @@ def test_auc_counts_ties_as_half_and_matches_pairwise_definition():
   assert math.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
 
 
+def test_midranks_share_the_mean_rank_among_ties():
+  assert metrics.midranks([3.0, 1.0, 3.0, 2.0, 3.0, 1.0]).tolist() == [5.0, 1.5, 5.0, 3.0, 5.0, 1.5]
+  assert metrics.midranks([0.7]).tolist() == [1.0]
+  assert metrics.midranks([]).tolist() == []
+
+
 def test_threshold_is_chosen_on_validation():
   labels = [0, 0, 0, 1, 1, 1]
   probs = [0.6, 0.65, 0.7, 0.8, 0.85, 0.9]  # everything above 0.5: a shifted model

@@ -189,14 +189,17 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
 
 def test_end_of_run_predictions_use_whole_batches_only(monkeypatch):
   from xray_keras import models
+  from xray_keras.evaluation import prediction
   from xray_keras.training import end_of_run
 
   model = models.build_model("cnn_scratch", (32, 32, 1), weights="none")
   images = np.random.default_rng(0).integers(0, 255, (23, 32, 32, 1)).astype(np.uint8)
   expected = model.predict(images.astype(np.float32), batch_size=8, verbose=0)
-  shapes, predict = [], model.predict
+  shapes, predict, predict_on_batch = [], model.predict, model.predict_on_batch
   monkeypatch.setattr(model, "predict", lambda x, **kw: shapes.append(x.shape[0]) or predict(x, **kw))
+  monkeypatch.setattr(model, "predict_on_batch", lambda x: shapes.append(x.shape[0]) or predict_on_batch(x))
   for count in (23, 7, 8):  # the validation and test splits, and a split of exactly one batch
-    np.testing.assert_allclose(end_of_run.predict(model, images[:count], 8), expected[:count], atol=1e-6)
+    np.testing.assert_allclose(prediction.predict(model, images[:count], 8), expected[:count], atol=1e-6)
+  monkeypatch.setattr(model, "predict_on_batch", predict_on_batch)  # its latency figure times single images
   end_of_run._inference_timing(model, images, 8)
   assert shapes and all(n % 8 == 0 for n in shapes), shapes  # one batch shape: the step is traced once

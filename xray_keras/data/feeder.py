@@ -102,14 +102,18 @@ class ArrayFeeder(keras.utils.PyDataset):
 def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
   """A `tf.data.Dataset` of `(float32 images, float32 labels)` batches.
 
-  Training data is shuffled each epoch and augmented; nothing is dropped, so
-  every image is seen once per epoch and evaluation covers every image.
+  Training data is shuffled each epoch and augmented, and every image is seen once per epoch; the
+  last batch is filled up from the next shuffle (a few images seen twice), so every training batch
+  has one shape and an XLA step is compiled once. Evaluation covers every image once.
   """
   import tensorflow as tf
 
   ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
   if training:
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    short = -len(images) % batch_size
+    if short and len(images) > batch_size:
+      ds = ds.repeat(2).take(len(images) + short)
   ds = ds.batch(batch_size)
   ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
   if training and augmenter is not None:

@@ -17,24 +17,31 @@ CALIBRATION = "calibration.json"
 TTA = "tta.json"
 
 
+AUGMENT_CHUNK = 256  # images per eager augmentation call
+
+
 def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   """Mean PNEUMONIA probability over `views` views of each image: the image itself, then
   `views - 1` copies through the run's training augmentations (random layers in training mode)."""
   from xray_keras.data import feeder
+  from xray_keras.evaluation import prediction
   from xray_keras.models import pneumonia_probability
 
   images = np.asarray(images, dtype=np.float32)
   if not len(images):
     return np.zeros((0,), np.float32)
-  plain = pneumonia_probability(model.predict(images, batch_size=batch_size, verbose=0))
+  total = pneumonia_probability(prediction.predict(model, images, batch_size))
   augmenter = feeder.augmentation(augment, seed=seed) if views > 1 else None
   if augmenter is None:
-    return plain
-  total = plain.copy()
+    return total
   for _ in range(views - 1):
-    for start in range(0, len(images), batch_size):
-      batch = augmenter(images[start : start + batch_size], training=True)
-      total[start : start + batch_size] += pneumonia_probability(model.predict_on_batch(batch))
+    view = np.concatenate(
+      [
+        np.asarray(augmenter(images[start : start + AUGMENT_CHUNK], training=True))
+        for start in range(0, len(images), AUGMENT_CHUNK)
+      ]
+    )
+    total += pneumonia_probability(prediction.predict(model, view, batch_size))
   return total / views
 
 

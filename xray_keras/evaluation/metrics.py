@@ -7,10 +7,11 @@ def midranks(values):
   """Ranks from 1; tied values share the mean of their ranks."""
   values = np.asarray(values, dtype=np.float64)
   order = np.argsort(values, kind="mergesort")
+  ordered = values[order]
+  starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first index of each tie group
+  counts = np.diff(np.r_[starts, len(values)])
   ranks = np.empty(len(values), dtype=np.float64)
-  _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-  for start, count in zip(first, counts):
-    ranks[order[start : start + count]] = start + (count + 1) / 2.0
+  ranks[order] = np.repeat(starts + (counts + 1) / 2.0, counts)
   return ranks
 
 

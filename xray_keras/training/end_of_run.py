@@ -11,7 +11,7 @@ from absl import logging
 
 from xray_keras import atomic, models
 from xray_keras.data.records import CLASS_NAMES, printable
-from xray_keras.evaluation import calibration, clinical, metrics, multiclass, statistics
+from xray_keras.evaluation import calibration, clinical, metrics, multiclass, prediction, statistics
 from xray_keras.training import room, testbed
 from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS
@@ -30,7 +30,7 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   classes = len(data.class_names) if len(data.class_names) > 2 else 1
   val_split, test_split = data.splits["val"], data.splits["test"]
 
-  outputs = {s: predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
+  outputs = {s: prediction.predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
   probabilities = {s: models.pneumonia_probability(o) for s, o in outputs.items()}
   binary = {s: (data.splits[s].labels > 0).astype(int) for s in ("val", "test")}  # PNEUMONIA = any subtype
   if len(val_split.labels):
@@ -204,32 +204,10 @@ def _clean_up(run_dir):
     os.rmdir(os.path.join(run_dir, os.path.dirname(CHECKPOINT)))
 
 
-def _whole_batches(images, batch_size):
-  """`images` as float32 with the last batch filled up by copies of the last image.
-
-  Every prediction call then has one batch shape, so the prediction step is traced once (a partial
-  batch would trace it again, seconds for a large model).
-  """
-  count = len(images)
-  filled = np.empty((count + -count % batch_size, *images.shape[1:]), np.float32)
-  filled[:count] = images
-  filled[count:] = images[-1]
-  return filled
-
-
-def predict(model, images, batch_size):
-  """The model's outputs, `(N, units)`, predicted on whole batches."""
-  count = len(images)
-  if not count:
-    return np.zeros((0, model.outputs[0].shape[-1]), np.float32)  # Keras cannot predict on zero images
-  outputs = model.predict(_whole_batches(images, batch_size), batch_size=batch_size, verbose=0)
-  return outputs[:count].reshape(count, -1)
-
-
 def _inference_timing(model, images, batch_size):
   """Throughput of batched prediction (whole batches) and latency of single-image calls."""
   images = images.astype(np.float32)
-  timed = _whole_batches(images[: max(batch_size, len(images) - len(images) % batch_size)], batch_size)
+  timed = prediction.whole_batches(images[: max(batch_size, len(images) - len(images) % batch_size)], batch_size)
   model.predict(timed[:batch_size], batch_size=batch_size, verbose=0)  # warm up
   start = time.perf_counter()
   model.predict(timed, batch_size=batch_size, verbose=0)
