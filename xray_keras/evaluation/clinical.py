@@ -15,14 +15,14 @@ PREDICTIONS = "predictions.csv"
 TTA_PREDICTIONS = "predictions_tta.csv"
 CALIBRATION = "calibration.json"
 TTA = "tta.json"
-
-
 AUGMENT_CHUNK = 256  # images per eager augmentation call
 
 
 def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   """Mean PNEUMONIA probability over `views` views of each image: the image itself, then
   `views - 1` copies through the run's training augmentations (random layers in training mode)."""
+  import keras
+
   from xray_keras.data import feeder
   from xray_keras.evaluation import prediction
   from xray_keras.models import pneumonia_probability
@@ -37,7 +37,7 @@ def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   for _ in range(views - 1):
     view = np.concatenate(
       [
-        np.asarray(augmenter(images[start : start + AUGMENT_CHUNK], training=True))
+        keras.ops.convert_to_numpy(augmenter(images[start : start + AUGMENT_CHUNK], training=True))
         for start in range(0, len(images), AUGMENT_CHUNK)
       ]
     )
