@@ -45,6 +45,11 @@ def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   return total / views
 
 
+def as_written(probabilities):
+  """`probabilities` as a predictions file holds them (6 decimals), so figures computed from either agree."""
+  return np.array([float(f"{p:.6f}") for p in np.asarray(probabilities, dtype=np.float64).reshape(-1)])
+
+
 def read_predictions(run_dir, name=PREDICTIONS):
   """`{split: (files, labels, probabilities)}` from a run's predictions file; `{}` if it has none."""
   path = os.path.join(run_dir, name)
@@ -100,9 +105,10 @@ def temperature(run_dir):
 
 
 def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
-  """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`."""
+  """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`; returns
+  `{split: (files, labels, probabilities as written)}`."""
   by_split = {
-    s: (files, labels, tta_predict(model, images, augment, views, batch_size, seed))
+    s: (files, labels, as_written(tta_predict(model, images, augment, views, batch_size, seed)))
     for s, (files, labels, images) in splits.items()
   }
   write_predictions(os.path.join(run_dir, TTA_PREDICTIONS), by_split)

@@ -86,7 +86,8 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
     )
     logging.info("Test-time augmentation: %d views of each val/test image in %s", config.tta, clinical.TTA_PREDICTIONS)
     if len(val_split.labels) and len(test_split.labels):
-      result["tta"] = _tta_result(config.tta, binary, probabilities, {s: p for s, (_, _, p) in by_split.items()})
+      single = {s: clinical.as_written(p) for s, p in probabilities.items()}  # as the report reads them
+      result["tta"] = _tta_result(config.tta, binary, single, {s: p for s, (_, _, p) in by_split.items()})
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
   with without_training_state(model):
