@@ -15,7 +15,7 @@ import numpy as np
 from xray_keras.data import patients
 from xray_keras.data.records import printable
 from xray_keras.errors import UserError
-from xray_keras.evaluation import calibration, clinical, metrics, operating_points, statistics
+from xray_keras.evaluation import calibration, clinical, metrics, operating_points, prediction, statistics
 
 RESAMPLES = 1000
 
@@ -76,7 +76,7 @@ def _run(run_dir):
   batch_size = int(values.get("batch_size", 32))
 
   def probabilities(images):
-    p = models.pneumonia_probability(model.predict(images.astype(np.float32), batch_size, verbose=0))
+    p = models.pneumonia_probability(prediction.predict(model, images, batch_size))
     return calibration.apply_temperature(p, temperature) if temperature else p
 
   return Trained(
