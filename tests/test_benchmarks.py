@@ -222,6 +222,18 @@ def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
 
 
 @pytest.mark.slow
+def test_epoch_end_wait_quick_mode_times_both_pipelines_and_both_predictions(tmp_path):
+  out = tmp_path / "wait.json"
+  _run_in_process(["benchmarks/epoch_end_wait.py", "--quick", "--predictions=2", f"--output={out}"])
+  payload = json.loads(out.read_text())
+  assert set(payload["epochs"]) == {"autotune_on", "autotune_off (the package)"}
+  for row in payload["epochs"].values():
+    assert len(row["epoch_s"]) == 2 and all(s > 0 for s in row["epoch_s"]) and row["train_images_per_s"] > 0
+  assert payload["epochs"]["autotune_on"]["x_autotune_on"] == 1.0
+  assert set(payload["predictions"]) == {"model.predict", "prediction.predict"}
+
+
+@pytest.mark.slow
 def test_matmul_ceiling_quick_mode_times_every_product_of_the_step(tmp_path):
   pytest.importorskip("jax")
   out = tmp_path / "ceiling.json"

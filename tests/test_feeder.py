@@ -25,6 +25,15 @@ def test_training_dataset_sees_every_image_once_per_epoch_in_whole_batches():
   assert first == tf.float32
 
 
+def test_tf_data_autotuning_is_off_so_an_epoch_ends_with_its_last_batch():
+  images = np.zeros((10, 4, 4, 1), np.uint8)
+  augmenter = feeder.augmentation(["affine", "contrast"], seed=0)
+  for training in (True, False):
+    ds = feeder.tf_dataset(images, np.arange(10) % 2, 3, training=training, seed=1, augmenter=augmenter)
+    assert ds.options().autotune.enabled is False
+    assert [len(x) for x, _ in ds] == ([3, 3, 3, 3] if training else [3, 3, 3, 1])
+
+
 def test_augmentation_eager_and_in_tf_data_agree_on_shape_and_range():
   augmenter = feeder.augmentation(["rotation", "zoom", "translation", "contrast"], seed=0)
   images = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 1)).astype(np.uint8)

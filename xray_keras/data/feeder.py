@@ -6,6 +6,7 @@ name. X-rays are never flipped: left and right differ anatomically.
 """
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -15,6 +16,8 @@ from xray_keras.data.affine import RandomAffine
 
 AUGMENTATIONS = choices.AUGMENTATIONS
 GEOMETRIC_AND_CONTRAST = AUGMENTATIONS[:4]
+PARALLEL_CALLS = min(os.cpu_count() or 1, 8)  # batches cast and augmented at once
+PREFETCH = 2  # batches ready ahead of the train step
 
 
 def augmentation(names, seed=None):
@@ -105,6 +108,10 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
   Training data is shuffled each epoch and augmented, and every image is seen once per epoch; the
   last batch is filled up from the next shuffle (a few images seen twice), so every training batch
   has one shape and an XLA step is compiled once. Evaluation covers every image once.
+
+  tf.data's autotuning is off and the parallelism fixed (`PARALLEL_CALLS`, `PREFETCH`): with it on,
+  an epoch often ended only when the autotuning thread's sleep did (10 ms, doubling each time), so
+  ViT_scratch's 5.5 s epochs took 10.26 s in 7 of 14 (benchmarks/epoch_end_wait.py).
   """
   import tensorflow as tf
 
@@ -115,13 +122,24 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
     if short and len(images) > batch_size:
       ds = ds.repeat(2).take(len(images) + short)
   ds = ds.batch(batch_size)
-  ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-  if training and augmenter is not None:
-    ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+  augment = augmenter if training and augmenter is not None else None
+  ds = ds.map(
+    lambda x, y: (_as_float(x, augment), y),
+    num_parallel_calls=PARALLEL_CALLS,
+    deterministic=True,
+  )
   options = tf.data.Options()
+  options.autotune.enabled = False
   # In-memory arrays have no files to shard: multi-worker training shards by element.
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return ds.prefetch(PREFETCH).with_options(options)
+
+
+def _as_float(images, augment):
+  import tensorflow as tf
+
+  images = tf.cast(images, tf.float32)
+  return augment(images, training=True) if augment is not None else images
 
 
 def class_weights(labels, classes=2):

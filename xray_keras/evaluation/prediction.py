@@ -15,13 +15,14 @@ def whole_batches(images, batch_size):
 
 
 def predict(model, images, batch_size):
-  """The model's outputs, `(N, units)`."""
+  """The model's outputs, `(N, units)`, one `predict_on_batch` call per whole batch.
+
+  Not `model.predict`: on TensorFlow its tf.data pipeline autotunes, and the end of each call waited
+  for the autotuning thread's next wake-up (see `data/feeder.tf_dataset`).
+  """
   count = len(images)
   if not count:
     return np.zeros((0, model.outputs[0].shape[-1]), np.float32)  # Keras cannot predict on zero images
   filled = whole_batches(images, batch_size)
-  if len(filled) == batch_size:
-    outputs = model.predict_on_batch(filled)  # one batch: without `predict`'s per-call set-up
-  else:
-    outputs = model.predict(filled, batch_size=batch_size, verbose=0)
-  return np.asarray(outputs)[:count].reshape(count, -1)
+  outputs = [np.asarray(model.predict_on_batch(filled[i : i + batch_size])) for i in range(0, len(filled), batch_size)]
+  return np.concatenate(outputs)[:count].reshape(count, -1)

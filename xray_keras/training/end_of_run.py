@@ -209,9 +209,9 @@ def _inference_timing(model, images, batch_size):
   """Throughput of batched prediction (whole batches) and latency of single-image calls."""
   images = images.astype(np.float32)
   timed = prediction.whole_batches(images[: max(batch_size, len(images) - len(images) % batch_size)], batch_size)
-  model.predict(timed[:batch_size], batch_size=batch_size, verbose=0)  # warm up
+  prediction.predict(model, timed[:batch_size], batch_size)  # warm up
   start = time.perf_counter()
-  model.predict(timed, batch_size=batch_size, verbose=0)
+  prediction.predict(model, timed, batch_size)
   throughput = len(timed) / (time.perf_counter() - start)
   single = images[:1]
   model.predict_on_batch(single)

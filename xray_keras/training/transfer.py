@@ -16,6 +16,7 @@ from absl import logging
 
 from xray_keras.data import feeder
 from xray_keras.errors import UserError
+from xray_keras.evaluation import prediction
 from xray_keras.models.pretrained import backbone_of
 
 # A block is the group of layers sharing one of these name prefixes.
@@ -111,7 +112,7 @@ def extract_features(model, images, batch_size):
   """Pooled backbone features of `images`, computed once in inference mode."""
   if not len(images):
     return np.zeros((0, *model.get_layer("pool").output.shape[1:]), np.float32)
-  return feature_extractor(model).predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+  return prediction.predict(feature_extractor(model), images, batch_size)
 
 
 def train_head(
