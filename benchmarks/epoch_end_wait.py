@@ -128,6 +128,8 @@ def main():
   model = runs["autotune_off (the package)"][0]
   images = prediction.whole_batches(val.images, batch)
   predict_s = {"model.predict": [], "prediction.predict": []}
+  model.predict(images, batch_size=batch, verbose=0)  # tracing and compilation, not timed
+  prediction.predict(model, images, batch)
   for _ in range(args.predictions):
     start = time.perf_counter()
     keras_out = model.predict(images, batch_size=batch, verbose=0)
