@@ -36,7 +36,10 @@ def repeated_batch(images, labels, steps, last):
   if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensors(full).repeat(steps - 1).concatenate(tf.data.Dataset.from_tensors(tail))
+    options = tf.data.Options()
+    options.autotune.enabled = False  # as the package's feeder: an autotuned pass can end late (feeder.tf_dataset)
+    feed = tf.data.Dataset.from_tensors(full).repeat(steps - 1).concatenate(tf.data.Dataset.from_tensors(tail))
+    return feed.with_options(options)
   batches = [full] * (steps - 1) + [tail]
 
   class Feed(keras.utils.PyDataset):
