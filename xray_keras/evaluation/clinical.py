@@ -45,9 +45,14 @@ def tta_predict(model, images, augment, views, batch_size=32, seed=0):
   return total / views
 
 
+def written(probability):
+  """A probability as the predictions files write it (6 decimals)."""
+  return f"{probability:.6f}"
+
+
 def as_written(probabilities):
-  """`probabilities` as a predictions file holds them (6 decimals), so figures computed from either agree."""
-  return np.array([float(f"{p:.6f}") for p in np.asarray(probabilities, dtype=np.float64).reshape(-1)])
+  """`probabilities` as a predictions file holds them, so figures computed from either agree."""
+  return np.array([float(written(p)) for p in np.asarray(probabilities, dtype=np.float64).reshape(-1)])
 
 
 def read_predictions(run_dir, name=PREDICTIONS):
@@ -72,7 +77,7 @@ def write_predictions(path, by_split):
     writer = csv.writer(f)
     writer.writerow(["file", "split", "label", "probability"])
     for split, (files, labels, probabilities) in by_split.items():
-      writer.writerows([file, split, int(label), f"{p:.6f}"] for file, label, p in zip(files, labels, probabilities))
+      writer.writerows([file, split, int(label), written(p)] for file, label, p in zip(files, labels, probabilities))
   os.replace(tmp, path)
 
 

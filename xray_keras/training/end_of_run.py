@@ -249,5 +249,5 @@ def _write_predictions(path, data, probabilities, outputs):
     for split, probs in probabilities.items():
       arrays = data.splits[split]
       for i, (record, p) in enumerate(zip(arrays.records, probs)):
-        extra = [names[arrays.labels[i]]] + [f"{q:.6f}" for q in outputs[split][i]] if names else []
-        writer.writerow([printable(record.path), split, record.label, f"{p:.6f}"] + extra)
+        extra = [names[arrays.labels[i]]] + [clinical.written(q) for q in outputs[split][i]] if names else []
+        writer.writerow([printable(record.path), split, record.label, clinical.written(p)] + extra)
