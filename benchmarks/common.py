@@ -19,13 +19,21 @@ REAL_DATA = SHARED_DATA if os.path.isdir(SHARED_DATA) else ""
 
 
 def machine():
-  cpu = platform.processor()
+  """The CPU, its x86 family/model/stepping where /proc/cpuinfo has them (a virtual machine's model
+  name may say only "AMD EPYC", which spans several generations), the cores and the platform."""
+  cpu, ids = platform.processor(), {}
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
+      fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cpu = fields.get("model name", cpu)
+    ids = {k: int(fields[k]) for k in ("cpu family", "model", "stepping") if fields.get(k, "").isdigit()}
+  except OSError:
     pass
-  return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+  found = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+  if ids:
+    found["cpu_id"] = " ".join(f"{k} {v}" for k, v in ids.items())
+  return found
 
 
 def peak_rss_mb():

@@ -9,17 +9,20 @@ For each model at its experiments/<model>.cfg size, batch, precision, XLA settin
   the compiled step's model FLOPs within 10%;
 - train img/s on one in-memory batch repeated (no input pipeline), and end to end: the real train
   split through the package's feeder with the cfg's augmentation (a whole epoch for the
-  from-scratch models; `--pretrained_steps` steps for the pretrained ones);
+  from-scratch models; `--pretrained_steps` steps for the pretrained ones), each the median of
+  `--repeats` epochs after a warm-up one (these shared machines slow down for seconds at a time);
 - achieved GFLOP/s (model FLOPs x img/s) and its fraction of the float32 peak, which this run
   measures with a large matmul (TensorFlow, all cores).
 Pretrained models train from random weights here (speed does not depend on the weights), with the
-cfg's phase-2 `--unfreeze`. Writes results/cpu_roofline.json with the CPU and its vector extensions.
+cfg's phase-2 `--unfreeze`. Writes results/cpu_roofline.json with the CPU (its name and x86 family/model), its vector extensions
+and every timed epoch.
 """
 
 import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -135,8 +138,9 @@ def train_images(size, count, data_dir):
   return images, np.asarray(labels)
 
 
-def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None):
-  """Train img/s in memory and end to end at the cfg's size and batch; `flops`: `count_flops`'s, if counted."""
+def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None, repeats=3):
+  """Train img/s in memory and end to end at the cfg's size and batch, the median of `repeats` epochs each;
+  `flops`: `count_flops`'s, if counted."""
   import keras
   import numpy as np
   from end_to_end import repeated_batch
@@ -195,7 +199,8 @@ def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None):
   )
   real = feeder.make_feeder(images, labels, batch, True, 0, feeder.augmentation(augment, seed=0))
   fit_s(real)  # warm-up: tracing, compilation, the first shuffle
-  memory_s, real_s = fit_s(memory), fit_s(real)
+  memory_s = [fit_s(memory) for _ in range(repeats)]
+  real_s = [fit_s(real) for _ in range(repeats)]
   return {
     "model": name,
     "display_name": spec.display_name,
@@ -209,8 +214,11 @@ def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None):
     "whole_epoch": not spec.pretrained or quick,
     "model_flops_per_image": flops["matmul_flops_per_image"],
     "all_flops_per_image": flops["flops_per_image"],
-    "in_memory_images_per_s": count / memory_s,
-    "end_to_end_images_per_s": count / real_s,
+    "epochs_timed": repeats,
+    "in_memory_images_per_s": count / statistics.median(memory_s),
+    "end_to_end_images_per_s": count / statistics.median(real_s),
+    "in_memory_images_per_s_each": [count / s for s in memory_s],
+    "end_to_end_images_per_s_each": [count / s for s in real_s],
   }
 
 
@@ -219,6 +227,7 @@ def main():
   parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--data_dir", default="", help="full-resolution data for the end-to-end epochs; empty: built-in")
   parser.add_argument("--pretrained_steps", type=int, default=6, help="end-to-end steps timed for pretrained models")
+  parser.add_argument("--repeats", type=int, default=3, help="epochs timed of each kind; img/s is their median")
   parser.add_argument("--quick", action="store_true", help="32 px, two batches, one model: checks the script runs")
   parser.add_argument("--output", default=None)
   flags = parser.parse_args()
@@ -226,7 +235,7 @@ def main():
   print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
   rows = []
   for name in flags.models.split(","):
-    row = measure(name, read_cfg(name), flags.data_dir, flags.quick, flags.pretrained_steps)
+    row = measure(name, read_cfg(name), flags.data_dir, flags.quick, flags.pretrained_steps, repeats=flags.repeats)
     for kind in ("in_memory", "end_to_end"):
       gflops = row["model_flops_per_image"] * row[f"{kind}_images_per_s"] / 1e9
       row[f"{kind}_gflops"], row[f"{kind}_fraction_of_peak"] = gflops, gflops / peak

@@ -186,6 +186,8 @@ def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand
   assert abs(row["hand_vs_compiled"] - 1) < 0.10  # the hand count of ViT_scratch agrees with XLA's
   for kind in ("in_memory", "end_to_end"):
     assert row[f"{kind}_images_per_s"] > 0 and 0 < row[f"{kind}_fraction_of_peak"] < 1
+    each = row[f"{kind}_images_per_s_each"]
+    assert len(each) == row["epochs_timed"] == 3 and row[f"{kind}_images_per_s"] == sorted(each)[1]  # the median
 
 
 @pytest.mark.slow

@@ -64,6 +64,27 @@ def test_attention_probabilities_sum_to_one():
   np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-5)
 
 
+def test_attention_uses_the_fused_op_unless_dropout_trains_and_both_paths_agree(monkeypatch):
+  tokens = np.random.default_rng(0).normal(size=(2, 65, 56)).astype("float32")
+  layer = vit_layers.MultiHeadSelfAttention(4, 56, dropout=0.5)
+  explicit = keras.ops.convert_to_numpy(layer(tokens, training=True))  # attention dropout on the probabilities
+  fused_calls = []
+  fused = keras.ops.dot_product_attention
+  monkeypatch.setattr(keras.ops, "dot_product_attention", lambda *a, **k: fused_calls.append(1) or fused(*a, **k))
+  assert not fused_calls
+  layer.dropout = 0.0
+  no_dropout = keras.ops.convert_to_numpy(layer(tokens, training=True))
+  inference = keras.ops.convert_to_numpy(layer(tokens, training=False))
+  assert len(fused_calls) == 2
+  # The explicit path without dropout: the rollout's probabilities times the values.
+  query, key, value = layer._split_heads(tokens)
+  context = keras.ops.einsum("bhqk,bkhd->bqhd", layer._probabilities(query, key), value)
+  expected = keras.ops.convert_to_numpy(layer.output_projection(keras.ops.reshape(context, (2, 65, 56))))
+  np.testing.assert_allclose(no_dropout, expected, atol=1e-6)
+  np.testing.assert_allclose(inference, expected, atol=1e-6)
+  assert np.abs(explicit - expected).max() > 1e-3
+
+
 def test_bad_options_name_the_value():
   with pytest.raises(ValueError, match="multiple of patch_size.*patch_size=7"):
     models.build_model("vit_scratch", (64, 64, 1), patch_size=7)
