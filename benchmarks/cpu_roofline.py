@@ -10,7 +10,8 @@ For each model at its experiments/<model>.cfg size, batch, precision, XLA settin
 - train img/s on one in-memory batch repeated (no input pipeline), and end to end: the real train
   split through the package's feeder with the cfg's augmentation (a whole epoch for the
   from-scratch models; `--pretrained_steps` steps for the pretrained ones), each the median of
-  `--repeats` epochs after a warm-up one (these shared machines slow down for seconds at a time);
+  `--repeats` epochs after a warm-up one, each followed by a memory-bandwidth probe (`copy_gbps`:
+  these shared machines slow down for seconds at a time);
 - achieved GFLOP/s (model FLOPs x img/s) and its fraction of the float32 peak, which this run
   measures with a large matmul (TensorFlow, all cores).
 Pretrained models train from random weights here (speed does not depend on the weights), with the
@@ -103,6 +104,21 @@ def peak_gflops(size=4096, repeats=5):
   return 2 * size**3 / best / 1e9
 
 
+def copy_gbps(megabytes=64, seconds=0.5):
+  """Memory bandwidth now: GB/s read and written by copying a `megabytes` array (more than this CPU's
+  caches hold) for `seconds`. On a shared machine it swings with the neighbours' traffic, and so does
+  a small model's step, which streams its activations through memory; a matmul stays in cache."""
+  import numpy as np
+
+  source = np.ones(megabytes * 2**18, np.float32)
+  target = np.empty_like(source)
+  start, copies = time.perf_counter(), 0
+  while time.perf_counter() - start < seconds:
+    np.copyto(target, source)
+    copies += 1
+  return 2 * source.nbytes * copies / (time.perf_counter() - start) / 1e9
+
+
 def count_flops(model, size, batch, patch, unfreeze="all", dots=False):
   """`train_flops.py`'s JSON for the model's train step (and each of its matrix products with `dots`)."""
   args = [
@@ -185,9 +201,12 @@ def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None, repeats=3)
     steps_per_execution=int(cfg.get("steps_per_execution", 1)),
   )
 
+  bandwidth = []
+
   def fit_s(dataset):
     timing = TimingCallback(len(labels), batch)
     model.fit(dataset, epochs=1, verbose=0, callbacks=[timing], shuffle=False)
+    bandwidth.append(copy_gbps())
     return timing.epochs[0]["train_s"]
 
   # Whole batches only, as tf.data feeds training (its last batch filled from the next shuffle): one
@@ -219,6 +238,7 @@ def measure(name, cfg, data_dir, quick, pretrained_steps, flops=None, repeats=3)
     "end_to_end_images_per_s": count / statistics.median(real_s),
     "in_memory_images_per_s_each": [count / s for s in memory_s],
     "end_to_end_images_per_s_each": [count / s for s in real_s],
+    "copy_gbps_after_each": bandwidth[1:],  # in memory, then end to end, as the epochs above
   }
 
 

@@ -188,6 +188,7 @@ def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand
     assert row[f"{kind}_images_per_s"] > 0 and 0 < row[f"{kind}_fraction_of_peak"] < 1
     each = row[f"{kind}_images_per_s_each"]
     assert len(each) == row["epochs_timed"] == 3 and row[f"{kind}_images_per_s"] == sorted(each)[1]  # the median
+  assert len(row["copy_gbps_after_each"]) == 6 and min(row["copy_gbps_after_each"]) > 0
 
 
 @pytest.mark.slow
