@@ -15,8 +15,8 @@ For each model at its experiments/<model>.cfg size, batch, precision, XLA settin
 - achieved GFLOP/s (model FLOPs x img/s) and its fraction of the float32 peak, which this run
   measures with a large matmul (TensorFlow, all cores).
 Pretrained models train from random weights here (speed does not depend on the weights), with the
-cfg's phase-2 `--unfreeze`. Writes results/cpu_roofline.json with the CPU (its name and x86 family/model), its vector extensions
-and every timed epoch.
+cfg's phase-2 `--unfreeze`. Writes results/cpu_roofline.json with the CPU (its name and x86
+family/model), its vector extensions and every timed epoch.
 """
 
 import argparse
