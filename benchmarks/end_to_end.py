@@ -36,10 +36,10 @@ def repeated_batch(images, labels, steps, last):
   if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
 
-    options = tf.data.Options()
-    options.autotune.enabled = False  # as the package's feeder: an autotuned pass can end late (feeder.tf_dataset)
+    from xray_keras.data import feeder
+
     feed = tf.data.Dataset.from_tensors(full).repeat(steps - 1).concatenate(tf.data.Dataset.from_tensors(tail))
-    return feed.with_options(options)
+    return feed.with_options(feeder.pipeline_options())  # as the package's: an autotuned pass can end late
   batches = [full] * (steps - 1) + [tail]
 
   class Feed(keras.utils.PyDataset):

@@ -128,11 +128,18 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
     num_parallel_calls=PARALLEL_CALLS,
     deterministic=True,
   )
+  return ds.prefetch(PREFETCH).with_options(pipeline_options())
+
+
+def pipeline_options():
+  """The `tf.data.Options` of the package's datasets: autotuning off (`tf_dataset` says why), and
+  sharding by element (in-memory arrays have no files to shard between workers)."""
+  import tensorflow as tf
+
   options = tf.data.Options()
   options.autotune.enabled = False
-  # In-memory arrays have no files to shard: multi-worker training shards by element.
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-  return ds.prefetch(PREFETCH).with_options(options)
+  return options
 
 
 def _as_float(images, augment):
