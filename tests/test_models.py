@@ -67,10 +67,10 @@ def test_attention_probabilities_sum_to_one():
 def test_attention_uses_the_fused_op_unless_dropout_trains_and_both_paths_agree(monkeypatch):
   tokens = np.random.default_rng(0).normal(size=(2, 65, 56)).astype("float32")
   layer = vit_layers.MultiHeadSelfAttention(4, 56, dropout=0.5)
-  explicit = keras.ops.convert_to_numpy(layer(tokens, training=True))  # attention dropout on the probabilities
   fused_calls = []
   fused = keras.ops.dot_product_attention
   monkeypatch.setattr(keras.ops, "dot_product_attention", lambda *a, **k: fused_calls.append(1) or fused(*a, **k))
+  explicit = keras.ops.convert_to_numpy(layer(tokens, training=True))  # attention dropout on the probabilities
   assert not fused_calls
   layer.dropout = 0.0
   no_dropout = keras.ops.convert_to_numpy(layer(tokens, training=True))
