@@ -112,6 +112,7 @@ def copy_gbps(megabytes=64, seconds=0.5):
 
   source = np.ones(megabytes * 2**18, np.float32)
   target = np.empty_like(source)
+  np.copyto(target, source)  # the target's pages mapped before the clock starts
   start, copies = time.perf_counter(), 0
   while time.perf_counter() - start < seconds:
     np.copyto(target, source)
