@@ -4,9 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
-from xray_keras.evaluation import metrics, statistics
+from xray_keras.evaluation import calibration, metrics, statistics
 
 
 def _psi_auc_components(labels, scores):
@@ -75,3 +77,47 @@ def test_bootstrap_interval_is_seeded_and_matches_the_normal_approximation():
   low, high = ci["accuracy"]
   assert low < accuracy < high
   assert (high - low) / 2 == pytest.approx(half, rel=0.25)
+
+
+@st.composite
+def _scored_sets(draw):
+  """Finite 0/1 labels with both classes, and probabilities: any, tied, constant, separated or calibrated."""
+  kind = draw(st.sampled_from(["any", "tied", "constant", "separated", "calibrated"]))
+  if kind == "calibrated":  # groups of ten at probability k/10 holding k positives: ECE 0
+    ks = draw(st.lists(st.integers(1, 9), min_size=1, max_size=10))
+    labels = np.concatenate([np.arange(10) < k for k in ks]).astype(int)
+    return labels, np.repeat(np.array(ks) / 10, 10)
+  n = draw(st.integers(2, 60) | st.sampled_from([200, 1000]))
+  labels = np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+  labels[:2] = draw(st.permutations([0, 1]))
+  if kind == "any":
+    probabilities = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+  elif kind == "tied":
+    probabilities = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=n, max_size=n))
+  elif kind == "constant":
+    probabilities = [draw(st.floats(0, 1))] * n
+  else:
+    gap = draw(st.floats(0, 0.5))
+    probabilities = np.where(labels == 1, 0.5 + gap, 0.5 - gap)
+  return labels, np.asarray(probabilities, dtype=np.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_scored_sets(), st.sampled_from([0.5, 0.3, 0.9]), st.integers(0, 2**16))
+@example(  # calibrated, ECE 0: 98% of resamples have a larger ECE; the percentile interval was [0.015, 0.195]
+  (np.r_[1, [0] * 9, 1, 1, [0] * 8], np.repeat([0.1, 0.2], 10)), 0.5, 0
+)
+def test_every_bootstrap_interval_contains_its_estimate(scored, threshold, seed):
+  labels, probabilities = scored
+  resamples = 200
+  point = metrics.binary_metrics(labels, probabilities, threshold)
+  for key, (low, high) in statistics.bootstrap_ci(labels, probabilities, threshold, resamples, seed).items():
+    assert low <= point[key] <= high, key
+  summary = statistics.accuracy_auc(labels, probabilities, threshold, resamples, seed)
+  for key in ("accuracy", "auc"):
+    low, high = summary[f"{key}_ci"]
+    assert low <= summary[key] <= high, key
+  summary = calibration.summary(labels, probabilities, resamples=resamples, seed=seed)
+  for key in ("ece", "brier", "log_loss"):
+    low, high = summary[f"{key}_ci"]
+    assert low <= summary[key] <= high, key

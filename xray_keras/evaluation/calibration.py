@@ -2,10 +2,13 @@
 
 import numpy as np
 
+from xray_keras.evaluation.metrics import require_finite
+
 EPS = 1e-7
 
 
 def _arrays(labels, probabilities):
+  require_finite(labels, probabilities)
   return (
     np.asarray(labels, dtype=np.float64).reshape(-1),
     np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 0.0, 1.0),

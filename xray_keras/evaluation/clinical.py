@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from xray_keras import atomic
-from xray_keras.evaluation import calibration, operating_points
+from xray_keras.evaluation import calibration, metrics, operating_points
 
 PREDICTIONS = "predictions.csv"
 TTA_PREDICTIONS = "predictions_tta.csv"
@@ -56,7 +56,10 @@ def as_written(probabilities):
 
 
 def read_predictions(run_dir, name=PREDICTIONS):
-  """`{split: (files, labels, probabilities)}` from a run's predictions file; `{}` if it has none."""
+  """`{split: (files, labels, probabilities)}` from a run's predictions file; `{}` if it has none.
+
+  Raises `UserError` if a split holds a NaN or infinite probability: nothing is computed from them.
+  """
   path = os.path.join(run_dir, name)
   if not os.path.isfile(path):
     return {}
@@ -67,7 +70,10 @@ def read_predictions(run_dir, name=PREDICTIONS):
       files.append(row["file"])
       labels.append(int(row["label"]))
       probabilities.append(float(row["probability"]))
-  return {s: (files, np.array(labels), np.array(probabilities)) for s, (files, labels, probabilities) in out.items()}
+  out = {s: (files, np.array(labels), np.array(probabilities)) for s, (files, labels, probabilities) in out.items()}
+  for split, (_, labels, probabilities) in out.items():
+    metrics.require_finite(labels, probabilities, f"{split} predictions in {path}")
+  return out
 
 
 def write_predictions(path, by_split):
@@ -111,11 +117,14 @@ def temperature(run_dir):
 
 def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
   """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`; returns
-  `{split: (files, labels, probabilities as written)}`."""
+  `{split: (files, labels, probabilities as written)}`. `UserError`, and nothing written, if a prediction is
+  NaN or infinite."""
   by_split = {
     s: (files, labels, as_written(tta_predict(model, images, augment, views, batch_size, seed)))
     for s, (files, labels, images) in splits.items()
   }
+  for s, (_, labels, probabilities) in by_split.items():
+    metrics.require_finite(labels, probabilities, f"{s} predictions with {views}-view TTA")
   write_predictions(os.path.join(run_dir, TTA_PREDICTIONS), by_split)
   atomic.write_json(
     os.path.join(run_dir, TTA),

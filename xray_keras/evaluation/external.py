@@ -147,7 +147,8 @@ def _with_ci(labels, probabilities, threshold):
 
 
 def _auc_difference(labels, probabilities, own, seed=0):
-  """External minus own test ROC-AUC, with a 95% bootstrap interval resampling each set on its own.
+  """External minus own test ROC-AUC, with a 95% bootstrap interval (`statistics.percentile_interval`)
+  resampling each set on its own.
 
   `own` is `(labels, probabilities)`, or the own AUC alone (an export carries no test predictions):
   then only this set is resampled and the interval leaves out the own split's sampling error.
@@ -155,6 +156,7 @@ def _auc_difference(labels, probabilities, own, seed=0):
   rng = np.random.default_rng(seed)
   fixed = np.isscalar(own)
   own_point = own if fixed else metrics.roc_auc(*own)
+  difference = metrics.roc_auc(labels, probabilities) - own_point
   draws = []
   for _ in range(RESAMPLES):
     a = rng.integers(0, len(labels), len(labels))
@@ -163,12 +165,12 @@ def _auc_difference(labels, probabilities, own, seed=0):
     else:
       b = rng.integers(0, len(own[0]), len(own[0]))
       own_draw = metrics.roc_auc(own[0][b], own[1][b])
-    difference = metrics.roc_auc(labels[a], probabilities[a]) - own_draw
-    if np.isfinite(difference):
-      draws.append(difference)
+    draw = metrics.roc_auc(labels[a], probabilities[a]) - own_draw
+    if np.isfinite(draw):
+      draws.append(draw)
   return {
-    "auc_difference": float(metrics.roc_auc(labels, probabilities) - own_point),
-    "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+    "auc_difference": float(difference),
+    "ci95": list(statistics.percentile_interval(draws, difference)),
     "resampled": "this set only (own test AUC held fixed)" if fixed else "both sets",
   }
 
@@ -193,13 +195,15 @@ class Scored:
 
 
 def score(trained, data, split):
-  """The model's calibrated probabilities on `data.splits[split]`."""
+  """The model's calibrated probabilities on `data.splits[split]`; `UserError` if any is NaN or infinite."""
   arrays = data.splits[split]
   if not len(arrays.labels):
     raise UserError(f"The {split} split of {data.name} holds no images to evaluate.")
-  probabilities = trained.probabilities(arrays.images)
+  probabilities = np.asarray(trained.probabilities(arrays.images), np.float64)
+  labels = (arrays.labels > 0).astype(int)
+  metrics.require_finite(labels, probabilities, f"{split} predictions of {trained.label} on {data.name}")
   files = [printable(r.path) for r in arrays.records]
-  return Scored(files, (arrays.labels > 0).astype(int), np.asarray(probabilities, np.float64), list(arrays.records))
+  return Scored(files, labels, probabilities, list(arrays.records))
 
 
 def evaluate(trained, scored):

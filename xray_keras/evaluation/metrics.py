@@ -2,6 +2,24 @@
 
 import numpy as np
 
+from xray_keras.errors import UserError
+
+
+def require_finite(labels, probabilities, what="predictions"):
+  """Raises `UserError` unless every label and prediction is finite: no metric comes from NaN or infinity.
+
+  `probabilities` is `(N,)` or `(N, classes)`; a row counts once however many of its values are not finite.
+  `what` names them in the message, e.g. "test predictions".
+  """
+  for values, message in (
+    (probabilities, f"{what} are NaN or infinite: no metric computed (the model's weights are probably not finite)"),
+    (labels, f"labels of the {what} are NaN or infinite: no metric computed"),
+  ):
+    finite = np.isfinite(np.asarray(values, dtype=np.float64))
+    rows = finite.all(axis=tuple(range(1, finite.ndim)))
+    if not rows.all():
+      raise UserError(f"{int((~rows).sum())} of {len(rows)} {message}")
+
 
 def midranks(values):
   """Ranks from 1; tied values share the mean of their ranks."""
@@ -18,8 +36,9 @@ def midranks(values):
 def roc_auc(labels, scores):
   """ROC-AUC as the Mann-Whitney statistic (ties count one half).
 
-  Returns NaN when only one class is present.
+  Returns NaN when only one class is present; raises `UserError` on NaN or infinite input.
   """
+  require_finite(labels, scores)
   labels = np.asarray(labels).astype(bool)
   scores = np.asarray(scores, dtype=np.float64)
   n_pos, n_neg = int(labels.sum()), int((~labels).sum())
@@ -43,7 +62,11 @@ def binary_metrics(labels, probabilities, threshold=0.5):
 
   Returns:
     dict; `confusion_matrix` is `[[TN, FP], [FN, TP]]` (rows true, columns predicted).
+
+  Raises:
+    UserError: a label or probability is NaN or infinite.
   """
+  require_finite(labels, probabilities)
   labels = np.asarray(labels).astype(int).reshape(-1)
   probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
   predicted = (probabilities >= threshold).astype(int)

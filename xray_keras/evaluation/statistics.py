@@ -7,13 +7,36 @@ import numpy as np
 from xray_keras.evaluation import metrics
 
 
+def percentile_interval(draws, estimate, level=0.95):
+  """The percentile interval of bootstrap `draws`, extended to the point `estimate` where it lies outside.
+
+  The percentile interval can exclude its estimate when nearly all draws fall on one side of it: a
+  statistic biased under resampling, such as the binned ECE of well-calibrated probabilities (a
+  resample of a calibrated set is rarely calibrated, so ECE 0 gets nearly all its draws above 0). The
+  interval is then widened to reach the estimate, never narrowed: `(min(low, estimate), max(high,
+  estimate))`, at least as wide as the percentile interval, so it covers at least as often.
+  """
+  tail = (1 - level) / 2 * 100
+  low, high = float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+  if math.isfinite(estimate):
+    low, high = min(low, float(estimate)), max(high, float(estimate))
+  return low, high
+
+
 def percentile_bootstrap(fn, labels, scores, resamples=1000, seed=0, level=0.95):
-  """Percentile bootstrap intervals over images for every finite float scalar that `fn(labels, scores)`
+  """Bootstrap intervals over images for every finite float scalar that `fn(labels, scores)`
   returns in its dict; resamples where a value is undefined (not finite) are left out for that value.
+
+  Each is `percentile_interval` of its draws: the percentile interval, widened to the estimate on
+  all images where that lies outside it, so every interval contains its estimate.
 
   Returns:
     `{key: (low, high)}`.
+
+  Raises:
+    UserError: a label or score is NaN or infinite.
   """
+  metrics.require_finite(labels, scores)
   labels, scores = np.asarray(labels), np.asarray(scores)
   rng = np.random.default_rng(seed)
   draws = {}
@@ -22,12 +45,12 @@ def percentile_bootstrap(fn, labels, scores, resamples=1000, seed=0, level=0.95)
     for key, value in fn(labels[rows], scores[rows]).items():
       if isinstance(value, float) and math.isfinite(value):
         draws.setdefault(key, []).append(value)
-  tail = (1 - level) / 2 * 100
-  return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
+  point = fn(labels, scores) if draws else {}
+  return {k: percentile_interval(v, point.get(k, math.nan), level) for k, v in draws.items()}
 
 
 def bootstrap_ci(labels, probabilities, threshold=0.5, resamples=1000, seed=0, level=0.95):
-  """Percentile bootstrap intervals over test images for every scalar of `binary_metrics`.
+  """Bootstrap intervals (`percentile_bootstrap`) over test images for every scalar of `binary_metrics`.
 
   Returns:
     `{metric: (low, high)}`; resamples where a metric is undefined (one class) are left out.

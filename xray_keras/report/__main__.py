@@ -5,6 +5,7 @@ import sys
 from absl import app, flags
 
 from xray_keras import path_flags
+from xray_keras.errors import UserError
 
 _STUDY_DIR = path_flags.DEFINE_path(
   "study_dir", "runs/study", "A study folder (from --models) or any folder of run folders."
@@ -50,7 +51,7 @@ def main(argv):
     print(
       write.write_report(_STUDY_DIR.value, _RESAMPLES.value, _SEED.value, table, _ENSEMBLE.value, _ENSEMBLE_SPACE.value)
     )
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, UserError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -24,7 +24,8 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
 
   predictions.csv, calibration/TTA files when asked, samples/, model.keras, timing.json
   (`timing_report` plus inference timing and the test bed), then metrics.json (the finished
-  marker), the export and the report. Shared by central and federated training.
+  marker), the export and the report. Shared by central and federated training. A NaN or infinite
+  prediction raises `UserError` before anything is written.
   """
   spec, size, channels = config.model_input()
   classes = len(data.class_names) if len(data.class_names) > 2 else 1
@@ -33,6 +34,8 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   outputs = {s: prediction.predict(model, data.splits[s].images, batch_size) for s in ("val", "test")}
   probabilities = {s: models.pneumonia_probability(o) for s, o in outputs.items()}
   binary = {s: (data.splits[s].labels > 0).astype(int) for s in ("val", "test")}  # PNEUMONIA = any subtype
+  for s in ("val", "test"):  # before anything is computed or written from them
+    metrics.require_finite(binary[s], outputs[s], f"{s} predictions")
   if len(val_split.labels):
     threshold = metrics.choose_threshold(binary["val"], probabilities["val"])
   else:
