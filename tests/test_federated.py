@@ -412,6 +412,7 @@ def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp
   logs = sorted(p.name for p in (out / "flower").glob("*.log"))
   assert logs == [
     "flwr_run.log",
+    "gateway.log",
     "register.log",
     "superlink.log",
     "supernode_0.log",
@@ -422,5 +423,8 @@ def test_deployment_runtime_runs_a_round_on_a_superlink_and_three_supernodes(tmp
   assert "Uvicorn running on https://127.0.0.1" in superlink and superlink.count("Activated node_id") == 3
   assert (out / "flower" / "register.log").read_text().count("registered successfully") == 3
   assert sorted(os.listdir(out / "flower" / "federation")) == ["ca", "site_0", "site_1", "site_2", "superlink"]
+  assert not list(out.rglob("ca.key"))  # the CA signs the run's certificates and is not kept
+  roster = json.loads((out / "flower" / "roster.json").read_text())
+  assert sorted(roster.values()) == ["site_0", "site_1", "site_2"]
   listing = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
   assert str(out) not in listing  # SuperLink and SuperNodes stopped

@@ -1,6 +1,9 @@
 """The federation's keys and who the SuperLink admits: provisioning, TLS and SuperNode authentication."""
 
+import csv
+import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -194,7 +197,7 @@ def test_replies_that_could_break_the_model_are_refused_by_name_and_the_rest_ave
     "site_2.npz": ([model[0].T.copy(), model[1]], "array 0 has shape (3, 4), the model's is (4, 3)"),
     "site_3.npz": ([model[0].astype(np.float64), model[1]], "array 0 is float64, the model's is float32"),
     "site_4.npz": (nan, "array 1 holds NaN or infinity"),
-    "site_5.npz": ([w + 100 for w in model], "update norm 387.3 exceeds --max_update_norm=10"),
+    "site_5.npz": ([w + 100 for w in model], "update norm 387.3 exceeds 10 (--max_update_norm=10)"),
     "site_6.npz": (model[:1], "1 arrays, the model has 2"),
   }
   fedavg = strategies.FedAvg(initial_parameters=ndarrays_to_parameters(model), accept_failures=True)
@@ -211,7 +214,7 @@ def test_replies_that_could_break_the_model_are_refused_by_name_and_the_rest_ave
   expected = [(10 * a + 11 * b) / 21 for a, b in zip(*good)]
   got = parameters_to_ndarrays(parameters)
   assert all(np.allclose(g, e, atol=1e-6) and g.dtype == np.float32 for g, e in zip(got, expected))
-  assert recorded.record["refused_sites"] == list(bad) and recorded.record["replies"] == 7
+  assert sorted(recorded.record["refused_sites"]) == list(bad) and recorded.record["replies"] == 7
 
 
 def test_a_bad_site_misbehaves_as_asked_and_robust_strategies_resist_it():
@@ -245,3 +248,238 @@ def test_a_bad_site_misbehaves_as_asked_and_robust_strategies_resist_it():
     errors[name] = max(float(np.abs(a - b).max()) for a, b in zip(got, mean))
   assert errors["fedavg"] > 0.5, errors  # one site's x100 update drags the average
   assert max(errors["fedmedian"], errors["fedtrimmedavg"], errors["krum"]) < 0.05, errors
+
+
+def _round(recorded, replies, round_=1):
+  """`recorded.aggregate_fit` of `replies` ({node id: (arrays, site)}) after sampling all of them."""
+  recorded.record = {"sent": recorded.sent_for_test, "sampled": list(replies), "start": time.perf_counter()}
+  results = [(_Proxy(n), _reply(w, site)) for n, (w, site) in replies.items()]
+  return recorded.aggregate_fit(round_, results, [])
+
+
+def _strategy(model, **kwargs):
+  from flwr.common import ndarrays_to_parameters
+  from flwr.server import strategy as strategies
+
+  from xray_keras.federated import server
+
+  fedavg = strategies.FedAvg(initial_parameters=ndarrays_to_parameters(model), accept_failures=True)
+  recorded = server.Recorded(fedavg, None, dtypes=[w.dtype for w in model], shapes=[w.shape for w in model], **kwargs)
+  recorded.sent_for_test = model
+  return recorded
+
+
+def _honest(model, rng, scale=0.05):
+  return [w + rng.normal(scale=scale, size=w.shape).astype(np.float32) for w in model]
+
+
+@pytest.mark.parametrize("sites", [2, 3, 4, 7])
+def test_the_default_update_bound_refuses_a_huge_update_by_name_and_keeps_every_honest_one(caplog, sites):
+  from flwr.common import parameters_to_ndarrays
+
+  from xray_keras.federated.flags import FederatedConfig
+
+  rng = np.random.default_rng(sites)
+  model = [rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(5,)).astype(np.float32)]
+  ratio = FederatedConfig().max_update_ratio
+  assert ratio > 0 and FederatedConfig().max_update_norm == 0  # bounded by default
+  for trial in range(20):  # honest sites of unequal sizes and step counts: none refused
+    recorded = _strategy(model, max_update_ratio=ratio)
+    scales = rng.uniform(0.01, 0.2, size=sites)
+    replies = {k: (_honest(model, rng, s), f"site_{k}.npz") for k, s in enumerate(scales)}
+    _round(recorded, replies)
+    assert recorded.record["refused_sites"] == [], (trial, scales)
+  for bad in range(1, (sites + 1) // 2):  # a minority of sites send every weight = 1e30, still finite in float32
+    recorded = _strategy(model, max_update_ratio=ratio)
+    replies = {k: (_honest(model, rng), f"site_{k}.npz") for k in range(sites)}
+    for k in range(bad):
+      replies[k] = ([np.full_like(w, 1e30) for w in model], f"site_{k}.npz")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      parameters, _ = _round(recorded, replies)
+    refused = [r for r in caplog.records if "refused the reply" in r.getMessage()]
+    assert [r.getMessage().split(":")[1].split()[-1] for r in refused] == [f"site_{k}.npz" for k in range(bad)]
+    assert "update norm 5.916e+30 exceeds" in refused[0].getMessage()
+    expected = [np.mean([replies[k][0][i] for k in range(bad, sites)], axis=0) for i in range(2)]
+    got = parameters_to_ndarrays(parameters)
+    assert all(np.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
+
+
+def test_a_non_finite_aggregate_stops_the_run_naming_the_round_and_the_sites_taken(caplog):
+  from flwr.common import ndarrays_to_parameters
+  from flwr.server import strategy as strategies
+
+  class Overflowing(strategies.FedAvg):  # e.g. FedAdam's server step, or a sum past float32's range
+    def aggregate_fit(self, server_round, results, failures):
+      return ndarrays_to_parameters([np.full((4, 4), np.inf, np.float32)]), {}
+
+  rng = np.random.default_rng(3)
+  model = [rng.normal(size=(4, 4)).astype(np.float32)]
+  recorded = _strategy(model)
+  recorded.inner = Overflowing()
+  honest = {1: (_honest(model, rng), "site_0.npz"), 2: (_honest(model, rng), "site_1.npz")}
+  with caplog.at_level("ERROR"):
+    parameters, _ = _round(recorded, honest, round_=4)
+  assert parameters is None and recorded.record == {}
+  assert recorded.fatal.startswith("Round 4: the aggregated global weights hold NaN or infinity")
+  assert "the last accepted was site_1.npz" in recorded.fatal and recorded.fatal in caplog.text
+  assert recorded.configure_fit(5, None, None) == []  # no further round is sent
+  assert recorded.evaluate(4, None) is None  # and nothing is recorded as a finished round
+
+
+class _Manager:
+  """A client manager holding proxies for `node_ids`."""
+
+  def __init__(self, node_ids):
+    self.clients = {str(n): _Proxy(n) for n in node_ids}
+
+  def all(self):
+    return dict(self.clients)
+
+  def num_available(self):
+    return len(self.clients)
+
+  def wait_for(self, num_clients, timeout=86400):
+    return len(self.clients) >= num_clients
+
+  def sample(self, num_clients, min_num_clients=None, criterion=None):
+    chosen = [p for p in self.clients.values() if criterion is None or criterion.select(p)]
+    return chosen[:num_clients] if len(chosen) >= num_clients else []
+
+
+def test_only_roster_nodes_are_sampled_and_a_stranger_is_named_and_refused(caplog, tmp_path):
+  from flwr.common import ndarrays_to_parameters
+  from flwr.server import strategy as strategies
+
+  from xray_keras.federated import roster as federated_roster
+  from xray_keras.federated import server
+
+  model = [np.zeros((3, 2), np.float32)]
+  registered = {11: "site_0", 12: "site_1", 13: "site_2"}
+  path = tmp_path / "roster.json"
+  federated_roster.write(path, registered)
+  assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+  assert federated_roster.read(path, 3) == registered
+  with pytest.raises(UserError, match="names 3 sites, --sites=4"):
+    federated_roster.read(path, 4)
+  fedavg = strategies.FedAvg(initial_parameters=ndarrays_to_parameters(model), min_available_clients=3)
+  recorded = server.Recorded(fedavg, None, sites=3, wait_s=0.1, shapes=[(3, 2)], roster=registered)
+  with caplog.at_level("WARNING"):
+    instructions = recorded.configure_fit(1, ndarrays_to_parameters(model), _Manager([11, 12, 13, 99]))
+  assert sorted(p.node_id for p, _ in instructions) == [11, 12, 13]
+  assert "Round 1: node 99 is connected but not on the roster: sent nothing, its replies refused." in caplog.text
+  results = [(_Proxy(n), _reply(model, f"site_{n}.npz")) for n in (11, 12, 13, 99)]
+  with caplog.at_level("WARNING"):
+    recorded.aggregate_fit(1, results, [])
+  assert "refused the reply of site_99.npz: node 99 was not sent this round's instructions" in caplog.text
+  assert recorded.record["refused_sites"] == ["site_99.npz"]
+  assert federated_roster.node_id_of("✅ SuperNode 13362063030841499244 registered successfully.\n") == (
+    13362063030841499244
+  )
+
+
+def _flwr(args, home, timeout=120):
+  from xray_keras.federated import deployment
+
+  env = {**os.environ, "FLWR_HOME": str(home)}
+  return subprocess.run([deployment._tool("flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _connection(home, address, ca):
+  home.mkdir(exist_ok=True)
+  (home / "config.toml").write_text(
+    f'[superlink]\ndefault = "target"\n\n[superlink.target]\naddress = "{address}"\n'
+    + (f'root-certificates = "{ca}"\n' if ca else "insecure = true\n")
+  )
+
+
+@pytest.mark.slow
+def test_a_stranger_at_the_sites_address_cannot_register_run_or_unregister_and_a_huge_update_is_refused(tmp_path):
+  """The attacks of a process that reaches the sites' address, during a real 3-site deployment run.
+
+  Site 0 sends every weight = 1e30; a stranger with the federation's CA certificate (it is public)
+  tries the Control API through the sites' address with Flower's own CLI, and without any
+  certificate and with TLS verification off; a fourth key registered on the operator's loopback
+  port (an operator's mistake) connects a fourth SuperNode, which the roster keeps out.
+  """
+  pytest.importorskip("flwr")
+  import httpx
+  from cryptography.hazmat.primitives import serialization
+  from cryptography.hazmat.primitives.asymmetric import ec
+
+  from tests.conftest import REPO
+  from xray_keras.federated import deployment
+
+  out = tmp_path / "run"
+  command = [sys.executable, "-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg"]
+  command += ["--max_images_per_split=40", "--sites=3", "--rounds=3", "--runtime=deployment", "--noreport"]
+  command += ["--bad_sites=1", "--bad_kind=huge", "--round_timeout=300", f"--output_dir={out}"]
+  console = open(tmp_path / "console.log", "w")  # a pipe left unread would fill and stall the run
+  run = subprocess.Popen(command, cwd=REPO, stdout=console, stderr=subprocess.STDOUT)
+  processes = []
+  try:
+    gateway_line = _wait_for(out / "flower" / "gateway.log", "Fleet gateway on", timeout=240)
+    fleet_port, link_port = (int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", gateway_line))
+    fleet = f"127.0.0.1:{fleet_port}"
+    ca = out / "flower" / "federation" / "superlink" / "ca.crt"
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "rogue.key").write_bytes(
+      key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    os.chmod(tmp_path / "rogue.key", 0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    (tmp_path / "rogue.pub").write_bytes(public + b"\n")
+    # An operator registers a fourth key by mistake; its SuperNode connects to the sites' address.
+    operator = tmp_path / "operator"
+    _connection(operator, f"127.0.0.1:{link_port}", ca)
+    registered = _flwr(["supernode", "register", str(tmp_path / "rogue.pub")], operator)
+    assert "registered successfully" in registered.stdout, registered.stdout + registered.stderr
+    rogue_id = re.search(r"SuperNode (\d+) registered", registered.stdout).group(1)
+    with open(tmp_path / "rogue_node.log", "w") as log:
+      rogue = [deployment._tool("flower-supernode"), "--root-certificates", str(ca)]
+      rogue += ["--auth-supernode-private-key", str(tmp_path / "rogue.key"), "--superlink", fleet]
+      processes.append(
+        subprocess.Popen([*rogue, "--port", str(deployment._free_port())], stdout=log, stderr=subprocess.STDOUT)
+      )
+    apps = []  # the ServerApp's and ClientApps' command lines while they run: no task token on them
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(any(n in a for a in apps) for n in ("flwr-serverapp", "flwr-clientapp")):
+      listing = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout.splitlines()
+      apps = [a for a in listing if ("flwr-serverapp" in a or "flwr-clientapp" in a) and "<defunct>" not in a]
+      time.sleep(0.2)
+    assert any("flwr-serverapp" in a for a in apps) and any("flwr-clientapp" in a for a in apps), apps
+    assert all("--token-file" in a and "--token " not in a for a in apps), apps
+    stranger = tmp_path / "stranger"
+    _connection(stranger, fleet, ca)
+    attempts = {
+      "register": _flwr(["supernode", "register", str(tmp_path / "rogue.pub")], stranger),
+      "list": _flwr(["supernode", "list"], stranger),
+      "unregister": _flwr(["supernode", "unregister", rogue_id], stranger),
+      "run": _flwr(["run", str(out / "flower" / "app"), "target"], stranger),
+    }
+    for what, result in attempts.items():
+      assert result.returncode != 0 and "successfully" not in result.stdout, (what, result.stdout)
+    with httpx.Client(verify=False, timeout=30) as blind:  # no certificate, no verification
+      for path in ("/v1/control/list-nodes", "/v1/control/start-run", "/v1/runtime/pull-task", "/docs"):
+        assert blind.post(f"https://{fleet}{path}", content=b"").status_code == 403, path
+    refused = (out / "flower" / "gateway.log").read_text()
+    assert "Refused POST /v1/control/register-node from 127.0.0.1:" in refused, refused[-2000:]
+    assert refused.count("Refused ") >= 8, refused[-2000:]  # four CLI commands, four blind requests
+    run.wait(timeout=900)
+    assert run.returncode == 0, (tmp_path / "console.log").read_text()[-3000:]
+  finally:
+    for process in [run, *processes]:
+      if process.poll() is None:
+        process.kill()
+    console.close()
+  log = (out / "run.log").read_text()
+  for r in (1, 2, 3):
+    assert re.search(f"Round {r}: refused the reply of site_0: update norm \\d\\.\\d+e\\+3\\d exceeds", log), log[
+      -3000:
+    ]
+  assert re.search(f"Round [123]: node {rogue_id} is connected but not on the roster: sent nothing", log), log[-3000:]
+  history = list(csv.DictReader(open(out / "history.csv")))
+  assert [int(h["replies"]) for h in history] == [3, 3, 3]  # the three sites, never the fourth node
+  assert all(np.isfinite(float(h["val_loss"])) for h in history)
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert 0 < metrics["test"]["auc"] < 1  # from finite predictions

@@ -162,7 +162,7 @@ class SiteClient(NumPyClient):
       )
     loss = float(history.history["loss"][-1])
     weights_out = model.get_weights()
-    if bad in ("scaled_update", "noise"):
+    if bad in ("scaled_update", "noise", "huge"):
       weights_out = misbehave(
         weights_out, parameters, bad, float(config.get("bad_scale", 10.0)), run.train.seed + round_
       )
@@ -200,7 +200,9 @@ def _bad_kind(path, config):
 
 
 def misbehave(weights, global_weights, kind, scale, seed):
-  """A bad site's reply: global + scale x its update, or global + Gaussian noise of its update's norm."""
+  """A bad site's reply: global + scale x its update, global + Gaussian noise of its update's norm, or all 1e30."""
+  if kind == "huge":
+    return [np.full_like(w, 1e30) for w in weights]
   rng = np.random.default_rng(seed)
   out = []
   for w, g in zip(weights, global_weights):

@@ -3,6 +3,7 @@
 Written by `python -m xray_keras.federated.provision` and by the deployment runtime:
 
   <out>/ca/          ca.crt, ca.key         the federation's certificate authority: keep ca.key offline
+                                            (a run of the deployment runtime never writes ca.key)
   <out>/superlink/   ca.crt, server.crt, server.key, site_<k>.pub (the sites' public keys, to register)
   <out>/site_<k>/    ca.crt, site.key, site.pub   site k's own key pair, and the CA that vouches for the SuperLink
 
@@ -65,8 +66,12 @@ def _certificate(subject, key, issuer, issuer_key, days, extensions):
   return builder.sign(issuer_key, hashes.SHA384())
 
 
-def provision(out, sites, server_names=("localhost",), server_ips=("127.0.0.1",), days=DAYS):
-  """Writes the federation's folders under `out` (which must not exist yet); returns `{party: folder}`."""
+def provision(out, sites, server_names=("localhost",), server_ips=("127.0.0.1",), days=DAYS, keep_ca_key=True):
+  """Writes the federation's folders under `out` (which must not exist yet); returns `{party: folder}`.
+
+  The SuperLink's certificate always names 127.0.0.1 too: its Fleet gateway reaches it there.
+  Without `keep_ca_key` (a one-run federation) the CA's private key signs and is never written.
+  """
   from cryptography import x509
   from cryptography.hazmat.primitives import serialization
   from cryptography.hazmat.primitives.asymmetric import ec
@@ -78,6 +83,7 @@ def provision(out, sites, server_names=("localhost",), server_ips=("127.0.0.1",)
     raise UserError(f"{out} exists: provisioning never overwrites keys; choose a new --out.")
   try:
     ips = [ipaddress.ip_address(ip) for ip in server_ips]
+    ips += [] if ipaddress.ip_address("127.0.0.1") in ips else [ipaddress.ip_address("127.0.0.1")]
   except ValueError as e:
     raise UserError(f"--server_ips: {e}") from None
   pem = serialization.Encoding.PEM
@@ -102,7 +108,8 @@ def provision(out, sites, server_names=("localhost",), server_ips=("127.0.0.1",)
     ],
   )
   ca_pem = ca_cert.public_bytes(pem)
-  _write(os.path.join(folders[CA], "ca.key"), private_pem(ca_key), private=True)
+  if keep_ca_key:
+    _write(os.path.join(folders[CA], "ca.key"), private_pem(ca_key), private=True)
   server_key = ec.generate_private_key(ec.SECP384R1())
   alt_names = [x509.DNSName(n) for n in server_names] + [x509.IPAddress(ip) for ip in ips]
   server_cert = _certificate(

@@ -1,15 +1,19 @@
-"""Flower's deployment runtime on one machine: a SuperLink and K SuperNodes as separate processes.
+"""Flower's deployment runtime on one machine: a SuperLink, its Fleet gateway and K SuperNodes as processes.
 
 `launch` writes the run's flagfile, a Flower App folder naming this package's ServerApp and
-ClientApp, and a Flower configuration, starts `flower-superlink` and one `flower-supernode` per
-site on 127.0.0.1 (site k is told only its own image file, `--node-config site-data=...`), submits
-the run with `flwr run`, waits for it and stops every process. Unless `--insecure`, it first
-provisions the federation (`credentials.py`: a CA, the SuperLink's TLS certificate, a key pair per
-site) into the run's flower/federation/, starts the SuperLink with TLS and SuperNode
-authentication, registers each site's public key, and gives each SuperNode only its own folder. The ServerApp (`app` below) reads
-the flagfile and runs the same federated experiment as the simulation runtime, on the SuperNodes.
+ClientApp, and a Flower configuration, starts `flower-superlink` on 127.0.0.1 (its Control and
+Runtime APIs are the operator's), the Fleet gateway (`gateway.py`: the only address the sites are
+given, passing the Fleet API and nothing else) and one `flower-supernode` per site (site k is told
+only its own image file, `--node-config site-data=...`), submits the run with `flwr run`, waits for
+it and stops every process. Unless `--insecure`, it first provisions the federation
+(`credentials.py`: a CA, the SuperLink's TLS certificate, a key pair per site; the CA's private key
+is not kept) into the run's flower/federation/, starts the SuperLink with TLS and SuperNode
+authentication, registers each site's public key and writes the node ids it gets to roster.json,
+which the ServerApp enforces (`--roster`). The ServerApp (`app` below) reads the flagfile and runs
+the same federated experiment as the simulation runtime, on the SuperNodes.
 
-The same three steps by hand, e.g. SuperNodes on other machines, are in docs/federated.md.
+The same steps by hand, e.g. SuperNodes on other machines, are in docs/federated.md; the threat
+model in docs/federated_security.md.
 """
 
 import os
@@ -24,9 +28,12 @@ from absl import logging
 from flwr.serverapp import ServerApp
 
 from xray_keras.errors import UserError
-from xray_keras.federated import credentials
+from xray_keras.federated import credentials, superexec
+from xray_keras.federated import roster as federated_roster
 
 FLOWER_DIR = "flower"  # in the run folder: the App, the Flower configuration, the process logs
+ROSTER = "roster.json"  # in FLOWER_DIR: the registered sites' node ids
+SERVERAPP_ERROR = "serverapp_error.txt"  # in FLOWER_DIR: why the ServerApp stopped, for the launching process
 _APP_TOML = """[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -66,10 +73,16 @@ def main(grid, context):
   from xray_keras.federated import flags as federated_flags
   from xray_keras.federated import run
 
-  flags.FLAGS(["serverapp", f"--flagfile={context.run_config['flagfile']}"])
+  flagfile = context.run_config["flagfile"]
+  flags.FLAGS(["serverapp", f"--flagfile={flagfile}"])
   config = xray_flags.run_config()
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
-  run.train_and_evaluate(config, federated_flags.federated_config(), grid=grid, context=context)
+  try:
+    run.train_and_evaluate(config, federated_flags.federated_config(), grid=grid, context=context)
+  except UserError as e:
+    with open(os.path.join(os.path.dirname(flagfile), SERVERAPP_ERROR), "w") as f:
+      f.write(str(e))
+    raise
 
 
 def _free_port():
@@ -111,8 +124,9 @@ def supernode_security(parties, k):
 
 
 def register(parties, sites, env, root, connection="local-deployment"):
-  """Registers each site's public key with the SuperLink (`flwr supernode register`)."""
+  """Registers each site's public key with the SuperLink (`flwr supernode register`); returns `{node id: site}`."""
   link = parties[credentials.SUPERLINK]
+  roster = {}
   for k in range(sites):
     public = os.path.join(link, f"{credentials.site_folder(k)}.pub")
     result = subprocess.run(
@@ -120,8 +134,11 @@ def register(parties, sites, env, root, connection="local-deployment"):
     )
     with open(os.path.join(root, "register.log"), "a") as f:
       f.write(result.stdout + result.stderr)
-    if result.returncode:
+    node_id = federated_roster.node_id_of(result.stdout)
+    if result.returncode or node_id is None:
       raise UserError(f"Registering site {k}'s key with the SuperLink failed; see {os.path.join(root, 'register.log')}")
+    roster[node_id] = credentials.site_folder(k)
+  return roster
 
 
 def launch(run_dir, flags_text, fed, timeout_s=None):
@@ -131,19 +148,23 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
   for d in (app_dir, home):
     os.makedirs(d, exist_ok=True)
   flagfile = os.path.join(root, "run.flags")
-  with open(flagfile, "w") as f:
-    f.write(flags_text)
+  for stale in (flagfile, os.path.join(root, SERVERAPP_ERROR)):
+    if os.path.exists(stale):
+      os.remove(stale)
   with open(os.path.join(app_dir, "pyproject.toml"), "w") as f:
     f.write(_APP_TOML.format(clientapp=_CLIENT_APPS[fed.privacy]))
-  link_port = _free_port()
+  link_port = fleet_port = _free_port()
   if fed.insecure:
     logging.warning(
       "--insecure: plaintext between SuperLink and SuperNodes, and any process that reaches the port can join."
     )
     parties, link_security, connection = None, ["--insecure"], "insecure = true"
   else:
-    parties = credentials.provision(os.path.join(root, "federation"), fed.sites)
+    federation = os.path.join(root, "federation")
+    shutil.rmtree(federation, ignore_errors=True)  # a resumed run gets new keys: they live as long as a launch
+    parties = credentials.provision(federation, fed.sites, keep_ca_key=False)
     link = parties[credentials.SUPERLINK]
+    fleet_port = _free_port()
     link_security = [
       *("--ssl-ca-certfile", os.path.join(link, "ca.crt")),
       *("--ssl-certfile", os.path.join(link, "server.crt")),
@@ -159,7 +180,10 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
   env = {
     **os.environ,
     "FLWR_HOME": home,
-    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    # The SuperLink and SuperNodes start flower-superexec from PATH: ours keeps app tokens off command lines.
+    "PATH": os.pathsep.join(
+      [superexec.install(os.path.join(root, "bin")), os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+    ),
   }
   processes = []
 
@@ -183,8 +207,25 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
       "superlink.log",
     )
     _wait_for_port(link_port, link_process, "flower-superlink")
+    roster_flag = ""
     if parties:
-      register(parties, fed.sites, env, root)
+      gateway = start(
+        [
+          sys.executable,
+          "-m",
+          "xray_keras.federated.gateway",
+          f"--listen=127.0.0.1:{fleet_port}",
+          f"--superlink=127.0.0.1:{link_port}",
+          f"--certs={parties[credentials.SUPERLINK]}",
+        ],
+        "gateway.log",
+      )
+      _wait_for_port(fleet_port, gateway, "the Fleet gateway")
+      roster_path = os.path.join(root, ROSTER)
+      federated_roster.write(roster_path, register(parties, fed.sites, env, root))
+      roster_flag = f"--roster={roster_path}\n"
+    with open(flagfile, "w") as f:
+      f.write(flags_text + roster_flag)
     sites = os.path.abspath(os.path.join(run_dir, "sites"))
     for k in range(fed.sites):
       start(
@@ -192,7 +233,7 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
           _tool("flower-supernode"),
           *supernode_security(parties, k),
           "--superlink",
-          f"127.0.0.1:{link_port}",
+          f"127.0.0.1:{fleet_port}",
           "--port",
           str(_free_port()),
           "--node-config",
@@ -201,7 +242,12 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
         f"supernode_{k}.log",
       )
     logging.info(
-      "Flower deployment runtime: SuperLink on 127.0.0.1:%d, %d SuperNodes (logs in %s)", link_port, fed.sites, root
+      "Flower deployment runtime: SuperLink on 127.0.0.1:%d, sites through the Fleet gateway on 127.0.0.1:%d, "
+      "%d SuperNodes (logs in %s)",
+      link_port,
+      fleet_port,
+      fed.sites,
+      root,
     )
     submitted = subprocess.run(
       [_tool("flwr"), "run", app_dir, "local-deployment", "--run-config", f'flagfile="{flagfile}"', "--stream"],
@@ -211,6 +257,10 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
       stderr=subprocess.STDOUT,
       timeout=timeout_s,
     )
+    error = os.path.join(root, SERVERAPP_ERROR)
+    if os.path.exists(error):
+      with open(error) as f:
+        raise UserError(f.read().strip())
     if submitted.returncode:
       raise UserError(f"flwr run failed (code {submitted.returncode}); see {os.path.join(root, 'flwr_run.log')}")
   finally:

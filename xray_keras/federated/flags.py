@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from absl import flags
+from absl import flags, logging
 
 from xray_keras.errors import UserError
 from xray_keras.federated import partition, server
@@ -75,8 +75,8 @@ _BAD_SITES = flags.DEFINE_integer(
 _BAD_KIND = flags.DEFINE_enum(
   "bad_kind",
   "label_flip",
-  ["label_flip", "scaled_update", "noise"],
-  "label_flip: the bad sites train on flipped labels; scaled_update: they send the global weights plus --bad_scale times their update; noise: plus Gaussian noise of their update's norm instead of the update.",
+  ["label_flip", "scaled_update", "noise", "huge"],
+  "label_flip: the bad sites train on flipped labels; scaled_update: they send the global weights plus --bad_scale times their update; noise: plus Gaussian noise of their update's norm instead of the update; huge: every weight 1e30 (finite in float32).",
 )
 _BAD_SCALE = flags.DEFINE_float("bad_scale", 10.0, "Factor of --bad_kind=scaled_update.")
 _MU = flags.DEFINE_float("proximal_mu", 0.01, "FedProx's proximal weight mu.", lower_bound=0.0)
@@ -109,8 +109,19 @@ _RUNTIME = flags.DEFINE_enum(
 _MAX_UPDATE_NORM = flags.DEFINE_float(
   "max_update_norm",
   0.0,
-  "Refuse a site's reply whose update (its weights minus the round's global weights) has a larger L2 norm; 0: no bound. Replies unlike the model (arrays, shapes, dtypes) or holding NaN or infinity are always refused.",
+  "An absolute bound: refuse a site's reply whose update (its weights minus the round's global weights) has a larger L2 norm; 0: none (--max_update_ratio bounds updates by default). Replies unlike the model (arrays, shapes, dtypes) or holding NaN or infinity are always refused.",
   lower_bound=0.0,
+)
+_MAX_UPDATE_RATIO = flags.DEFINE_float(
+  "max_update_ratio",
+  10.0,
+  "Refuse a site's reply whose update norm exceeds this many times the round's lower-median update norm (with one reply, the global weights' norm): a minority of sites cannot move the bound. 0: no relative bound.",
+  lower_bound=0.0,
+)
+_ROSTER = flags.DEFINE_string(
+  "roster",
+  "",
+  "Deployment runtime: JSON file of the registered SuperNode ids ({node id: site name}); the server samples and takes replies only from them. The deployment runtime writes it when it registers the sites' keys.",
 )
 _INSECURE = flags.DEFINE_bool(
   "insecure",
@@ -154,6 +165,8 @@ class FederatedConfig:
   runtime: str = "simulation"
   insecure: bool = False
   max_update_norm: float = 0.0
+  max_update_ratio: float = 10.0
+  roster: str = ""
 
 
 def federated_config():
@@ -175,6 +188,8 @@ def check(config, fed):
     raise UserError("--ema_momentum is not available in federated training; set --ema_momentum=0.")
   if fed.local_epochs <= 0:
     raise UserError(f"--local_epochs must be above 0 (got {fed.local_epochs:g}).")
+  if not fed.max_update_norm and not fed.max_update_ratio and fed.privacy != "secagg":
+    logging.warning("--max_update_norm=0 and --max_update_ratio=0: a site's update is not bounded.")
   if fed.min_fit_clients > fed.sites:
     raise UserError(f"--min_fit_clients={fed.min_fit_clients} exceeds --sites={fed.sites}.")
   if fed.privacy == "secagg" and not fed.secagg_threshold <= fed.secagg_shares <= fed.sites:

@@ -23,6 +23,7 @@ from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
 from xray_keras.federated import flags as federated_flags
+from xray_keras.federated import roster as federated_roster
 from xray_keras.training import device, end_of_run, schedules, trainer
 from xray_keras.training import run_dir as run_dirs
 
@@ -196,8 +197,10 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       row.get("val_loss", float("nan")),
     )
 
+  strategy = None
   if done < fed.rounds:
-    strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done)
+    roster = federated_roster.read(fed.roster, fed.sites) if fed.roster else None
+    strategy = server.make_strategy(fed, initial, fit_config, on_round, first_round=done, roster=roster)
     if fed.bad_sites:
       logging.warning(
         "Fault injection: site_0..site_%d misbehave (%s%s).",
@@ -218,6 +221,8 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       _simulate(fed, strategy, fed.rounds - done)
     else:
       server.run_rounds(grid, context, fed, strategy, fed.rounds - done)
+  if strategy is not None and strategy.fatal:
+    raise UserError(strategy.fatal + ".")
   if not os.path.exists(os.path.join(run_dir, STATE)):
     raise UserError(
       f"No federated round finished (see {os.path.join(run_dir, 'run.log')}); rerun the same command to retry."

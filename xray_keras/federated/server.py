@@ -1,18 +1,23 @@
 """The server side: Flower's strategies around a recorder, and the ServerApp that runs them.
 
 `Recorded` wraps the chosen strategy (FedAvg, FedProx, FedAdam, FedAdagrad, or the robust FedMedian,
-FedTrimmedAvg and Krum, optionally inside
-Flower's client-side fixed-clipping DP wrapper) and, for every round, measures the time from the
-fit instructions to the aggregate, the bytes of weights sent to and received from the sites, the
-sites that failed or did not reply in time, and hands the global weights to `on_round` (central
-validation, history, checkpoint). Before aggregating it refuses a reply that could break the
-model (arrays unlike the model's in number, shape or dtype; NaN or infinity; an update whose L2
-norm exceeds `max_update_norm`), naming the site and the reason. A round with fewer usable replies
-than `min_replies` keeps the weights it started from.
+FedTrimmedAvg and Krum, optionally inside Flower's client-side fixed-clipping DP wrapper) and, for
+every round, measures the time from the fit instructions to the aggregate, the bytes of weights
+sent to and received from the sites, the sites that failed or did not reply in time, and hands the
+global weights to `on_round` (central validation, history, checkpoint).
+
+What it lets in: with a roster (the node ids the operator registered), the strategy samples only
+those nodes and any other connected node gets nothing and is named in the log; a reply from a node
+that was not sent the round's instructions is refused. Before aggregating it refuses a reply that
+could break the model (arrays unlike the model's in number, shape or dtype; NaN or infinity; an
+update beyond the round's norm bound, `validation.update_bound`), naming the site and the reason.
+A round with fewer usable replies than `min_replies` keeps the weights it started from; an
+aggregate that is not finite stops the run (`fatal`), naming the round and the sites it took.
 """
 
 import time
 
+import numpy as np
 from absl import logging
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerApp, ServerConfig
@@ -21,6 +26,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_fit_workflow
 
 from xray_keras.federated import validation
+from xray_keras.federated.roster import RosterView
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum")
 PRIVACY = ("none", "dp", "secagg")
@@ -50,12 +56,17 @@ class Recorded(strategies.Strategy):
     min_replies=1,
     shapes=None,
     max_update_norm=0.0,
+    max_update_ratio=0.0,
+    roster=None,
   ):
     self.inner, self.on_round, self.first_round = inner, on_round, first_round
     self.dtypes, self.secure, self.expected, self.wait_s = dtypes, secure, sites, wait_s
-    self.min_replies, self.shapes, self.max_update_norm = min_replies, shapes, max_update_norm
-    self.sites = {}  # node id -> site file, learnt from replies
+    self.min_replies, self.shapes = min_replies, shapes
+    self.max_update_norm, self.max_update_ratio = max_update_norm, max_update_ratio
+    self.roster = roster  # {node id: site name} the operator registered, or None (simulation)
+    self.sites = dict(roster or {})  # node id -> site name, from the roster or learnt from replies
     self.record = {}
+    self.fatal = ""  # why the run must stop: set when an aggregate is not finite
 
   def __repr__(self):
     return f"Recorded({self.inner!r})"
@@ -64,6 +75,10 @@ class Recorded(strategies.Strategy):
     return self.inner.initialize_parameters(client_manager)
 
   def configure_fit(self, server_round, parameters, client_manager):
+    if self.fatal:
+      return []
+    if self.roster is not None:
+      client_manager = RosterView(client_manager, self.roster, self.first_round + server_round)
     # Flower sizes the sample from the sites connected so far: give the others time to connect.
     if self.expected and not client_manager.wait_for(self.expected, timeout=self.wait_s):
       logging.warning(
@@ -78,30 +93,64 @@ class Recorded(strategies.Strategy):
       "start": time.perf_counter(),
       "sampled": [p.node_id for p, _ in instructions],
       "bytes_sent": sum(_bytes(ins.parameters) for _, ins in instructions),
-      "sent": parameters_to_ndarrays(parameters) if self.max_update_norm else None,
+      "sent": parameters_to_ndarrays(parameters),
     }
     return instructions
 
+  def _name(self, proxy, res):
+    """The site's name: the roster's, else what the site reported, else its node id."""
+    if proxy.node_id in self.sites:
+      return self.sites[proxy.node_id]
+    return str(res.metrics.get("site", f"node {proxy.node_id}"))
+
   def _usable(self, server_round, results):
-    if self.secure:  # SecAgg+ hands over the masked sum only: no site's weights to inspect
-      return results, []
-    usable, refused = [], []
+    r = self.first_round + server_round
+    usable, refused, norms = [], [], {}
+    sampled = set(self.record.get("sampled", []))
+    sent = self.record.get("sent")
     for proxy, res in results:
-      arrays = parameters_to_ndarrays(res.parameters)
-      reason = validation.refusal(arrays, self.shapes, self.dtypes, self.record.get("sent"), self.max_update_norm)
+      site = self._name(proxy, res)
+      if proxy.node_id not in sampled or (self.roster is not None and proxy.node_id not in self.roster):
+        reason = f"node {proxy.node_id} was not sent this round's instructions"
+      elif self.secure:  # SecAgg+ hands over the masked sum only: no site's weights to inspect
+        reason = ""
+      else:
+        arrays = parameters_to_ndarrays(res.parameters)
+        reason = validation.refusal(arrays, self.shapes or [a.shape for a in sent], self.dtypes)
+        if not reason and sent is not None:
+          norms[proxy.node_id] = validation.norm(arrays, sent)
       if reason:
-        site = str(res.metrics.get("site", f"node {proxy.node_id}"))
-        logging.warning("Round %d: refused the reply of %s: %s.", self.first_round + server_round, site, reason)
+        logging.warning("Round %d: refused the reply of %s: %s.", r, site, reason)
         refused.append(site)
       else:
         usable.append((proxy, res))
+    if norms:
+      bound, why = validation.update_bound(
+        list(norms.values()), validation.norm(sent), self.max_update_norm, self.max_update_ratio
+      )
+      kept = []
+      for proxy, res in usable:
+        if norms[proxy.node_id] > bound:
+          site = self._name(proxy, res)
+          logging.warning(
+            "Round %d: refused the reply of %s: update norm %.4g exceeds %.4g (%s).",
+            r,
+            site,
+            norms[proxy.node_id],
+            bound,
+            why,
+          )
+          refused.append(site)
+        else:
+          kept.append((proxy, res))
+      usable = kept
     return usable, refused
 
   def aggregate_fit(self, server_round, results, failures):
     record = self.record
     replied = []
     for proxy, res in results:
-      self.sites[proxy.node_id] = str(res.metrics.get("site", proxy.node_id))
+      self.sites.setdefault(proxy.node_id, str(res.metrics.get("site", proxy.node_id)))
       replied.append(proxy.node_id)
     missing = [n for n in record.get("sampled", []) if n not in replied]
     names = [self.sites.get(n, f"node {n}") for n in missing]
@@ -129,6 +178,15 @@ class Recorded(strategies.Strategy):
       arrays = parameters_to_ndarrays(parameters)
       if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
         parameters = ndarrays_to_parameters([a.astype(d) for a, d in zip(arrays, self.dtypes)])
+    if parameters is not None and not all(np.isfinite(a).all() for a in parameters_to_ndarrays(parameters)):
+      taken = ", ".join(self._name(p, res) for p, res in usable)
+      self.fatal = (
+        f"Round {self.first_round + server_round}: the aggregated global weights hold NaN or infinity "
+        f"(replies taken: {taken}; the last accepted was {self._name(*usable[-1])}); the run stops before any report"
+      )
+      logging.error("%s.", self.fatal)
+      self.record = {}
+      return None, {}
     record.update(
       {
         # Under SecAgg+ the sites' masked vectors stay inside Flower's workflow: not counted.
@@ -151,15 +209,15 @@ class Recorded(strategies.Strategy):
     return None, {}
 
   def evaluate(self, server_round, parameters):
-    if server_round == 0 or "round_s" not in self.record:
+    if server_round == 0 or self.fatal or "round_s" not in self.record:
       return None
     self.on_round(self.first_round + server_round, parameters_to_ndarrays(parameters), dict(self.record))
     self.record = {}
     return None
 
 
-def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
-  """The strategy of `fed` (FederatedConfig), started from `initial_weights`."""
+def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0, roster=None):
+  """The strategy of `fed` (FederatedConfig), started from `initial_weights`; only `roster`'s nodes if given."""
   common = dict(
     fraction_fit=fed.fraction_fit,
     fraction_evaluate=0.0,
@@ -203,6 +261,8 @@ def make_strategy(fed, initial_weights, fit_config, on_round, first_round=0):
     min_replies=fed.min_fit_clients,
     shapes=[w.shape for w in initial_weights],
     max_update_norm=fed.max_update_norm,
+    max_update_ratio=fed.max_update_ratio,
+    roster=roster,
   )
 
 

@@ -1,15 +1,12 @@
 """Whether a site's reply can be aggregated: the model's arrays, finite, and a bounded update."""
 
+import statistics
+
 import numpy as np
 
 
-def refusal(arrays, shapes, dtypes=None, sent=None, max_update_norm=0.0):
-  """Why `arrays` cannot be aggregated into a model of `shapes` and `dtypes`, or "" if they can.
-
-  `sent` is the round's global weights: with `max_update_norm`, the L2 norm of `arrays - sent`
-  over all arrays must not exceed it.
-  """
-  shapes = shapes or [a.shape for a in sent or arrays]
+def refusal(arrays, shapes, dtypes=None):
+  """Why `arrays` cannot be aggregated into a model of `shapes` and `dtypes`, or "" if they can."""
   if len(arrays) != len(shapes):
     return f"{len(arrays)} arrays, the model has {len(shapes)}"
   for i, (a, shape) in enumerate(zip(arrays, shapes)):
@@ -21,8 +18,31 @@ def refusal(arrays, shapes, dtypes=None, sent=None, max_update_norm=0.0):
       return f"array {i} is not numeric"
     if not np.isfinite(a).all():
       return f"array {i} holds NaN or infinity"
-  if max_update_norm and sent is not None:
-    norm = float(np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(arrays, sent))))
-    if norm > max_update_norm:
-      return f"update norm {norm:.4g} exceeds --max_update_norm={max_update_norm:g}"
   return ""
+
+
+def norm(arrays, reference=None):
+  """The L2 norm over all `arrays`, or of `arrays - reference`, in float64 (finite for any finite float32)."""
+  if reference is None:
+    reference = [0.0] * len(arrays)
+  return float(np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(arrays, reference))))
+
+
+def update_bound(update_norms, global_norm, max_update_norm=0.0, max_update_ratio=0.0):
+  """The largest update norm a round accepts, and how it was set; `(inf, "")` without a bound.
+
+  `max_update_norm` is an absolute bound. `max_update_ratio` bounds an update by that many times the
+  round's reference norm: the lower median of the well-formed replies' update norms when two or more
+  sites replied (a minority of sites cannot raise it), else the global weights' own norm. Both set:
+  the smaller bound applies.
+  """
+  bounds = []
+  if max_update_norm:
+    bounds.append((max_update_norm, f"--max_update_norm={max_update_norm:g}"))
+  if max_update_ratio:
+    if len(update_norms) >= 2:
+      reference, what = statistics.median_low(update_norms), "the round's median update norm"
+    else:
+      reference, what = global_norm, "the global weights' norm"
+    bounds.append((max_update_ratio * reference, f"{max_update_ratio:g} x {what} {reference:.4g}"))
+  return min(bounds) if bounds else (float("inf"), "")

@@ -1,0 +1,125 @@
+"""The SuperLink's only door to the sites: a TLS gateway that passes Flower's Fleet API and nothing else.
+
+Flower 1.42's SuperLink serves the Fleet API (SuperNodes), the Control API (`flwr run`, `flwr
+supernode register|unregister`) and the Runtime API (the ServerApp) on one HTTP port, and without
+Flower Enterprise's account authentication the Control API answers anyone who reaches it. So the
+SuperLink listens on loopback only, the operator's machine, and this gateway is what the sites
+reach: it presents the SuperLink's certificate, forwards `POST /v1/fleet/<method>` for the Fleet
+API's methods (SuperNode authentication stays the SuperLink's), and refuses every other request
+with 403 and one log line naming the caller and the path.
+
+  python -m xray_keras.federated.gateway --listen=0.0.0.0:9092 --superlink=127.0.0.1:9093 \\
+      --certs=federation/superlink
+
+docs/federated_security.md has the threat model this is part of.
+"""
+
+import contextlib
+import logging as std_logging
+import os
+import ssl
+import sys
+
+FLEET_METHODS = frozenset(
+  {
+    "register-node",
+    "activate-node",
+    "deactivate-node",
+    "unregister-node",
+    "send-node-heartbeat",
+    "pull-messages",
+    "push-messages",
+    "get-run",
+    "get-fab",
+    "push-object",
+    "pull-object",
+    "confirm-message-received",
+  }
+)
+_HOP_BY_HOP = frozenset(
+  {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
+)
+log = std_logging.getLogger("xray_keras.federated.gateway")
+
+
+def allowed(method, path):
+  """Whether the gateway forwards `method path`: a Fleet API call, nothing else."""
+  prefix = "/v1/fleet/"
+  return method == "POST" and path.startswith(prefix) and path[len(prefix) :] in FLEET_METHODS
+
+
+def app(upstream, ca_file):
+  """The gateway's ASGI app, forwarding allowed requests to `upstream` (https://host:port), trusting `ca_file`."""
+  import httpx
+  from starlette.applications import Starlette
+  from starlette.background import BackgroundTask
+  from starlette.responses import JSONResponse, StreamingResponse
+  from starlette.routing import Route
+
+  client = httpx.AsyncClient(base_url=upstream, verify=ssl.create_default_context(cafile=ca_file), timeout=None)
+
+  async def forward(request):
+    path = request.url.path
+    caller = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+    if not allowed(request.method, path) or request.url.query:
+      log.warning("Refused %s %s from %s: only the Fleet API is served here.", request.method, path, caller)
+      return JSONResponse({"detail": "Only the Fleet API is served on this address."}, status_code=403)
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+    upstream_request = client.build_request(request.method, path, headers=headers, content=request.stream())
+    try:
+      response = await client.send(upstream_request, stream=True)
+    except httpx.HTTPError as e:
+      log.error("The SuperLink at %s did not answer %s: %s", upstream, path, e)
+      return JSONResponse({"detail": "The SuperLink is not reachable."}, status_code=502)
+    out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP | {"content-length"}}
+    return StreamingResponse(
+      response.aiter_raw(),
+      status_code=response.status_code,
+      headers=out_headers,
+      background=BackgroundTask(response.aclose),
+    )
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_app):
+    yield
+    await client.aclose()
+
+  methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+  return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+
+def serve(listen, superlink, certs):
+  """Serves the gateway on `listen` (host:port) for the SuperLink at `superlink`, with the TLS files in `certs`."""
+  import uvicorn
+
+  host, _, port = listen.rpartition(":")
+  std_logging.basicConfig(
+    level=std_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+  )
+  std_logging.getLogger("httpx").setLevel(std_logging.WARNING)
+  log.info("Fleet gateway on https://%s for the SuperLink at https://%s (Fleet API only)", listen, superlink)
+  uvicorn.run(
+    app(f"https://{superlink}", os.path.join(certs, "ca.crt")),
+    host=host.strip("[]"),
+    port=int(port),
+    ssl_certfile=os.path.join(certs, "server.crt"),
+    ssl_keyfile=os.path.join(certs, "server.key"),
+    log_level="warning",
+    access_log=False,
+  )
+
+
+def main(argv=None):
+  from absl import flags
+
+  listen = flags.DEFINE_string("listen", "0.0.0.0:9092", "host:port the sites connect to.")
+  superlink = flags.DEFINE_string("superlink", "127.0.0.1:9093", "The SuperLink's own host:port, on loopback.")
+  certs = flags.DEFINE_string("certs", None, "The SuperLink's folder from provision: ca.crt, server.crt, server.key.")
+  flags.FLAGS(argv or sys.argv)
+  if not certs.value:
+    sys.exit("error: --certs is required (the superlink/ folder written by python -m xray_keras.federated.provision).")
+  serve(listen.value, superlink.value, certs.value)
+
+
+if __name__ == "__main__":
+  main()
