@@ -298,6 +298,10 @@ def unusual_corpus():
   turned = Image.Exif()
   turned[0x0112] = 6
   corpus["png_exif_chunk_6.png"] = _encoded(Image.fromarray(rgb[:, :48]), "PNG", exif=turned.tobytes())
+  # Pillow writes eXIf without JPEG's "Exif\0\0" prefix; several other tools keep it.
+  corpus["png_exif_chunk_prefixed_6.png"] = _png_with_chunk(
+    _encoded(Image.fromarray(rgb[:, :48]), "PNG"), b"eXIf", turned.tobytes()
+  )
   corpus["jpeg_xmp_orientation_6_only.jpeg"] = _encoded(Image.fromarray(rgb[:, :48]), "JPEG", quality=95, xmp=XMP_6)
   for orientation in range(1, 9):
     exif = Image.Exif()
@@ -307,6 +311,16 @@ def unusual_corpus():
       large.crop((0, 0, 1300, 900)), "JPEG", quality=90, exif=exif.tobytes()
     )
   return corpus
+
+
+def _png_with_chunk(png, kind, payload):
+  """`png` with a chunk of `kind` holding `payload` inserted before its first IDAT."""
+  import struct
+  import zlib
+
+  chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+  at = png.index(b"IDAT") - 4
+  return png[:at] + chunk + png[at:]
 
 
 REFUSED = {
@@ -330,6 +344,8 @@ def test_serving_decodes_unusual_images_bit_for_bit_as_training_does(channels):
   corpus = unusual_corpus()
   height = decode.decode_image(corpus["grey.png"], None, 1).shape[0]
   assert decode.decode_image(corpus["png_exif_chunk_6.png"], None, 1).shape[:2] == (48, height)
+  assert corpus["png_exif_chunk_prefixed_6.png"].count(b"eXIfExif\x00\x00") == 1
+  assert decode.decode_image(corpus["png_exif_chunk_prefixed_6.png"], None, 1).shape[:2] == (48, height)
   assert decode.decode_image(corpus["jpeg_xmp_orientation_6_only.jpeg"], None, 1).shape[:2] == (height, 48)
   # The GIF frame sits on Pillow's canvas with its fill, not decoded bare.
   assert decode.decode_image(corpus["gif_frame_inside_screen.gif"], None, 1).shape[:2] == (224, 224)

@@ -90,7 +90,9 @@ def check_request(encoded):
 
 
 def _exif_orientation(data, fmt):
-  """The EXIF orientation (1-8) of a JPEG (APP1 segment) or PNG (eXIf chunk), 1 when it has none.
+  """The EXIF orientation (1-8) of a JPEG (APP1 segment) or PNG (eXIf chunk, with or without an "Exif\0\0" prefix).
+
+  1 when it has none.
 
   Only EXIF is read: an orientation given in XMP alone is ignored, here and in `data.decode`.
   """
@@ -100,6 +102,9 @@ def _exif_orientation(data, fmt):
 
   def read():
     tiff = tf.strings.length(parts[0]) + tf.strings.length(marker)
+    # Some writers start a PNG's eXIf payload with JPEG's "Exif\0\0" too; Pillow skips it, and so must this.
+    prefixed = tf.logical_and(tf.equal(fmt, _PNG), tf.equal(tf.strings.substr(data, tiff, 6), b"Exif\x00\x00"))
+    tiff = tiff + tf.where(prefixed, 6, 0)
     little = tf.equal(tf.strings.substr(data, tiff, 2), b"II")
     ifd = tiff + tf.cast(
       tf.cond(little, lambda: _uint(data, tiff + 4, 4, True), lambda: _uint(data, tiff + 4, 4, False)), tf.int32
