@@ -72,7 +72,8 @@ def test_without_a_split_column_every_row_is_a_test_image_and_training_says_so(t
 @pytest.mark.parametrize(
   "header, row, message",
   [
-    ("file,label", "a.jpeg,NORMAL", "has no 'path' column (its columns: file, label); expected path,label and"),
+    ("file,label", "a.jpeg,NORMAL", "has no 'path' column (its first row: file, label); expected a header row"),
+    ("a.jpeg,NORMAL,PATIENT0042", "b.jpeg,1,x", "its first row: normal, 2 other(s) not shown); expected a header"),
     ("path,diagnosis", "a.jpeg,NORMAL", "has no 'label' column"),
     ("path,label", "a.jpeg,COVID", "labels.csv row 2: unknown label 'COVID' (expected NORMAL, PNEUMONIA, 0 or 1)."),
     (
@@ -81,12 +82,17 @@ def test_without_a_split_column_every_row_is_a_test_image_and_training_says_so(t
       "labels.csv row 2: unknown split 'holdout' (expected train, val or test).",
     ),
     ("path,label", "a.jpeg,1\n./a.jpeg,0", "labels.csv row 3: './a.jpeg' is listed twice (first on row 2)."),
+    ("path,label", "a.jpeg,1\n{root}/a.jpeg,0", "labels.csv row 3: '{root}/a.jpeg' is listed twice (first on row 2)."),
+    ("path,label", "sub/../a.jpeg,1\nlink.jpeg,0", "labels.csv row 3: 'link.jpeg' is listed twice (first on row 2)."),
   ],
 )
 def test_a_bad_label_list_stops_with_one_line(tmp_path, header, row, message):
   shutil.copy(real_path("test", "NORMAL", real_files("test", "NORMAL", 1)[0]), tmp_path / "a.jpeg")
+  (tmp_path / "sub").mkdir()
+  os.symlink(tmp_path / "a.jpeg", tmp_path / "link.jpeg")
   path = tmp_path / "labels.csv"
-  path.write_text(f"{header}\n{row}\n")
+  path.write_text(f"{header}\n{row}\n".replace("{root}", str(tmp_path)))
   with pytest.raises(DataError) as raised:
     loader.load(loader.DataConfig(data_dir=str(path), image_size=32, cache_dir=str(tmp_path / "cache")))
-  assert message in str(raised.value) and "\n" not in str(raised.value)
+  assert message.replace("{root}", str(tmp_path)) in str(raised.value) and "\n" not in str(raised.value)
+  assert "PATIENT0042" not in str(raised.value) and "a.jpeg,NORMAL" not in str(raised.value)

@@ -192,6 +192,16 @@ def test_float_npz_pixels_in_0_1_are_scaled_and_rounded_not_truncated(mnist_like
       np.testing.assert_array_equal(data.splits[split].images, expected.splits[split].images)
     assert any("float pixels in 0..1, read as intensities: scaled by 255" in line for line in logs)
     assert any("scaled by 255" in note for note in data.summary()["notes"])
+  # Resized with a bicubic filter: a few pixels overshoot 1 (and 0); still 0..1 intensities, never 0..255.
+  overshoot = {k: v.copy() for k, v in unit.items()}
+  overshoot["train_images"][0, 0, :2] = [1.0116, -0.004]
+  path = str(tmp_path / "float01_overshoot.npz")
+  np.savez(path, **overshoot)
+  with absltest_logs() as logs:
+    data = loader.load(loader.DataConfig(data_dir=path, image_size=28))
+  expected = loader.load(loader.DataConfig(data_dir=twin, image_size=28))
+  np.testing.assert_array_equal(data.splits["test"].images, expected.splits["test"].images)
+  assert any("scaled by 255 and rounded to 0..255; 2 of " in line and "outside 0..1 clipped" in line for line in logs)
   noisy = {k: (v + 0.4 * (v < 255) if k.endswith("_images") else v) for k, v in mnist_like.items()}
   noisy["train_images"][0, 0, 0] = 200.6  # rounds to 201, truncation would give 200
   path = str(tmp_path / "float255.npz")

@@ -3,7 +3,7 @@
 
 Paths are relative to the CSV's folder; labels NORMAL/PNEUMONIA or 0/1. Without a `split` column
 every row is a test image (a set to evaluate a trained model on). A missing column, an unknown
-label or split, or a path listed twice stops with one line; a row whose file is missing or not an
+label or split, or a file listed twice (however its path is written) stops with one line; a row whose file is missing or not an
 image is listed in skipped_files.csv with its reason. Patient ids are stored as a salted hash.
 """
 
@@ -36,9 +36,13 @@ def _rows(path):
     raise DataError(f"Label list {path!r} is not a readable UTF-8 CSV file ({e}).") from None
   missing = [c for c in REQUIRED if c not in columns]
   if missing:
+    # The first row may be data (no header): name only header-like cells, never a patient id or a path.
+    named = [c for c in columns if c.replace("_", "").isalpha() and len(c) <= 20]
+    others = len(columns) - len(named)
+    shown = ", ".join(named) + (f"{', ' if named else ''}{others} other(s) not shown" if others else "")
     raise DataError(
-      f"Label list {path!r} has no {' or '.join(repr(c) for c in missing)} column (its columns: "
-      f"{', '.join(columns) or 'none'}); expected path,label and optionally {','.join(OPTIONAL)}."
+      f"Label list {path!r} has no {' or '.join(repr(c) for c in missing)} column (its first row: "
+      f"{shown or 'empty'}); expected a header row path,label and optionally {','.join(OPTIONAL)}."
     )
   return columns, rows
 
@@ -59,10 +63,11 @@ def list_records(path, salt_dir):
     if not row["path"]:
       raise DataError(f"{where}: empty path.")
     rel = os.path.normpath(row["path"])
-    if rel in seen:
-      raise DataError(f"{where}: {row['path']!r} is listed twice (first on row {seen[rel]}).")
-    seen[rel] = number
     full = os.path.join(root, rel)
+    key = os.path.realpath(full)  # relative, absolute or through a link: one file
+    if key in seen:
+      raise DataError(f"{where}: {row['path']!r} is listed twice (first on row {seen[key]}).")
+    seen[key] = number
     name = os.path.basename(rel)
     reason = folder.file_problem(full) if os.path.lexists(full) else "no such file"
     reason = reason or folder.junk_reason(name, full)

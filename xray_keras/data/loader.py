@@ -134,7 +134,10 @@ def load(config, need=("train", "test")):
     data.notes.append(f"Preprocessing (--preprocess): {', '.join(config.preprocess)}.")
   for split in need:
     if not len(data.splits[split].labels):
-      hint = " (a label list without a split column holds test images only)" if source == "csv" else ""
+      hint = {
+        "csv": " (a label list without a split column holds test images only)",
+        "folder": " (a folder without train/ holds test images, for python -m xray_keras.evaluate)",
+      }.get(source, "")
       raise DataError(f"The {split} split is empty after loading {data.name}{hint}.")
   counts = data.counts()
   tag = "SYNTHETIC data" if data.synthetic else f"data from {data.name}"
@@ -311,16 +314,24 @@ def _load_npz(config):
   )
 
 
+UNIT_OVERSHOOT = 1.5  # float 0..1 images resized with bicubic or Lanczos filters overshoot 1 slightly
+
+
 def _npz_pixels(images):
   """{split: uint8 images} from checked npz arrays, and a note on how float pixels were read.
 
-  Float arrays whose maximum over the whole file is at most 1 hold 0..1 intensities (as many
-  PneumoniaMNIST copies are saved) and are scaled by 255; float pixels are rounded, not truncated.
+  Float pixels that sit in 0..1 (as many PneumoniaMNIST copies are saved) are intensities, scaled
+  by 255: all of them within 0..1, or at least 99.9% of them with none above `UNIT_OVERSHOOT`
+  (the overshoot of a bicubic resize, clipped). Other float pixels are read as 0..255. Float pixels
+  are rounded, not truncated.
   """
   floats = [a for a in images.values() if np.issubdtype(a.dtype, np.floating) and a.size]
   if not floats:
     return {split: a.astype(np.uint8, copy=False) for split, a in images.items()}, ""
-  unit = max(float(a.max()) for a in floats) <= 1.0
+  count = sum(a.size for a in floats)
+  above = sum(int(np.count_nonzero(a > 1.0)) for a in floats)
+  below = sum(int(np.count_nonzero(a < 0.0)) for a in floats)
+  unit = above == 0 or (above <= count * 1e-3 and max(float(a.max()) for a in floats) <= UNIT_OVERSHOOT)
   scale = 255.0 if unit else 1.0
   out = {}
   for split, a in images.items():
@@ -328,7 +339,8 @@ def _npz_pixels(images):
       a = np.clip(np.round(a.astype(np.float64) * scale), 0, 255)
     out[split] = a.astype(np.uint8)
   if unit:
-    return out, "float pixels in 0..1, read as intensities: scaled by 255 and rounded to 0..255."
+    clipped = f"; {above + below} of {count} pixels outside 0..1 clipped" if above + below else ""
+    return out, f"float pixels in 0..1, read as intensities: scaled by 255 and rounded to 0..255{clipped}."
   return out, "float pixels in 0..255: rounded to the nearest integer."
 
 
@@ -375,7 +387,8 @@ def _check_npz_split(path, split, images, labels):
     if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
       raise DataError(f"{where}: holds NaN or infinite pixels.")
     low, high = images.min(), images.max()
-    if low < 0 or high > 255:
+    floor = 1.0 - UNIT_OVERSHOOT if np.issubdtype(images.dtype, np.floating) else 0  # a resize's undershoot
+    if low < floor or high > 255:
       raise DataError(f"{where}: pixels range from {low.item()} to {high.item()}; expected 0..255.")
   labels = np.asarray(labels)
   shape = f"{split}_labels {labels.shape}"
