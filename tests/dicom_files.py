@@ -44,7 +44,7 @@ def dataset(stored, photometric="MONOCHROME2", bits_stored=8, signed=False, moda
   ds.BitsAllocated = 8 if bits_stored <= 8 else 16
   ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
   ds.PixelRepresentation = 1 if signed else 0
-  dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(ds.BitsAllocated, signed)]
+  dtype = {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}[ds.BitsAllocated]
   ds.PixelData = np.ascontiguousarray(stored.astype(dtype)).tobytes()
   return ds
 
@@ -115,3 +115,95 @@ def variants(image):
   lossless["PixelData"].is_undefined_length = True
   out["jpeg_lossless"] = (to_bytes(lossless), image, True)
   return out
+
+
+def voi_lut_item(entries, first_mapped, bits, signed=False, packed=False):
+  """A VOI LUT Sequence item: `entries` (8- or 16-bit) one a 16-bit word, or two a word where `packed`."""
+  from pydicom.dataset import Dataset
+
+  item = Dataset()
+  count = len(entries)
+  item.LUTDescriptor = [count % 65536, first_mapped if signed else first_mapped % 65536, bits]
+  item["LUTDescriptor"].VR = "SS" if signed else "US"
+  entries = np.asarray(entries, np.uint16)
+  if packed:
+    data = entries.astype(np.uint8).tobytes()
+    data += b"\0" * (len(data) % 2)
+  else:
+    data = entries.astype("<u2").tobytes()
+  item.LUTData = data
+  item["LUTData"].VR = "OW"
+  return item
+
+
+def without_preamble(ds, implicit=False, meta=True):
+  """`ds` written without the 128-byte preamble and `DICM`: with its file meta group, or the bare data set."""
+  from pydicom.filewriter import dcmwrite
+  from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+  ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+  if meta:
+    return to_bytes(ds)[132:]
+  out = io.BytesIO()
+  saved = ds.file_meta
+  del ds.file_meta
+  try:
+    dcmwrite(out, ds, implicit_vr=implicit, little_endian=True)
+  finally:
+    ds.file_meta = saved
+  return out.getvalue()
+
+
+def random_case(seed):
+  """A small seeded random grey DICOM: (bytes, {parameter: value}), over bits allocated and stored,
+  signedness, photometric interpretation, rescale, window, VOI LUT (8- or 16-bit entries), preamble
+  and VR encoding."""
+  from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+  rng = np.random.default_rng(seed)
+  allocated = int(rng.choice([8, 16]))
+  stored_bits = 8 if allocated == 8 else int(rng.choice([8, 10, 12, 16]))
+  signed = bool(rng.integers(2))
+  low, high = (-(2 ** (stored_bits - 1)), 2 ** (stored_bits - 1) - 1) if signed else (0, 2**stored_bits - 1)
+  rows, columns = (int(v) for v in rng.integers(4, 25, 2))
+  pixels = rng.integers(low, high + 1, (rows, columns))
+  pixels.flat[:2] = low, high  # both ends of the range: the clipping is exercised
+  case = {
+    "seed": seed,
+    "allocated": allocated,
+    "stored": stored_bits,
+    "signed": signed,
+    "photometric": str(rng.choice(["MONOCHROME1", "MONOCHROME2"])),
+    "rescale": None,
+    "voi": str(rng.choice(["none", "window", "lut8", "lut16"])),
+    "preamble": str(rng.choice(["yes", "no", "no meta"])),
+    "implicit": bool(rng.integers(2)),
+  }
+  ds = dataset(pixels.astype(np.int64), case["photometric"], stored_bits, signed)
+  if allocated == 16 and stored_bits == 8:
+    ds.BitsAllocated, ds.PixelData = 16, pixels.astype(np.int16 if signed else np.uint16).tobytes()
+  slope, intercept = 1.0, 0.0
+  if rng.integers(2):
+    slope, intercept = float(rng.choice([1, 2, 3])), float(rng.integers(-2048, 2049))
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
+    case["rescale"] = (slope, intercept)
+  lowest, highest = low * slope + intercept, high * slope + intercept
+  if case["voi"] == "window" or (case["voi"] != "none" and rng.integers(2)):  # beside a VOI LUT, the LUT wins
+    width = float(rng.integers(2, max(3, int(highest - lowest) * 2)))
+    center = float(rng.integers(int(lowest), int(highest) + 1))
+    ds.WindowCenter, ds.WindowWidth = center, width
+    case["window"] = (center, width)
+  if case["voi"].startswith("lut"):
+    bits = 8 if case["voi"] == "lut8" else 16
+    count = int(rng.choice([0, 256, 4096, int(rng.integers(2, 3000))])) if bits == 16 else int(rng.integers(2, 4097))
+    first = int(rng.integers(int(lowest) - 200, int(highest) + 1))
+    first = max(min(first, 32767), -32768) if (signed or lowest < 0) else max(0, min(first, 65535))
+    entries = rng.integers(0, 2**bits, count or 65536)
+    packed = bits == 8 and bool(rng.integers(2))
+    ds.VOILUTSequence = [voi_lut_item(entries, first, bits, signed or lowest < 0, packed)]
+    case["lut"] = (count or 65536, first, bits, "packed" if packed else "a word each")
+  implicit = case["implicit"]
+  if case["preamble"] == "yes":
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return to_bytes(ds), case
+  return without_preamble(ds, implicit, meta=case["preamble"] == "no"), case

@@ -1,6 +1,7 @@
 """DICOM radiographs: each storage variant decodes to the source pixels; what is not a radiograph is refused."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -260,3 +261,140 @@ def test_a_run_on_dicom_files_trains_predicts_exports_and_writes_no_patient_data
   assert _files_holding([run_dir, export_dir, cache_dir, predictions], dicom_files.PHI) == {}
   # the check can fail: the DICOM files themselves hold every planted value
   assert set().union(*_files_holding([tree], dicom_files.PHI).values()) == set(dicom_files.PHI)
+
+
+def test_a_voi_lut_with_8_bit_entries_maps_every_input_value():
+  dicom_files.pydicom()
+  stored = dicom_files.twelve_bit(_image())
+  entries = np.round(np.arange(4096) * 255 / 4095)  # 12 bits onto 8: the LUT gives back the 8-bit image
+  for packed in (False, True):  # one entry a 16-bit word (as pydicom reads it), or two a word
+    ds = dicom_files.dataset(stored, bits_stored=12)
+    ds.VOILUTSequence = [dicom_files.voi_lut_item(entries, 0, 8, packed=packed)]
+    got = decode.decode_image(dicom_files.to_bytes(ds), None)[..., 0]
+    np.testing.assert_array_equal(got, _image(), err_msg=f"packed={packed}")
+  # the first mapped value, and inputs clipped below and above it, in 16-bit entries with 0 meaning 65536
+  ds = dicom_files.dataset(np.array([[0, 99, 100, 101, 356, 65535]], np.uint16), bits_stored=16)
+  ds.VOILUTSequence = [dicom_files.voi_lut_item(np.arange(65536) // 256 * 257, 100, 16)]
+  assert ds.VOILUTSequence[0].LUTDescriptor[0] == 0
+  assert decode.decode_image(dicom_files.to_bytes(ds), None)[0, :, 0].tolist() == [0, 0, 0, 0, 1, 255]
+
+
+def test_a_dicom_without_its_preamble_is_read_wherever_dicom_is(tmp_path):
+  dicom_files.pydicom()
+  image = _image()
+  want = decode.decode_image(dicom_files.to_bytes(dicom_files.dataset(image)), 32)
+  (tmp_path / "NORMAL").mkdir()
+  for implicit in (False, True):
+    for meta in (True, False):
+      data = dicom_files.without_preamble(dicom_files.dataset(image), implicit, meta)
+      case = f"implicit={implicit} meta={meta}"
+      assert dicom.is_dicom(data) and data[128:132] != b"DICM", case
+      np.testing.assert_array_equal(decode.decode_image(data, 32), want, err_msg=case)
+      path = tmp_path / "NORMAL" / f"IM{implicit:d}{meta:d}"
+      path.write_bytes(data)
+      assert folder.junk_reason(path.name, str(path)) is None, case
+      assert dicom.patient_key(str(path), str(tmp_path / "cache")).startswith("dicom:"), case
+  _, records, skipped = folder.list_records(str(tmp_path))
+  assert len(records) == 4 and not skipped
+  # what is not DICOM stays out: pictures, text, a group 0008 tag whose length runs past the end
+  import io
+
+  from PIL import Image
+
+  png = io.BytesIO()
+  Image.fromarray(image).save(png, "PNG")
+  for other in (png.getvalue(), b"\x08\x00\x05\x00CS\xff\x00ISO_IR 100", b"plain text, no image", bytes(200)):
+    assert not dicom.is_dicom(other), other[:16]
+
+
+def test_one_function_decides_what_is_dicom():
+  import inspect
+
+  from xray_keras.data import label_list
+  from xray_keras.serving import predict
+
+  for module in (decode, folder, label_list, predict):
+    source = inspect.getsource(module)
+    assert "DICM" not in source and "dcmread" not in source, module.__name__
+  assert "dicom.is_dicom(data)" in inspect.getsource(decode.decode_image)
+  assert "dicom.is_dicom(data)" in inspect.getsource(predict.SavedModelPredictor.__call__)
+
+
+def test_12_bit_pixels_declared_16_bits_stored_are_said_aloud(caplog):
+  dicom_files.pydicom()
+  image = _image()
+  dark = dicom_files.to_bytes(dicom_files.dataset(dicom_files.twelve_bit(image), bits_stored=16))
+  with caplog.at_level("WARNING"):
+    dicom.read_pixels(dark, decode.MAX_PIXELS, name="pacs/IM0001")
+    decode.decode_image(dark, None)
+  lines = [r.getMessage() for r in caplog.records if "BitsStored 16" in r.getMessage()]
+  assert len(lines) == 2 and all("\n" not in line and "12 bits" in line for line in lines), lines
+  assert lines[0].startswith("pacs/IM0001: ") and "SHA-1" in lines[1]
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    decode.decode_image(dicom_files.to_bytes(dicom_files.dataset(image.astype(np.uint16) * 257, bits_stored=16)), 8)
+  assert not caplog.records  # 16 bits in use: nothing to say
+
+
+def test_a_1_bit_dicom_and_a_body_part_other_than_chest_are_refused_with_reasons():
+  dicom_files.pydicom()
+  image = _image()
+  bitmap = dicom_files.dataset(image)
+  bitmap.BitsAllocated, bitmap.BitsStored, bitmap.HighBit = 1, 1, 0
+  bitmap.PixelData = np.packbits(image > 127, bitorder="little").tobytes()
+  hand = dicom_files.dataset(image)
+  hand.BodyPartExamined = "Hand"
+  skull = dicom_files.dataset(image, modality="CR")
+  skull.BodyPartExamined = "SKULL"
+  expected = {
+    "1-bit": (bitmap, "1-bit DICOM (BitsAllocated 1), a bitmap rather than a radiograph"),
+    "hand": (hand, "DICOM body part HAND, not a chest radiograph (CHEST)"),
+    "skull": (skull, "DICOM body part SKULL, not a chest radiograph (CHEST)"),
+  }
+  for name, (ds, reason) in expected.items():
+    with pytest.raises(decode.DecodeError) as raised:
+      decode.decode_image(dicom_files.to_bytes(ds), 32)
+    assert str(raised.value) == reason, name
+  chest = dicom_files.dataset(image)
+  chest.BodyPartExamined = "chest "
+  np.testing.assert_array_equal(decode.decode_image(dicom_files.to_bytes(chest), None)[..., 0], image)
+
+
+def _dcmtk_grey(data, case, tmp_path):
+  """dcm2pnm's 8-bit grey image of `data` with the VOI the package applies: VOI LUT, else window, else none."""
+  source, target = tmp_path / "in.dcm", tmp_path / "out.pgm"
+  source.write_bytes(data)
+  voi = ["+Wl", "1"] if case["voi"].startswith("lut") else ["+Wi", "1"] if case["voi"] == "window" else ["-W"]
+  result = subprocess.run(
+    ["dcm2pnm", "--quiet", *voi, "+op", str(source), str(target)], capture_output=True, text=True, timeout=60
+  )
+  assert result.returncode == 0, (case, result.stderr[-1000:])
+  raw = target.read_bytes()
+  magic, width, height, maximum = raw.split(maxsplit=4)[:4]
+  assert magic == b"P5" and maximum == b"255", raw[:20]
+  width, height = int(width), int(height)
+  return np.frombuffer(raw[-width * height :], np.uint8).reshape(height, width)
+
+
+def _agrees_with_dcmtk(seeds, tmp_path):
+  if shutil.which("dcm2pnm") is None:
+    pytest.skip("dcmtk's dcm2pnm is not installed (apt-get install -y dcmtk)")
+  dicom_files.pydicom()
+  worst = 0
+  for seed in seeds:
+    data, case = dicom_files.random_case(seed)
+    got = dicom.read_pixels(data, decode.MAX_PIXELS).astype(int)  # full size, before any resizing
+    difference = np.abs(got - _dcmtk_grey(data, case, tmp_path)).max()
+    # 1 grey level: the two round the same real value to 8 bits differently (dcmtk truncates in places)
+    assert difference <= 1, (f"{difference} grey levels from dcmtk", case)
+    worst = max(worst, difference)
+  return worst
+
+
+def test_decoded_dicom_pixels_agree_with_dcmtk(tmp_path):
+  _agrees_with_dcmtk(range(30), tmp_path)
+
+
+@pytest.mark.slow
+def test_decoded_dicom_pixels_agree_with_dcmtk_on_500_files(tmp_path):
+  _agrees_with_dcmtk(range(1000, 1500), tmp_path)

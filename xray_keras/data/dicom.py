@@ -7,36 +7,82 @@ straight onto 0..255, else the whole range the stored bits can hold; MONOCHROME1
 (255 - v), so it looks like MONOCHROME2. RGB is read as stored (YBR converted to RGB).
 
 Refused with a one-line reason (`DecodeError`): no pixel data, several frames, a modality other
-than CR, DX or DR, a compressed transfer syntax no installed plugin decodes. Nothing from the
-header leaves this module except `patient_key`, a salted hash of PatientID.
+than CR, DX or DR, a body part other than CHEST, 1-bit pixels, a compressed transfer syntax no
+installed plugin decodes. Nothing from the header leaves this module except `patient_key`, a
+salted hash of PatientID. The contract: docs/inputs.md, "DICOM".
 """
 
 import hashlib
 import io
 import os
 import secrets
+import struct
 
 import numpy as np
+from absl import logging
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed, digital, and (some vendors') direct radiography
 EXTENSIONS = (".dcm", ".dicom")
 INSTALL = 'pip install "xray_keras[dicom]"'
+SNIFF_BYTES = 4096  # what `file_is_dicom` reads: the preamble, or the first element of a preamble-less file
+_GROUPS = (0x0002, 0x0008)  # a preamble-less file starts with its file meta group or the identifying group
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_VRS = _LONG_VRS | {
+  *(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()),
+}
 
 
 class DicomError(ValueError):
   """A DICOM file that is not a usable radiograph (the message is the reason)."""
 
 
-def is_dicom(data):
-  """Whether `data` starts with the DICOM preamble and its `DICM` prefix."""
+def _has_preamble(data):
   return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def _first_element_end(data, explicit):
+  """Where the first element ends, if `data` starts with a whole group 0002 or 0008 element, else None."""
+  group, element = struct.unpack_from("<HH", data)
+  if group not in _GROUPS:
+    return None
+  if explicit:
+    vr = data[4:6]
+    if vr not in _VRS:
+      return None
+    if vr in _LONG_VRS:
+      if len(data) < 12 or data[6:8] != b"\0\0":
+        return None
+      header, length = 12, struct.unpack_from("<I", data, 8)[0]
+    else:
+      header, length = 8, struct.unpack_from("<H", data, 6)[0]
+  else:
+    header, length = 8, struct.unpack_from("<I", data, 4)[0]
+  if length % 2 or header + length > len(data):  # also refuses undefined length (0xFFFFFFFF)
+    return None
+  end = header + length
+  if len(data) >= end + 4 and struct.unpack_from("<HH", data, end) <= (group, element):
+    return None  # the next element's tag must be greater
+  return end
+
+
+def is_dicom(data):
+  """Whether `data` is DICOM: the preamble and `DICM`, or (without them, as older exports write it)
+  a whole group 0002 or 0008 element in explicit or implicit VR little endian at the start.
+
+  The one test of "is this DICOM?" for bytes; `file_is_dicom` applies it to a file's first bytes.
+  """
+  if _has_preamble(data):
+    return True
+  if len(data) < 8:
+    return False
+  return any(_first_element_end(data, explicit) is not None for explicit in (True, False))
+
+
 def file_is_dicom(path):
-  """Whether the file at `path` starts with the DICOM prefix (False where it cannot be read)."""
+  """`is_dicom` on the file's first `SNIFF_BYTES` (False where it cannot be read)."""
   try:
     with open(path, "rb") as f:
-      return is_dicom(f.read(132))
+      return is_dicom(f.read(SNIFF_BYTES))
   except OSError:
     return False
 
@@ -52,21 +98,34 @@ def _pydicom():
 def _read(data, stop_before_pixels=False):
   pydicom = _pydicom()
   try:
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=not is_dicom(data))
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=not _has_preamble(data))
   except Exception as e:
     reason = str(e).splitlines()[0] if str(e) else ""
     raise DicomError(f"not a readable DICOM file ({type(e).__name__}: {reason})") from None
+  if "TransferSyntaxUID" not in ds.file_meta:  # no file meta group: the syntax the dataset was read in
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    if not little:
+      raise DicomError("DICOM data set in big endian without a file meta group, which is not read")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+  return ds
 
 
 def _check(ds):
   modality = str(ds.get("Modality", "")).upper()
   if modality and modality not in RADIOGRAPHY:
     raise DicomError(f"DICOM modality {modality}, not a radiograph (CR, DX or DR)")
+  body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+  if body_part and body_part != "CHEST":
+    raise DicomError(f"DICOM body part {body_part}, not a chest radiograph (CHEST)")
   if "PixelData" not in ds:
     raise DicomError("DICOM file without pixel data")
   frames = int(ds.get("NumberOfFrames", 1) or 1)
   if frames > 1:
     raise DicomError(f"multi-frame DICOM ({frames} frames): one radiograph per file is read")
+  if int(ds.get("BitsAllocated", 0) or 0) == 1:
+    raise DicomError("1-bit DICOM (BitsAllocated 1), a bitmap rather than a radiograph")
   meta = getattr(ds, "file_meta", None)
   syntax = meta.get("TransferSyntaxUID") if meta is not None else None
   if syntax is not None and syntax.is_compressed:
@@ -97,27 +156,66 @@ def _first(value):
   return float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
 
 
-def _grey_to_8bit(ds, stored):
-  from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def _lut_entries(item, count, bits, little_endian):
+  """The VOI LUT's `count` entries: one a 16-bit word, or (8-bit entries in half as many words) two a word."""
+  data = item.LUTData
+  if isinstance(data, bytes):
+    words = np.frombuffer(data[: len(data) // 2 * 2], "<u2" if little_endian else ">u2").astype(np.int64)
+  else:
+    words = np.atleast_1d(np.asarray(data, dtype=np.int64)) & 0xFFFF
+  if len(words) < count and bits == 8 and 2 * len(words) >= count:
+    words = np.stack([words & 0xFF, words >> 8], -1).reshape(-1)  # the first entry in the low byte
+  if len(words) < count:
+    raise DicomError(f"DICOM VOI LUT with {len(words)} entries where its descriptor declares {count}")
+  return words[:count] & (0xFF if bits == 8 else 0xFFFF)
+
+
+def _apply_voi_lut(values, ds, low):
+  """The first VOI LUT Sequence item on modality values, mapped onto 0..255 (PS3.3 C.11.2.1.1).
+
+  `low` is the least modality value: below 0, the descriptor's first mapped value is signed.
+  """
+  item = ds.VOILUTSequence[0]
+  count, first, bits = (int(v) & 0xFFFF for v in item.LUTDescriptor)
+  count = count or 65536
+  if first >= 32768 and low < 0:
+    first -= 65536
+  if not 8 <= bits <= 16:
+    raise DicomError(f"DICOM VOI LUT with {bits}-bit entries, which is not read (8 to 16)")
+  entries = _lut_entries(item, count, bits, ds.original_encoding[1] is not False)
+  index = np.clip(np.floor(values) - first, 0, count - 1).astype(np.int64)  # clipped below and above
+  return entries[index].astype(np.float64) * 255.0 / (2**bits - 1)
+
+
+def _grey_to_8bit(ds, stored, name):
+  from pydicom.pixels import apply_modality_lut
 
   values = apply_modality_lut(stored, ds).astype(np.float64)
+  bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+  low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+  low, high = sorted(apply_modality_lut(np.array([low, high]), ds).astype(np.float64))
   if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-    lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-    out = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64) * 255.0 / (2**lut_bits - 1)
+    out = _apply_voi_lut(values, ds, low)
   elif "WindowCenter" in ds and "WindowWidth" in ds:
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
     out = _window_to_8bit(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
   else:
-    bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    low, high = sorted(apply_modality_lut(np.array([low, high]), ds).astype(np.float64))
+    if bits == 16 and stored.size and stored.max() < 4096 and (not signed or stored.min() >= -4096):
+      logging.warning(
+        "%s: BitsStored 16 but every pixel within 12 bits (< 4096) and no window or VOI LUT: "
+        "shown over the full 16-bit range, it decodes dark",
+        name,
+      )
     out = (values - low) * 255.0 / max(high - low, 1)
   out = np.clip(np.round(out), 0, 255).astype(np.uint8)
   return 255 - out if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1" else out
 
 
-def read_pixels(data, max_pixels):
-  """`(H, W)` (grey) or `(H, W, 3)` (RGB) uint8 pixels of a single-frame DICOM radiograph."""
+def read_pixels(data, max_pixels, name=None):
+  """`(H, W)` (grey) or `(H, W, 3)` (RGB) uint8 pixels of a single-frame DICOM radiograph, full size.
+
+  `name` names the file in warnings (else its SHA-1, 12 hex digits).
+  """
   ds = _read(data)
   _check(ds)
   rows, columns = int(ds.Rows), int(ds.Columns)
@@ -132,7 +230,8 @@ def read_pixels(data, max_pixels):
     raise DicomError(f"DICOM pixel data that cannot be decoded ({type(e).__name__}: {reason[:200]})") from None
   photometric = str(ds.PhotometricInterpretation).upper()
   if photometric in ("MONOCHROME1", "MONOCHROME2"):
-    return _grey_to_8bit(ds, stored)
+    name = name or f"DICOM file with SHA-1 {hashlib.sha1(data).hexdigest()[:12]}"
+    return _grey_to_8bit(ds, stored, name)
   if stored.ndim == 3 and stored.shape[-1] == 3:  # RGB, or YBR that pydicom has converted to RGB
     bits = int(ds.BitsStored)
     scaled = stored if bits <= 8 else np.round(stored.astype(np.float64) * 255.0 / (2**bits - 1))
@@ -164,7 +263,7 @@ def patient_key(path, cache_dir):
   if not file_is_dicom(path):
     return None
   try:
-    ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"], force=True)
   except Exception:
     return None
   patient = str(ds.get("PatientID", "") or "").strip()
