@@ -27,9 +27,7 @@ INSTALL = 'pip install "xray_keras[dicom]"'
 SNIFF_BYTES = 4096  # what `file_is_dicom` reads: the preamble, or the first element of a preamble-less file
 _GROUPS = (0x0002, 0x0008)  # a preamble-less file starts with its file meta group or the identifying group
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_VRS = _LONG_VRS | {
-  *(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()),
-}
+_VRS = _LONG_VRS | set(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 
 
 class DicomError(ValueError):
@@ -40,29 +38,23 @@ def _has_preamble(data):
   return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _first_element_end(data, explicit):
-  """Where the first element ends, if `data` starts with a whole group 0002 or 0008 element, else None."""
+def _starts_with_element(data, explicit):
+  """Whether `data` starts with a whole group 0002 or 0008 element, then a greater tag or the end."""
   group, element = struct.unpack_from("<HH", data)
   if group not in _GROUPS:
-    return None
+    return False
   if explicit:
     vr = data[4:6]
-    if vr not in _VRS:
-      return None
-    if vr in _LONG_VRS:
-      if len(data) < 12 or data[6:8] != b"\0\0":
-        return None
-      header, length = 12, struct.unpack_from("<I", data, 8)[0]
-    else:
-      header, length = 8, struct.unpack_from("<H", data, 6)[0]
+    long = vr in _LONG_VRS
+    if vr not in _VRS or (long and (len(data) < 12 or data[6:8] != b"\0\0")):
+      return False
+    header, length = (12, struct.unpack_from("<I", data, 8)[0]) if long else (8, struct.unpack_from("<H", data, 6)[0])
   else:
     header, length = 8, struct.unpack_from("<I", data, 4)[0]
-  if length % 2 or header + length > len(data):  # also refuses undefined length (0xFFFFFFFF)
-    return None
   end = header + length
-  if len(data) >= end + 4 and struct.unpack_from("<HH", data, end) <= (group, element):
-    return None  # the next element's tag must be greater
-  return end
+  if length % 2 or end > len(data):  # also refuses undefined length (0xFFFFFFFF)
+    return False
+  return len(data) < end + 4 or struct.unpack_from("<HH", data, end) > (group, element)
 
 
 def is_dicom(data):
@@ -75,7 +67,7 @@ def is_dicom(data):
     return True
   if len(data) < 8:
     return False
-  return any(_first_element_end(data, explicit) is not None for explicit in (True, False))
+  return _starts_with_element(data, explicit=True) or _starts_with_element(data, explicit=False)
 
 
 def file_is_dicom(path):
