@@ -107,20 +107,6 @@ def test_input_pipeline_and_end_to_end_quick_modes(tmp_path):
 
 
 @pytest.mark.slow
-def test_backend_epoch_time_quick_mode(tmp_path):
-  pytest.importorskip("jax")
-  out = tmp_path / "epoch.json"
-  # The two ends (the baseline, and JAX with the device feeder); each config is a training process.
-  _run_script(["benchmarks/backend_epoch_time.py", "--quick", "--configs=0,4", f"--output={out}"], timeout=900)
-  rows = json.loads(out.read_text())["rows"]
-  assert [(r["backend"], r["jit_compile"], r["feeder"]) for r in rows] == [
-    ("tensorflow", False, "host"),
-    ("jax", True, "device"),
-  ]
-  assert rows[0]["ratio_vs_first"] == 1.0 and all(r["epoch2_s"] > 0 for r in rows)
-
-
-@pytest.mark.slow
 def test_feature_cache_quick_mode(tmp_path):
   out = tmp_path / "cache.json"
   weights = shared_weights("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -129,14 +115,6 @@ def test_feature_cache_quick_mode(tmp_path):
   assert report["feature_shape"] == [2048] and report["train_images"] > 0
   assert [r["head_epochs"] for r in report["rows"]] == [1, 5, 10]
   assert all(r["through_backbone_s"] > 0 and r["feature_cache_s"] > 0 for r in report["rows"])
-
-
-def test_decode_draft_quick_mode(tmp_path):
-  out = tmp_path / "draft.json"
-  _run_script(["benchmarks/decode_draft.py", "--quick", f"--output={out}"], timeout=600)
-  report = json.loads(out.read_text())
-  assert report["images"] == 12 and report["rows"]["draft"]["images_per_s"] > 0
-  assert report["ratio_vs_full_decode"] > 0 and report["pixel_diff"]["mean"] < 0.5
 
 
 @pytest.mark.slow
@@ -192,27 +170,6 @@ def test_cpu_roofline_quick_mode_counts_flops_from_the_compiled_step_and_by_hand
 
 
 @pytest.mark.slow
-def test_cpu_levers_quick_mode_measures_each_lever_against_the_baseline(tmp_path):
-  out = tmp_path / "levers.json"
-  # One lever: a lever's flags join the baseline's on one command line; this one also sets an environment.
-  _run_script(["benchmarks/cpu_levers.py", "--quick", "--levers=threads_2_1", f"--output={out}"], timeout=900)
-  rows = json.loads(out.read_text())["rows"]
-  assert [r["lever"] for r in rows] == ["baseline", "threads_2_1"]
-  assert rows[0]["ratio_vs_baseline"] == 1.0 and all(r["train_images_per_s"] > 0 for r in rows)
-  assert rows[1]["env"] == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
-
-
-@pytest.mark.slow
-def test_npz_float_twin_quick_mode_trains_both_encodings_on_the_same_pixels(tmp_path):
-  out = tmp_path / "twin.json"
-  _run_script(["benchmarks/npz_float_twin.py", "--quick", f"--output={out}"], timeout=900)
-  payload = json.loads(out.read_text())
-  assert payload["max_pixel_difference"] == 0 and set(payload["runs"]) == {"uint8", "float01"}
-  assert any("scaled by 255" in note for note in payload["runs"]["float01"]["data_notes"])
-  assert 0.0 <= payload["runs"]["float01"]["test_auc"] <= 1.0
-
-
-@pytest.mark.slow
 def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
   out = tmp_path / "profile.json"
   _run_in_process(["benchmarks/epoch_profile.py", "--quick", f"--output={out}"])
@@ -222,55 +179,6 @@ def test_epoch_profile_quick_mode_reads_the_trace_into_groups(tmp_path):
   assert rows["cnn_scratch"]["compute_thread_s"]["convolutions"] > 0
   for row in rows.values():
     assert 0 < row["in_compiled_step_s"] <= row["wall_s"]
-
-
-@pytest.mark.slow
-def test_epoch_end_wait_quick_mode_times_both_pipelines_and_both_predictions(tmp_path):
-  out = tmp_path / "wait.json"
-  _run_in_process(["benchmarks/epoch_end_wait.py", "--quick", "--predictions=2", f"--output={out}"])
-  payload = json.loads(out.read_text())
-  assert set(payload["epochs"]) == {"autotune_on", "autotune_off (the package)"}
-  for row in payload["epochs"].values():
-    assert len(row["epoch_s"]) == 2 and all(s > 0 for s in row["epoch_s"]) and row["train_images_per_s"] > 0
-  assert payload["epochs"]["autotune_on"]["x_autotune_on"] == 1.0
-  assert set(payload["predictions"]) == {"model.predict", "prediction.predict"}
-
-
-@pytest.mark.slow
-def test_matmul_ceiling_quick_mode_times_every_product_of_the_step(tmp_path):
-  pytest.importorskip("jax")
-  out = tmp_path / "ceiling.json"
-  _run_in_process(["benchmarks/matmul_ceiling.py", "--quick", f"--output={out}"])
-  payload = json.loads(out.read_text())
-  products, ceiling = payload["products"], payload["ceiling"]
-  assert sum(p["count_in_step"] for p in products) == 75  # 4 blocks x 18 products, and the head's 3
-  # all that is not a product is the patch embedding: its convolution and its weight gradient
-  batch, patches = payload["batch_size"], (32 // 8) ** 2
-  assert ceiling["convolution_flops_at_peak"] == batch * 2 * 2 * patches * 8 * 8 * 56
-  assert all(p["seconds"] > 0 for p in products) and 0 < ceiling["fraction_of_peak"] < 1
-  assert ceiling["step_in_memory_images_per_s"] > 0
-
-
-def test_matmul_ceiling_einsum_computes_the_same_product_as_the_dot_general():
-  jax = pytest.importorskip("jax")
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-  import matmul_ceiling
-
-  rng = np.random.default_rng(0)
-  cases = [  # (lhs, rhs, batching dims, contracting dims), as ViT_scratch's step has them
-    ([6, 5, 4], [4, 3], [[], []], [[2], [0]]),
-    ([6, 5, 4], [6, 5, 3], [[], []], [[0, 1], [0, 1]]),
-    ([6, 5, 4], [3, 4], [[], []], [[2], [1]]),
-    ([2, 3, 4, 5], [2, 5, 3, 4], [[0, 1], [0, 2]], [[2], [3]]),
-    ([2, 3, 5, 5], [2, 5, 3, 4], [[0, 1], [0, 2]], [[3], [1]]),
-  ]
-  for lhs, rhs, batch, contract in cases:
-    a, b = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
-    expected = jax.lax.dot_general(a, b, (tuple(map(tuple, contract)), tuple(map(tuple, batch))))
-    dot = {"lhs": lhs, "rhs": rhs, "batch": batch, "contract": contract}
-    got = np.einsum(matmul_ceiling.einsum_equation(dot), a, b)
-    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-5)
-    assert matmul_ceiling.dot_flops(dot) == 2 * got.size * int(np.prod([lhs[i] for i in contract[0]]))
 
 
 def test_trace_self_time_subtracts_nested_events():
