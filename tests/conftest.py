@@ -154,7 +154,8 @@ def tiny_run(tmp_path_factory):
   """One finished CLI run shared by the tests that read, export, serve, explain or break a run folder.
 
   experiments/smoke.cfg on 6 real images per split and class at 48 px (letterboxed), exported with
-  --export. Returns `(base, tree, run_dir, export_dir)`; tests copy what they change.
+  --export. Returns `(base, tree, run_dir, export_dir)`, the run's stderr in base/console.txt; tests copy
+  what they change.
   """
   import subprocess
 
@@ -178,6 +179,7 @@ def tiny_run(tmp_path_factory):
     timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  (base / "console.txt").write_text(result.stderr)  # what the run printed, for tests of the console
   return base, tree, run_dir, export_dir
 
 

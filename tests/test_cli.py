@@ -103,7 +103,7 @@ def test_default_data_is_the_builtin_real_xrays_and_the_run_ends_with_its_report
   assert all(r["file"].endswith(".png") and not r["patient"].startswith("file:") for r in rows)
   assert "[synthetic]" not in (out / "run.log").read_text()
   # The last lines: the run folder, test accuracy and AUC with their CIs, and how to open the report.
-  last = [line.split("] ", 1)[-1] for line in result.stderr.strip().splitlines()[-3:]]
+  last = [line.split(" ", 1)[-1] for line in result.stderr.strip().splitlines()[-3:]]  # after HH:MM:SS
   assert last[0] == f"Run folder: {out}"
   assert (
     last[1].startswith("Test (32 images, threshold 0.5): accuracy ") and "[95% CI " in last[1] and "ROC-AUC" in last[1]

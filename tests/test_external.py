@@ -55,5 +55,32 @@ def test_external_validation_on_the_runs_own_test_images_gives_its_own_test_metr
 def test_external_validation_refuses_what_is_neither_a_run_nor_an_export(tmp_path):
   from xray_keras.errors import UserError
 
-  with pytest.raises(UserError, match="is not a finished run folder \\(no model.keras\\) nor an export"):
+  with pytest.raises(UserError, match="is neither a run folder \\(with model.keras\\), a .keras file nor an export"):
     external.open_model(str(tmp_path))
+
+
+def test_evaluate_scores_every_image_of_flat_normal_and_pneumonia_folders(tiny_run, tmp_path):
+  """The layout of keras.utils.image_dataset_from_directory: the run's own test images give its own test metrics."""
+  import shutil
+
+  _, tree, run_dir, _ = tiny_run
+  own = json.loads((run_dir / "metrics.json").read_text())["test"]
+  flat = tmp_path / "site"
+  for class_name in ("NORMAL", "PNEUMONIA"):
+    shutil.copytree(os.path.join(tree, "test", class_name), flat / class_name)
+  folder, result = external.validate(str(run_dir), str(flat), cache_dir=str(tmp_path / "cache"))
+  assert folder == os.path.join(str(run_dir), "external", "site")
+  assert result["at_0.5"]["n"] == own["n"] == len(os.listdir(flat / "NORMAL")) + len(os.listdir(flat / "PNEUMONIA"))
+  assert result["at_0.5"]["auc"] == pytest.approx(own["auc"], abs=1e-9)
+
+
+def test_an_unreadable_layout_names_the_layouts_that_are_read(tmp_path):
+  from xray_keras.data import folder
+
+  (tmp_path / "site" / "scans").mkdir(parents=True)
+  with pytest.raises(folder.DataError) as error:
+    folder.find_root(str(tmp_path / "site"))
+  message = str(error.value)
+  for layout in ("chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/", "NORMAL/ and PNEUMONIA/ without splits"):
+    assert layout in message
+  assert "labels.csv" in message and "MedMNIST .npz" in message

@@ -219,6 +219,19 @@ def test_predict_cli_on_files_and_folders(trained, tmp_path):
   assert [l[1] for l in keras_lines] == [l[1] for l in lines]
 
 
+def test_predict_takes_a_run_folder_as_it_takes_its_model_keras(trained):
+  from xray_keras.serving import predict, runtime
+
+  run_dir, export_dir = trained
+  files = [real_path("test", c, name) for c in ("NORMAL", "PNEUMONIA") for name in real_files("test", c, 2)]
+  by_folder = predict.predict_files(predict.load_predictor(str(run_dir)), files)
+  by_file = predict.predict_files(predict.load_predictor(str(run_dir / "model.keras")), files)
+  assert len(by_folder[0]) == 4 and not by_folder[1]
+  assert by_folder == by_file
+  assert runtime.resolve_model(str(run_dir)) == ("keras", str(run_dir / "model.keras"))
+  assert runtime.resolve_model(str(export_dir / "vit_scratch")) == ("export", str(export_dir / "vit_scratch"))
+
+
 def test_readme_rest_request_round_trips_through_the_signature(trained, tmp_path):
   """The README's request.json, decoded as TF Serving decodes {"b64": ...}, classifies the image."""
   import base64

@@ -4,6 +4,8 @@ python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> [--export_dir
 python -m xray_keras.export --run_dir=runs/vit_scratch/<timestamp> --format=onnx --quantize=int8
 """
 
+import contextlib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -32,13 +34,31 @@ _QUANTIZE = flags.DEFINE_enum(
 )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+  """Sends what libraries print meanwhile (NNCF's progress, converters' notes) to stderr, file descriptor
+  and all, so that standard output holds the exported path alone."""
+  sys.stdout.flush()
+  saved = os.dup(1)
+  os.dup2(2, 1)
+  try:
+    yield
+  finally:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from xray_keras.serving import formats
-
   try:
-    path = formats.export(_RUN_DIR.value, _FORMAT.value, _QUANTIZE.value, _EXPORT_DIR.value, _MODEL_NAME.value or None)
+    with _stdout_to_stderr():
+      from xray_keras.serving import formats
+
+      path = formats.export(
+        _RUN_DIR.value, _FORMAT.value, _QUANTIZE.value, _EXPORT_DIR.value, _MODEL_NAME.value or None
+      )
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -1,6 +1,7 @@
-"""Classify chest X-ray files with an exported model or a `.keras` file.
+"""Classify chest X-ray files with a run, a `.keras` file or an exported model.
 
   python -m xray_keras.predict --model=saved_models/vit_scratch image.jpeg folder/ [--output=preds.csv]
+  python -m xray_keras.predict --model=runs/vit_scratch/<timestamp> folder/
 
 Prints `file<TAB>label<TAB>probability` per image (`--format=json`: one JSON object per line).
 Exit code: 0 all classified, 3 some files skipped (listed on stderr), 1 a fatal error.
@@ -19,7 +20,7 @@ from xray_keras.errors import UserError
 _MODEL = path_flags.DEFINE_path(
   "model",
   None,
-  "An export (base or version folder; a .onnx, .tflite or OpenVINO .xml file beside its model_card.json) or a .keras file.",
+  "A run folder (its model.keras), a .keras file, or an export (base or version folder; a .onnx, .tflite or OpenVINO .xml file beside its model_card.json).",
   required=True,
 )
 _OUTPUT = path_flags.DEFINE_path("output", "", "Also write the results as CSV to this file.")

@@ -1,9 +1,10 @@
-"""Find and list the Kermany `chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}` layout.
+"""Find and list the Kermany `chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}` layout, or flat class folders.
 
 Copes with the real archive: the user may point at the archive's top, at
 `chest_xray/`, or at a folder holding the splits; `__MACOSX/`, AppleDouble
 `._*` files, `.DS_Store` and the nested duplicate `chest_xray/chest_xray/` are
-never read as images.
+never read as images. A folder with `NORMAL/` and `PNEUMONIA/` and no splits
+(the layout of `keras.utils.image_dataset_from_directory`) is read as test images.
 """
 
 import os
@@ -22,10 +23,11 @@ SPLITS = ("train", "val", "test")
 _MAX_DEPTH = 4
 
 DATASET_HELP = (
-  "Expected the Kermany 'Chest X-Ray Images (Pneumonia)' layout "
-  "chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg. Get it from Kaggle "
-  "(paultimothymooney/chest-xray-pneumonia) or Mendeley Data (doi:10.17632/rscbjbr9sj.2), "
-  "unzip it and pass --data_dir=<the unzipped folder>."
+  "Expected the Kermany 'Chest X-Ray Images (Pneumonia)' layout chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/ "
+  "at any level of the unzipped archive (a test/ alone, or NORMAL/ and PNEUMONIA/ without splits, is a set "
+  "of test images to evaluate a model on), a labels.csv with path,label columns, or a MedMNIST .npz. "
+  "--data_dir=kaggle downloads the Kermany images (Kaggle paultimothymooney/chest-xray-pneumonia, "
+  "or Mendeley Data doi:10.17632/rscbjbr9sj.2)."
 )
 
 
@@ -39,6 +41,11 @@ def _is_split_root(path, partial=False):
   return all(os.path.isdir(os.path.join(path, split, name)) for split in ("train", "test") for name in CLASS_NAMES)
 
 
+def _is_class_root(path):
+  """NORMAL/ or PNEUMONIA/ without splits above them: a set of test images."""
+  return any(os.path.isdir(os.path.join(path, name)) for name in CLASS_NAMES)
+
+
 def check_dir(data_dir):
   """Raises `DataError` unless `data_dir` is an existing folder."""
   if not os.path.exists(data_dir):
@@ -49,24 +56,26 @@ def check_dir(data_dir):
 
 def find_root(data_dir, one_split_enough=True):
   """Returns the shallowest folder under `data_dir` holding train/ and test/ splits, else (if
-  `one_split_enough`) the shallowest holding any one split: the loader then names a needed split
-  that is empty."""
+  `one_split_enough`) the shallowest holding any one split, else the shallowest holding NORMAL/ or
+  PNEUMONIA/ (test images): the loader then names a needed split that is empty."""
   check_dir(data_dir)
-  root = _search(data_dir, partial=False) or (one_split_enough and _search(data_dir, partial=True))
+  root = _search(data_dir, _is_split_root)
+  if not root and one_split_enough:
+    root = _search(data_dir, lambda path: _is_split_root(path, partial=True)) or _search(data_dir, _is_class_root)
   return root or _not_found(data_dir)
 
 
 def _not_found(data_dir):
   if not any(os.scandir(data_dir)):
     raise DataError(f"Data directory {data_dir!r} is empty. {DATASET_HELP}")
-  raise DataError(f"No train/ and test/ splits with NORMAL/ and PNEUMONIA/ under {data_dir!r}. {DATASET_HELP}")
+  raise DataError(f"No train/ and test/ splits, nor NORMAL/ and PNEUMONIA/, under {data_dir!r}. {DATASET_HELP}")
 
 
-def _search(data_dir, partial):
+def _search(data_dir, is_root):
   """Breadth first, at most `_MAX_DEPTH` folders down; None if no root."""
   frontier = [os.path.normpath(data_dir)]
   for _ in range(_MAX_DEPTH):
-    found = sorted(path for path in frontier if _is_split_root(path, partial))
+    found = sorted(path for path in frontier if is_root(path))
     if found:
       if len(found) > 1:
         logging.warning("Several dataset roots at the same depth; using %s", found[0])
@@ -143,7 +152,9 @@ def list_records(data_dir, salt_dir=None):
   if os.path.isdir(os.path.join(root, os.path.basename(root))):
     logging.info("Ignoring nested duplicate folder %s", os.path.join(root, os.path.basename(root)))
   records, skipped = [], []
-  for split in SPLITS:
+  # flat class folders hold test images: "" stands for the missing split folder
+  splits = SPLITS if _is_split_root(root, partial=True) else ("",)
+  for split in splits:
     for label, class_name in enumerate(CLASS_NAMES):
       folder = os.path.join(root, split, class_name)
       if not os.path.isdir(folder):
@@ -160,7 +171,7 @@ def list_records(data_dir, salt_dir=None):
           Record(
             path=rel,
             label=label,
-            split="official_val" if split == "val" else split,
+            split={"val": "official_val", "": "test"}.get(split, split),
             patient=patient_of(entry.path, entry.name, salt_dir),
           )
         )

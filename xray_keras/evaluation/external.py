@@ -20,14 +20,14 @@ from xray_keras.evaluation import calibration, clinical, metrics, operating_poin
 RESAMPLES = 1000
 
 
-def resolve_run(model_path):
-  """The run folder of `--model` (a run folder or its model.keras)."""
-  run_dir = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-  for name in ("model.keras", "metrics.json"):
+def resolve_run(keras_file):
+  """The run folder of a `.keras` file: the folder holding it, with the run's metrics.json and flags.txt."""
+  run_dir = os.path.dirname(os.path.abspath(keras_file))
+  for name in ("metrics.json", "flags.txt"):
     if not os.path.isfile(os.path.join(run_dir, name)):
       raise UserError(
-        f"{run_dir} is not a finished run folder (no {name}) nor an export (saved_model.pb, model.onnx, "
-        "model.tflite or model.xml beside a model_card.json)."
+        f"{keras_file} is not in a finished run folder (no {name} beside it): external validation applies "
+        "the run's validation-chosen thresholds. Pass the run folder or an export of it."
       )
   return run_dir
 
@@ -52,12 +52,13 @@ def open_model(model_path):
   """A run folder, its model.keras, or an export of any format, as a `Trained`."""
   from xray_keras.serving import runtime
 
-  if runtime.is_export(model_path):
-    return _export(runtime.Runtime(model_path))
-  return _run(resolve_run(model_path))
+  kind, path = runtime.resolve_model(model_path)
+  if kind == "export":
+    return _export(runtime.Runtime(path))
+  return _run(path, resolve_run(path))
 
 
-def _run(run_dir):
+def _run(keras_file, run_dir):
   from xray_keras import models
   from xray_keras.training.run_dir import read_flags
 
@@ -72,7 +73,7 @@ def _run(run_dir):
   own = clinical.read_predictions(run_dir).get("test")
   if own:
     own = (own[1], calibration.apply_temperature(own[2], temperature) if temperature else own[2])
-  model = models.load_model(os.path.join(run_dir, "model.keras"))
+  model = models.load_model(keras_file)
   batch_size = int(values.get("batch_size", 32))
 
   def probabilities(images):

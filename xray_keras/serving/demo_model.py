@@ -39,17 +39,14 @@ class Scored:
 
 class DemoModel:
   def __init__(self, path, operating_point="youden"):
-    path = os.path.normpath(path)
-    keras_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
-    if keras_file.endswith(".keras") and os.path.isfile(keras_file):
-      self._init_run(keras_file, operating_point)
-    elif runtime.is_export(path):
+    kind, path = runtime.resolve_model(os.path.normpath(path))
+    if kind == "keras":
+      self._init_run(path, operating_point)
+    else:
       self.kind = "export"
       self.predictor = predict.load_predictor(path, operating_point=operating_point)
       self.card = card.read(runtime.resolve(path)[2])
       self._export, self._runtime = path, None
-    else:
-      raise UserError(f"{path} is neither a run (a folder with model.keras), a .keras file nor an export.")
     self.operating_point = operating_point
     points = self.card.get("operating_points") or {}
     self.thresholds = {rule: p["threshold"] for rule, p in points.items()} or {"youden": self.predictor.threshold}

@@ -210,7 +210,9 @@ class KerasPredictor:
 
 
 def load_predictor(path, resize_mode=None, threshold=None, operating_point="youden", tta=1):
-  if path.endswith(".keras"):
+  """The predictor of `--model`: a run folder, a `.keras` file or an export (`runtime.resolve_model`)."""
+  kind, path = runtime.resolve_model(path)
+  if kind == "keras":
     return KerasPredictor(path, resize_mode, threshold, operating_point, tta)
   if tta > 1:
     raise UserError("--tta needs a run's model.keras: an export serves one view of each image.")

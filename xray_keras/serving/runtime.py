@@ -61,6 +61,20 @@ def is_export(path):
   return True
 
 
+def resolve_model(path):
+  """What `--model` names, read the same by every command: `("keras", file)` for a `.keras` file or a run
+  folder (its model.keras), `("export", path)` for an export (base or version folder, or its model file)."""
+  keras_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+  if keras_file.endswith(".keras") and os.path.isfile(keras_file):
+    return "keras", keras_file
+  if is_export(path):
+    return "export", path
+  raise UserError(
+    f"{path} is neither a run folder (with model.keras), a .keras file nor an export (a folder with "
+    "saved_model.pb, model.onnx, model.tflite or model.xml beside a model_card.json, or that file)."
+  )
+
+
 class Runtime:
   """`probabilities(pixels)`: decoded `[batch, size, size, channels]` pixels in 0..255 to `[batch]` float64.
 
