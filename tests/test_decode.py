@@ -31,20 +31,33 @@ def test_real_jpeg_decodes_to_requested_shape(channels, mode):
   assert array.std() > 10  # a real radiograph, not a blank
 
 
+def _ramp(mode, size):
+  """A left-to-right ramp in `mode` (a blank image is refused: `contract.py`)."""
+  width, height = size
+  grey = Image.fromarray(np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1)), "L")
+  return grey.convert(mode)
+
+
 @pytest.mark.parametrize(
   "image",
   [
-    Image.new("L", (300, 200), 128),
-    Image.new("RGB", (90, 120), (10, 200, 30)),
-    Image.new("RGBA", (64, 64), (255, 255, 255, 255)),
-    Image.new("P", (50, 70), 3),
-    Image.new("CMYK", (40, 40), (0, 0, 0, 0)),
+    _ramp("L", (300, 200)),
+    _ramp("RGB", (90, 120)),
+    _ramp("RGBA", (64, 64)),
+    _ramp("P", (50, 70)),
+    _ramp("CMYK", (40, 40)),
   ],
   ids=["gray", "rgb", "rgba", "palette", "cmyk"],
 )
 def test_modes_and_sizes(image):
   array = decode.decode_image(_encode(image, "JPEG" if image.mode == "CMYK" else "PNG"), 32, 1)
   assert array.shape == (32, 32, 1)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P"])
+def test_a_blank_image_is_refused_in_every_mode(mode):
+  with pytest.raises(decode.DecodeError, match=r"^no structure: 95% of its pixels within 2 grey levels"):
+    decode.decode_image(_encode(Image.new(mode, (60, 40), 90 if mode in ("L", "P") else (90,) * len(mode))), 32, 1)
 
 
 def test_16bit_png_is_scaled_not_clipped():
@@ -55,8 +68,9 @@ def test_16bit_png_is_scaled_not_clipped():
 
 
 def test_rgba_alpha_is_composited_on_black():
-  image = Image.new("RGBA", (16, 16), (255, 255, 255, 0))
-  assert decode.decode_image(_encode(image), 16, 1).max() == 0
+  image = _ramp("RGBA", (16, 16))
+  image.paste((255, 255, 255, 0), (0, 0, 8, 16))  # the left half white and fully transparent
+  assert decode.decode_image(_encode(image), 16, 1)[:, :8].max() == 0
 
 
 def test_exif_rotation_is_applied():

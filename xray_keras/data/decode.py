@@ -17,16 +17,16 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xray_keras.data import dicom, resize
+from xray_keras.data import contract, dicom, resize
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 6
+DECODER_VERSION = 7
 # JPEG draft mode (libjpeg DCT scaling) decodes large JPEGs at 1/2, 1/4 or 1/8 size, keeping at
-# least DRAFT_MARGIN times the target size so the final antialiased resize still averages. On
-# 1,000-2,400 px X-rays resized to 64-224 px, pixels differ from a full decode by 0.2 grey levels
-# on average, 99% within 2 (benchmarks/decode_draft.py, tests/test_sources.py). So a JPEG is
-# decoded at 1/2 scale from 8 times the target size on (1/4 from 16, 1/8 from 32).
+# least DRAFT_MARGIN times the target size so the final antialiased resize still averages. On 300
+# original-resolution Kermany JPEGs, 98.5% of pixels are within 2 grey levels of a full decode at
+# 64 px (max 40), 99.9% at 128 px, 99.99% at 224 px (2026-12-06; benchmarks/README.md#retired).
+# So a JPEG is decoded at 1/2 scale from 8 times the target size on (1/4 from 16, 1/8 from 32).
 DRAFT_MARGIN = 4
 # The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
 MAX_PIXELS = 60_000_000
@@ -164,6 +164,7 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
     mode = "L" if array.ndim == 2 else "RGB"
     array = np.asarray(_to_mode(Image.fromarray(array, mode), channels), dtype=np.uint8)
     array = array[:, :, None] if array.ndim == 2 else array
+    _check_content(array, False)
     return fit_square(array, size, resize_mode) if size else array
   image_format = None
   try:
@@ -195,7 +196,15 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
     raise DecodeError(f"not a decodable image ({type(e).__name__}: {reason})") from None
   if array.ndim == 2:
     array = array[:, :, None]
+  _check_content(array, image_format == "JPEG")
   return fit_square(array, size, resize_mode, (height, width)) if size else array
+
+
+def _check_content(array, is_jpeg):
+  """Refuses a blank image or a truncated JPEG (`contract.py`: the serving graph applies the same rules)."""
+  reason = contract.problem(array, is_jpeg)
+  if reason:
+    raise DecodeError(reason)
 
 
 def resize_array(images, size, channels, resize_mode="squash"):

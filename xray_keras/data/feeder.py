@@ -111,7 +111,7 @@ def tf_dataset(images, labels, batch_size, training, seed=0, augmenter=None):
 
   tf.data's autotuning is off and the parallelism fixed (`PARALLEL_CALLS`, `PREFETCH`): with it on,
   an epoch often ended only when the autotuning thread's sleep did (10 ms, doubling each time), so
-  ViT_scratch's 5.5 s epochs took 10.26 s in 12 of 28 (two runs of benchmarks/epoch_end_wait.py).
+  ViT_scratch's 5.5 s epochs took 10.26 s in 12 of 28 (two runs of the retired benchmarks/epoch_end_wait.py: benchmarks/README.md#retired).
   """
   import tensorflow as tf
 

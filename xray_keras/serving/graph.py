@@ -13,7 +13,7 @@ runs on TensorFlow. CMYK JPEGs are refused with a message saying so.
 
 import tensorflow as tf
 
-from xray_keras.data import decode
+from xray_keras.data import contract, decode
 
 # Request bounds of the serving signature: larger inputs get an InvalidArgument error.
 MAX_BATCH = 64
@@ -340,10 +340,37 @@ def decode_one(data, channels, size=None):
       ],
     )
   image = _to_channels(image, channels)
+  with tf.control_dependencies(_content_checks(image, tf.equal(fmt, _JPEG))):
+    image = tf.identity(image)
   # A draft-scaled JPEG is planned on its full size, as Pillow's `image.size` before `draft`.
   full = tf.cast(tf.stack([height, width]), tf.int32)
   full = tf.where(orientation >= 5, tf.reverse(full, [0]), full)  # turned by 90 degrees
   return image, full
+
+
+def _jpeg_fill_tail(image):
+  """`contract._tail`: rows at the bottom of `(H, W, C)` `image` that are the JPEG fill throughout."""
+  filled = tf.reduce_all(tf.equal(image, contract.JPEG_FILL), axis=[1, 2])
+  reversed_ = tf.cast(tf.reverse(filled, [0]), tf.int32)
+  return tf.where(tf.reduce_all(filled), tf.size(filled), tf.cast(tf.argmin(reversed_), tf.int32))
+
+
+def _content_checks(image, is_jpeg):
+  """`contract.problem` in TensorFlow ops (integer arithmetic, so both paths refuse the same images)."""
+  values = tf.reshape(tf.cast(image, tf.int32), [-1])
+  counts = tf.math.bincount(values, minlength=256, maxlength=256, dtype=tf.int64)
+  band = contract.FLAT_BAND
+  cumulative = tf.concat([tf.zeros([band + 1], tf.int64), tf.cumsum(counts), tf.fill([band], tf.reduce_sum(counts))], 0)
+  window = cumulative[2 * band + 1 :] - cumulative[: -(2 * band + 1)]
+  size = tf.cast(tf.size(values), tf.int64)
+  structured = tf.logical_or(tf.equal(size, 0), tf.reduce_max(window) * 100 < contract.FLAT_PERCENT * size)
+  turned = tf.transpose(image, [1, 0, 2])
+  edges = []
+  for view in (image, tf.reverse(image, [0]), turned, tf.reverse(turned, [0])):
+    tail = _jpeg_fill_tail(view)
+    edges.append(tf.logical_and(tail >= contract.TAIL_MIN, tail * 100 >= contract.TAIL_PERCENT * tf.shape(view)[0]))
+  whole = tf.logical_not(tf.logical_and(is_jpeg, tf.logical_and(size > 0, tf.reduce_any(tf.stack(edges)))))
+  return [_require(structured, contract.NO_STRUCTURE), _require(whole, contract.TRUNCATED)]
 
 
 def _resize(image, height, width):

@@ -1,0 +1,105 @@
+"""Blank images and truncated JPEGs: refused with the same words by the host decoder and the serving graph."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests.conftest import _builtin, real_jpeg, shared_data
+from xray_keras.data import builtin, contract, decode
+from xray_keras.serving import graph
+
+
+def _encoded(array, fmt, **kwargs):
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, fmt, **kwargs)
+  return out.getvalue()
+
+
+def _cases(seed, count):
+  """`(name, bytes, expected refusal or "")`: blank and near-blank images, real X-rays, and truncated JPEGs."""
+  rng = np.random.default_rng(seed)
+  names = list(_builtin()[("test", "PNEUMONIA")])
+  for i in range(count):
+    kind = rng.choice(["constant", "near", "structured", "real", "truncated"])
+    fmt = rng.choice(["PNG", "JPEG", "BMP", "GIF"]) if kind != "truncated" else "JPEG"
+    height, width = (int(x) for x in rng.integers(9, 300, 2))
+    mode = rng.choice(["L", "RGB"])
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    value = int(rng.integers(0, 256))
+    if kind == "constant":
+      array, expected = np.full(shape, value, np.uint8), contract.NO_STRUCTURE
+    elif kind == "near":  # +-1 around one value: 100% within the band, whatever JPEG or GIF does to it
+      array, expected = np.clip(value + rng.integers(-1, 2, shape), 0, 255).astype(np.uint8), contract.NO_STRUCTURE
+    elif kind == "structured":
+      ramp = np.linspace(0, 255, width)[None, :] + rng.normal(0, 20, (height, width))
+      array = np.clip(ramp, 0, 255).astype(np.uint8)
+      array, expected = (array if mode == "L" else np.dstack([array] * 3)), ""
+    if kind in ("constant", "near", "structured"):
+      yield f"{kind}_{mode}_{height}x{width}.{fmt.lower()}", _encoded(array, fmt), expected
+      continue
+    data = real_jpeg("test", "PNEUMONIA", names[i % len(names)])
+    if kind == "real":
+      yield f"real_{i}.jpeg", data, ""
+      continue
+    cut = float(rng.choice([0.3, 0.5, 0.7]))
+    yield f"truncated_{cut}_{i}.jpeg", data[: int(len(data) * cut)] + b"\xff\xd9", contract.TRUNCATED
+
+
+def _host(data, channels):
+  try:
+    decode.decode_image(data, 48, channels)
+  except decode.DecodeError as e:
+    return str(e)
+  return ""
+
+
+def _graph(data, channels):
+  try:
+    graph.decode_one(tf.constant(data), channels, 48)
+  except tf.errors.InvalidArgumentError as e:
+    return e.message
+  return ""
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_both_decoders_refuse_blank_images_and_truncated_jpegs_alike(channels):
+  seen = set()
+  for name, data, expected in _cases(seed=channels, count=60):
+    host, served = _host(data, channels), _graph(data, channels)
+    seen.add(name.split("_")[0])
+    if expected:
+      assert host == expected and expected in served, (name, host, served)
+    else:
+      assert host == "" and served == "", (name, host, served)
+  assert seen == {"constant", "near", "structured", "real", "truncated"}
+
+
+def test_no_built_in_image_is_refused_and_the_rules_catch_what_they_name():
+  refused = []
+  for name, split, _, data in builtin.files():
+    with Image.open(io.BytesIO(data)) as image:
+      array = np.asarray(image.convert("L"))[:, :, None]
+    if contract.problem(array, True):
+      refused.append((split, name))
+  assert refused == []
+  assert contract.problem(np.zeros((64, 64, 1), np.uint8), False) == contract.NO_STRUCTURE
+  filled = np.random.default_rng(0).integers(0, 256, (80, 60, 3), dtype=np.uint8)
+  filled[-8:] = contract.JPEG_FILL  # one MCU row of mid-grey: 10% of 80 rows
+  assert contract.problem(filled, True) == contract.TRUNCATED and contract.problem(filled, False) == ""
+  filled[-8:, 0, 0] = 127
+  assert contract.problem(filled, True) == ""
+  black_bars = np.random.default_rng(1).integers(0, 256, (224, 224, 1), dtype=np.uint8)
+  black_bars[:, :30] = 0  # a radiograph's own black border is not refused
+  assert contract.problem(black_bars, True) == ""
+
+
+def test_no_image_of_the_224_px_dataset_is_refused():
+  import glob
+  import os
+
+  files = sorted(glob.glob(os.path.join(shared_data(), "*", "*", "*.jpeg")))
+  refused = [f for f in files if _host(open(f, "rb").read(), 1)]
+  assert len(files) == 5856 and refused == []

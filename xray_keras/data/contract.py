@@ -1,0 +1,58 @@
+"""Images refused for what their pixels show, by one rule on every path: the host decoder and the serving graph.
+
+Both checks look at the decoded full-resolution uint8 image, before the square fit, with integer
+arithmetic only, so `decode.decode_image` (Pillow, NumPy) and `serving.graph` (TensorFlow) refuse
+exactly the same images with the same words:
+
+- **No structure**: at least `FLAT_PERCENT`% of the pixel values lie within `FLAT_BAND` grey levels of
+  one value (a blank, black or grey image, a flat test pattern).
+- **A truncated JPEG**: a run of rows or columns at one edge, at least `TAIL_MIN` long and
+  `TAIL_PERCENT`% of the image, every pixel of it `JPEG_FILL` (mid-grey) in every channel. libjpeg
+  fills what a cut-short scan leaves out this way (with an end-of-image marker after the cut, no
+  decoder error is raised). Black or white bars at a radiograph's edges are not refused.
+"""
+
+import numpy as np
+
+FLAT_PERCENT = 95
+FLAT_BAND = 2
+TAIL_PERCENT = 10
+TAIL_MIN = 8
+JPEG_FILL = 128
+NO_STRUCTURE = (
+  f"no structure: {FLAT_PERCENT}% of its pixels within {FLAT_BAND} grey levels of one value (a blank image?)"
+)
+TRUNCATED = "truncated or corrupt JPEG data: an edge of the image is the decoder's mid-grey fill"
+
+
+def flat_share_exceeded(image):
+  """Whether `FLAT_PERCENT`% of the values of uint8 `image` lie within `FLAT_BAND` of one value."""
+  counts = np.bincount(np.asarray(image, np.uint8).ravel(), minlength=256).astype(np.int64)
+  window = np.convolve(counts, np.ones(2 * FLAT_BAND + 1, np.int64), mode="same")
+  return int(window.max()) * 100 >= FLAT_PERCENT * image.size
+
+
+def _tail(image):
+  """Rows at the bottom of `(H, W, C)` `image` that are `JPEG_FILL` throughout."""
+  filled = (image == JPEG_FILL).all(axis=(1, 2))
+  broken = np.flatnonzero(~filled[::-1])
+  return int(broken[0]) if broken.size else len(filled)
+
+
+def flat_edge(image):
+  """Whether an edge of `(H, W, C)` uint8 `image` is `JPEG_FILL` over `TAIL_MIN` and `TAIL_PERCENT`% or more."""
+  turned = np.transpose(image, (1, 0, 2))
+  for view in (image, image[::-1], turned, turned[::-1]):
+    tail = _tail(view)
+    if tail >= TAIL_MIN and tail * 100 >= TAIL_PERCENT * view.shape[0]:
+      return True
+  return False
+
+
+def problem(image, is_jpeg):
+  """Why decoded `(H, W, C)` uint8 `image` is refused, or ""."""
+  if image.size and flat_share_exceeded(image):
+    return NO_STRUCTURE
+  if is_jpeg and image.size and flat_edge(image):
+    return TRUNCATED
+  return ""
