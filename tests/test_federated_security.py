@@ -429,18 +429,21 @@ def test_a_stranger_at_the_sites_address_cannot_register_run_or_unregister_and_a
     os.chmod(tmp_path / "rogue.key", 0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     (tmp_path / "rogue.pub").write_bytes(public + b"\n")
-    # An operator registers a fourth key by mistake; its SuperNode connects to the sites' address.
+    # An operator registers a fourth key by mistake. Its SuperNode is refused at the sites' address (not a
+    # provisioned site key); from the SuperLink's own host it connects, and the roster keeps it out.
     operator = tmp_path / "operator"
     _connection(operator, f"127.0.0.1:{link_port}", ca)
     registered = _flwr(["supernode", "register", str(tmp_path / "rogue.pub")], operator)
     assert "registered successfully" in registered.stdout, registered.stdout + registered.stderr
     rogue_id = re.search(r"SuperNode (\d+) registered", registered.stdout).group(1)
-    with open(tmp_path / "rogue_node.log", "w") as log:
-      rogue = [deployment._tool("flower-supernode"), "--root-certificates", str(ca)]
-      rogue += ["--auth-supernode-private-key", str(tmp_path / "rogue.key"), "--superlink", fleet]
-      processes.append(
-        subprocess.Popen([*rogue, "--port", str(deployment._free_port())], stdout=log, stderr=subprocess.STDOUT)
-      )
+    for name, address in (("rogue_at_gateway", fleet), ("rogue_on_loopback", f"127.0.0.1:{link_port}")):
+      with open(tmp_path / f"{name}.log", "w") as log:
+        rogue = [deployment._tool("flower-supernode"), "--root-certificates", str(ca)]
+        rogue += ["--auth-supernode-private-key", str(tmp_path / "rogue.key"), "--superlink", address]
+        processes.append(
+          subprocess.Popen([*rogue, "--port", str(deployment._free_port())], stdout=log, stderr=subprocess.STDOUT)
+        )
+    _wait_for(out / "flower" / "gateway.log", "signed by a key that is not one of the federation's sites")
     apps = []  # the ServerApp's and ClientApps' command lines while they run: no task token on them
     deadline = time.time() + 300
     while time.time() < deadline and not all(any(n in a for a in apps) for n in ("flwr-serverapp", "flwr-clientapp")):
@@ -462,9 +465,11 @@ def test_a_stranger_at_the_sites_address_cannot_register_run_or_unregister_and_a
     with httpx.Client(verify=False, timeout=30) as blind:  # no certificate, no verification
       for path in ("/v1/control/list-nodes", "/v1/control/start-run", "/v1/runtime/pull-task", "/docs"):
         assert blind.post(f"https://{fleet}{path}", content=b"").status_code == 403, path
+      blind_fleet = blind.post(f"https://{fleet}/v1/fleet/register-node", content=b"\x00" * 1000)
     refused = (out / "flower" / "gateway.log").read_text()
     assert "Refused POST /v1/control/register-node from 127.0.0.1:" in refused, refused[-2000:]
-    assert refused.count("Refused ") >= 8, refused[-2000:]  # four CLI commands, four blind requests
+    assert refused.count("only the Fleet API is served here") >= 8, refused[-2000:]  # 4 CLI commands, 4 blind
+    assert blind_fleet.status_code == 403 and "no valid SuperNode signature headers" in refused
     run.wait(timeout=900)
     assert run.returncode == 0, (tmp_path / "console.log").read_text()[-3000:]
   finally:
@@ -483,3 +488,72 @@ def test_a_stranger_at_the_sites_address_cannot_register_run_or_unregister_and_a
   assert all(np.isfinite(float(h["val_loss"])) for h in history)
   metrics = json.loads((out / "metrics.json").read_text())
   assert 0 < metrics["test"]["auc"] < 1  # from finite predictions
+
+
+def _paths():
+  """Request paths near the Fleet API's: tricks a gateway that matched prefixes or decoded twice would pass."""
+  from xray_keras.federated import gateway
+
+  tails = ["list-nodes", "start-run", "register-node"]
+  for method in sorted(gateway.FLEET_METHODS):
+    yield f"/v1/fleet/{method}", True
+    for trick in (
+      f"/v1/fleet/{method}/",
+      f"//v1/fleet/{method}",
+      f"/v1/fleet/{method}/../../control/list-nodes",
+      f"/v1/fleet/{method}%2F..%2F..%2Fcontrol%2Flist-nodes",
+      f"/V1/fleet/{method}",
+      f"/v1/fleet/{method.upper()}",
+      f"/v1/fleet/./{method}",
+      f"/v1/fleet/{method}\x00",
+      f"/v1/fleet/{method} ",
+    ):
+      yield trick, False
+  for tail in tails:
+    for prefix in ("/v1/control/", "/v1/fleet/../control/", "/v1/fleet/%2e%2e/control/", "/v1/runtime/", "/"):
+      yield prefix + tail, False
+
+
+def test_the_gateway_passes_the_fleet_api_signed_by_a_site_and_nothing_else(tmp_path):
+  pytest.importorskip("flwr")
+  import base64
+  import datetime
+
+  from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
+
+  from xray_keras.federated import gateway
+
+  cases = list(_paths())
+  assert len(cases) == 12 * 10 + 15
+  for path, expected in cases:
+    for method in ("POST", "GET", "PUT", "DELETE", "OPTIONS"):
+      assert gateway.allowed(method, path) == (expected and method == "POST"), (method, path)
+  parties = credentials.provision(str(tmp_path / "federation"), 2)
+  keys = gateway.site_keys(parties[credentials.SUPERLINK])
+  assert len(keys) == 2
+
+  def headers(key_file, age_s=0.0, tamper=False):
+    from cryptography.hazmat.primitives import serialization
+
+    with open(key_file, "rb") as f:
+      key = serialization.load_ssh_private_key(f.read(), None)
+    stamp = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=age_s)).isoformat()
+    signature = sign_message(key, (stamp + ("x" if tamper else "")).encode("ascii"))
+    return {
+      "flwr-public-key": base64.b64encode(public_key_to_bytes(key.public_key())).decode("ascii"),
+      "flwr-timestamp": stamp,
+      "flwr-signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+  site = os.path.join(parties["site_1"], "site.key")
+  stranger = credentials.provision(str(tmp_path / "other"), 1)["site_0"]
+  assert gateway.unsigned(headers(site), keys) == ""
+  assert gateway.unsigned(headers(os.path.join(stranger, "site.key")), keys) == (
+    "signed by a key that is not one of the federation's sites"
+  )
+  assert gateway.unsigned(headers(site, age_s=900), keys) == "signed timestamp 900 s old"
+  assert gateway.unsigned(headers(site, tamper=True), keys) == "the signature does not match the key"
+  for missing in ("flwr-public-key", "flwr-timestamp", "flwr-signature"):
+    partial = {k: v for k, v in headers(site).items() if k != missing}
+    assert gateway.unsigned(partial, keys).startswith("no valid SuperNode signature headers"), missing
+  assert gateway.unsigned({**headers(site), "flwr-public-key": "not base64!"}, keys).startswith("no valid")

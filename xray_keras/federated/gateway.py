@@ -4,9 +4,12 @@ Flower 1.42's SuperLink serves the Fleet API (SuperNodes), the Control API (`flw
 supernode register|unregister`) and the Runtime API (the ServerApp) on one HTTP port, and without
 Flower Enterprise's account authentication the Control API answers anyone who reaches it. So the
 SuperLink listens on loopback only, the operator's machine, and this gateway is what the sites
-reach: it presents the SuperLink's certificate, forwards `POST /v1/fleet/<method>` for the Fleet
-API's methods (SuperNode authentication stays the SuperLink's), and refuses every other request
-with 403 and one log line naming the caller and the path.
+reach: it presents the SuperLink's certificate and forwards `POST /v1/fleet/<method>` for the Fleet
+API's methods, signed (Flower's SuperNode authentication headers: a timestamp within Flower's
+tolerance, signed by the key the request names) by one of the federation's site keys (the
+`site_<k>.pub` files beside the certificate), with a declared body of at most `MAX_BODY` bytes.
+Everything else gets 403 (411, 413) and one log line naming the caller, the path and why; what it
+forwards the SuperLink authenticates again (that key's registration and node id).
 
   python -m xray_keras.federated.gateway --listen=0.0.0.0:9092 --superlink=127.0.0.1:9093 \\
       --certs=federation/superlink
@@ -39,6 +42,7 @@ FLEET_METHODS = frozenset(
 _HOP_BY_HOP = frozenset(
   {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
 )
+MAX_BODY = 64 * 2**20  # Flower 1.42 sends arrays in chunks of at most 5 MiB
 log = std_logging.getLogger("xray_keras.federated.gateway")
 
 
@@ -48,8 +52,45 @@ def allowed(method, path):
   return method == "POST" and path.startswith(prefix) and path[len(prefix) :] in FLEET_METHODS
 
 
-def app(upstream, ca_file):
-  """The gateway's ASGI app, forwarding allowed requests to `upstream` (https://host:port), trusting `ca_file`."""
+def site_keys(certs):
+  """The public numbers of the federation's site keys (`site_<k>.pub` in `certs`)."""
+  from cryptography.hazmat.primitives import serialization
+
+  keys = set()
+  for name in sorted(os.listdir(certs)):
+    if name.startswith("site_") and name.endswith(".pub"):
+      with open(os.path.join(certs, name), "rb") as f:
+        keys.add(serialization.load_ssh_public_key(f.read()).public_numbers())
+  return frozenset(keys)
+
+
+def unsigned(headers, keys):
+  """Why `headers` are not a federation site's signed Fleet request, or ""."""
+  import base64
+  import datetime
+
+  from flwr.common.constant import SYSTEM_TIME_TOLERANCE, TIMESTAMP_HEADER, TIMESTAMP_TOLERANCE
+  from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
+  from flwr.supercore.primitives.asymmetric import bytes_to_public_key, verify_signature
+
+  try:
+    key = bytes_to_public_key(base64.b64decode(headers[FLEET_HTTP_PUBLIC_KEY_HEADER], validate=True))
+    signature = base64.b64decode(headers[FLEET_HTTP_SIGNATURE_HEADER], validate=True)
+    timestamp = headers[TIMESTAMP_HEADER]
+    age = (datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(timestamp)).total_seconds()
+  except (KeyError, ValueError, TypeError) as e:
+    return f"no valid SuperNode signature headers ({type(e).__name__})"
+  if key.public_numbers() not in keys:
+    return "signed by a key that is not one of the federation's sites"
+  if not -SYSTEM_TIME_TOLERANCE < age < TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE:
+    return f"signed timestamp {age:.0f} s old"
+  if not verify_signature(key, timestamp.encode("ascii"), signature):
+    return "the signature does not match the key"
+  return ""
+
+
+def app(upstream, ca_file, keys):
+  """The gateway's ASGI app, forwarding allowed requests signed by one of `keys` to `upstream`, trusting `ca_file`."""
   import httpx
   from starlette.applications import Starlette
   from starlette.background import BackgroundTask
@@ -64,6 +105,15 @@ def app(upstream, ca_file):
     if not allowed(request.method, path) or request.url.query:
       log.warning("Refused %s %s from %s: only the Fleet API is served here.", request.method, path, caller)
       return JSONResponse({"detail": "Only the Fleet API is served on this address."}, status_code=403)
+    why = unsigned(request.headers, keys)
+    if why:
+      log.warning("Refused %s %s from %s: %s.", request.method, path, caller, why)
+      return JSONResponse({"detail": "Only the federation's sites are served on this address."}, status_code=403)
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_BODY:
+      code, why = (411, "no Content-Length") if not length.isdigit() else (413, f"a body of {length} bytes")
+      log.warning("Refused %s %s from %s: %s.", request.method, path, caller, why)
+      return JSONResponse({"detail": f"A Fleet request declares a body of at most {MAX_BODY} bytes."}, status_code=code)
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
     upstream_request = client.build_request(request.method, path, headers=headers, content=request.stream())
     try:
@@ -97,9 +147,14 @@ def serve(listen, superlink, certs):
     level=std_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
   )
   std_logging.getLogger("httpx").setLevel(std_logging.WARNING)
-  log.info("Fleet gateway on https://%s for the SuperLink at https://%s (Fleet API only)", listen, superlink)
+  log.info(
+    "Fleet gateway on https://%s for the SuperLink at https://%s (Fleet API only, %d site keys)",
+    listen,
+    superlink,
+    len(site_keys(certs)),
+  )
   uvicorn.run(
-    app(f"https://{superlink}", os.path.join(certs, "ca.crt")),
+    app(f"https://{superlink}", os.path.join(certs, "ca.crt"), site_keys(certs)),
     host=host.strip("[]"),
     port=int(port),
     ssl_certfile=os.path.join(certs, "server.crt"),
