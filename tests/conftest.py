@@ -177,6 +177,8 @@ def tiny_run(tmp_path_factory):
     capture_output=True,
     text=True,
     timeout=300,
+    # as from a user's shell: TensorFlow, imported by this process, has set TF_CPP_MIN_LOG_LEVEL=1 here
+    env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
   )
   assert result.returncode == 0, result.stderr[-3000:]
   (base / "console.txt").write_text(result.stderr)  # what the run printed, for tests of the console
