@@ -103,3 +103,11 @@ def test_no_image_of_the_224_px_dataset_is_refused():
   files = sorted(glob.glob(os.path.join(shared_data(), "*", "*", "*.jpeg")))
   refused = [f for f in files if _host(open(f, "rb").read(), 1)]
   assert len(files) == 5856 and refused == []
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_one_size_limit_on_both_decoders(fmt):
+  side = (contract.MAX_PIXELS // 5000 + 1, 5000)  # one column over the limit
+  data = _encoded(np.zeros((side[1], side[0]), np.uint8), fmt)
+  host, served = _host(data, 1), _graph(data, 1)
+  assert host.startswith(contract.TOO_LARGE) and contract.TOO_LARGE in served, (host, served)

@@ -1,4 +1,7 @@
-"""Images refused for what their pixels show, by one rule on every path: the host decoder and the serving graph.
+"""Images refused for their size or for what their pixels show, by one rule on every path.
+
+The host decoder (`decode.py`, `dicom.py`) and the serving graph (`serving/graph.py`) take the size
+limit and the refusal texts from here.
 
 Both checks look at the decoded full-resolution uint8 image, before the square fit, with integer
 arithmetic only, so `decode.decode_image` (Pillow, NumPy) and `serving.graph` (TensorFlow) refuse
@@ -14,6 +17,11 @@ exactly the same images with the same words:
 
 import numpy as np
 
+# One size limit for every path (training, evaluate, predict with any runtime, the demo, the SavedModel),
+# checked from the header before any decoder allocates: 5000 x 5000; a chest radiograph is at most
+# about 4300 x 4300 (43 cm at 100 um), the largest Kermany original about 2900 x 2900.
+MAX_PIXELS = 25_000_000
+TOO_LARGE = f"image too large: larger than {MAX_PIXELS} pixels"
 FLAT_PERCENT = 95
 FLAT_BAND = 2
 TAIL_PERCENT = 10

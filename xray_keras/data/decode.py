@@ -28,8 +28,7 @@ DECODER_VERSION = 7
 # 64 px (max 40), 99.9% at 128 px, 99.99% at 224 px (2026-12-06; benchmarks/README.md#retired).
 # So a JPEG is decoded at 1/2 scale from 8 times the target size on (1/4 from 16, 1/8 from 32).
 DRAFT_MARGIN = 4
-# The largest original Kermany image is ~2900x2900; anything beyond this is a bomb.
-MAX_PIXELS = 60_000_000
+MAX_PIXELS = contract.MAX_PIXELS
 _RESIZE_CHUNK = 512  # images per batched resize in resize_array
 
 
@@ -174,7 +173,7 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
         image_format = image.format
         width, height = image.size
         if width * height > MAX_PIXELS:
-          raise DecodeError(f"image too large ({width}x{height} pixels)")
+          raise DecodeError(f"{contract.TOO_LARGE} ({width}x{height})")
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         orientation = _exif_orientation(image)

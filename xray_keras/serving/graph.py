@@ -18,7 +18,7 @@ from xray_keras.data import contract, decode
 # Request bounds of the serving signature: larger inputs get an InvalidArgument error.
 MAX_BATCH = 64
 MAX_IMAGE_BYTES = 20 * 2**20
-MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; the largest Kermany original is about 2900 x 2900
+MAX_IMAGE_PIXELS = contract.MAX_PIXELS  # the one limit of every path
 ACCEPTED = "JPEG, PNG, GIF or BMP"
 _JPEG, _PNG, _GIF, _BMP = range(4)
 
@@ -325,9 +325,7 @@ def decode_one(data, channels, size=None):
     height, width = tf.cond(
       is_gif, lambda: tuple(tf.cast(x, tf.int64) for x in first[1]), lambda: _declared_size(data, fmt)
     )
-  too_large = _require(
-    height * width <= tf.constant(MAX_IMAGE_PIXELS, tf.int64), f"an image is larger than {MAX_IMAGE_PIXELS} pixels"
-  )
+  too_large = _require(height * width <= tf.constant(MAX_IMAGE_PIXELS, tf.int64), contract.TOO_LARGE)
   orientation = _exif_orientation(data, fmt)
   with tf.control_dependencies([too_large]):  # checked before any decoder allocates
     image = tf.switch_case(
