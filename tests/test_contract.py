@@ -111,3 +111,57 @@ def test_one_size_limit_on_both_decoders(fmt):
   data = _encoded(np.zeros((side[1], side[0]), np.uint8), fmt)
   host, served = _host(data, 1), _graph(data, 1)
   assert host.startswith(contract.TOO_LARGE) and contract.TOO_LARGE in served, (host, served)
+
+
+def _generated_image(rng):
+  """`(name, bytes)`: a structured image of a random format, mode, bit depth, size and orientation."""
+  fmt = str(rng.choice(["PNG", "JPEG", "GIF", "BMP"]))
+  height, width = (int(x) for x in rng.integers(9, 400, 2))
+  base = np.linspace(0, 1, width)[None, :] * np.linspace(0.3, 1, height)[:, None]
+  base = np.clip(base + rng.normal(0, 0.08, (height, width)), 0, 1)
+  modes = {"PNG": ["L", "LA", "RGB", "RGBA", "P", "I;16"], "JPEG": ["L", "RGB"], "GIF": ["P"], "BMP": ["L", "RGB"]}
+  mode = str(rng.choice(modes[fmt]))
+  if mode == "I;16":
+    bits = int(rng.choice([10, 12, 16]))
+    image = Image.fromarray(np.round(base * (2**bits - 1)).astype(np.uint16))
+  else:
+    grey = Image.fromarray(np.round(base * 255).astype(np.uint8), "L")
+    rgb = Image.merge("RGB", [grey, grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grey])
+    image = {"L": grey, "LA": Image.merge("LA", [grey, grey]), "RGB": rgb, "RGBA": rgb.convert("RGBA"), "P": rgb}[mode]
+    if mode == "P":
+      image = rgb.convert("P")
+  kwargs, orientation = {}, int(rng.choice([1, 1, 2, 3, 4, 5, 6, 7, 8]))
+  if fmt in ("JPEG", "PNG") and orientation > 1:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kwargs["exif"] = exif.tobytes()
+  if fmt == "JPEG":
+    kwargs.update(quality=int(rng.integers(60, 100)), progressive=bool(rng.integers(2)))
+  out = io.BytesIO()
+  image.save(out, fmt, **kwargs)
+  return f"{fmt.lower()}_{mode}_{height}x{width}_o{orientation}", out.getvalue()
+
+
+def _agree(seed, count):
+  rng = np.random.default_rng(seed)
+  for _ in range(count):
+    name, data = _generated_image(rng)
+    channels, size = int(rng.choice([1, 3])), int(rng.choice([32, 48, 64]))
+    mode = str(rng.choice(decode.RESIZE_MODES))
+    try:
+      expected = decode.decode_image(data, size, channels, mode)
+    except decode.DecodeError as e:
+      assert str(e) in _graph(data, channels), (name, str(e))
+      continue
+    image, full = graph.decode_one(tf.constant(data), channels, size)
+    got = graph.fit_square(image, size, mode, full).numpy()
+    np.testing.assert_array_equal(got, expected, err_msg=f"{name} {channels}ch {size}px {mode}")
+
+
+def test_generated_images_decode_to_the_same_pixels_on_both_decoders():
+  _agree(seed=0, count=40)
+
+
+@pytest.mark.slow
+def test_generated_images_decode_to_the_same_pixels_on_both_decoders_many():
+  _agree(seed=1, count=1000)
