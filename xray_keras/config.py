@@ -61,6 +61,7 @@ class RunConfig:
   report: bool = True
   calibrate: bool = False  # fit a temperature on validation (calibration.json)
   tta: int = 1  # test-time views at evaluation (1: none)
+  ood: bool = True  # fit the out-of-distribution score on train/val (ood.json, ood.npz)
 
   def model_input(self):
     """`(spec, image size, channels)` of the run's model; `--image_size=0` means the model's default."""

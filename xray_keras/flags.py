@@ -224,6 +224,12 @@ _TTA = flags.DEFINE_integer(
   "Test-time augmentation: also evaluate the mean of N views (the image and N-1 copies through --augment) into predictions_tta.csv; 1: off.",
   lower_bound=1,
 )
+_OOD = flags.DEFINE_bool(
+  "ood",
+  True,
+  "Fit an out-of-distribution score at the end of the run (Mahalanobis distance of the penultimate features to "
+  "the train split's; threshold: validation's 99th percentile) into ood.json/ood.npz; every export carries it.",
+)
 _EXPORT = flags.DEFINE_bool("export", False, "Export the model at the end of the run (--export_format).")
 _EXPORT_FORMAT = flags.DEFINE_enum(
   "export_format",
@@ -404,4 +410,5 @@ def run_config():
     export_dir=_EXPORT_DIR.value,
     calibrate=_CALIBRATE.value,
     tta=_TTA.value,
+    ood=_OOD.value,
   )

@@ -32,10 +32,26 @@ def operating_point_card(run_dir):
   return {rule: {"threshold": t, "description": operating_points.RULES[rule]} for rule, t in thresholds.items()}
 
 
+def ood_card(run_dir):
+  """The run's out-of-distribution score as the card states it (from ood.json), or None without one."""
+  path = os.path.join(run_dir, "ood.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    fitted = json.load(f)
+  return {
+    "output": "ood_score",
+    "flagged_when": "ood_score > threshold: the image is unlike the training X-rays; do not trust its label",
+    **{k: fitted[k] for k in ("method", "threshold", "threshold_rule", "feature_layer", "dims", "val_inside_rate")},
+    "fitted_on": "train split (mean, covariance); validation split (threshold)",
+  }
+
+
 def build(run_dir, metrics, flags, steps, temperature, class_names, applied, **extra):
   """The card's common fields; `applied` says where the temperature is applied, `extra` adds the format's own."""
   points = operating_point_card(run_dir)
   size, _, channels = metrics["model"]["input_shape"]
+  ood = ood_card(run_dir)
   return {
     "model": metrics["model"],
     "class_names": list(CLASS_NAMES),
@@ -55,6 +71,7 @@ def build(run_dir, metrics, flags, steps, temperature, class_names, applied, **e
       if temperature
       else None
     ),
+    **({"ood": ood} if ood else {}),
     "preprocess": [f"{n}:{a}" if a else n for n, a in steps],
     "task_classes": list(class_names),
     "metrics": {k: metrics[k] for k in ("val", "test") if k in metrics},

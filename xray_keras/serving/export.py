@@ -22,7 +22,7 @@ from xray_keras import atomic, models
 from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
-from xray_keras.evaluation import clinical
+from xray_keras.evaluation import clinical, ood
 from xray_keras.serving import card, graph
 from xray_keras.training import room
 from xray_keras.training.run_dir import read_flags
@@ -57,13 +57,19 @@ def publish(base, write):
     raise
 
 
-def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None, steps=(), class_names=CLASS_NAMES):
+def _serving_fns(
+  model, size, channels, resize_mode, threshold, temperature=None, steps=(), class_names=CLASS_NAMES, ood_score=None
+):
   """`serving_default` (encoded bytes) and `serving_pixels`: decode, `--preprocess` steps, the model,
-  the temperature on the PNEUMONIA probability, the label at `threshold`."""
+  the temperature on the PNEUMONIA probability, the label at `threshold`; with `ood_score` (`ood_scorer`)
+  also `ood_score` and `out_of_distribution`."""
   classes = tf.constant(list(CLASS_NAMES))
 
   def outputs(pixels):
-    raw = tf.cast(model(pixels, training=False), tf.float32)
+    if ood_score is None:
+      raw = tf.cast(model(pixels, training=False), tf.float32)
+    else:
+      distance, raw = ood_score(pixels)
     probability = tf.reshape(raw, [-1]) if raw.shape[-1] == 1 else 1.0 - raw[:, 0]
     if temperature:
       p = tf.clip_by_value(probability, 1e-7, 1 - 1e-7)
@@ -75,6 +81,9 @@ def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None
       "label": tf.gather(classes, predicted),
       "label_id": predicted,
     }
+    if ood_score is not None:
+      out["ood_score"] = distance
+      out["out_of_distribution"] = distance > ood_score.threshold
     if raw.shape[-1] > 1:
       out["class_probabilities"] = raw
       out["class"] = tf.gather(tf.constant(list(class_names)), tf.argmax(raw, axis=1))
@@ -98,6 +107,23 @@ def _serving_fns(model, size, channels, resize_mode, threshold, temperature=None
     return outputs(tf.cast(pixels, tf.float32))
 
   return from_bytes, from_pixels
+
+
+class OODScorer:
+  """`pixels -> (ood_score, model outputs)` for the serving functions; `tracked` for the export archive."""
+
+  def __init__(self, model, state):
+    from xray_keras.evaluation import ood
+    from xray_keras.serving.formats import MahalanobisScore
+
+    self.features = ood.feature_model(model)
+    self.distance = MahalanobisScore(state["mean"], state["precision"], name="ood_score")
+    self.threshold = tf.constant(float(state["threshold"]), tf.float32)
+    self.tracked = (self.features, self.distance)
+
+  def __call__(self, pixels):
+    features, raw = self.features(pixels, training=False)
+    return self.distance(features), tf.cast(raw, tf.float32)
 
 
 def write_warmup(path, model_name, samples):
@@ -140,6 +166,8 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
     metrics = json.load(f)
   flags = read_flags(os.path.join(run_dir, "flags.txt"))
   model = models.load_model(os.path.join(run_dir, "model.keras"))
+  ood_state = ood.load(run_dir)
+  scorer = OODScorer(model, ood_state) if ood_state else None
   size, _, channels = metrics["model"]["input_shape"]
   resize_mode = flags.get("resize_mode", "squash")
   temperature = clinical.temperature(run_dir)
@@ -163,9 +191,13 @@ def export_run(run_dir, export_dir="saved_models", model_name=None):
   # "applications:EfficientNetV2B0" -> "applications_EfficientNetV2B0": a folder and TF Serving model name.
   model_name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", metrics["model"]["name"])
 
-  from_bytes, from_pixels = _serving_fns(model, size, channels, resize_mode, threshold, temperature, steps, class_names)
+  from_bytes, from_pixels = _serving_fns(
+    model, size, channels, resize_mode, threshold, temperature, steps, class_names, scorer
+  )
   archive = keras.export.ExportArchive()
   archive.track(model)
+  for tracked in scorer.tracked if scorer else ():
+    archive.track(tracked)
   archive.add_endpoint("serving_default", from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
   archive.add_endpoint(
     "serving_pixels",

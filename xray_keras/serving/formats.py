@@ -27,7 +27,7 @@ from xray_keras import models
 from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
-from xray_keras.evaluation import clinical
+from xray_keras.evaluation import clinical, ood
 from xray_keras.serving import card, runtime
 from xray_keras.serving.export import publish
 from xray_keras.training import room
@@ -62,10 +62,38 @@ class PneumoniaProbability(keras.layers.Layer):
     return {**super().get_config(), "temperature": self.temperature}
 
 
-def serving_model(model, temperature):
-  """Pixels in, calibrated PNEUMONIA probability out."""
+class MahalanobisScore(keras.layers.Layer):
+  """The OOD score of penultimate features: `|(x - mean) @ L|` with `L @ L.T` the fitted precision.
+
+  `mean` and `L` are non-trainable float32 weights; the whitened form keeps float32 rounding small.
+  """
+
+  def __init__(self, mean, precision, **kwargs):
+    super().__init__(**kwargs)
+    mean, whiten = np.asarray(mean, np.float64), ood.whitening(np.asarray(precision, np.float64))
+    self.mean = self.add_weight(
+      shape=mean.shape, initializer=keras.initializers.Constant(mean), trainable=False, name="mean"
+    )
+    self.whiten = self.add_weight(
+      shape=whiten.shape, initializer=keras.initializers.Constant(whiten), trainable=False, name="whiten"
+    )
+    self.built = True  # its weights are fixed here, whatever the input
+
+  def call(self, features):
+    z = keras.ops.matmul(keras.ops.cast(features, "float32") - self.mean, self.whiten)
+    return keras.ops.sqrt(keras.ops.sum(keras.ops.square(z), axis=-1))
+
+
+def serving_model(model, temperature, ood_state=None):
+  """Pixels in, calibrated PNEUMONIA probability out; with a run's OOD state (`ood.load`) a dict of
+  `pneumonia_probability` and `ood_score`."""
   pixels = keras.Input(model.input_shape[1:], name="pixels")
-  return keras.Model(pixels, PneumoniaProbability(temperature, name="pneumonia_probability")(model(pixels)))
+  probability = PneumoniaProbability(temperature, name="pneumonia_probability")
+  if not ood_state:
+    return keras.Model(pixels, probability(model(pixels)))
+  features, outputs = ood.feature_model(model)(pixels)
+  score = MahalanobisScore(ood_state["mean"], ood_state["precision"], name="ood_score")(features)
+  return keras.Model(pixels, {"pneumonia_probability": probability(outputs), "ood_score": score})
 
 
 def _register_erfc():
@@ -145,7 +173,8 @@ def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_na
   size, _, channels = metrics["model"]["input_shape"]
   steps = preprocess.parse(values.get("preprocess", ""))
   temperature = clinical.temperature(run_dir)
-  model = serving_model(models.load_model(os.path.join(run_dir, "model.keras")), temperature)
+  ood_state = ood.load(run_dir)
+  model = serving_model(models.load_model(os.path.join(run_dir, "model.keras")), temperature, ood_state)
   calibrated = quantize and (fmt, quantize) != ("litert", "int8")
   calibration = calibration_images(run_dir, values, size, channels, steps) if calibrated else None
   class_names = tuple(metrics.get("data", {}).get("class_names") or CLASS_NAMES)
@@ -164,7 +193,8 @@ def export_format(run_dir, fmt, quantize="", export_dir="saved_models", model_na
     runtime=runtime.RUNTIMES[fmt][1],
     io={
       "input": f"pixels: [batch, {size}, {size}, {channels}] float32 in 0..255, after the preprocess steps",
-      "output": "pneumonia_probability: [batch] float32, the temperature already applied",
+      "output": "pneumonia_probability: [batch] float32, the temperature already applied"
+      + ("; ood_score: [batch] float32, flagged above the card's ood.threshold" if ood_state else ""),
     },
     quantization=(
       {

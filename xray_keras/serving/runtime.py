@@ -20,6 +20,7 @@ RUNTIMES = {
   "litert": ("ai_edge_litert", "ai-edge-litert"),
   "openvino": ("openvino", "openvino"),
 }
+PROBABILITY_OUTPUT, OOD_OUTPUT = "pneumonia_probability", "ood_score"  # the graph's outputs, by name
 QUANTIZE = ("int8", "int8_full")  # `--quantize` beside float32 (int8_full: LiteRT's integer-only file)
 _BY_EXTENSION = {os.path.splitext(name)[1]: fmt for fmt, name in MODEL_FILES.items()}
 
@@ -76,7 +77,9 @@ def resolve_model(path):
 
 
 class Runtime:
-  """`probabilities(pixels)`: decoded `[batch, size, size, channels]` pixels in 0..255 to `[batch]` float64.
+  """`probabilities(pixels)`: decoded `[batch, size, size, channels]` pixels in 0..255 to `[batch]` float64;
+  `scores(pixels)`: those and the out-of-distribution scores (None for an export without one);
+  `assess(pixels)`: those and which images the OOD threshold flags.
 
   The card's `preprocess` steps are applied here (a SavedModel applies them in its graph).
   """
@@ -93,25 +96,50 @@ class Runtime:
     self._run = getattr(self, f"_{self.format}")()
     self._steps = [] if self.format == "tf_saved_model" else preprocess.parse(self.card.get("preprocess", []))
 
+  @property
+  def ood_threshold(self):
+    """The card's OOD threshold (a score above it is flagged), or None for an export without an OOD score."""
+    found = (self.card.get("ood") or {}).get("threshold")
+    return None if found is None else float(found)
+
   def probabilities(self, pixels, batch_size=32):
+    return self.scores(pixels, batch_size)[0]
+
+  def scores(self, pixels, batch_size=32):
+    """`(probabilities, ood_scores)`, both `[batch]` float64; `ood_scores` is None without an OOD score."""
     if self._steps:
       pixels = preprocess.apply(np.clip(np.round(pixels), 0, 255).astype(np.uint8), self._steps)
     pixels = np.asarray(pixels, np.float32)
     out = [self._run(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    probabilities = np.concatenate([p for p, _ in out]).astype(np.float64) if out else np.zeros(0)
+    if self.ood_threshold is None:
+      return probabilities, None
+    return probabilities, (np.concatenate([o for _, o in out]).astype(np.float64) if out else np.zeros(0))
+
+  def assess(self, pixels, batch_size=32):
+    """`(probabilities, ood_scores, flagged)`; the last two are None for an export without an OOD score."""
+    probabilities, ood_scores = self.scores(pixels, batch_size)
+    flagged = None if ood_scores is None else ood_scores > self.ood_threshold
+    return probabilities, ood_scores, flagged
 
   def _onnx(self):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0].reshape(-1)
+    names = [o.name for o in session.get_outputs()]
+    if OOD_OUTPUT not in names:
+      return lambda batch: (session.run(None, {name: batch})[0].reshape(-1), None)
+    wanted = [PROBABILITY_OUTPUT, OOD_OUTPUT]
+    return lambda batch: tuple(o.reshape(-1) for o in session.run(wanted, {name: batch}))
 
   def _litert(self):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=self.path)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    by_name = _litert_outputs(interpreter)
+    indices = [by_name[PROBABILITY_OUTPUT], by_name[OOD_OUTPUT]] if OOD_OUTPUT in by_name else [out["index"]]
     shape = [None]
 
     def run(batch):
@@ -121,7 +149,8 @@ class Runtime:
         shape[0] = batch.shape
       interpreter.set_tensor(inp["index"], batch)
       interpreter.invoke()
-      return interpreter.get_tensor(out["index"]).reshape(-1).copy()
+      found = [interpreter.get_tensor(i).reshape(-1).copy() for i in indices]
+      return (found[0], found[1] if len(found) > 1 else None)
 
     return run
 
@@ -130,7 +159,15 @@ class Runtime:
 
     # float32 inference: on CPUs with bfloat16 units OpenVINO would otherwise compute in bfloat16.
     compiled = ov.Core().compile_model(self.path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return lambda batch: np.asarray(compiled(batch)[0]).reshape(-1)
+    if not any(OOD_OUTPUT in o.get_names() for o in compiled.outputs):
+      return lambda batch: (np.asarray(compiled(batch)[0]).reshape(-1), None)
+    ports = compiled.output(PROBABILITY_OUTPUT), compiled.output(OOD_OUTPUT)
+
+    def run(batch):
+      result = compiled(batch)
+      return tuple(np.asarray(result[port]).reshape(-1) for port in ports)
+
+    return run
 
   def _tf_saved_model(self):
     import tensorflow as tf
@@ -138,4 +175,21 @@ class Runtime:
     signature = tf.saved_model.load(self.path).signatures.get("serving_pixels")
     if signature is None:
       raise UserError(f"{self.path} has no serving_pixels signature (exported before it existed): export it again.")
-    return lambda batch: signature(pixels=tf.constant(batch))["pneumonia_probability"].numpy().reshape(-1)
+
+    def run(batch):
+      out = signature(pixels=tf.constant(batch))
+      ood_score = out.get(OOD_OUTPUT)
+      return (
+        out[PROBABILITY_OUTPUT].numpy().reshape(-1),
+        None if ood_score is None else ood_score.numpy().reshape(-1),
+      )
+
+    return run
+
+
+def _litert_outputs(interpreter):
+  """`{output name: tensor index}` of the file's serving signature ({} where it has none)."""
+  try:
+    return {k: v["index"] for k, v in interpreter.get_signature_runner().get_output_details().items()}
+  except (ValueError, KeyError, AttributeError):
+    return {}

@@ -11,7 +11,7 @@ from absl import logging
 
 from xray_keras import atomic, models
 from xray_keras.data.records import CLASS_NAMES, printable
-from xray_keras.evaluation import calibration, clinical, metrics, multiclass, prediction, statistics
+from xray_keras.evaluation import calibration, clinical, metrics, multiclass, ood, prediction, statistics
 from xray_keras.training import room, testbed
 from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS
@@ -91,6 +91,11 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
     if len(val_split.labels) and len(test_split.labels):
       single = {s: clinical.as_written(p) for s, p in probabilities.items()}  # as the report reads them
       result["tta"] = _tta_result(config.tta, binary, single, {s: p for s, (_, _, p) in by_split.items()})
+  if getattr(config, "ood", False):
+    fitted = _fit_ood(run_dir, model, data, batch_size)
+    if fitted:
+      result["ood"] = fitted
+      timing_report["ood_fit_s"] = fitted.pop("seconds")
   _write_samples(os.path.join(run_dir, "samples"), test_split)
   room.check(run_dir, 2 * room.weights_bytes(model), "model.keras")
   with without_training_state(model):
@@ -139,6 +144,38 @@ def finish_run(config, run_dir, model, data, weights, batch_size, timing_report,
   if report:
     logging.info("Figures and tables: python -m webbrowser -t %s", report)
   return run_dir
+
+
+def _fit_ood(run_dir, model, data, batch_size):
+  """Fits the OOD score on train (Gaussian) and validation (threshold) into ood.json/ood.npz; returns
+  `{threshold, val_flagged, test_flagged, seconds}` for metrics.json, or None without train or val images."""
+  train = data.splits.get("train")
+  val, test = data.splits["val"], data.splits["test"]
+  if train is None or len(train.images) < 2 or not len(val.images):
+    logging.info("No OOD score: it needs train and validation images.")
+    return None
+  start = time.perf_counter()
+  extract = ood.extractor(model, batch_size)
+  state, val_scores = ood.fit(model, train.images, val.images, batch_size, extract)
+  test_scores = ood.scores(model, state, test.images, batch_size, extract)
+  summary = ood.save(run_dir, state, val_scores)
+  seconds = time.perf_counter() - start
+  flagged = {
+    "val_flagged": int(np.sum(val_scores > state["threshold"])),
+    "test_flagged": int(np.sum(test_scores > state["threshold"])),
+  }
+  logging.info(
+    "OOD score (Mahalanobis, %d features of %s): threshold %.3f flags %d of %d val and %d of %d test images (%.1f s).",
+    summary["dims"],
+    summary["feature_layer"],
+    state["threshold"],
+    flagged["val_flagged"],
+    len(val_scores),
+    flagged["test_flagged"],
+    len(test_scores),
+    seconds,
+  )
+  return {"threshold": state["threshold"], **flagged, "test_n": int(len(test_scores)), "seconds": seconds}
 
 
 def _tta_result(views, binary, single, tta):

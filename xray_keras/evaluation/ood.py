@@ -1,0 +1,219 @@
+"""Out-of-distribution score from the model itself: is this image like the X-rays it was trained on?
+
+Features are the model's penultimate activations (the input of its final Dense layer). A Gaussian
+is fitted to the train split's features (mean and Ledoit-Wolf shrinkage covariance, float64); the
+score is the Mahalanobis distance to it. The threshold is the 99th percentile of the validation
+split's scores, so about 1% of in-distribution images are flagged. The run folder gets `ood.json`
+(method, threshold, feature layer, dims, validation inside-rate) and `ood.npz` (mean, precision).
+Two baselines from the logits are kept for the benchmark: the energy score and max-softmax.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from xray_keras import atomic
+
+JSON, NPZ = "ood.json", "ood.npz"
+METHOD = "mahalanobis"
+PERCENTILE = 99.0
+
+
+def head_layer(model):
+  """The final Dense classification layer: the last Dense layer of the (functional) model."""
+  import keras
+
+  for layer in reversed(model.layers):
+    if isinstance(layer, keras.layers.Dense):
+      return layer
+  raise ValueError(f"{model.name} has no Dense classification layer to take features from.")
+
+
+def feature_model(model):
+  """`pixels -> (penultimate features, outputs)` sharing `model`'s layers."""
+  import keras
+
+  return keras.Model(model.inputs, [head_layer(model).input, model.outputs[0]], name=f"{model.name}_features")
+
+
+def extractor(model, batch_size=64):
+  """A function `images -> (features, logits)` as float64: the head's input and its pre-activation output.
+
+  Whole batches through `predict_on_batch` (one traced shape), as `prediction.predict` does.
+  """
+  import keras
+
+  from xray_keras.evaluation import prediction
+
+  head = head_layer(model)
+  both = feature_model(model)
+  dims = int(head.input.shape[-1])
+  kernel = np.asarray(keras.ops.convert_to_numpy(head.kernel), np.float64)
+  bias = np.asarray(keras.ops.convert_to_numpy(head.bias), np.float64) if head.use_bias else 0.0
+
+  def extract(images):
+    count = len(images)
+    if not count:
+      return np.zeros((0, dims)), np.zeros((0, kernel.shape[1]))
+    filled = prediction.whole_batches(np.asarray(images), batch_size)
+    feats = [
+      np.asarray(both.predict_on_batch(filled[i : i + batch_size])[0]) for i in range(0, len(filled), batch_size)
+    ]
+    feats = np.concatenate(feats)[:count].reshape(count, dims).astype(np.float64)
+    return feats, feats @ kernel + bias
+
+  return extract
+
+
+def features(model, images, batch_size=64):
+  """`(features, logits)` of `images` (see `extractor`)."""
+  return extractor(model, batch_size)(images)
+
+
+def ledoit_wolf(x):
+  """`(mean, shrunk covariance)` of the rows of `x` (Ledoit and Wolf 2004, toward a scaled identity)."""
+  x = np.asarray(x, np.float64)
+  n, d = x.shape
+  mean = x.mean(0)
+  xc = x - mean
+  sample = xc.T @ xc / n
+  mu = np.trace(sample) / d
+  delta = np.sum((sample - mu * np.eye(d)) ** 2) / d
+  beta = min(delta, np.sum((xc**2).T @ (xc**2) / n - sample**2) / (d * n))
+  shrinkage = beta / delta if delta > 0 else 1.0
+  return mean, shrinkage * mu * np.eye(d) + (1 - shrinkage) * sample
+
+
+def fit_gaussian(train_features):
+  """`{mean, precision}` (float64) of the train features; a tiny ridge keeps the precision finite."""
+  mean, cov = ledoit_wolf(train_features)
+  cov += 1e-6 * max(np.trace(cov) / len(cov), 1e-12) * np.eye(len(cov))
+  return {"mean": mean, "precision": np.linalg.inv(cov)}
+
+
+def whitening(precision):
+  """`L` with `L @ L.T == precision`: the distance is `|(x - mean) @ L|`, stable in float32."""
+  return np.linalg.cholesky((precision + precision.T) / 2)
+
+
+def mahalanobis(features, mean, precision):
+  d = np.asarray(features, np.float64) - mean
+  return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
+
+
+def centred_logits(logits):
+  """Softmax logits; a one-unit sigmoid logit z is the two-class softmax of (-z/2, z/2)."""
+  logits = np.asarray(logits, np.float64)
+  return np.concatenate([-logits / 2, logits / 2], 1) if logits.shape[1] == 1 else logits
+
+
+def energy(logits):
+  """The energy score -logsumexp(logits): higher is further out (Liu et al. 2020)."""
+  z = centred_logits(logits)
+  top = z.max(1)
+  return -(top + np.log(np.exp(z - top[:, None]).sum(1)))
+
+
+def max_softmax(logits):
+  """1 - the largest softmax probability: higher is further out (Hendrycks and Gimpel 2017)."""
+  z = centred_logits(logits)
+  p = np.exp(z - z.max(1, keepdims=True))
+  return 1.0 - (p / p.sum(1, keepdims=True)).max(1)
+
+
+def threshold_of(val_scores, percentile=PERCENTILE):
+  """The `percentile`-th percentile of the validation scores (never the test split's)."""
+  return float(np.percentile(np.asarray(val_scores, np.float64), percentile))
+
+
+def fit(model, train_images, val_images, batch_size=64, extract=None):
+  """`(state, val_scores)`: the Gaussian on train features and the threshold on validation scores."""
+  extract = extract or extractor(model, batch_size)
+  train_features = extract(train_images)[0]
+  if len(train_features) < 2 or not len(val_images):
+    raise ValueError("The OOD score needs at least 2 train images and 1 validation image.")
+  state = fit_gaussian(train_features)
+  val_scores = mahalanobis(extract(val_images)[0], **state)
+  state["threshold"] = threshold_of(val_scores)
+  state["layer"], state["head"] = _input_layer(model), head_layer(model).name
+  state["train_n"], state["val_n"] = len(train_features), len(val_scores)
+  return state, val_scores
+
+
+def _input_layer(model):
+  """The name of the layer whose output feeds the final Dense layer."""
+  history = getattr(head_layer(model).input, "_keras_history", None)
+  return history[0].name if history else head_layer(model).name + "_input"
+
+
+def scores(model, state, images, batch_size=64, extract=None):
+  """The Mahalanobis scores of `images` (pixels as the model takes them) under a fitted `state`."""
+  extract = extract or extractor(model, batch_size)
+  return mahalanobis(extract(images)[0], state["mean"], state["precision"])
+
+
+def assess(model, state, pixels, batch_size=64):
+  """`(PNEUMONIA probability, ood_score, flagged)` of a batch of pixels for a `.keras` model and its `state`
+  (`load(run_dir)`); the probability is the model's own, before any temperature."""
+  from xray_keras import models
+
+  probability = models.pneumonia_probability(model.predict_on_batch(np.asarray(pixels, np.float32)))
+  ood_scores = scores(model, state, pixels, batch_size)
+  return probability, ood_scores, ood_scores > state["threshold"]
+
+
+def assess_run(run_dir, pixels, batch_size=64):
+  """`assess` with the run folder's `model.keras`, OOD state and temperature (as its exports give them);
+  ValueError if the run has no OOD score. `pixels` are after the run's `--preprocess` steps."""
+  from xray_keras import models
+  from xray_keras.evaluation import calibration, clinical
+
+  state = load(run_dir)
+  if state is None:
+    raise ValueError(f"{run_dir} has no {NPZ}: run it with --ood (the default) to fit an OOD score.")
+  probability, ood_scores, flagged = assess(
+    models.load_model(os.path.join(run_dir, "model.keras")), state, pixels, batch_size
+  )
+  temperature = clinical.temperature(run_dir)
+  if temperature:
+    probability = calibration.apply_temperature(probability, temperature)
+  return probability, ood_scores, flagged
+
+
+def save(run_dir, state, val_scores):
+  """Writes `ood.npz` (mean, precision) and then `ood.json` (the rest), each atomically."""
+  tmp = os.path.join(run_dir, NPZ + ".tmp.npz")
+  np.savez(tmp, mean=state["mean"], precision=state["precision"])
+  os.replace(tmp, os.path.join(run_dir, NPZ))
+  summary = describe(state, val_scores)
+  atomic.write_json(os.path.join(run_dir, JSON), summary)
+  return summary
+
+
+def describe(state, val_scores):
+  val_scores = np.asarray(val_scores)
+  return {
+    "method": METHOD,
+    "threshold": float(state["threshold"]),
+    "threshold_rule": f"{PERCENTILE:g}th percentile of the validation split's scores",
+    "feature_layer": state["layer"],
+    "features": f"the input of the final Dense layer {state['head']!r}",
+    "dims": int(len(state["mean"])),
+    "covariance": "Ledoit-Wolf shrinkage, fitted on the train split",
+    "train_n": int(state["train_n"]),
+    "val_n": int(state["val_n"]),
+    "val_inside_rate": float(np.mean(val_scores <= state["threshold"])) if len(val_scores) else None,
+  }
+
+
+def load(run_dir):
+  """`{mean, precision, threshold, ...}` of the run's OOD score, or None if the run has none."""
+  npz, summary = os.path.join(run_dir, NPZ), os.path.join(run_dir, JSON)
+  if not (os.path.isfile(npz) and os.path.isfile(summary)):
+    return None
+  with open(summary) as f:
+    state = json.load(f)
+  with np.load(npz, allow_pickle=False) as arrays:
+    state["mean"], state["precision"] = arrays["mean"].astype(np.float64), arrays["precision"].astype(np.float64)
+  return state
