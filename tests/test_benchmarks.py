@@ -243,3 +243,17 @@ def test_federated_attacks_quick_mode_compares_strategies_under_a_bad_site(tmp_p
   assert row["resumed"] is False and row["wall_s"] > 0
   log = (tmp_path / "runs" / "scaled_update_fedmedian" / "run.log").read_text()
   assert "Fault injection: site_0..site_0 misbehave (scaled_update x10)." in log
+
+
+@pytest.mark.slow
+def test_ood_quick_mode_scores_every_family_with_each_candidate(tmp_path):
+  out = tmp_path / "ood.json"
+  _run_in_process(["benchmarks/ood.py", "--quick", f"--output={out}"])
+  report = json.loads(out.read_text())
+  assert report["quick"] and report["machine"]["cores"] >= 1 and report["date_utc"]
+  assert {(r["family"], r["score"]) for r in report["rows"]} >= {
+    ("uniform_noise", "mahalanobis"),
+    ("dicom_ct_mr", "energy"),
+  }
+  assert all(0 <= r["auroc_vs_builtin_test"] <= 1 for r in report["rows"])
+  assert set(report["false_flag_rate"]) == {"mahalanobis", "energy", "max_softmax"}
