@@ -1,6 +1,10 @@
 """The demo page: what it shows for a run and for an export, and the page itself in headless Chromium."""
 
+import csv
+import dataclasses
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +18,7 @@ from tests import browser
 from tests.conftest import REPO
 from xray_keras.errors import UserError
 from xray_keras.serving import predict
-from xray_keras.serving.demo_model import NOT_A_DEVICE, DemoModel
+from xray_keras.serving.demo_model import NOT_A_DEVICE, DemoModel, about_markdown
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +141,132 @@ def test_the_page_in_headless_chromium_shows_predicts_probability_and_refusals(t
   finally:
     server.terminate()
     server.wait(timeout=30)
+
+
+def test_about_says_calibrated_with_its_figure_and_not_recorded_where_the_files_hold_nothing():
+  model_card = {
+    "input": {"image_size": 64, "channels": 3, "resize_mode": "squash"},
+    "data": {"name": "my_hospital", "source": "folder"},
+    "calibration": {"method": "temperature scaling", "temperature": 1.5},
+    "operating_points": {"youden": {"threshold": 0.4, "description": "max sensitivity + specificity - 1"}},
+  }
+  about = about_markdown(model_card, {}, {"val_log_loss_before": 0.61, "val_log_loss_after": 0.42, "val_images": 40})
+  assert "Trained on**: not recorded (data my_hospital, from a folder)" in about
+  assert "64 x 64 px colour (3 channels), squashed" in about
+  assert (
+    "**calibrated**: temperature scaling (T = 1.500) fitted on validation; validation log loss 0.610 before" in about
+  )
+  assert "threshold 0.400; validation sensitivity and specificity not recorded" in about
+  assert "validation log loss not recorded" in about_markdown(model_card, {}, None)
+
+
+def _open_page(model, sync_api, port):
+  """`build_page(model)` served in this process; `(playwright, browser, page, app)`, the page loaded."""
+  from xray_keras.demo import build_page
+
+  executable, why = browser.chromium()
+  if executable is None:
+    pytest.skip(why)
+  app = build_page(model)
+  app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+  playwright = sync_api.sync_playwright().start()
+  chromium = playwright.chromium.launch(executable_path=executable, args=browser.ARGS)
+  page = chromium.new_page(viewport={"width": 1280, "height": 1100})
+  page.goto(f"http://127.0.0.1:{port}/")
+  return playwright, chromium, page, app
+
+
+def _close(playwright, chromium, app):
+  chromium.close()
+  playwright.stop()
+  app.close()
+
+
+def _val_rates(run_dir, threshold):
+  """Validation sensitivity and specificity at `threshold`, read here from the run's predictions.csv."""
+  with open(run_dir / "predictions.csv", newline="") as f:
+    val = [(int(r["label"]), float(r["probability"])) for r in csv.DictReader(f) if r["split"] == "val"]
+  positives = [p >= threshold for label, p in val if label == 1]
+  negatives = [p < threshold for label, p in val if label == 0]
+  return sum(positives) / len(positives), sum(negatives) / len(negatives), len(val)
+
+
+@pytest.mark.slow
+def test_the_page_says_who_the_model_learnt_from_its_calibration_and_operating_points_in_words(tiny_run):
+  pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+  sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (test extra)")
+  from xray_keras.evaluation import clinical
+
+  run_dir = tiny_run[2]
+  metrics = json.loads((run_dir / "metrics.json").read_text())
+  size, _, channels = metrics["model"]["input_shape"]
+  thresholds = clinical.decision_thresholds(str(run_dir))
+  playwright, chromium, page, app = _open_page(DemoModel(str(run_dir)), sync_api, _free_port())
+  try:
+    about = page.inner_text("#about")
+  finally:
+    _close(playwright, chromium, app)
+  assert "paediatric patients aged 1 to 5 at Guangzhou Women and Children's Medical Center" in about, about
+  assert f"{size} x {size} px {'grey' if channels == 1 else 'colour'}, letterboxed" in about, about
+  assert not (run_dir / "calibration.json").exists() and "not calibrated (no temperature scaling)" in about
+  lines = {rule: next(line for line in about.splitlines() if f"({rule}:" in line) for rule in thresholds}
+  words = {"youden": "Balanced", "sensitivity_95": "High sensitivity", "specificity_90": "High specificity"}
+  for rule, t in thresholds.items():
+    line = lines[rule]
+    assert line.startswith(words[rule]), line
+    shown = re.search(r"threshold (\d\.(\d+))", line)
+    assert abs(float(shown[1]) - t) <= 0.5 * 10 ** -len(shown[2]), (line, t)
+    at = metrics["val"]["at_val_threshold"]  # from unrounded probabilities, where taken at this threshold
+    if abs(at["threshold"] - t) < 1e-9:
+      sensitivity, specificity, n = at["recall"], at["specificity"], at["n"]
+    else:
+      sensitivity, specificity, n = _val_rates(run_dir, t)
+    assert f"caught {sensitivity:.0%} of pneumonia and cleared {specificity:.0%} of normal X-rays on validation" in line
+    assert f"({n} images)" in line
+  if len(set(thresholds.values())) > 1:
+    lowest = min(thresholds, key=thresholds.get)
+    assert "calls the most images PNEUMONIA" in lines[lowest], lines[lowest]
+
+
+@pytest.mark.slow
+def test_a_long_refusal_reason_wraps_and_leaves_the_other_columns_their_width(tiny_run, onnx_export, tmp_path):
+  pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+  sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (test extra)")
+  images, bad = _inputs(tiny_run[1], tmp_path)
+  model = DemoModel(onnx_export)
+  reason = ("the decoder refused this file because " + "its bytes are not an image the model takes; " * 8)[:300]
+  score = model.score
+
+  def long_reasons(paths):
+    return [dataclasses.replace(s, refused=reason) if s.refused else s for s in score(paths)]
+
+  model.score = long_reasons
+  playwright, chromium, page, app = _open_page(model, sync_api, _free_port())
+  try:
+    page.locator("#files input[type=file]").set_input_files([images[1], bad[0]])
+    page.wait_for_function("document.querySelector('#table').innerText.includes('the decoder refused')", timeout=60000)
+    # the probability header's content width, the width of one "0" in its font, and how far right the reason's
+    # cell and the table reach
+    header, zero, reason_right, table_right = page.evaluate(
+      """() => {
+        const header = [...document.querySelectorAll('#table th')].find(
+          c => c.textContent.trim().startsWith('PNEUMONIA probability'));
+        const style = getComputedStyle(header);
+        const probe = document.createElement('span');
+        probe.style.font = style.font;
+        probe.style.cssText += 'white-space:pre;display:inline-block;position:absolute;width:auto;padding:0';
+        probe.textContent = '0'.repeat(100);
+        document.body.appendChild(probe);
+        const cell = [...document.querySelectorAll('#table td')].find(c => c.textContent.includes('the decoder refused'));
+        const content = header.getBoundingClientRect().width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return [content, probe.getBoundingClientRect().width / 100, cell.getBoundingClientRect().right,
+                document.querySelector('#table').getBoundingClientRect().right];
+      }"""
+    )
+    table = page.inner_text("#table")
+  finally:
+    _close(playwright, chromium, app)
+  # 11 characters: "probability", the header's longest word, and more than the 8 of a probability such as 0.994512
+  assert header >= 11 * zero, f"the probability column is {header / zero:.1f} characters wide"
+  assert reason_right <= table_right + 1, f"the reason runs {reason_right - table_right:.0f} px past the table's edge"
+  assert reason in table, "the full reason is not in the table"

@@ -8,6 +8,7 @@ The page listens on 127.0.0.1 (this computer only) unless --host says otherwise.
 PNG and DICOM files and refuses what `xray_keras.predict` refuses, with the same reason.
 """
 
+import html
 import os
 import sys
 
@@ -15,6 +16,7 @@ from absl import app, flags, logging
 
 from xray_keras import path_flags
 from xray_keras.errors import UserError
+from xray_keras.serving.demo_model import UNLIKE_TRAINING
 
 _MODEL = path_flags.DEFINE_path(
   "model", None, "A run folder (or its model.keras), or an export (folder, .onnx, .tflite, .xml).", required=True
@@ -28,19 +30,44 @@ _OPERATING_POINT = flags.DEFINE_enum(
   "The operating point whose label the page names first (all of them are shown).",
 )
 
-_COLUMNS = ["file", "PNEUMONIA probability", "youden", "sensitivity_95", "specificity_90", "refused"]
+_COLUMNS = ["file", "PNEUMONIA probability", "youden", "sensitivity_95", "specificity_90", "refused or flagged"]
+# Each column's least width: a long refusal reason wraps in the last column and squeezes none of the others.
+_MIN_WIDTH = ["12ch", "11ch", "10ch", "10ch", "10ch", "16ch"]
+_CELL = "border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;"
 
 
-def rows(scored):
-  """The table: one row per file, labels per operating point, or the reason it was refused."""
+def rows(scored, unlike=UNLIKE_TRAINING):
+  """The table: one row per file, labels per operating point, or why it was refused or flagged."""
   out = []
   for s in scored:
     p = "" if s.probability is None else f"{s.probability:.6f}"
-    out.append([s.name, p, *(s.labels.get(rule, "") for rule in _COLUMNS[2:5]), s.refused])
+    note = s.refused
+    if s.flagged:
+      note = f"flagged: {unlike} (OOD score {s.ood_score:.3g})"
+    labels = ["flagged" if s.flagged else s.labels.get(rule, "") for rule in _COLUMNS[2:5]]
+    out.append([s.name, p, *labels, note])
   return out
 
 
-def summary(scored, operating_point):
+def table_html(table):
+  """`rows` as an HTML table: the file name and the reason wrap anywhere, numbers and labels never."""
+  if not table:
+    return ""
+
+  def cell(tag, i, text):
+    wrap = "overflow-wrap:anywhere;" if i in (0, len(_COLUMNS) - 1) else "white-space:nowrap;"
+    return (
+      f'<{tag} title="{html.escape(text)}" style="{_CELL}{wrap}min-width:{_MIN_WIDTH[i]}">{html.escape(text)}</{tag}>'
+    )
+
+  head = "".join(cell("th", i, c) for i, c in enumerate(_COLUMNS))
+  body = "".join("<tr>" + "".join(cell("td", i, str(v)) for i, v in enumerate(row)) + "</tr>" for row in table)
+  return (
+    f'<table style="border-collapse:collapse;width:100%"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+  )
+
+
+def summary(scored, operating_point, unlike=UNLIKE_TRAINING):
   """What the page says first: the probability and label of a single file, or counts for several."""
   if not scored:
     return ""
@@ -48,10 +75,16 @@ def summary(scored, operating_point):
     s = scored[0]
     if s.refused:
       return f"**{s.name}** refused: {s.refused}"
+    if s.flagged:
+      return (
+        f"**{s.name}**: PNEUMONIA probability {s.probability:.6f}, but **⚠ no label: this image is {unlike}** "
+        f"(OOD score {s.ood_score:.3g}, above the card's threshold); do not trust the probability."
+      )
     label = s.labels.get(operating_point) or next(iter(s.labels.values()))
     return f"**{s.name}**: PNEUMONIA probability **{s.probability:.6f}**, {label} at the {operating_point} threshold"
-  refused = sum(1 for s in scored if s.refused)
-  return f"{len(scored)} files: {len(scored) - refused} classified, {refused} refused (table below)."
+  refused, flagged = sum(1 for s in scored if s.refused), sum(1 for s in scored if s.flagged)
+  also = f"; {flagged} of them flagged as {unlike}, without a label" if flagged else ""
+  return f"{len(scored)} files: {len(scored) - refused} classified, {refused} refused{also} (table below)."
 
 
 def build_page(model, operating_point="youden"):
@@ -69,7 +102,11 @@ def build_page(model, operating_point="youden"):
       except Exception as e:  # noqa: BLE001  (the overlay is extra: its failure must not hide the probability)
         logging.warning("No overlay for %s: %s", first.name, e)
         caption = f"No overlay for {first.name}: {str(e).splitlines()[0]}"
-    return summary(scored, operating_point), rows(scored), gr.update(value=overlay, label=caption or "Where it looked")
+    return (
+      summary(scored, operating_point),
+      table_html(rows(scored)),
+      gr.update(value=overlay, label=caption or "Where it looked"),
+    )
 
   with gr.Blocks(title="xray_keras: pneumonia on a chest X-ray") as page:
     gr.Markdown(
@@ -78,7 +115,8 @@ def build_page(model, operating_point="youden"):
     )
     files = gr.File(label="Chest X-rays", file_count="multiple", elem_id="files")
     result = gr.Markdown(elem_id="result")
-    table = gr.Dataframe(headers=_COLUMNS, elem_id="table", interactive=False, wrap=True)
+    table = gr.HTML(elem_id="table", js_on_load=None)
+    gr.Markdown(model.about_markdown(), elem_id="about")
     with gr.Row():
       overlay = gr.Image(label="Where it looked", elem_id="overlay", interactive=False, height=360)
       with gr.Column():
