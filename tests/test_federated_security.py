@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -557,3 +558,76 @@ def test_the_gateway_passes_the_fleet_api_signed_by_a_site_and_nothing_else(tmp_
     partial = {k: v for k, v in headers(site).items() if k != missing}
     assert gateway.unsigned(partial, keys).startswith("no valid SuperNode signature headers"), missing
   assert gateway.unsigned({**headers(site), "flwr-public-key": "not base64!"}, keys).startswith("no valid")
+
+
+def test_a_model_that_predicts_nan_stops_the_run_and_one_reply_is_held_to_the_rounds_before(caplog):
+  rng = np.random.default_rng(5)
+  model = [rng.normal(size=(6, 5)).astype(np.float32)]
+  recorded = _strategy(model, max_update_ratio=10.0)
+  recorded.on_round = lambda r, weights, record: f"Round {r}: the global model's validation loss is nan"
+  _round(recorded, {1: (_honest(model, rng), "site_0.npz"), 2: (_honest(model, rng), "site_1.npz")}, round_=2)
+  with caplog.at_level("ERROR"):
+    recorded.evaluate(2, recorded.inner.initial_parameters)
+  assert recorded.fatal == "Round 2: the global model's validation loss is nan (replies taken: site_0.npz, site_1.npz)"
+  assert recorded.fatal in caplog.text and recorded.configure_fit(3, None, None) == []
+  # One reply a round (--fraction_fit): held to the update norms of the rounds before, not the weights' norm.
+  recorded = _strategy(model, max_update_ratio=10.0)
+  for r in (1, 2, 3):
+    _round(recorded, {r: (_honest(model, rng, 0.05), "site_0.npz")}, round_=r)
+    assert recorded.record["refused_sites"] == []
+  scaled = [model[0] + 300 * (_honest(model, rng, 0.05)[0] - model[0])]
+  _round(recorded, {4: (scaled, "site_1.npz")}, round_=4)
+  assert recorded.record["refused_sites"] == ["site_1.npz"]
+
+
+_RAY_CLUSTER = """
+import os, subprocess, sys
+from xray_keras.federated import ray_auth
+assert ray_auth.enable()
+import ray
+ray.init(include_dashboard=False, num_cpus=1)
+assert ray.get(ray.remote(lambda: 42).remote()) == 42  # the run's own driver is let in
+address = ray.get_runtime_context().gcs_address
+stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+code = f"import ray._raylet as r; print(r.GcsClient(address={address!r}).internal_kv_keys(b'', namespace=None))"
+for env in (stranger, {**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+  print("refused" if result.returncode and "InvalidAuthToken" in result.stderr else "ANSWERED: " + result.stdout)
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_the_simulations_ray_cluster_answers_only_its_token():
+  pytest.importorskip("ray")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+  result = subprocess.run([sys.executable, "-c", _RAY_CLUSTER], env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.split() == ["refused", "refused"], (
+    result.stdout + result.stderr[-3000:]
+  )
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_deployment_command_stops_every_process_it_started(tmp_path):
+  pytest.importorskip("flwr")
+  from tests.conftest import REPO
+
+  out = tmp_path / "run"
+  command = [sys.executable, "-m", "xray_keras.federated", "--flagfile=experiments/smoke.cfg", "--sites=2"]
+  command += ["--max_images_per_split=40", "--rounds=1", "--runtime=deployment", "--noreport", f"--output_dir={out}"]
+  with open(tmp_path / "console.log", "w") as console:
+    run = subprocess.Popen(command, cwd=REPO, stdout=console, stderr=subprocess.STDOUT)
+    try:
+      _wait_for(out / "flower" / "supernode_1.log", "Starting Flower SuperNode", timeout=240)
+      run.send_signal(signal.SIGTERM)
+      run.wait(timeout=60)
+    finally:
+      if run.poll() is None:
+        run.kill()
+  deadline = time.time() + 30
+  while time.time() < deadline:
+    listing = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
+    if str(out) not in listing:
+      break
+    time.sleep(1)
+  assert str(out) not in listing, [line for line in listing.splitlines() if str(out) in line]

@@ -33,7 +33,11 @@ def main(argv):
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
   try:
     federated_flags.check(config, fed)  # before the imports below, which take seconds
-    from xray_keras.federated import run  # Imports Keras, the backend and Flower.
+    if fed.runtime == "simulation":
+      from xray_keras.federated import ray_auth
+
+      ray_auth.enable()  # before Ray is imported
+    from xray_keras.federated import run  # Imports Keras, the backend, Flower and Ray.
 
     if fed.runtime == "simulation":
       run.train_and_evaluate(config, fed)

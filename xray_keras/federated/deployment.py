@@ -75,6 +75,12 @@ def main(grid, context):
 
   flagfile = context.run_config["flagfile"]
   flags.FLAGS(["serverapp", f"--flagfile={flagfile}"])
+  if "--token" in sys.argv:
+    logging.warning(
+      "This ServerApp's task token is on its command line (Flower's own flower-superexec started it): "
+      "start flower-superlink and flower-supernode through python -m xray_keras.federated.superexec "
+      "(docs/federated_security.md)."
+    )
   config = xray_flags.run_config()
   config = dataclasses.replace(config, flags_text=config.flags_text + federated_flags.flags_text())
   try:
@@ -186,6 +192,8 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
     ),
   }
   processes = []
+  # A SIGTERM (a scheduler's stop, `kill`) stops the SuperLink, gateway and SuperNodes too, as Ctrl-C does.
+  previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
   def start(args, log_name):
     log = open(os.path.join(root, log_name), "w")
@@ -224,6 +232,8 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
       roster_path = os.path.join(root, ROSTER)
       federated_roster.write(roster_path, register(parties, fed.sites, env, root))
       roster_flag = f"--roster={roster_path}\n"
+    if roster_flag:  # the registration's roster replaces any --roster line of the flags
+      flags_text = "".join(line for line in flags_text.splitlines(True) if not line.startswith("--roster="))
     with open(flagfile, "w") as f:
       f.write(flags_text + roster_flag)
     sites = os.path.abspath(os.path.join(run_dir, "sites"))
@@ -264,6 +274,7 @@ def launch(run_dir, flags_text, fed, timeout_s=None):
     if submitted.returncode:
       raise UserError(f"flwr run failed (code {submitted.returncode}); see {os.path.join(root, 'flwr_run.log')}")
   finally:
+    signal.signal(signal.SIGTERM, previous)
     for process, _log in reversed(processes):
       if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)

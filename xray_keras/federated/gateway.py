@@ -17,7 +17,6 @@ forwards the SuperLink authenticates again (that key's registration and node id)
 docs/federated_security.md has the threat model this is part of.
 """
 
-import contextlib
 import logging as std_logging
 import os
 import ssl
@@ -92,10 +91,9 @@ def unsigned(headers, keys):
 def app(upstream, ca_file, keys):
   """The gateway's ASGI app, forwarding allowed requests signed by one of `keys` to `upstream`, trusting `ca_file`."""
   import httpx
-  from starlette.applications import Starlette
   from starlette.background import BackgroundTask
+  from starlette.requests import Request
   from starlette.responses import JSONResponse, StreamingResponse
-  from starlette.routing import Route
 
   client = httpx.AsyncClient(base_url=upstream, verify=ssl.create_default_context(cafile=ca_file), timeout=None)
 
@@ -129,13 +127,17 @@ def app(upstream, ca_file, keys):
       background=BackgroundTask(response.aclose),
     )
 
-  @contextlib.asynccontextmanager
-  async def lifespan(_app):
-    yield
-    await client.aclose()
+  async def gateway(scope, receive, send):  # every method and path reaches `forward`, so every refusal is logged
+    if scope["type"] == "lifespan":
+      while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+      await client.aclose()
+      await send({"type": "lifespan.shutdown.complete"})
+      return
+    response = await forward(Request(scope, receive))
+    await response(scope, receive, send)
 
-  methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-  return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+  return gateway
 
 
 def serve(listen, superlink, certs):

@@ -159,8 +159,14 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   rounds = []
 
   def on_round(r, weights, record):
+    """Scores round `r`'s global weights on validation and records the round; returns why the run must stop, or ""."""
     model.set_weights(weights)
     scores = model.evaluate(val_feed, return_dict=True, verbose=0) if val_feed is not None else {}
+    if not all(np.isfinite(float(v)) for v in scores.values()):
+      return (
+        f"Round {r}: the global model's validation loss is {float(scores.get('loss', float('nan'))):g}: it predicts "
+        "NaN or infinity (finite weights too large?); the run stops before any report, from no round's metrics"
+      )
     losses = record["site_train_loss"]
     row = {
       "epoch": r - 1,
@@ -196,6 +202,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       row.get("val_auc", float("nan")),
       row.get("val_loss", float("nan")),
     )
+    return ""
 
   strategy = None
   if done < fed.rounds:
@@ -296,6 +303,11 @@ def _simulate(fed, strategy, rounds, grace_s=30.0):
         process.kill()
 
   threading.Thread(target=stop_stuck_sites, daemon=True).start()
+  if os.environ.get("RAY_AUTH_MODE") != "token":
+    logging.warning(
+      "The simulation's Ray cluster listens on every interface without token authentication (Ray was imported "
+      "before the run); python -m xray_keras.federated turns it on."
+    )
   try:
     run_simulation(
       server.server_app(fed, strategy, rounds, on_done=server_done.set),

@@ -12,9 +12,11 @@ that was not sent the round's instructions is refused. Before aggregating it ref
 could break the model (arrays unlike the model's in number, shape or dtype; NaN or infinity; an
 update beyond the round's norm bound, `validation.update_bound`), naming the site and the reason.
 A round with fewer usable replies than `min_replies` keeps the weights it started from; an
-aggregate that is not finite stops the run (`fatal`), naming the round and the sites it took.
+aggregate that is not finite, or one that `on_round` finds predicting NaN or infinity, stops the
+run (`fatal`), naming the round and the sites it took.
 """
 
+import collections
 import time
 
 import numpy as np
@@ -66,7 +68,8 @@ class Recorded(strategies.Strategy):
     self.roster = roster  # {node id: site name} the operator registered, or None (simulation)
     self.sites = dict(roster or {})  # node id -> site name, from the roster or learnt from replies
     self.record = {}
-    self.fatal = ""  # why the run must stop: set when an aggregate is not finite
+    self.fatal = ""  # why the run must stop: an aggregate that is not finite, or a model that predicts NaN
+    self.accepted_norms = collections.deque(maxlen=validation.RECENT_ROUNDS)  # update norms taken, by round
 
   def __repr__(self):
     return f"Recorded({self.inner!r})"
@@ -125,8 +128,9 @@ class Recorded(strategies.Strategy):
       else:
         usable.append((proxy, res))
     if norms:
+      recent = [n for past in self.accepted_norms for n in past]
       bound, why = validation.update_bound(
-        list(norms.values()), validation.norm(sent), self.max_update_norm, self.max_update_ratio
+        list(norms.values()), validation.norm(sent), self.max_update_norm, self.max_update_ratio, recent
       )
       kept = []
       for proxy, res in usable:
@@ -144,6 +148,7 @@ class Recorded(strategies.Strategy):
         else:
           kept.append((proxy, res))
       usable = kept
+      self.accepted_norms.append([norms[proxy.node_id] for proxy, _ in usable])
     return usable, refused
 
   def aggregate_fit(self, server_round, results, failures):
@@ -194,6 +199,7 @@ class Recorded(strategies.Strategy):
         "replies": len(results),
         "failed_sites": names,
         "refused_sites": refused,
+        "taken_sites": [self._name(p, res) for p, res in usable] if parameters is not None else [],
         "site_train_s": _per_site(results, "train_s", float),
         "site_train_loss": _per_site(results, "train_loss", float),
         "site_optimizer_steps": _per_site(results, "optimizer_steps", int),
@@ -211,7 +217,10 @@ class Recorded(strategies.Strategy):
   def evaluate(self, server_round, parameters):
     if server_round == 0 or self.fatal or "round_s" not in self.record:
       return None
-    self.on_round(self.first_round + server_round, parameters_to_ndarrays(parameters), dict(self.record))
+    problem = self.on_round(self.first_round + server_round, parameters_to_ndarrays(parameters), dict(self.record))
+    if problem:  # e.g. finite weights so large that the model predicts NaN
+      self.fatal = f"{problem} (replies taken: {', '.join(self.record.get('taken_sites', [])) or 'none'})"
+      logging.error("%s.", self.fatal)
     self.record = {}
     return None
 

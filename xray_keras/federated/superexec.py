@@ -7,8 +7,9 @@ Runtime API. The deployment runtime puts this module first on their PATH as `flo
 (`install`); it runs Flower's own SuperExec, except that each app gets `--token-file` naming a
 0600 file in a 0700 folder, removed when the app exits.
 
-By hand: `python -m xray_keras.federated.superexec FOLDER` writes FOLDER/flower-superexec; start
-flower-superlink and flower-supernode with FOLDER first on PATH.
+By hand: `python -m xray_keras.federated.superexec flower-superlink [flags]` (or `flower-supernode`)
+starts the Flower command with this SuperExec; the ServerApp warns when its token is on its command
+line all the same.
 """
 
 import os
@@ -81,7 +82,17 @@ def main():
   flower_superexec()
 
 
+def exec_with_wrapper(argv):
+  """Replaces this process with `argv` (`flower-superlink ...` or `flower-supernode ...`) started so that the
+  SuperExec it starts is this module's: the wrapper first on PATH, and the Flower command run from Python's
+  own folder, not through a shim (pyenv's would put that folder back before the wrapper)."""
+  if not argv or argv[0] not in ("flower-superlink", "flower-supernode"):
+    sys.exit("usage: python -m xray_keras.federated.superexec flower-superlink|flower-supernode [its flags]")
+  bindir = os.path.dirname(sys.executable)
+  folder = install(tempfile.mkdtemp(prefix="xray-superexec-"))
+  os.environ["PATH"] = os.pathsep.join([folder, bindir, os.environ.get("PATH", "")])
+  os.execv(os.path.join(bindir, argv[0]), argv)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) != 2:
-    sys.exit("usage: python -m xray_keras.federated.superexec FOLDER  (writes FOLDER/flower-superexec)")
-  print(install(sys.argv[1]))
+  exec_with_wrapper(sys.argv[1:])

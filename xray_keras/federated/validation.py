@@ -28,20 +28,26 @@ def norm(arrays, reference=None):
   return float(np.sqrt(sum(np.sum((a.astype(np.float64) - b) ** 2) for a, b in zip(arrays, reference))))
 
 
-def update_bound(update_norms, global_norm, max_update_norm=0.0, max_update_ratio=0.0):
+RECENT_ROUNDS = 3  # rounds of accepted update norms that join a round's own in the reference
+
+
+def update_bound(update_norms, global_norm, max_update_norm=0.0, max_update_ratio=0.0, recent=()):
   """The largest update norm a round accepts, and how it was set; `(inf, "")` without a bound.
 
   `max_update_norm` is an absolute bound. `max_update_ratio` bounds an update by that many times the
-  round's reference norm: the lower median of the well-formed replies' update norms when two or more
-  sites replied (a minority of sites cannot raise it), else the global weights' own norm. Both set:
-  the smaller bound applies.
+  round's reference norm: the lower median of the well-formed replies' update norms, with the norms
+  accepted in the last `RECENT_ROUNDS` rounds (`recent`), when there are two or more (a minority of
+  sites cannot raise it; a round with one reply is held to the ones before), else the global
+  weights' own norm. Both set: the smaller bound applies.
   """
   bounds = []
   if max_update_norm:
     bounds.append((max_update_norm, f"--max_update_norm={max_update_norm:g}"))
   if max_update_ratio:
-    if len(update_norms) >= 2:
-      reference, what = statistics.median_low(update_norms), "the round's median update norm"
+    pool = [*update_norms, *recent]
+    if len(pool) >= 2:
+      what = "the median update norm of this round" + (" and the last ones" if recent else "")
+      reference = statistics.median_low(pool)
     else:
       reference, what = global_norm, "the global weights' norm"
     bounds.append((max_update_ratio * reference, f"{max_update_ratio:g} x {what} {reference:.4g}"))
