@@ -81,6 +81,23 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   return clinical.write_tta(run_dir, model, splits, augment, views, batch_size, seed)
 
 
+def ood_summary(ood):
+  """The console's out-of-distribution line: flagged count, threshold and its source, metrics both ways."""
+  if ood is None:
+    return "Out of distribution: the model has no OOD score (trained with --ood=false or before it existed)."
+
+  def both(m):
+    auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
+    accuracy = "-" if m["accuracy"] is None else f"{m['accuracy']:.3f}"
+    return f"ROC-AUC {auc}, accuracy {accuracy} ({m['n']} images)"
+
+  return (
+    f"Out of distribution: {ood['flagged']} of {ood['n']} images flagged ({ood['method']} score above "
+    f"{ood['threshold']:.4g}, from {ood['source']}). All: {both(ood['all'])}; without the flagged: "
+    f"{both(ood['without_flagged'])}."
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -108,6 +125,7 @@ def main(argv):
       result["own_test"].get("auc") or float("nan"),
       os.path.join(folder, "report.html"),
     )
+    logging.info("%s", ood_summary(result.get("ood")))
     return
   try:
     if not os.path.isfile(os.path.join(run_dir, "metrics.json")):

@@ -3,8 +3,11 @@
   python -m xray_keras.predict --model=saved_models/vit_scratch image.jpeg folder/ [--output=preds.csv]
   python -m xray_keras.predict --model=runs/vit_scratch/<timestamp> folder/
 
-Prints `file<TAB>label<TAB>probability` per image (`--format=json`: one JSON object per line).
-Exit code: 0 all classified, 3 some files skipped (listed on stderr), 1 a fatal error.
+Prints `file<TAB>label<TAB>probability<TAB>ood_score<TAB>ood` per image (`--format=json`: one JSON
+object per line), `ood` being `flagged` (the out-of-distribution score is above the model's threshold:
+unlike the training X-rays) or `ok`; both blank for a model without an OOD score. `--strict` refuses
+the flagged images instead of classifying them.
+Exit code: 0 all classified, 3 some files skipped or refused (listed on stderr), 1 a fatal error.
 """
 
 import csv
@@ -15,6 +18,7 @@ from absl import app, flags, logging
 
 from xray_keras import path_flags
 from xray_keras.data import decode
+from xray_keras.data.records import Skipped
 from xray_keras.errors import UserError
 
 _MODEL = path_flags.DEFINE_path(
@@ -38,6 +42,12 @@ _OPERATING_POINT = flags.DEFINE_enum(
   ["youden", "sensitivity_95", "specificity_90"],
   "Which validation-chosen threshold gives the label: youden (max sensitivity + specificity), sensitivity_95 (highest threshold with validation sensitivity >= 0.95) or specificity_90 (lowest with specificity >= 0.90). --threshold overrides it.",
 )
+_STRICT = flags.DEFINE_bool(
+  "strict",
+  False,
+  "Refuse the images the out-of-distribution score flags (unlike the training X-rays): listed on stderr "
+  "with their score, not classified; exit code 3. Needs a model with an OOD score.",
+)
 _TTA = flags.DEFINE_integer(
   "tta",
   1,
@@ -52,6 +62,8 @@ _RESIZE_MODE = flags.DEFINE_enum(
 )
 
 EXIT_SKIPPED = 3
+FLAGGED, OK = "flagged", "ok"
+UNLIKE = "not like the chest X-rays this model was trained on"
 
 
 def main(argv):
@@ -67,10 +79,30 @@ def main(argv):
     sys.exit(f"error: {e}")
   except (OSError, ValueError) as e:
     sys.exit(f"error: cannot load --model={_MODEL.value}: {str(e).splitlines()[0]}")
+  if predictor.ood_threshold is None:
+    if _STRICT.value:
+      sys.exit(
+        f"error: --strict needs an out-of-distribution score, and --model={_MODEL.value} has none "
+        "(trained with --ood=false or before it existed, or exported before): retrain or re-export it."
+      )
+    print(
+      f"note: --model={_MODEL.value} has no out-of-distribution score (trained with --ood=false or before it "
+      "existed, or exported before): the ood_score and ood columns are blank.",
+      file=sys.stderr,
+    )
   files, skipped = predict.list_inputs(argv[1:])
-  rows, bad = predict.predict_files(predictor, files)
+  rows, bad = predict.assess_files(predictor, files)
   skipped += bad
-  for path, label, probability in rows:
+  refused = []
+  if _STRICT.value:
+    refused = [
+      Skipped(path, f"flagged: {UNLIKE} (OOD score {score:.4g} > threshold {predictor.ood_threshold:.4g})")
+      for path, _, _, score, flagged in rows
+      if flagged
+    ]
+    rows = [row for row in rows if not row[4]]
+  for path, label, probability, score, flagged in rows:
+    word = "" if flagged is None else (FLAGGED if flagged else OK)
     if _FORMAT.value == "json":
       print(
         json.dumps(
@@ -80,27 +112,41 @@ def main(argv):
             "pneumonia_probability": round(probability, 6),
             "threshold": predictor.threshold,
             "operating_point": _OPERATING_POINT.value,
+            "ood_score": None if score is None else round(score, 6),
+            "ood": word or None,
+            "ood_threshold": predictor.ood_threshold,
           }
         )
       )
     else:
-      print(f"{path}\t{label}\t{probability:.6f}")
+      print(f"{path}\t{label}\t{probability:.6f}\t{_score(score)}\t{word}")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", newline="") as f:
       writer = csv.writer(f)
-      writer.writerow(["file", "label", "pneumonia_probability"])
-      writer.writerows((p, l, f"{q:.6f}") for p, l, q in rows)
+      writer.writerow(["file", "label", "pneumonia_probability", "ood_score", "ood"])
+      writer.writerows(
+        (p, l, f"{q:.6f}", _score(o), "" if g is None else (FLAGGED if g else OK)) for p, l, q, o, g in rows
+      )
   for s in skipped:
     print(f"skipped: {s.path}: {s.reason}", file=sys.stderr)
+  for s in refused:
+    print(f"refused: {s.path}: {s.reason}", file=sys.stderr)
   logging.info(
-    "Classified %d images, skipped %d (threshold %.3f, operating point %s)",
+    "Classified %d images (%d flagged out of distribution), refused %d (--strict), skipped %d "
+    "(threshold %.3f, operating point %s)",
     len(rows),
+    sum(bool(row[4]) for row in rows),
+    len(refused),
     len(skipped),
     predictor.threshold,
     _OPERATING_POINT.value,
   )
-  if skipped:
+  if skipped or refused:
     sys.exit(EXIT_SKIPPED)
+
+
+def _score(score):
+  return "" if score is None else f"{score:.6f}"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from xray_keras.data import patients
 from xray_keras.data.records import printable
 from xray_keras.errors import UserError
-from xray_keras.evaluation import calibration, clinical, metrics, operating_points, prediction, statistics
+from xray_keras.evaluation import calibration, clinical, metrics, ood, operating_points, prediction, statistics
 
 RESAMPLES = 1000
 
@@ -46,6 +46,8 @@ class Trained:
   own_predictions: tuple | None  # (labels, calibrated probabilities) of the run's own test split
   probabilities: object  # images -> calibrated P(PNEUMONIA)
   run_dir: str | None = None  # None for an export, which applies the run's --preprocess itself
+  ood_scores: object = None  # images -> out-of-distribution scores; None without an OOD score
+  ood: dict | None = None  # {threshold, source, method} of that score
 
 
 def open_model(model_path):
@@ -80,6 +82,15 @@ def _run(keras_file, run_dir):
     p = models.pneumonia_probability(prediction.predict(model, images, batch_size))
     return calibration.apply_temperature(p, temperature) if temperature else p
 
+  state, ood_scores, ood_info = ood.load(run_dir), None, None
+  if state is not None:
+    ood_scores = lambda images: ood.scores(model, state, images, batch_size)  # noqa: E731
+    ood_info = {
+      "threshold": float(state["threshold"]),
+      "source": f"the run's {ood.JSON}, {state.get('threshold_rule', 'fitted at training')}",
+      "method": state.get("method", ood.METHOD),
+    }
+
   return Trained(
     f"the run `{os.path.basename(os.path.normpath(run_dir))}`",
     values,
@@ -91,6 +102,8 @@ def _run(keras_file, run_dir):
     own,
     probabilities,
     run_dir,
+    ood_scores,
+    ood_info,
   )
 
 
@@ -101,6 +114,14 @@ def _export(runtime):
     raise UserError(f"{runtime.path}: its model card has no validation-chosen operating points to apply.")
   name = card.get("model", {}).get("name", "model")
   quantized = " int8" if card.get("quantization") else ""
+  ood_info = None
+  if runtime.ood_threshold is not None:
+    rule = (card.get("ood") or {}).get("threshold_rule", "fitted at training")
+    ood_info = {
+      "threshold": runtime.ood_threshold,
+      "source": f"the model card's ood, {rule}",
+      "method": (card.get("ood") or {}).get("method", ood.METHOD),
+    }
   return Trained(
     f"the {card.get('format', runtime.format)}{quantized} export of `{name}`",
     card.get("flags", {}),
@@ -111,6 +132,8 @@ def _export(runtime):
     _own_test(card.get("metrics", {})),
     None,
     runtime.probabilities,
+    ood_scores=(lambda images: runtime.scores(images)[1]) if ood_info else None,
+    ood=ood_info,
   )
 
 
@@ -193,10 +216,12 @@ class Scored:
   labels: np.ndarray
   probabilities: np.ndarray
   records: list
+  ood_scores: np.ndarray | None = None  # None where the model has no OOD score
 
 
 def score(trained, data, split):
-  """The model's calibrated probabilities on `data.splits[split]`; `UserError` if any is NaN or infinite."""
+  """The model's calibrated probabilities (and OOD scores) on `data.splits[split]`; `UserError` if a
+  probability is NaN or infinite."""
   arrays = data.splits[split]
   if not len(arrays.labels):
     raise UserError(f"The {split} split of {data.name} holds no images to evaluate.")
@@ -204,7 +229,32 @@ def score(trained, data, split):
   labels = (arrays.labels > 0).astype(int)
   metrics.require_finite(labels, probabilities, f"{split} predictions of {trained.label} on {data.name}")
   files = [printable(r.path) for r in arrays.records]
-  return Scored(files, labels, probabilities, list(arrays.records))
+  ood_scores = None if trained.ood_scores is None else np.asarray(trained.ood_scores(arrays.images), np.float64)
+  return Scored(files, labels, probabilities, list(arrays.records), ood_scores)
+
+
+def _summary(labels, probabilities):
+  """ROC-AUC and accuracy at 0.5 (None where they cannot be computed: no image, or one class for the AUC)."""
+  if not len(labels):
+    return {"n": 0, "auc": None, "accuracy": None}
+  m = metrics.binary_metrics(labels, probabilities, 0.5)
+  auc = m["auc"] if len(set(labels)) > 1 and np.isfinite(m["auc"]) else None
+  return {"n": int(len(labels)), "auc": auc, "accuracy": m["accuracy"]}
+
+
+def ood_summary(trained, scored):
+  """metrics.json's `ood`: the images the OOD score flags, and ROC-AUC / accuracy at 0.5 with and without them."""
+  if scored.ood_scores is None:
+    return None
+  flagged = scored.ood_scores > trained.ood["threshold"]
+  kept = ~flagged
+  return {
+    **trained.ood,
+    "flagged": int(flagged.sum()),
+    "n": int(len(flagged)),
+    "all": _summary(scored.labels, scored.probabilities),
+    "without_flagged": _summary(scored.labels[kept], scored.probabilities[kept]),
+  }
 
 
 def evaluate(trained, scored):
@@ -227,6 +277,7 @@ def evaluate(trained, scored):
       "validation_chosen": _with_ci(labels, probabilities, threshold),
       "best_on_this_set": _rates(labels, probabilities, best) if np.isfinite(best) else None,
     }
+  result["ood"] = ood_summary(trained, scored)
   result["own_test"] = trained.own_test
   own = trained.own_predictions or trained.own_test.get("auc")
   if own is not None and len(set(labels)) > 1:

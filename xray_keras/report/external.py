@@ -37,6 +37,7 @@ def _lines(name, model_label, data, result):
       f"Difference (this set minus own test): ROC-AUC {d['auc_difference']:+.3f} "
       f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (unpaired bootstrap, resampling {d['resampled']})."
     )
+  lines += ood_lines(result.get("ood"))
   lines += [
     "",
     "## Operating points",
@@ -72,6 +73,29 @@ def _lines(name, model_label, data, result):
   return lines
 
 
+def _metric(value):
+  return "-" if value is None else f"{value:.3f}"
+
+
+def ood_lines(ood):
+  """The report's out-of-distribution paragraph: how many images were flagged, metrics with and without them."""
+  if ood is None:
+    return ["", "Out of distribution: the model has no OOD score (trained with --ood=false or before it existed)."]
+  every, kept = ood["all"], ood["without_flagged"]
+  return [
+    "",
+    "## Out of distribution",
+    "",
+    f"{ood['flagged']} of {ood['n']} images flagged as unlike the training X-rays ({ood['method']} score above "
+    f"{ood['threshold']:.4g}, from {ood['source']}); `ood_score` in predictions.csv.",
+    "",
+    "| images | n | ROC-AUC | accuracy at 0.5 |",
+    "|---|---|---|---|",
+    f"| all | {every['n']} | {_metric(every['auc'])} | {_metric(every['accuracy'])} |",
+    f"| without the flagged | {kept['n']} | {_metric(kept['auc'])} | {_metric(kept['accuracy'])} |",
+  ]
+
+
 def write(folder, name, model_label, data, scored, result):
   """Writes the folder; returns the path of report.html."""
   from xray_keras.data import loader
@@ -80,9 +104,14 @@ def write(folder, name, model_label, data, scored, result):
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
-    writer.writerow(["file", "label", "probability", "subtype"])
-    for file, label, p, record in zip(scored.files, scored.labels, scored.probabilities, scored.records):
-      writer.writerow([file, int(label), f"{p:.6f}", record.subtype])
+    writer.writerow(["file", "label", "probability", "subtype", "ood_score", "ood"])
+    columns = [("", "")] * len(scored.files)
+    if scored.ood_scores is not None:
+      threshold = result["ood"]["threshold"]
+      columns = [(f"{s:.6f}", "flagged" if s > threshold else "ok") for s in scored.ood_scores]
+    rows = zip(scored.files, scored.labels, scored.probabilities, scored.records, columns)
+    for file, label, p, record, (score, word) in rows:
+      writer.writerow([file, int(label), f"{p:.6f}", record.subtype, score, word])
   loader.write_skipped(data.skipped, os.path.join(folder, "skipped_files.csv"))
   figures.reliability_diagrams(
     [(name, scored.labels, scored.probabilities, None)], os.path.join(folder, "reliability.png")

@@ -228,6 +228,26 @@ def validation_words(runs):
   return "; ".join(f"{name}: {text}" for name, text in said.items())
 
 
+def ood_lines(runs):
+  """One line: how many test images each run's out-of-distribution score flagged (metrics.json's `ood`)."""
+  said = []
+  for run in runs:
+    ood = run.metrics.get("ood")
+    if ood and ood.get("test_n") is not None:
+      said.append(
+        f"{run.display_name} {ood['test_flagged']} of {ood['test_n']} (score above {ood['threshold']:.4g})"
+        if len(runs) > 1
+        else f"{ood['test_flagged']} of {ood['test_n']} (score above {ood['threshold']:.4g})"
+      )
+  if not said:
+    return []
+  return [
+    "Out of distribution: test images flagged as unlike the training X-rays (Mahalanobis score above the "
+    f"validation split's 99th percentile): {'; '.join(said)}.",
+    "",
+  ]
+
+
 def _run_row(run):
   model, timing = run.metrics.get("model", {}), run.timing
   head = timing.get("head_phase", {}).get("epochs_run", 0)
@@ -339,6 +359,9 @@ def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemb
       ],
     ),
     "",
+  ]
+  md += ood_lines(runs)
+  md += [
     "## Validation versus test",
     "",
     f"The same model on the validation split (used for model choice; {validation}) and on the "

@@ -81,12 +81,31 @@ def _quiet_decoder():
           sys.stderr.write(line)
 
 
+TF_NEEDED = (
+  "Running {what} needs TensorFlow: pip install tensorflow (or use an ONNX, LiteRT or OpenVINO export, "
+  "which need only their runtime)."
+)
+
+
+def _import_tensorflow(what):
+  """`tensorflow`, or a UserError naming what to install."""
+  try:
+    import tensorflow as tf
+  except ImportError:
+    raise UserError(TF_NEEDED.format(what=what)) from None
+  return tf
+
+
+def _ood_threshold(model_card):
+  found = (model_card.get("ood") or {}).get("threshold")
+  return None if found is None else float(found)
+
+
 class SavedModelPredictor:
   """Calls an export's `serving_default` signature on encoded bytes, as TF Serving would."""
 
   def __init__(self, path, operating_point="youden"):
-    import tensorflow as tf
-
+    tf = _import_tensorflow("a SavedModel")
     _, path, card_path = runtime.resolve(path)
     self._tf = tf
     signatures = tf.saved_model.load(path).signatures
@@ -94,16 +113,23 @@ class SavedModelPredictor:
     model_card = card.read(card_path)
     self._input = model_card.get("input", {})
     self.threshold = card_threshold(model_card, operating_point)
+    self.ood_threshold = _ood_threshold(model_card)
 
-  def __call__(self, data):
+  def __call__(self, data, ood=False):
+    """The PNEUMONIA probability; `ood`: `(probability, ood_score)`, the score None for an export without one."""
     if dicom.is_dicom(data):
-      return self._from_pixels(data)
-    try:
-      with _quiet_decoder():
-        out = self._signature(images=self._tf.constant([data]))
-    except self._tf.errors.InvalidArgumentError as e:
-      raise decode.DecodeError(f"refused by the model ({_reason(e.message)})") from None
-    return float(out["pneumonia_probability"].numpy()[0])
+      out = self._from_pixels(data)
+    else:
+      try:
+        with _quiet_decoder():
+          out = self._signature(images=self._tf.constant([data]))
+      except self._tf.errors.InvalidArgumentError as e:
+        raise decode.DecodeError(f"refused by the model ({_reason(e.message)})") from None
+    probability = float(out[runtime.PROBABILITY_OUTPUT].numpy()[0])
+    if not ood:
+      return probability
+    score = out.get(runtime.OOD_OUTPUT)
+    return probability, (None if score is None or self.ood_threshold is None else float(score.numpy()[0]))
 
   def _from_pixels(self, data):
     """DICOM, which the serving graph does not decode: the package's decoder, then `serving_pixels`."""
@@ -111,8 +137,7 @@ class SavedModelPredictor:
       raise decode.DecodeError("a DICOM file, and this export has no serving_pixels signature to take its pixels")
     size, channels = self._input["image_size"], self._input["channels"]
     pixels = decode.decode_image(data, size, channels, self._input.get("resize_mode", "squash"))
-    out = self._pixels_signature(pixels=self._tf.constant(pixels[None], self._tf.float32))
-    return float(out["pneumonia_probability"].numpy()[0])
+    return self._pixels_signature(pixels=self._tf.constant(pixels[None], self._tf.float32))
 
 
 def card_threshold(model_card, operating_point):
@@ -135,11 +160,16 @@ class RuntimePredictor:
     self._runtime = runtime.Runtime(path)
     self._input = self._runtime.card["input"]
     self.threshold = card_threshold(self._runtime.card, operating_point)
+    self.ood_threshold = self._runtime.ood_threshold
 
-  def __call__(self, data):
+  def __call__(self, data, ood=False):
+    """The PNEUMONIA probability; `ood`: `(probability, ood_score)`, the score None for an export without one."""
     size, channels = self._input["image_size"], self._input["channels"]
     pixels = decode.decode_image(data, size, channels, self._input.get("resize_mode", "squash"))
-    return float(self._runtime.probabilities(pixels[None])[0])
+    probabilities, ood_scores = self._runtime.scores(pixels[None])
+    if not ood:
+      return float(probabilities[0])
+    return float(probabilities[0]), (None if ood_scores is None else float(ood_scores[0]))
 
 
 def _reason(message):
@@ -156,17 +186,26 @@ class KerasPredictor:
   """Decodes with the training decoder and calls a `.keras` model (loaded with safe_mode).
 
   Beside a run's `model.keras`, the run's `metrics.json` and `flags.txt` give the decision
-  threshold chosen on validation and the resize mode, as an export's model card does.
+  threshold chosen on validation and the resize mode, and its `ood.npz` the OOD score, as an
+  export's model card does.
   """
 
   def __init__(self, path, resize_mode=None, threshold=None, operating_point="youden", tta=1):
-    from xray_keras import models
-    from xray_keras.evaluation import clinical
-    from xray_keras.training.run_dir import read_flags
+    try:
+      from xray_keras import models
+      from xray_keras.evaluation import clinical
+      from xray_keras.training.run_dir import read_flags
+    except ImportError as e:
+      if (e.name or "").split(".")[0] not in ("tensorflow", "keras"):
+        raise
+      raise UserError(TF_NEEDED.format(what="a .keras model")) from None
+    from xray_keras.evaluation import ood
 
     self.model = models.load_model(path)
     _, self._size, _, self._channels = self.model.input_shape
     run_dir = os.path.dirname(os.path.abspath(path))
+    self._ood_state, self._extract = ood.load(run_dir), None
+    self.ood_threshold = None if self._ood_state is None else float(self._ood_state["threshold"])
     metrics, flags_txt = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "flags.txt")
     flags = read_flags(flags_txt) if os.path.isfile(flags_txt) else {}
     self._steps = preprocess.parse(flags.get("preprocess", ""))
@@ -194,9 +233,12 @@ class KerasPredictor:
     self._resize_mode = resize_mode or "squash"
     self.threshold = 0.5 if threshold is None else threshold
 
-  def __call__(self, data):
+  def __call__(self, data, ood=False):
+    """The PNEUMONIA probability; `ood`: `(probability, ood_score)`, the score (of the image, not its TTA
+    views) None without the run's `ood.npz`."""
     from xray_keras import models
     from xray_keras.evaluation import calibration, clinical
+    from xray_keras.evaluation import ood as ood_score
 
     image = decode.decode_image(data, self._size, self._channels, self._resize_mode)
     image = preprocess.apply(image[None], self._steps).astype(np.float32)
@@ -206,7 +248,12 @@ class KerasPredictor:
       probability = models.pneumonia_probability(self.model.predict_on_batch(image))
     if self._temperature:
       probability = calibration.apply_temperature(probability, self._temperature)
-    return float(probability[0])
+    if not ood or self._ood_state is None:
+      return (float(probability[0]), None) if ood else float(probability[0])
+    if self._extract is None:
+      self._extract = ood_score.extractor(self.model, batch_size=1)
+    score = ood_score.scores(self.model, self._ood_state, image, extract=self._extract)
+    return float(probability[0]), float(score[0])
 
 
 def load_predictor(path, resize_mode=None, threshold=None, operating_point="youden", tta=1):
@@ -225,17 +272,25 @@ def load_predictor(path, resize_mode=None, threshold=None, operating_point="youd
 
 def predict_files(predictor, files):
   """Returns `(rows, skipped)`: rows are `(file, label, probability)`."""
+  rows, skipped = assess_files(predictor, files, ood=False)
+  return [row[:3] for row in rows], skipped
+
+
+def assess_files(predictor, files, ood=True):
+  """Returns `(rows, skipped)`: rows are `(file, label, probability, ood_score, flagged)`, the last two
+  None where the model has no OOD score (or `ood` is false); flagged: the score is above `predictor.ood_threshold`."""
   rows, skipped = [], []
   for path in files:
     try:
       with open(path, "rb") as f:
         data = f.read()
-      probability = predictor(data)
+      probability, score = predictor(data, ood=True) if ood else (predictor(data), None)
     except OSError as e:
       skipped.append(Skipped(path, f"unreadable ({e.strerror or type(e).__name__})"))
       continue
     except decode.DecodeError as e:
       skipped.append(Skipped(path, str(e)))
       continue
-    rows.append((path, CLASS_NAMES[int(probability >= predictor.threshold)], probability))
+    flagged = None if score is None else bool(score > predictor.ood_threshold)
+    rows.append((path, CLASS_NAMES[int(probability >= predictor.threshold)], probability, score, flagged))
   return rows, skipped
