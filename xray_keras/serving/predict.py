@@ -196,7 +196,7 @@ class KerasPredictor:
       from xray_keras.evaluation import clinical
       from xray_keras.training.run_dir import read_flags
     except ImportError as e:
-      if (e.name or "").split(".")[0] not in ("tensorflow", "keras"):
+      if not any(name in (e.name or str(e)) for name in ("tensorflow", "keras")):
         raise
       raise UserError(TF_NEEDED.format(what="a .keras model")) from None
     from xray_keras.evaluation import ood
