@@ -1,6 +1,7 @@
 """DICOM radiographs: each storage variant decodes to the source pixels; what is not a radiograph is refused."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -242,7 +243,9 @@ def test_a_run_on_dicom_files_trains_predicts_exports_and_writes_no_patient_data
   )
   assert result.returncode == 3, result.stderr[-3000:]  # 3: some inputs skipped, each named
   assert "ct_slice.dcm: DICOM modality CT, not a radiograph (CR, DX or DR)" in result.stderr
-  assert "Classified 16 images, skipped 3" in result.stderr
+  assert re.search(
+    r"Classified 16 images \(\d+ flagged out of distribution\), refused 0 \(--strict\), skipped 3", result.stderr
+  )
   lines = predictions.read_text().splitlines()
   assert len(lines) == 1 + 16  # the header and every radiograph; the CT slice, DICOMDIR and notes skipped
   result = subprocess.run(
