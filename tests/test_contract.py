@@ -26,7 +26,7 @@ def _cases(seed, count):
     kind = rng.choice(["constant", "near", "structured", "real", "truncated"])
     fmt = rng.choice(["PNG", "JPEG", "BMP", "GIF"]) if kind != "truncated" else "JPEG"
     height, width = (int(x) for x in rng.integers(9, 300, 2))
-    mode = rng.choice(["L", "RGB"])
+    mode = rng.choice(["L", "RGB"]) if fmt != "BMP" else "RGB"  # an 8-bit BMP is refused (test below)
     shape = (height, width) if mode == "L" else (height, width, 3)
     value = int(rng.integers(0, 256))
     if kind == "constant":
@@ -165,3 +165,22 @@ def test_generated_images_decode_to_the_same_pixels_on_both_decoders():
 @pytest.mark.slow
 def test_generated_images_decode_to_the_same_pixels_on_both_decoders_many():
   _agree(seed=1, count=300)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P"])
+def test_bmps_with_a_palette_are_refused_alike(mode):
+  """TensorFlow's BMP decoder reads a palette's indices as grey: both paths refuse 1-8 bit BMPs in the same words."""
+  ramp = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (30, 1))
+  image = Image.fromarray(ramp).convert(mode)
+  if mode == "P":
+    image = Image.fromarray(np.dstack([ramp, ramp[::-1], ramp])).quantize(16)
+  data = _encoded(np.asarray(image.convert("L")), "BMP") if mode == "L" else None
+  if data is None:
+    out = io.BytesIO()
+    image.save(out, "BMP")
+    data = out.getvalue()
+  assert contract.bmp_bits(data) <= 8
+  host, served = _host(data, 1), _graph(data, 1)
+  assert host == contract.BMP_PALETTE and contract.BMP_PALETTE in served, (host, served)
+  rgb = _encoded(np.dstack([ramp] * 3), "BMP")
+  assert contract.bmp_bits(rgb) == 24 and _host(rgb, 1) == "" and _graph(rgb, 1) == ""

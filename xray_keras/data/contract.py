@@ -30,7 +30,9 @@ JPEG_FILL = 128
 NO_STRUCTURE = (
   f"no structure: {FLAT_PERCENT}% of its pixels within {FLAT_BAND} grey levels of one value (a blank image?)"
 )
-TRUNCATED = "truncated or corrupt JPEG data: an edge of the image is the decoder's mid-grey fill"
+TRUNCATED = "truncated or corrupt JPEG data: an edge of the image is the JPEG decoder fill (mid-grey)"
+BMP_DEPTHS = (24, 32)  # TensorFlow's BMP decoder reads a palette's indices as grey: 1-16 bit BMPs are refused
+BMP_PALETTE = "BMP with fewer than 24 bits per pixel (a palette): save it as PNG"
 
 
 def flat_share_exceeded(image):
@@ -55,6 +57,13 @@ def flat_edge(image):
     if tail >= TAIL_MIN and tail * 100 >= TAIL_PERCENT * view.shape[0]:
       return True
   return False
+
+
+def bmp_bits(data):
+  """Bits per pixel a BMP's header declares, or None for data that is not a BMP."""
+  if data[:2] != b"BM" or len(data) < 30:
+    return None
+  return int.from_bytes(data[28:30], "little")
 
 
 def problem(image, is_jpeg):

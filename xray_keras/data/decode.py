@@ -173,7 +173,9 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
         image_format = image.format
         width, height = image.size
         if width * height > MAX_PIXELS:
-          raise DecodeError(f"{contract.TOO_LARGE} ({width}x{height})")
+          raise DecodeError(contract.TOO_LARGE)
+        if image.format == "BMP" and contract.bmp_bits(data) not in contract.BMP_DEPTHS:
+          raise DecodeError(contract.BMP_PALETTE)
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         orientation = _exif_orientation(image)

@@ -212,7 +212,7 @@ def read_pixels(data, max_pixels, name=None):
   _check(ds)
   rows, columns = int(ds.Rows), int(ds.Columns)
   if rows * columns > max_pixels:
-    raise DicomError(f"image too large: larger than {max_pixels} pixels ({columns}x{rows})")
+    raise DicomError(f"image too large: larger than {max_pixels} pixels")
   try:
     stored = ds.pixel_array
   except Exception as e:

@@ -327,7 +327,14 @@ def decode_one(data, channels, size=None):
     )
   too_large = _require(height * width <= tf.constant(MAX_IMAGE_PIXELS, tf.int64), contract.TOO_LARGE)
   orientation = _exif_orientation(data, fmt)
-  with tf.control_dependencies([too_large]):  # checked before any decoder allocates
+  bmp_ok = _require(
+    tf.logical_or(
+      tf.not_equal(fmt, _BMP),
+      tf.reduce_any(tf.equal(_uint(data, 28, 2, True), tf.constant(contract.BMP_DEPTHS, tf.int64))),
+    ),
+    contract.BMP_PALETTE,
+  )
+  with tf.control_dependencies([too_large, bmp_ok]):  # checked before any decoder allocates
     image = tf.switch_case(
       fmt,
       [
