@@ -21,7 +21,7 @@ from xray_keras.data import contract, dicom, resize
 
 RESIZE_MODES = ("squash", "pad", "crop")
 # Bumped whenever decoding changes, so stale caches are never reused.
-DECODER_VERSION = 7
+DECODER_VERSION = 8
 # JPEG draft mode (libjpeg DCT scaling) decodes large JPEGs at 1/2, 1/4 or 1/8 size, keeping at
 # least DRAFT_MARGIN times the target size so the final antialiased resize still averages. On 300
 # original-resolution Kermany JPEGs, 98.5% of pixels are within 2 grey levels of a full decode at
