@@ -16,6 +16,14 @@ from xray_keras.data import decode, dicom, folder, loader
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+def _assert_refused(expected):
+  """Each `{name: (dataset, reason)}` is refused by the decoder with exactly that reason."""
+  for name, (ds, reason) in expected.items():
+    with pytest.raises(decode.DecodeError) as raised:
+      decode.decode_image(dicom_files.to_bytes(ds), 32)
+    assert str(raised.value) == reason, name
+
+
 def _image(index=0, split="train", class_name="NORMAL"):
   return _builtin()[(split, class_name)][real_files(split, class_name, index + 1)[index]]
 
@@ -100,10 +108,7 @@ def test_a_ct_slice_a_multi_frame_file_and_a_file_without_pixels_are_refused_wit
     "frames": (frames, "multi-frame DICOM (2 frames): one radiograph per file is read"),
     "empty": (empty, "DICOM file without pixel data"),
   }
-  for name, (ds, reason) in expected.items():
-    with pytest.raises(decode.DecodeError) as raised:
-      decode.decode_image(dicom_files.to_bytes(ds), 32)
-    assert str(raised.value) == reason, name
+  _assert_refused(expected)
   cuts = {len(whole) - 100: "truncated DICOM file (less pixel data than its header declares)"}
   cuts[600] = "DICOM file without pixel data"  # cut inside the header: what is left has no pixels
   for cut, reason in cuts.items():
@@ -354,10 +359,7 @@ def test_a_1_bit_dicom_and_a_body_part_other_than_chest_are_refused_with_reasons
     "hand": (hand, "DICOM body part HAND, not a chest radiograph (CHEST)"),
     "skull": (skull, "DICOM body part SKULL, not a chest radiograph (CHEST)"),
   }
-  for name, (ds, reason) in expected.items():
-    with pytest.raises(decode.DecodeError) as raised:
-      decode.decode_image(dicom_files.to_bytes(ds), 32)
-    assert str(raised.value) == reason, name
+  _assert_refused(expected)
   chest = dicom_files.dataset(image)
   chest.BodyPartExamined = "chest "
   np.testing.assert_array_equal(decode.decode_image(dicom_files.to_bytes(chest), None)[..., 0], image)

@@ -149,14 +149,15 @@ def serve(listen, superlink, certs):
     level=std_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
   )
   std_logging.getLogger("httpx").setLevel(std_logging.WARNING)
+  keys = site_keys(certs)
   log.info(
     "Fleet gateway on https://%s for the SuperLink at https://%s (Fleet API only, %d site keys)",
     listen,
     superlink,
-    len(site_keys(certs)),
+    len(keys),
   )
   uvicorn.run(
-    app(f"https://{superlink}", os.path.join(certs, "ca.crt"), site_keys(certs)),
+    app(f"https://{superlink}", os.path.join(certs, "ca.crt"), keys),
     host=host.strip("[]"),
     port=int(port),
     ssl_certfile=os.path.join(certs, "server.crt"),
