@@ -113,7 +113,7 @@ class Recorded(strategies.Strategy):
     sent = self.record.get("sent")
     for proxy, res in results:
       site = self._name(proxy, res)
-      if proxy.node_id not in sampled or (self.roster is not None and proxy.node_id not in self.roster):
+      if proxy.node_id not in sampled:  # with a roster, only roster nodes are sampled (`RosterView`)
         reason = f"node {proxy.node_id} was not sent this round's instructions"
       elif self.secure:  # SecAgg+ hands over the masked sum only: no site's weights to inspect
         reason = ""
@@ -179,11 +179,11 @@ class Recorded(strategies.Strategy):
       parameters, metrics = None, {}
     else:
       parameters, metrics = self.inner.aggregate_fit(server_round, usable, failures)
-    if parameters is not None and self.dtypes:  # SecAgg+ dequantizes to float64; the model's dtypes go on
-      arrays = parameters_to_ndarrays(parameters)
-      if any(a.dtype != d for a, d in zip(arrays, self.dtypes)):
-        parameters = ndarrays_to_parameters([a.astype(d) for a, d in zip(arrays, self.dtypes)])
-    if parameters is not None and not all(np.isfinite(a).all() for a in parameters_to_ndarrays(parameters)):
+    arrays = parameters_to_ndarrays(parameters) if parameters is not None else []
+    if self.dtypes and any(a.dtype != d for a, d in zip(arrays, self.dtypes)):  # SecAgg+ dequantizes to float64
+      arrays = [a.astype(d) for a, d in zip(arrays, self.dtypes)]
+      parameters = ndarrays_to_parameters(arrays)
+    if parameters is not None and not all(np.isfinite(a).all() for a in arrays):
       taken = ", ".join(self._name(p, res) for p, res in usable)
       self.fatal = (
         f"Round {self.first_round + server_round}: the aggregated global weights hold NaN or infinity "
