@@ -115,14 +115,14 @@ def main():
 
 def score(runs, images, out):
   """Each run's scores on `images` and on their DICOM copies written under `out`, and the count of each variant."""
-  from xray_keras.evaluation import external
+  from xray_keras import external_validation
 
   kinds = write_lists(images, out)
   rows = []
   for run in runs.split(","):
     scored = {}
     for kind in ("jpeg", "dicom"):
-      folder, result = external.validate(
+      folder, result = external_validation.validate(
         run, os.path.join(out, f"labels_{kind}.csv"), output_dir=os.path.join(out, "external", kind)
       )
       scored[kind] = result["at_0.5"]

@@ -4,7 +4,8 @@
 
 For every finished run, exports it as a TF SavedModel and, where the runtime installs, as ONNX,
 LiteRT and OpenVINO in float32 and int8 (LiteRT also integer-only, `int8_full`), and scores the
-run's test split through each in a fresh process that imports only that runtime. Against the Keras
+run's test split through each in a fresh process that imports only that runtime, from decoded
+pixels and from the image files' bytes (what `predict` and a TF Serving client send). Against the Keras
 model in this process: the largest change in PNEUMONIA probability, the change in ROC-AUC and in
 accuracy at the run's decision threshold, and label agreement. Per format: batch-1 latency (p50,
 p95), batch-32 throughput (images/s and the ratio to the SavedModel's, measured in the same run),
@@ -59,8 +60,10 @@ def _peak_rss_mb():
     return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def worker(model, images, out, calls):
-  """In a fresh process: import the runtime, score `images`, time batch 1 and batch 32; prints a JSON line."""
+def worker(model, images, out, calls, files=None):
+  """In a fresh process: import the runtime, score `images`, time batch 1 and batch 32 from decoded
+  pixels, and batch 1 from the image files' bytes (`files`, a JSON list) as `predict` and TF Serving
+  take them: the SavedModel decodes in its graph, the others with the package's decoder; prints a JSON line."""
 
   fmt = runtime.resolve(model)[0]
   start = time.perf_counter()
@@ -86,18 +89,30 @@ def worker(model, images, out, calls):
     predictor.probabilities(one, batch_size=1)
     latencies.append(time.perf_counter() - start)
   latencies = np.array(latencies[10:]) * 1000
-  print(
-    json.dumps(
-      {
-        "import_s": round(import_s, 3),
-        "load_s": round(load_s, 3),
-        "batch1_ms_p50": round(float(np.percentile(latencies, 50)), 3),
-        "batch1_ms_p95": round(float(np.percentile(latencies, 95)), 3),
-        "batch32_images_per_s": round(throughput, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-      }
-    )
-  )
+  result = {
+    "import_s": round(import_s, 3),
+    "load_s": round(load_s, 3),
+    "batch1_ms_p50": round(float(np.percentile(latencies, 50)), 3),
+    "batch1_ms_p95": round(float(np.percentile(latencies, 95)), 3),
+    "batch32_images_per_s": round(throughput, 1),
+  }
+  if files:
+    from xray_keras.serving import predict
+
+    with open(files) as f:
+      encoded = [open(path, "rb").read() for path in json.load(f)]  # in memory: the disk is not timed
+    score = predict.load_predictor(model)
+    from_bytes = []
+    for i in range(calls + 10):
+      start = time.perf_counter()
+      score(encoded[i % len(encoded)])
+      from_bytes.append(time.perf_counter() - start)
+    from_bytes = np.array(from_bytes[10:]) * 1000
+    result["bytes_batch1_ms_p50"] = round(float(np.percentile(from_bytes, 50)), 3)
+    result["bytes_batch1_ms_p95"] = round(float(np.percentile(from_bytes, 95)), 3)
+    result["bytes_mean_kb"] = round(float(np.mean([len(e) for e in encoded])) / 1024, 1)
+  result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+  print(json.dumps(result))
 
 
 def install_mb(package):
@@ -141,7 +156,8 @@ def test_split(run_dir, limit):
     size, _, channels = json.load(f)["model"]["input_shape"]
   config = dataclasses.replace(external.data_config(values), image_size=size, channels=channels, preprocess=())
   test = loader.load(config, need=("test",)).splits["test"]
-  return test.images[:limit].astype(np.float32), (test.labels[:limit] > 0).astype(int), values
+  files = [r.path for r in test.records[:limit] if os.path.isfile(r.path)]
+  return test.images[:limit].astype(np.float32), (test.labels[:limit] > 0).astype(int), values, files
 
 
 def keras_probabilities(run_dir, pixels, values):
@@ -167,9 +183,12 @@ def bench_run(run_dir, work, calls, limit, variants=VARIANTS):
   from xray_keras.evaluation import metrics
   from xray_keras.serving import formats
 
-  pixels, labels, values = test_split(run_dir, limit)
+  pixels, labels, values, files = test_split(run_dir, limit)
   images = os.path.join(work, "test.npy")
   np.save(images, pixels)
+  file_list = os.path.join(work, "files.json")
+  with open(file_list, "w") as f:
+    json.dump(files, f)
   expected = keras_probabilities(run_dir, pixels, values)
   with open(os.path.join(run_dir, "metrics.json")) as f:
     name = json.load(f)["model"]["name"]
@@ -187,6 +206,7 @@ def bench_run(run_dir, work, calls, limit, variants=VARIANTS):
       continue
     out = os.path.join(work, f"{name}-{key}.npy")
     command = [sys.executable, os.path.abspath(__file__), "--worker", folder, images, out, str(calls)]
+    command += [file_list] if files else []  # the built-in data has no image files
     result = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True)
     if result.returncode:
       skipped[key] = result.stderr.strip().splitlines()[-1][:300]
@@ -212,6 +232,10 @@ def bench_run(run_dir, work, calls, limit, variants=VARIANTS):
       entry["batch32_throughput_ratio_vs_saved_model"] = round(
         entry["batch32_images_per_s"] / base["batch32_images_per_s"], 2
       )
+      if "bytes_batch1_ms_p50" in base and "bytes_batch1_ms_p50" in entry:
+        entry["bytes_batch1_p50_speedup_vs_saved_model"] = round(
+          base["bytes_batch1_ms_p50"] / entry["bytes_batch1_ms_p50"], 2
+        )
   row["skipped"] = skipped
   return row
 
@@ -248,7 +272,7 @@ def main():
 
 
 if __name__ == "__main__":
-  if len(sys.argv) == 6 and sys.argv[1] == "--worker":
-    worker(*sys.argv[2:5], int(sys.argv[5]))
+  if len(sys.argv) in (6, 7) and sys.argv[1] == "--worker":
+    worker(*sys.argv[2:5], int(sys.argv[5]), *sys.argv[6:])
   else:
     main()

@@ -1,8 +1,10 @@
 """Which out-of-distribution score separates chest X-rays from images the model was not made for?
 
 Scores of a trained run (`--run_dir`, or trained here with experiments/vit_scratch.cfg and
-`--epochs`): the Mahalanobis distance of the penultimate features (the run's ood.npz), the energy
-score and 1 - max-softmax of the logits. In-distribution: the built-in test split, and the 224 px
+`--epochs`): the package's score (`combined`: the larger of the feature and thumbnail distances,
+each over its validation scale, from the run's ood.npz), each of its two parts alone (the
+Mahalanobis distance of the penultimate features; that of the 8x8 thumbnail), and two baselines
+from the logits, the energy score and 1 - max-softmax. In-distribution: the built-in test split, and the 224 px
 copy's test split where XRAY_SHARED_DATA (or ../shared) has it. Out: images the package can make
 (blank, uniform noise, rendered text, pydicom's CT and MR samples, the test X-rays flipped upside
 down, inverted, a 20% corner upscaled, and cut JPEGs). Each family's AUROC against the test X-rays,
@@ -28,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
-SCORES = ("mahalanobis", "energy", "max_softmax")
+SCORES = ("combined", "mahalanobis", "thumbnail", "energy", "max_softmax")
 
 
 def _png(image):
@@ -132,8 +134,12 @@ def all_scores(model, state, extract, images):
   from xray_keras.evaluation import ood
 
   features, logits = extract(images)
+  distance = ood.mahalanobis(features, state["mean"], state["precision"])
+  grid = int(state["grid"])
   return {
-    "mahalanobis": ood.mahalanobis(features, state["mean"], state["precision"]),
+    "combined": ood.combine(state, distance, images),
+    "mahalanobis": distance,
+    "thumbnail": ood.mahalanobis(ood.thumbnail(images, grid), state["thumb_mean"], state["thumb_precision"]),
     "energy": ood.energy(logits),
     "max_softmax": ood.max_softmax(logits),
   }
@@ -178,8 +184,8 @@ def main():
     run_dir = tempfile.mkdtemp(prefix="ood_bench_")
     training = _train(1 if args.quick else args.epochs, args.quick, run_dir)
   state = ood.load(run_dir)
-  if state is None:
-    raise SystemExit(f"{run_dir} has no {ood.NPZ}: run it with --ood.")
+  if state is None or "thumb_mean" not in state:
+    raise SystemExit(f"{run_dir} has no {ood.NPZ} with a thumbnail: run it again with --ood (the default).")
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   size = int(model.input_shape[1])
   extract = ood.extractor(model, 64)

@@ -222,6 +222,8 @@ def test_formats_quick_mode_scores_every_format_against_keras_in_fresh_processes
   for name, entry in row["formats"].items():
     assert entry["batch1_ms_p50"] <= entry["batch1_ms_p95"] and entry["batch32_images_per_s"] > 0, name
     assert entry["file_mb"] > 0 and entry["peak_rss_mb"] > 0 and entry["import_s"] > 0, name
+    assert 0 < entry["bytes_batch1_ms_p50"] <= entry["bytes_batch1_ms_p95"] and entry["bytes_mean_kb"] > 0, name
+    assert entry["bytes_batch1_p50_speedup_vs_saved_model"] > 0, name  # from the files' bytes, as predict reads
     if "int8" not in name:
       assert entry["max_abs_probability_difference"] < 1e-4 and entry["label_agreement"] == 1.0, name
   assert row["formats"]["saved_model"]["batch1_p50_speedup_vs_saved_model"] == 1.0
@@ -246,6 +248,17 @@ def test_federated_attacks_quick_mode_compares_strategies_under_a_bad_site(tmp_p
 
 
 @pytest.mark.slow
+def test_ood_cost_quick_mode_times_exports_with_and_without_the_score(tiny_run, tmp_path):
+  out = tmp_path / "ood_cost.json"
+  _run_in_process(["benchmarks/ood_cost.py", "--quick", f"--run_dir={tiny_run[2]}", f"--output={out}"])
+  report = json.loads(out.read_text())
+  assert 0 < report["run_cost"]["ood_fit_s"] < report["run_cost"]["total_run_s"]
+  saved_model = next(r for r in report["serving"] if r["format"] == "saved_model")
+  assert saved_model["has_ood"] == [True, False]  # the same run exported with its OOD score and without
+  for key in ("pixels", "bytes"):  # the tiny run's test images are files: both ways
+    assert all(t > 0 for t in saved_model[f"{key}_ms_p50"]) and saved_model[f"{key}_ratio_with_to_without"] > 0
+
+
 def test_ood_quick_mode_scores_every_family_with_each_candidate(tmp_path):
   out = tmp_path / "ood.json"
   _run_in_process(["benchmarks/ood.py", "--quick", f"--output={out}"])
@@ -253,7 +266,9 @@ def test_ood_quick_mode_scores_every_family_with_each_candidate(tmp_path):
   assert report["quick"] and report["machine"]["cores"] >= 1 and report["date_utc"]
   assert {(r["family"], r["score"]) for r in report["rows"]} >= {
     ("uniform_noise", "mahalanobis"),
+    ("upside_down", "combined"),
+    ("inverted", "thumbnail"),
     ("dicom_ct_mr", "energy"),
   }
   assert all(0 <= r["auroc_vs_builtin_test"] <= 1 for r in report["rows"])
-  assert set(report["false_flag_rate"]) == {"mahalanobis", "energy", "max_softmax"}
+  assert set(report["false_flag_rate"]) == {"combined", "mahalanobis", "thumbnail", "energy", "max_softmax"}

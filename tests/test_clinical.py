@@ -152,11 +152,13 @@ def test_ensemble_weights_are_chosen_on_validation_only():
 def test_preprocess_steps_match_between_numpy_and_the_serving_graph():
   import tensorflow as tf
 
+  from xray_keras.serving import preprocess_tf
+
   images = builtin.load()[0][:6, :, :, None] if builtin.load()[0].ndim == 3 else builtin.load()[0][:6]
   for spec in ("downsample:16", "equalize", "equalize,downsample:24"):
     steps = preprocess.parse(spec)
     ours = preprocess.apply(images, steps)
-    graph = np.stack([preprocess.apply_tf(tf.constant(image), steps).numpy() for image in images])
+    graph = np.stack([preprocess_tf.apply(tf.constant(image), steps).numpy() for image in images])
     np.testing.assert_array_equal(ours, graph)
     assert ours.shape == images.shape and ours.dtype == np.uint8
   blurred = preprocess.apply(images, preprocess.parse("downsample:16")).astype(float)

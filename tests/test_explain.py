@@ -9,8 +9,8 @@ import pytest
 
 from xray_keras import models
 from xray_keras.data import builtin
+from xray_keras.evaluation import explain
 from xray_keras.models.vit_scratch import vit_scratch
-from xray_keras.report import explain
 
 
 def _toy(n=64, size=32, seed=0):
@@ -93,7 +93,7 @@ def test_grad_cam_on_jax_equals_tensorflow_on_the_same_weights(tmp_path):
   images = builtin.load()[0][:4].astype(np.float32)
   np.save(tmp_path / "images.npy", images)
   code = (
-    "import numpy as np; from xray_keras import models; from xray_keras.report import explain; "
+    "import numpy as np; from xray_keras import models; from xray_keras.evaluation import explain; "
     "m = models.build_model('cnn_scratch', (64, 64, 1)); m.load_weights(r'{w}'); "
     "np.save(r'{out}', explain.grad_cam(m, np.load(r'{x}')))"
   ).format(w=tmp_path / "cnn.weights.h5", out=tmp_path / "jax.npy", x=tmp_path / "images.npy")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests import dicom_files
-from xray_keras.evaluation import external
+from xray_keras import external_validation
 
 
 def _as_dicom(tree, out, invert=False):
@@ -30,7 +30,9 @@ def test_external_validation_on_the_runs_own_test_images_gives_its_own_test_metr
   base, tree, run_dir, _ = tiny_run
   own = json.loads((run_dir / "metrics.json").read_text())["test"]
   dicom_tree = _as_dicom(tree, str(tmp_path / "as_dicom"))
-  folder, result = external.validate(str(run_dir / "model.keras"), dicom_tree, cache_dir=str(tmp_path / "cache"))
+  folder, result = external_validation.validate(
+    str(run_dir / "model.keras"), dicom_tree, cache_dir=str(tmp_path / "cache")
+  )
   assert folder == os.path.join(str(run_dir), "external", "as_dicom")
   at = result["at_0.5"]
   assert at["n"] == own["n"] and at["auc"] == pytest.approx(own["auc"], abs=1e-9)
@@ -47,7 +49,7 @@ def test_external_validation_on_the_runs_own_test_images_gives_its_own_test_metr
 
   # a shifted copy: the same images as negatives, tagged as if they were not
   shifted = _as_dicom(tree, str(tmp_path / "inverted"), invert=True)
-  _, worse = external.validate(str(run_dir), shifted, cache_dir=str(tmp_path / "cache"))
+  _, worse = external_validation.validate(str(run_dir), shifted, cache_dir=str(tmp_path / "cache"))
   assert worse["at_0.5"]["auc"] < own["auc"]
   assert worse["difference_from_own_test"]["auc_difference"] < 0
 
@@ -56,7 +58,7 @@ def test_external_validation_refuses_what_is_neither_a_run_nor_an_export(tmp_pat
   from xray_keras.errors import UserError
 
   with pytest.raises(UserError, match="is neither a run folder \\(with model.keras\\), a .keras file nor an export"):
-    external.open_model(str(tmp_path))
+    external_validation.open_model(str(tmp_path))
 
 
 def test_evaluate_scores_every_image_of_flat_normal_and_pneumonia_folders(tiny_run, tmp_path):
@@ -68,7 +70,7 @@ def test_evaluate_scores_every_image_of_flat_normal_and_pneumonia_folders(tiny_r
   flat = tmp_path / "site"
   for class_name in ("NORMAL", "PNEUMONIA"):
     shutil.copytree(os.path.join(tree, "test", class_name), flat / class_name)
-  folder, result = external.validate(str(run_dir), str(flat), cache_dir=str(tmp_path / "cache"))
+  folder, result = external_validation.validate(str(run_dir), str(flat), cache_dir=str(tmp_path / "cache"))
   assert folder == os.path.join(str(run_dir), "external", "site")
   assert result["at_0.5"]["n"] == own["n"] == len(os.listdir(flat / "NORMAL")) + len(os.listdir(flat / "PNEUMONIA"))
   assert result["at_0.5"]["auc"] == pytest.approx(own["auc"], abs=1e-9)

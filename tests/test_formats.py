@@ -126,11 +126,11 @@ def test_predict_runs_each_export_where_tensorflow_and_keras_cannot_be_imported(
 
 
 def test_an_export_is_evaluated_on_a_labelled_set_like_its_run(float_exports, tmp_path):
-  from xray_keras.evaluation import external
+  from xray_keras import external_validation
 
   tree, run, exports, _ = float_exports
-  _, own = external.validate(run, tree, output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
-  folder, result = external.validate(
+  _, own = external_validation.validate(run, tree, output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+  folder, result = external_validation.validate(
     exports["onnx"], tree, output_dir=str(tmp_path / "onnx"), cache_dir=str(tmp_path / "cache")
   )
   assert result["n"] == own["n"] == 12

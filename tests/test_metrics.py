@@ -86,7 +86,8 @@ def test_no_metric_is_computed_from_nan_or_infinite_predictions(probabilities, c
 
 
 def test_a_run_with_nan_predictions_stops_before_writing_anything(tmp_path):
-  from xray_keras.training import end_of_run
+  from xray_keras import pipeline
+  from xray_keras.training import trainer
 
   def split(n):
     return types.SimpleNamespace(images=np.zeros((n, 8, 8, 1), np.uint8), labels=np.arange(n) % 2, records=[])
@@ -95,7 +96,7 @@ def test_a_run_with_nan_predictions_stops_before_writing_anything(tmp_path):
   data = types.SimpleNamespace(class_names=("NORMAL", "PNEUMONIA"), splits={"val": split(6), "test": split(12)})
   config = types.SimpleNamespace(model_input=lambda: (None, 8, 1))
   with pytest.raises(UserError, match=r"^6 of 6 val predictions are NaN or infinite: no metric computed \(the model"):
-    end_of_run.finish_run(config, str(tmp_path), model, data, "", 4, {}, "cpu", 0.0)
+    pipeline.finish(config, trainer.Trained(str(tmp_path), model, data, "", 4, {}, "cpu", 0.0))
   assert os.listdir(tmp_path) == []
 
 

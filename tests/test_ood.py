@@ -52,37 +52,76 @@ def test_ledoit_wolf_matches_the_closed_form_and_the_distance_is_mahalanobis():
 
 def test_the_gaussian_sees_only_train_and_the_threshold_only_validation(monkeypatch, tmp_path):
   from xray_keras import models
-  from xray_keras.training import end_of_run
+  from xray_keras.evaluation import run_eval
+  from xray_keras.report import run_files
 
   model = models.build_model("vit_scratch", (32, 32, 1), patch_size=8)
   rng = np.random.default_rng(0)
   splits = {
     s: types.SimpleNamespace(images=rng.uniform(0, 255, (n, 32, 32, 1)))
-    for s, n in (("train", 20), ("val", 9), ("test", 7))
+    for s, n in (("train", 700), ("val", 9), ("test", 7))  # 700: enough for the 8x8 thumbnail's Gaussian
   }
   seen = {}
 
   def spy(name, fn):
     def recorded(values):
-      seen[name] = values
+      seen.setdefault(name, []).append(values)
       return fn(values)
 
     return recorded
 
   monkeypatch.setattr(ood, "fit_gaussian", spy("gaussian", ood.fit_gaussian))
   monkeypatch.setattr(ood, "threshold_of", spy("threshold", ood.threshold_of))
-  result = end_of_run._fit_ood(str(tmp_path), model, types.SimpleNamespace(splits=splits), 8)
+  (state, val_scores), result, _ = run_eval._fit_ood(model, types.SimpleNamespace(splits=splits), 8)
+  run_files.write_ood(str(tmp_path), state, val_scores)
   extract = ood.extractor(model, 8)
-  assert np.allclose(seen["gaussian"], extract(splits["train"].images)[0])
+  features, thumbnails = seen["gaussian"]  # the features' Gaussian, then the thumbnail's: train only
+  assert np.allclose(features, extract(splits["train"].images)[0])
+  assert np.allclose(thumbnails, ood.thumbnail(splits["train"].images, 8)) and thumbnails.shape == (700, 64)
   state = ood.load(str(tmp_path))
+  feature_val, thumb_val, combined_val = seen["threshold"]  # every threshold from validation scores alone
+  assert np.allclose(feature_val, ood.mahalanobis(extract(splits["val"].images)[0], state["mean"], state["precision"]))
   assert np.allclose(
-    seen["threshold"], ood.mahalanobis(extract(splits["val"].images)[0], state["mean"], state["precision"])
+    thumb_val, ood.mahalanobis(ood.thumbnail(splits["val"].images, 8), state["thumb_mean"], state["thumb_precision"])
   )
-  assert result["threshold"] == state["threshold"] == pytest.approx(np.percentile(seen["threshold"], 99))
+  assert np.allclose(combined_val, np.maximum(feature_val / state["feature_scale"], thumb_val / state["thumb_scale"]))
+  assert state["feature_scale"] == pytest.approx(np.percentile(feature_val, 99))
+  assert result["threshold"] == state["threshold"] == pytest.approx(np.percentile(combined_val, 99))
   assert result["val_flagged"] == 1 and 0 <= result["test_flagged"] <= 7 and result["test_n"] == 7
   summary = json.loads((tmp_path / ood.JSON).read_text())
-  assert summary["feature_layer"] == "head_dropout" and summary["dims"] == 56 and summary["train_n"] == 20
-  assert summary["val_inside_rate"] == pytest.approx(8 / 9)
+  assert summary["feature_layer"] == "head_dropout" and summary["dims"] == 56 and summary["train_n"] == 700
+  assert summary["grid"] == 8 and summary["val_inside_rate"] == pytest.approx(8 / 9)
+
+
+def test_a_train_split_too_small_for_the_thumbnail_keeps_the_features_alone():
+  from xray_keras import models
+
+  model = models.build_model("vit_scratch", (32, 32, 1), patch_size=8)
+  rng = np.random.default_rng(0)
+  for train_n, grid in ((39, None), (40, 2), (160, 4), (640, 8)):  # 10 train images per thumbnail cell
+    assert ood.grid_for(32, train_n) == grid
+  assert ood.grid_for(36, 10_000) == 4 and ood.grid_for(35, 10_000) is None  # a grid must divide the size
+  train, val = rng.uniform(0, 255, (39, 32, 32, 1)), rng.uniform(0, 255, (5, 32, 32, 1))
+  state, val_scores = ood.fit(model, train, val, 8)
+  assert "thumb_mean" not in state and "grid" not in ood.describe(state, val_scores)
+  assert np.allclose(val_scores, ood.mahalanobis(ood.features(model, val, 8)[0], state["mean"], state["precision"]))
+
+
+def test_the_thumbnail_sees_a_chest_upside_down_or_inverted():
+  """The layout the features miss: built-in test X-rays upside down or with inverted grey levels lie far
+  outside the train split's thumbnail Gaussian, and the test X-rays as they are do not."""
+  from xray_keras.data import builtin
+  from xray_keras.evaluation import metrics
+
+  images, records = builtin.load()
+  split = np.array([r.split for r in records])
+  train, test = images[split == "train"], images[split == "test"]
+  gaussian = ood.fit_gaussian(ood.thumbnail(train, 8))
+  inside = ood.mahalanobis(ood.thumbnail(test, 8), **gaussian)
+  for name, changed in (("upside down", test[:, ::-1]), ("inverted", 255 - test)):
+    outside = ood.mahalanobis(ood.thumbnail(changed, 8), **gaussian)
+    auroc = metrics.roc_auc(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside])
+    assert auroc > 0.95, (name, auroc)
 
 
 def test_the_run_records_its_ood_score(tiny_run):
@@ -122,7 +161,11 @@ def test_noise_is_flagged_blank_images_are_refused_and_few_test_x_rays_are_flagg
 
 @pytest.fixture(scope="module")
 def ood_exports(tiny_run, tmp_path_factory):
-  """The tiny run exported in every format, with and without its OOD score."""
+  """The tiny run exported in every format, with and without its OOD score. The score is fitted again on
+  the built-in train and validation splits at the run's 48 px, enough images for the thumbnail's
+  Gaussian (the tiny run's dozen train images are not)."""
+  from xray_keras import models
+  from xray_keras.report import run_files
   from xray_keras.serving import formats
 
   _, _, run_dir, _ = tiny_run
@@ -132,6 +175,11 @@ def ood_exports(tiny_run, tmp_path_factory):
   shutil.copytree(run_dir, without)
   for name in (ood.JSON, ood.NPZ):
     os.remove(without / name)
+  model = models.load_model(str(run_dir / "model.keras"))
+  train, val = (_builtin(s, 48, out / "cache") for s in ("train", "val"))
+  state, val_scores = ood.fit(model, train, val, 64)
+  assert state["grid"] == 8
+  run_files.write_ood(str(with_ood), state, val_scores)
   exports = {}
   for run, tag in ((with_ood, "ood"), (without, "plain")):
     for fmt in ("saved_model", *FORMATS):

@@ -166,9 +166,9 @@ def test_evaluate_counts_the_flagged_images_and_gives_the_metrics_with_and_witho
   assert f"2 of {n} images flagged" in report and "| without the flagged | " in report
 
   # The SavedModel export: the same count, its threshold from the model card.
-  from xray_keras.evaluation import external
+  from xray_keras import external_validation
 
-  _, by_export = external.validate(
+  _, by_export = external_validation.validate(
     str(export_dir / "vit_scratch"), str(site), output_dir=str(tmp_path / "export"), cache_dir=str(tmp_path / "c2")
   )
   assert by_export["ood"]["flagged"] == 2 and "model card" in by_export["ood"]["source"]

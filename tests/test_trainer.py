@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import REPO
 from xray_keras.config import TrainConfig
-from xray_keras.training import schedules, trainer, transfer
+from xray_keras.models import schedules
+from xray_keras.training import trainer, transfer
 from xray_keras.training.timing import TimingCallback
 
 
@@ -189,8 +190,7 @@ def test_ema_validates_on_the_average_and_ends_with_it_in_the_model(tmp_path):
 
 def test_end_of_run_predictions_use_whole_batches_only(monkeypatch):
   from xray_keras import models
-  from xray_keras.evaluation import prediction
-  from xray_keras.training import end_of_run
+  from xray_keras.evaluation import prediction, run_eval
 
   model = models.build_model("cnn_scratch", (32, 32, 1), weights="none")
   images = np.random.default_rng(0).integers(0, 255, (23, 32, 32, 1)).astype(np.uint8)
@@ -202,6 +202,6 @@ def test_end_of_run_predictions_use_whole_batches_only(monkeypatch):
   for count in (23, 7, 8):  # the validation and test splits, and a split of exactly one batch
     np.testing.assert_allclose(prediction.predict(model, images[:count], 8), expected[:count], atol=1e-6)
   monkeypatch.setattr(model, "predict_on_batch", predict_on_batch)  # its latency figure times single images
-  end_of_run._inference_timing(model, images, 8)
+  run_eval.inference_timing(model, images, 8)
   assert shapes and set(shapes) == {8}, shapes  # one batch shape: the step is traced once
   assert not predicted  # not model.predict, whose autotuned tf.data pipeline held the end of each call

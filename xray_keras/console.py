@@ -22,6 +22,8 @@ import time
 _NATIVE_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
 _NATIVE_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _PREFIXES = {std_logging.WARNING: "WARNING: ", std_logging.ERROR: "ERROR: ", std_logging.CRITICAL: "FATAL: "}
+# Tells each model's run which model of the study it is, for its progress lines (set by the study runner).
+STUDY_ENV = "XRAY_STUDY_PROGRESS"
 
 
 def command(argv=None):

@@ -57,6 +57,7 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   from xray_keras.data import loader
   from xray_keras.data.records import printable
   from xray_keras.evaluation import clinical, external
+  from xray_keras.report import run_files
   from xray_keras.training.run_dir import read_flags
 
   values = read_flags(os.path.join(run_dir, "flags.txt"))
@@ -78,7 +79,9 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
     splits[split] = (files, (arrays.labels > 0).astype(int), arrays.images)
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   batch_size = batch_size or int(values.get("batch_size", 32))
-  return clinical.write_tta(run_dir, model, splits, augment, views, batch_size, seed)
+  by_split = clinical.tta_by_split(model, splits, augment, views, batch_size, seed)
+  run_files.write_tta(run_dir, by_split, augment, views, seed)
+  return by_split
 
 
 def ood_summary(ood):
@@ -102,15 +105,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from xray_keras.evaluation import clinical
+  from xray_keras.report import run_files
 
   run_dir = _RUN_DIR.value
   if not (run_dir or _MODEL.value):
     raise app.UsageError("Pass --model (and --data_dir) to score a run on another set, or --run_dir.")
   if _MODEL.value:
     try:
-      from xray_keras.evaluation import external
+      from xray_keras import external_validation
 
-      folder, result = external.validate(
+      folder, result = external_validation.validate(
         _MODEL.value, _DATA_DIR.value, _SPLIT.value, _NAME.value, _OUTPUT_DIR.value, _CACHE_DIR.value
       )
     except UserError as e:
@@ -134,7 +138,8 @@ def main(argv):
       saved = clinical.read_predictions(run_dir)
       if "val" not in saved:
         raise UserError(f"{run_dir} has no validation predictions to fit a temperature on.")
-      fitted = clinical.write_calibration(run_dir, saved["val"][1], saved["val"][2])
+      fitted = clinical.calibration_fit(saved["val"][1], saved["val"][2])
+      run_files.write_calibration(run_dir, fitted)
       logging.info(
         "Temperature %.3f: validation log loss %.4f -> %.4f",
         fitted["temperature"],

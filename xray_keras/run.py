@@ -43,9 +43,9 @@ def main(argv):
     from xray_keras.data import loader
 
     loader.check_early(config.data)
-    from xray_keras.training import trainer  # Imports Keras and the backend.
+    from xray_keras import pipeline  # Imports Keras and the backend.
 
-    trainer.train_and_evaluate(config)
+    pipeline.train_and_evaluate(config)
   except UserError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -23,11 +23,10 @@ import time
 from absl import flags, logging
 
 from xray_keras import atomic, choices
+from xray_keras.console import STUDY_ENV
 from xray_keras.errors import UserError
 from xray_keras.training import run_dir as run_dirs
 
-# Tells each model's run which model of the study it is (its progress lines say so).
-STUDY_ENV = "XRAY_STUDY_PROGRESS"
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 # Flags that belong to the study, or that each model's run sets itself.
 _NOT_PASSED = {

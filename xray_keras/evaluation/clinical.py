@@ -1,5 +1,6 @@
 """A finished run's clinical extras: its temperature (calibration.json) and its test-time-augmented
-predictions (predictions_tta.csv), written by `--calibrate` / `--tta` or later by `xray_keras.evaluate`."""
+predictions (predictions_tta.csv), computed here and read back from the run folder (written by
+`report/run_files.py` at the end of a run or by `xray_keras.evaluate`)."""
 
 import csv
 import json
@@ -8,7 +9,6 @@ import os
 
 import numpy as np
 
-from xray_keras import atomic
 from xray_keras.evaluation import calibration, metrics, operating_points
 
 PREDICTIONS = "predictions.csv"
@@ -76,21 +76,10 @@ def read_predictions(run_dir, name=PREDICTIONS):
   return out
 
 
-def write_predictions(path, by_split):
-  """`by_split`: `{split: (files, labels, probabilities)}`, as `read_predictions` returns."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-    writer = csv.writer(f)
-    writer.writerow(["file", "split", "label", "probability"])
-    for split, (files, labels, probabilities) in by_split.items():
-      writer.writerows([file, split, int(label), written(p)] for file, label, p in zip(files, labels, probabilities))
-  os.replace(tmp, path)
-
-
-def write_calibration(run_dir, val_labels, val_probabilities):
-  """Fits the temperature on validation and writes calibration.json; returns its content."""
+def calibration_fit(val_labels, val_probabilities):
+  """The temperature fitted on validation, as calibration.json holds it."""
   temperature = calibration.fit_temperature(val_labels, val_probabilities)
-  result = {
+  return {
     "method": "temperature scaling",
     "temperature": temperature,
     "fitted_on": "val",
@@ -101,8 +90,6 @@ def write_calibration(run_dir, val_labels, val_probabilities):
       val_labels, calibration.apply_temperature(val_probabilities, temperature)
     ),
   }
-  atomic.write_json(os.path.join(run_dir, CALIBRATION), result)
-  return result
 
 
 def temperature(run_dir):
@@ -115,21 +102,17 @@ def temperature(run_dir):
   return float(value) if value and math.isfinite(value) else None
 
 
-def write_tta(run_dir, model, splits, augment, views, batch_size=32, seed=0):
-  """Writes predictions_tta.csv and tta.json for `splits`: `{split: (files, labels, images)}`; returns
-  `{split: (files, labels, probabilities as written)}`. `UserError`, and nothing written, if a prediction is
-  NaN or infinite."""
+def tta_by_split(model, splits, augment, views, batch_size=32, seed=0):
+  """`{split: (files, labels, probabilities as written)}` for `splits`: `{split: (files, labels, images)}`.
+
+  `UserError` if a prediction is NaN or infinite.
+  """
   by_split = {
     s: (files, labels, as_written(tta_predict(model, images, augment, views, batch_size, seed)))
     for s, (files, labels, images) in splits.items()
   }
   for s, (_, labels, probabilities) in by_split.items():
     metrics.require_finite(labels, probabilities, f"{s} predictions with {views}-view TTA")
-  write_predictions(os.path.join(run_dir, TTA_PREDICTIONS), by_split)
-  atomic.write_json(
-    os.path.join(run_dir, TTA),
-    {"views": int(views), "augment": list(augment), "seed": seed, "first_view": "the image itself"},
-  )
   return by_split
 
 

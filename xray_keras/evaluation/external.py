@@ -7,29 +7,15 @@ independently (they hold different images).
 """
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 
 from xray_keras.data import patients
 from xray_keras.data.records import printable
 from xray_keras.errors import UserError
-from xray_keras.evaluation import calibration, clinical, metrics, ood, operating_points, prediction, statistics
+from xray_keras.evaluation import calibration, metrics, operating_points, statistics
 
 RESAMPLES = 1000
-
-
-def resolve_run(keras_file):
-  """The run folder of a `.keras` file: the folder holding it, with the run's metrics.json and flags.txt."""
-  run_dir = os.path.dirname(os.path.abspath(keras_file))
-  for name in ("metrics.json", "flags.txt"):
-    if not os.path.isfile(os.path.join(run_dir, name)):
-      raise UserError(
-        f"{keras_file} is not in a finished run folder (no {name} beside it): external validation applies "
-        "the run's validation-chosen thresholds. Pass the run folder or an export of it."
-      )
-  return run_dir
 
 
 @dataclasses.dataclass
@@ -50,94 +36,7 @@ class Trained:
   ood: dict | None = None  # {threshold, source, method} of that score
 
 
-def open_model(model_path):
-  """A run folder, its model.keras, or an export of any format, as a `Trained`."""
-  from xray_keras.serving import runtime
-
-  kind, path = runtime.resolve_model(model_path)
-  if kind == "export":
-    return _export(runtime.Runtime(path))
-  return _run(path, resolve_run(path))
-
-
-def _run(keras_file, run_dir):
-  from xray_keras import models
-  from xray_keras.training.run_dir import read_flags
-
-  values = read_flags(os.path.join(run_dir, "flags.txt"))
-  with open(os.path.join(run_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  size, _, channels = metrics["model"]["input_shape"]
-  thresholds = clinical.decision_thresholds(run_dir)
-  if not thresholds:
-    raise UserError(f"{run_dir} has no validation predictions: no operating points to apply.")
-  temperature = clinical.temperature(run_dir)
-  own = clinical.read_predictions(run_dir).get("test")
-  if own:
-    own = (own[1], calibration.apply_temperature(own[2], temperature) if temperature else own[2])
-  model = models.load_model(keras_file)
-  batch_size = int(values.get("batch_size", 32))
-
-  def probabilities(images):
-    p = models.pneumonia_probability(prediction.predict(model, images, batch_size))
-    return calibration.apply_temperature(p, temperature) if temperature else p
-
-  state, ood_scores, ood_info = ood.load(run_dir), None, None
-  if state is not None:
-    ood_scores = lambda images: ood.scores(model, state, images, batch_size)  # noqa: E731
-    ood_info = {
-      "threshold": float(state["threshold"]),
-      "source": f"the run's {ood.JSON}, {state.get('threshold_rule', 'fitted at training')}",
-      "method": state.get("method", ood.METHOD),
-    }
-
-  return Trained(
-    f"the run `{os.path.basename(os.path.normpath(run_dir))}`",
-    values,
-    size,
-    channels,
-    temperature,
-    thresholds,
-    _own_test(metrics),
-    own,
-    probabilities,
-    run_dir,
-    ood_scores,
-    ood_info,
-  )
-
-
-def _export(runtime):
-  card = runtime.card
-  points = card.get("operating_points") or {}
-  if not points:
-    raise UserError(f"{runtime.path}: its model card has no validation-chosen operating points to apply.")
-  name = card.get("model", {}).get("name", "model")
-  quantized = " int8" if card.get("quantization") else ""
-  ood_info = None
-  if runtime.ood_threshold is not None:
-    rule = (card.get("ood") or {}).get("threshold_rule", "fitted at training")
-    ood_info = {
-      "threshold": runtime.ood_threshold,
-      "source": f"the model card's ood, {rule}",
-      "method": (card.get("ood") or {}).get("method", ood.METHOD),
-    }
-  return Trained(
-    f"the {card.get('format', runtime.format)}{quantized} export of `{name}`",
-    card.get("flags", {}),
-    card["input"]["image_size"],
-    card["input"]["channels"],
-    (card.get("calibration") or {}).get("temperature"),
-    {rule: point["threshold"] for rule, point in points.items()},
-    _own_test(card.get("metrics", {})),
-    None,
-    runtime.probabilities,
-    ood_scores=(lambda images: runtime.scores(images)[1]) if ood_info else None,
-    ood=ood_info,
-  )
-
-
-def _own_test(metrics):
+def own_test(metrics):
   """The own test split's n, ROC-AUC and CIs from a metrics.json (or a model card's `metrics`)."""
   test = metrics.get("test", {})
   return {"n": test.get("n"), "auc": test.get("auc"), "ci95": test.get("ci95", {})}
@@ -306,29 +205,3 @@ def data_config(values):
     else:
       kwargs[field.name] = value
   return DataConfig(**kwargs)
-
-
-def validate(model_path, data_dir, split="test", name="", output_dir="", cache_dir=""):
-  """Scores the model on `data_dir` and writes the external folder; returns (folder, metrics)."""
-  from xray_keras.data import loader
-  from xray_keras.report import external as report
-
-  trained = open_model(model_path)
-  config = dataclasses.replace(
-    data_config(trained.values),
-    source="auto",
-    data_dir=data_dir,
-    image_size=trained.size,
-    channels=trained.channels,
-    cache_dir=cache_dir,
-    max_images_per_split=0,
-  )
-  if trained.run_dir is None:
-    config = dataclasses.replace(config, preprocess=())
-  data = loader.load(config, need=(split,))
-  name = name or (os.path.splitext(os.path.basename(os.path.normpath(data_dir)))[0] if data_dir else "builtin")
-  folder = output_dir or os.path.join(trained.run_dir or "", "external", name)
-  scored = score(trained, data, split)
-  result = evaluate(trained, scored)
-  report.write(folder, name, trained.label, data, scored, result)
-  return folder, result

@@ -1,11 +1,14 @@
 """Out-of-distribution score from the model itself: is this image like the X-rays it was trained on?
 
-Features are the model's penultimate activations (the input of its final Dense layer). A Gaussian
-is fitted to the train split's features (mean and Ledoit-Wolf shrinkage covariance, float64); the
-score is the Mahalanobis distance to it. The threshold is the 99th percentile of the validation
-split's scores, so about 1% of in-distribution images are flagged. The run folder gets `ood.json`
-(method, threshold, feature layer, dims, validation inside-rate) and `ood.npz` (mean, precision).
-Two baselines from the logits are kept for the benchmark: the energy score and max-softmax.
+Two Gaussians are fitted to the train split (mean and Ledoit-Wolf shrinkage covariance, float64):
+one to the model's penultimate activations (the input of its final Dense layer), which see what the
+model sees, and one to an 8x8 thumbnail of the image's grey levels, which sees the layout the
+features are blind to (an image upside down, or its grey levels inverted). Each Mahalanobis distance
+is divided by its own 99th percentile on the validation split, and the score is the larger of the
+two; the threshold is the 99th percentile of the validation split's scores, so about 1% of
+in-distribution images are flagged. The run folder gets `ood.json` (method, threshold, layers,
+dims, validation inside-rate) and `ood.npz` (the means and precisions). Two baselines from the logits
+are kept for the benchmark: the energy score and max-softmax.
 """
 
 import json
@@ -13,11 +16,11 @@ import os
 
 import numpy as np
 
-from xray_keras import atomic
-
 JSON, NPZ = "ood.json", "ood.npz"
 METHOD = "mahalanobis"
 PERCENTILE = 99.0
+GRIDS = (8, 4, 2)  # the thumbnail's cells a side: the first that divides the input size ...
+SAMPLES_PER_DIM = 10  # ... and has at least this many train images per cell for its Gaussian
 
 
 def head_layer(model):
@@ -102,6 +105,33 @@ def mahalanobis(features, mean, precision):
   return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
+def grid_for(size, train_n):
+  """The thumbnail's cells a side for `size`-pixel inputs and `train_n` train images; None where no grid
+  of GRIDS divides the size or the split is too small for its Gaussian (then the features alone count)."""
+  return next((g for g in GRIDS if size % g == 0 and train_n >= SAMPLES_PER_DIM * g * g), None)
+
+
+def thumbnail(pixels, grid):
+  """`(N, grid * grid)` float64: the mean grey level (0..1) of each cell of the images `(N, S, S, C)`."""
+  pixels = np.asarray(pixels)
+  n, size = len(pixels), pixels.shape[1]
+  out = np.empty((n, grid * grid), np.float64)
+  for start in range(0, n, 256):  # a float64 copy of a whole split would be gigabytes at 224 px
+    x = pixels[start : start + 256].astype(np.float64).mean(-1)
+    cells = x.reshape(len(x), grid, size // grid, grid, size // grid).mean((2, 4))
+    out[start : start + 256] = cells.reshape(len(x), grid * grid) / 255.0
+  return out
+
+
+def combine(state, feature_distance, pixels):
+  """The score from the feature distance and, when `state` has one, the thumbnail's: each over its
+  validation 99th percentile, the larger of the two (a state from before thumbnails: the distance)."""
+  if "thumb_mean" not in state:
+    return np.asarray(feature_distance, np.float64)
+  thumb = mahalanobis(thumbnail(pixels, int(state["grid"])), state["thumb_mean"], state["thumb_precision"])
+  return np.maximum(np.asarray(feature_distance) / state["feature_scale"], thumb / state["thumb_scale"])
+
+
 def centred_logits(logits):
   """Softmax logits; a one-unit sigmoid logit z is the two-class softmax of (-z/2, z/2)."""
   logits = np.asarray(logits, np.float64)
@@ -135,6 +165,13 @@ def fit(model, train_images, val_images, batch_size=64, extract=None):
     raise ValueError("The OOD score needs at least 2 train images and 1 validation image.")
   state = fit_gaussian(train_features)
   val_scores = mahalanobis(extract(val_images)[0], **state)
+  grid = grid_for(int(np.shape(train_images)[1]), len(train_features))
+  if grid:
+    thumb = fit_gaussian(thumbnail(train_images, grid))
+    state["thumb_mean"], state["thumb_precision"], state["grid"] = thumb["mean"], thumb["precision"], grid
+    state["feature_scale"] = threshold_of(val_scores)
+    state["thumb_scale"] = threshold_of(mahalanobis(thumbnail(val_images, grid), **thumb))
+    val_scores = combine(state, val_scores, val_images)
   state["threshold"] = threshold_of(val_scores)
   state["layer"], state["head"] = _input_layer(model), head_layer(model).name
   state["train_n"], state["val_n"] = len(train_features), len(val_scores)
@@ -148,9 +185,9 @@ def _input_layer(model):
 
 
 def scores(model, state, images, batch_size=64, extract=None):
-  """The Mahalanobis scores of `images` (pixels as the model takes them) under a fitted `state`."""
+  """The OOD scores of `images` (pixels as the model takes them) under a fitted `state`."""
   extract = extract or extractor(model, batch_size)
-  return mahalanobis(extract(images)[0], state["mean"], state["precision"])
+  return combine(state, mahalanobis(extract(images)[0], state["mean"], state["precision"]), images)
 
 
 def assess(model, state, pixels, batch_size=64):
@@ -181,16 +218,6 @@ def assess_run(run_dir, pixels, batch_size=64):
   return probability, ood_scores, flagged
 
 
-def save(run_dir, state, val_scores):
-  """Writes `ood.npz` (mean, precision) and then `ood.json` (the rest), each atomically."""
-  tmp = os.path.join(run_dir, NPZ + ".tmp.npz")
-  np.savez(tmp, mean=state["mean"], precision=state["precision"])
-  os.replace(tmp, os.path.join(run_dir, NPZ))
-  summary = describe(state, val_scores)
-  atomic.write_json(os.path.join(run_dir, JSON), summary)
-  return summary
-
-
 def describe(state, val_scores):
   val_scores = np.asarray(val_scores)
   return {
@@ -201,6 +228,17 @@ def describe(state, val_scores):
     "features": f"the input of the final Dense layer {state['head']!r}",
     "dims": int(len(state["mean"])),
     "covariance": "Ledoit-Wolf shrinkage, fitted on the train split",
+    **(
+      {
+        "thumbnail": f"the mean grey level of each cell of a {state['grid']}x{state['grid']} grid over the image",
+        "grid": int(state["grid"]),
+        "feature_scale": float(state["feature_scale"]),
+        "thumb_scale": float(state["thumb_scale"]),
+        "combined": "max(feature distance / feature_scale, thumbnail distance / thumb_scale)",
+      }
+      if "thumb_mean" in state
+      else {}
+    ),
     "train_n": int(state["train_n"]),
     "val_n": int(state["val_n"]),
     "val_inside_rate": float(np.mean(val_scores <= state["threshold"])) if len(val_scores) else None,
@@ -215,5 +253,9 @@ def load(run_dir):
   with open(summary) as f:
     state = json.load(f)
   with np.load(npz, allow_pickle=False) as arrays:
-    state["mean"], state["precision"] = arrays["mean"].astype(np.float64), arrays["precision"].astype(np.float64)
+    for name in ("mean", "precision", "thumb_mean", "thumb_precision"):
+      if name in arrays.files:
+        state[name] = arrays[name].astype(np.float64)
+  if "thumb_mean" in state and not {"grid", "feature_scale", "thumb_scale"} <= set(state):
+    raise ValueError(f"{summary} lacks the thumbnail's grid or scales that {npz} needs.")
   return state

@@ -18,13 +18,14 @@ import keras
 import numpy as np
 from absl import logging
 
-from xray_keras import models
+from xray_keras import models, pipeline
 from xray_keras.data import feeder, loader
 from xray_keras.errors import UserError
 from xray_keras.federated import client, partition, server
 from xray_keras.federated import flags as federated_flags
 from xray_keras.federated import roster as federated_roster
-from xray_keras.training import device, end_of_run, schedules, trainer
+from xray_keras.models import schedules
+from xray_keras.training import device, trainer
 from xray_keras.training import run_dir as run_dirs
 
 STATE = os.path.join(run_dirs.BACKUP_DIR, "federated_state.npz")
@@ -275,7 +276,9 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
       timing_report["federated"]["dp"]["delta"],
       finished,
     )
-  end_of_run.finish_run(config, run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
+  pipeline.finish(
+    config, trainer.Trained(run_dir, model, data, weights_name, batch_size, timing_report, used_device, start)
+  )
   shutil.rmtree(os.path.join(run_dir, run_dirs.BACKUP_DIR), ignore_errors=True)
   return run_dir
 

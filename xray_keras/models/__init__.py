@@ -138,8 +138,11 @@ def load_model(path, **kwargs):
   """Loads a `.keras` model saved by this package, with Keras `safe_mode` on."""
   import keras
 
-  from xray_keras.models import adapters, vit_layers  # noqa: F401  (registers the custom layers)
-  from xray_keras.training import schedules  # noqa: F401  (and the learning-rate schedule of the saved optimizer)
+  from xray_keras.models import (  # noqa: F401  (registers the custom layers)
+    adapters,
+    schedules,  # noqa: F401  (and the learning-rate schedule of the saved optimizer)
+    vit_layers,
+  )
 
   try:
     import keras_hub  # noqa: F401  (registers keras-hub backbones, if a model holds one)

@@ -100,7 +100,7 @@ def explanations(runs, study_dir):
   """Grad-CAM / attention-rollout grid on a fixed set of test images; None if the data cannot be read."""
   from xray_keras import models
   from xray_keras.data import builtin, decode, folder
-  from xray_keras.report import explain
+  from xray_keras.evaluation import explain
   from xray_keras.training.run_dir import read_flags
 
   rows = []

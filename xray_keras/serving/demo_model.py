@@ -170,7 +170,7 @@ class DemoModel:
     """`(RGB uint8 image, method)`: where the model looked, over the image as the model sees it."""
     pixels = self._pixels(path)
     if self.kind == "run":
-      from xray_keras.report import explain
+      from xray_keras.evaluation import explain
 
       model = self.predictor.model
       steps = preprocess.parse(self.card.get("preprocess", []))

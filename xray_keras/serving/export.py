@@ -23,7 +23,7 @@ from xray_keras.data import preprocess
 from xray_keras.data.records import CLASS_NAMES
 from xray_keras.errors import UserError
 from xray_keras.evaluation import clinical, ood
-from xray_keras.serving import card, graph
+from xray_keras.serving import card, graph, preprocess_tf
 from xray_keras.training import room
 from xray_keras.training.run_dir import read_flags
 
@@ -93,7 +93,7 @@ def _serving_fns(
     if not steps:
       return images
     return tf.map_fn(
-      lambda image: preprocess.apply_tf(image, steps),
+      lambda image: preprocess_tf.apply(image, steps),
       images,
       fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8),
     )
@@ -114,16 +114,16 @@ class OODScorer:
 
   def __init__(self, model, state):
     from xray_keras.evaluation import ood
-    from xray_keras.serving.formats import MahalanobisScore
+    from xray_keras.serving.formats import OODScore
 
     self.features = ood.feature_model(model)
-    self.distance = MahalanobisScore(state["mean"], state["precision"], name="ood_score")
+    self.distance = OODScore(state, name="ood_score")
     self.threshold = tf.constant(float(state["threshold"]), tf.float32)
     self.tracked = (self.features, self.distance)
 
   def __call__(self, pixels):
     features, raw = self.features(pixels, training=False)
-    return self.distance(features), tf.cast(raw, tf.float32)
+    return self.distance(features, pixels), tf.cast(raw, tf.float32)
 
 
 def write_warmup(path, model_name, samples):

@@ -84,6 +84,30 @@ class MahalanobisScore(keras.layers.Layer):
     return keras.ops.sqrt(keras.ops.sum(keras.ops.square(z), axis=-1))
 
 
+class OODScore(keras.layers.Layer):
+  """A run's OOD score (`evaluation/ood.py`) from `(features, pixels)`: the feature distance, and with a
+  thumbnail Gaussian in the state, the larger of the two distances each over its validation scale."""
+
+  def __init__(self, state, **kwargs):
+    super().__init__(**kwargs)
+    self.features = MahalanobisScore(state["mean"], state["precision"], name="features")
+    self.grid = int(state["grid"]) if "thumb_mean" in state else 0
+    if self.grid:
+      self.thumb = MahalanobisScore(state["thumb_mean"], state["thumb_precision"], name="thumbnail")
+      self.scales = (float(state["feature_scale"]), float(state["thumb_scale"]))
+    self.built = True
+
+  def call(self, features, pixels):
+    distance = self.features(features)
+    if not self.grid:
+      return distance
+    size, g = pixels.shape[1], self.grid
+    grey = keras.ops.mean(keras.ops.cast(pixels, "float32"), axis=-1)
+    cells = keras.ops.mean(keras.ops.reshape(grey, (-1, g, size // g, g, size // g)), axis=(2, 4))
+    thumb = self.thumb(keras.ops.reshape(cells, (-1, g * g)) / 255.0)
+    return keras.ops.maximum(distance / self.scales[0], thumb / self.scales[1])
+
+
 def serving_model(model, temperature, ood_state=None):
   """Pixels in, calibrated PNEUMONIA probability out; with a run's OOD state (`ood.load`) a dict of
   `pneumonia_probability` and `ood_score`."""
@@ -92,7 +116,7 @@ def serving_model(model, temperature, ood_state=None):
   if not ood_state:
     return keras.Model(pixels, probability(model(pixels)))
   features, outputs = ood.feature_model(model)(pixels)
-  score = MahalanobisScore(ood_state["mean"], ood_state["precision"], name="ood_score")(features)
+  score = OODScore(ood_state, name="ood_score")(features, pixels)
   return keras.Model(pixels, {"pneumonia_probability": probability(outputs), "ood_score": score})
 
 

@@ -14,7 +14,7 @@ import time
 import keras
 from absl import logging
 
-from xray_keras.study import STUDY_ENV
+from xray_keras.console import STUDY_ENV
 
 # Records of this logger reach run.log (trainer.log_to_file) but not the console.
 DETAIL = std_logging.getLogger("xray_keras.detail")

@@ -1,9 +1,10 @@
 """The run directory: its contract, refusing finished runs and resuming interrupted ones.
 
-A run directory holds flags.txt, split_manifest.csv, skipped_files.csv,
-history.csv, timing.json, metrics.json (written last: it marks a finished run),
-predictions.csv, model.keras, samples/ (a few test images as PNG),
-checkpoints/ and run.log; backup/ exists while training is unfinished.
+A finished run directory holds `FINISHED_FILES`: flags.txt, split_manifest.csv, skipped_files.csv,
+history.csv, timing.json, metrics.json (written last: it marks a finished run), predictions.csv,
+model.keras, samples/ (a few test images as PNG) and run.log; with the options that make them,
+`OPTIONAL_FILES`; and the report (`REPORT_FILES` and its figures, `*.png`). checkpoints/ and
+backup/ exist only while training is unfinished.
 """
 
 import csv
@@ -15,6 +16,21 @@ import shutil
 from xray_keras.errors import UserError
 
 FINISHED_MARKER = "metrics.json"
+FINISHED_FILES = (
+  "flags.txt",
+  "split_manifest.csv",
+  "skipped_files.csv",
+  "history.csv",
+  "timing.json",
+  FINISHED_MARKER,
+  "predictions.csv",
+  "model.keras",
+  "samples",
+  "run.log",
+)
+# --ood, --calibrate, --tta, a pretrained model's phase 1
+OPTIONAL_FILES = ("ood.json", "ood.npz", "calibration.json", "predictions_tta.csv", "tta.json", "history_head.csv")
+REPORT_FILES = ("report.md", "report.html", "results.csv", "results.json")
 BACKUP_DIR = "backup"
 CHECKPOINT = os.path.join("checkpoints", "last_good.weights.h5")
 

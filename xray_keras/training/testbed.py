@@ -1,7 +1,8 @@
-"""Describe the machine a run used: CPU, cores, RAM, GPUs, framework versions."""
+"""Describe the machine a run used: CPU, cores, RAM, GPUs, framework versions, the package's commit."""
 
 import os
 import platform
+import subprocess
 import sys
 
 import keras
@@ -42,6 +43,28 @@ def _gpus(backend):
   return []
 
 
+def package_commit():
+  """The git commit of the checkout the package runs from, with "+changes" if files differ from it;
+  None for an installed copy without git."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if not os.path.exists(os.path.join(root, ".git")):
+    return None
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    changed = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no", "--", "xray_keras", "experiments"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=10,
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if commit.returncode:
+    return None
+  return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
 def describe():
   """Returns a JSON-ready dict describing this test bed."""
   backend = keras.backend.backend()
@@ -66,4 +89,5 @@ def describe():
     "os": platform.platform(),
     "backend": backend,
     "versions": versions,
+    "commit": package_commit(),
   }

@@ -1,4 +1,4 @@
-"""Train, evaluate and time one experiment; write the run directory.
+"""Train and time one experiment into its run directory; `pipeline.py` drives the steps after it.
 
 The run directory's files are listed in `run_dir.py`.
 """
@@ -20,7 +20,8 @@ from absl import logging
 from xray_keras import choices, models
 from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.errors import UserError
-from xray_keras.training import device, distribution, end_of_run, progress, room, schedules, transfer
+from xray_keras.models import schedules
+from xray_keras.training import device, distribution, progress, room, transfer
 from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS, LastGoodCheckpoint
 from xray_keras.training.timing import TimingCallback
@@ -231,8 +232,33 @@ def _tag_synthetic(enabled):
       logger.removeFilter(tag)
 
 
-def train_and_evaluate(config):
-  """Runs one experiment end to end. Returns the run directory."""
+@dataclasses.dataclass
+class Session:
+  """Where one run trains: its folder (logging into its run.log), whether it resumes, the device plan."""
+
+  run_dir: str
+  resuming: bool
+  plan: object
+  device: str
+
+
+@dataclasses.dataclass
+class Trained:
+  """A trained model and what the end of the run needs from its training."""
+
+  run_dir: str
+  model: object
+  data: object
+  weights: str  # the weights it started from: a name, or a local file
+  batch_size: int
+  timing: dict  # timing.json so far
+  device: str
+  start: float  # time.perf_counter() at the run's start
+
+
+@contextlib.contextmanager
+def session(config):
+  """Sets up the device and distribution plan and prepares the run folder; logs into its run.log within."""
   # jax.distributed must start before anything asks JAX for its devices; a TensorFlow strategy
   # after the visible devices are set but before any other TensorFlow op.
   jax_processes = keras.backend.backend() == "jax" and config.train.distribution == "multiworker"
@@ -244,7 +270,12 @@ def train_and_evaluate(config):
   synthetic = loader.resolve_source(config.data) == "synthetic"
   run_dir, resuming = run_dirs.prepare(config, plan, synthetic)
   with log_to_file(os.path.join(run_dir, "run.log")), _tag_synthetic(synthetic):
-    return _run(config, run_dir, resuming, plan, used_device)
+    yield Session(run_dir, resuming, plan, used_device)
+
+
+def train(config, where):
+  """Trains `config`'s model in `where` (a `Session`); returns `Trained`, or None on a worker that is not the chief."""
+  return _run(config, where.run_dir, where.resuming, where.plan, where.device)
 
 
 def set_precision_and_seeds(train):
@@ -439,7 +470,7 @@ def _run(config, run_dir, resuming, plan, used_device):
     raise UserError(f"Training stopped: the loss became NaN; {kept}. Lower --learning_rate.")
   if not plan.is_chief:
     logging.info("Worker %d done; the chief writes the outputs.", plan.worker_index)
-    return run_dir
+    return None
   if plan.jax_processes or plan.strategy is not None:
     model = distribution.local_copy(plan, build, model)
 
@@ -449,4 +480,4 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["jit_compile"] = jit_compile
   timing_report["resumed"] = resuming
-  return end_of_run.finish_run(config, run_dir, model, data, weights, batch_size, timing_report, used_device, start)
+  return Trained(run_dir, model, data, weights, batch_size, timing_report, used_device, start)
