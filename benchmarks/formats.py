@@ -156,7 +156,8 @@ def test_split(run_dir, limit):
     size, _, channels = json.load(f)["model"]["input_shape"]
   config = dataclasses.replace(external.data_config(values), image_size=size, channels=channels, preprocess=())
   test = loader.load(config, need=("test",)).splits["test"]
-  files = [r.path for r in test.records[:limit] if os.path.isfile(r.path)]
+  paths = [os.path.join(config.data_dir or "", r.path) for r in test.records[:limit]]  # relative to the data folder
+  files = [path for path in paths if os.path.isfile(path)]
   return test.images[:limit].astype(np.float32), (test.labels[:limit] > 0).astype(int), values, files
 
 

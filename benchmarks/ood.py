@@ -1,12 +1,13 @@
 """Which out-of-distribution score separates chest X-rays from images the model was not made for?
 
 Scores of a trained run (`--run_dir`, or trained here with experiments/vit_scratch.cfg and
-`--epochs`): the package's score (`combined`: the larger of the feature and thumbnail distances,
+`--epochs`): the package's score (`combined`: the sum of the feature and thumbnail distances,
 each over its validation scale, from the run's ood.npz), each of its two parts alone (the
 Mahalanobis distance of the penultimate features; that of the 8x8 thumbnail), and two baselines
 from the logits, the energy score and 1 - max-softmax. In-distribution: the built-in test split, and the 224 px
 copy's test split where XRAY_SHARED_DATA (or ../shared) has it. Out: images the package can make
-(blank, uniform noise, rendered text, pydicom's CT and MR samples, the test X-rays flipped upside
+(blank, uniform noise, rendered text, pydicom's CT and MR samples, scikit-image's photographs and
+drawings where it is installed, the test X-rays flipped upside
 down, inverted, a 20% corner upscaled, and cut JPEGs). Each family's AUROC against the test X-rays,
 the share of it flagged and the test images' false-flag rate at each score's validation 99th
 percentile.
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 SCORES = ("combined", "mahalanobis", "thumbnail", "energy", "max_softmax")
+CUT_JPEGS = []  # the truncated_jpeg family's bytes
 
 
 def _png(image):
@@ -48,14 +50,15 @@ def _pixels(images, size):
   )
 
 
-def refused(images):
-  """How many of `images` (as PNG) the package's decoder refuses before any model sees them (blank, ...)."""
+def refused(images, encoded=None):
+  """How many of `images` (as PNG, or their own bytes `encoded`) the package's decoder refuses before any
+  model sees them (blank, truncated JPEG, ...)."""
   from xray_keras.data import decode
 
   count = 0
-  for image in images:
+  for data in encoded if encoded is not None else (_png(image) for image in images):
     try:
-      decode.decode_image(_png(image), None, 1)
+      decode.decode_image(data, None, 1)
     except decode.DecodeError:
       count += 1
   return count
@@ -76,6 +79,38 @@ def _text(count, rng):
   return out
 
 
+PHOTOS = (
+  "astronaut",
+  "camera",
+  "coffee",
+  "chelsea",
+  "rocket",
+  "coins",
+  "moon",
+  "horse",
+  "clock",
+  "text",
+  "page",
+  "cell",
+)
+
+
+def _photos():
+  """scikit-image's sample photographs and drawings (the `bench` extra) in grey, each also flipped and
+  rotated; [] without scikit-image."""
+  try:
+    from skimage import data
+  except ImportError:
+    return []
+  out = []
+  for name in PHOTOS:
+    grey = np.asarray(
+      Image.fromarray(np.asarray(getattr(data, name)()).astype(np.uint8) * (255 if name == "horse" else 1)).convert("L")
+    )
+    out += [grey, grey[::-1], grey[:, ::-1], grey.T]
+  return out
+
+
 def _dicom_samples():
   """pydicom's CT_small and MR_small as grey images, each in a few windows and orientations."""
   import pydicom
@@ -92,10 +127,12 @@ def _dicom_samples():
 
 
 def _cut_jpegs(images):
-  """Each image as a JPEG cut at 10, 25 and 50% of its bytes with an end-of-image marker, as Pillow decodes it."""
+  """Each image as a JPEG cut at 10, 25 and 50% of its bytes with an end-of-image marker: the pixels as
+  Pillow decodes them (it fills what is missing), and the bytes (`CUT_JPEGS`, for the decoder's refusals)."""
   from PIL import ImageFile
 
   out = []
+  CUT_JPEGS.clear()
   previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
   try:
     for image in images:
@@ -104,6 +141,7 @@ def _cut_jpegs(images):
       data = buffer.getvalue()
       for fraction in (0.10, 0.25, 0.50):
         cut = data[: int(len(data) * fraction)] + b"\xff\xd9"
+        CUT_JPEGS.append(cut)
         with Image.open(io.BytesIO(cut)) as decoded:
           out.append(np.asarray(decoded.convert("L")))
   finally:
@@ -123,6 +161,7 @@ def families(test, size, count, rng):
     "uniform_noise": rng.uniform(0, 255, (count, size, size, 1)).astype(np.float32),
     "text": _pixels(_text(count, rng), size),
     "dicom_ct_mr": _pixels(_dicom_samples(), size),
+    **({"photos_drawings": _pixels(photos, size)} if (photos := _photos()) else {}),
     "upside_down": picked[:, ::-1].copy(),
     "inverted": 255.0 - picked,
     "corner_crop_20pct": _pixels(crops, size),
@@ -146,7 +185,12 @@ def all_scores(model, state, extract, images):
 
 
 def _train(epochs, quick, out):
-  args = ["--flagfile=experiments/smoke.cfg"] if quick else ["--flagfile=experiments/vit_scratch.cfg"]
+  # quick: smoke.cfg with 40 images per split and class, enough train images for a 2x2 thumbnail
+  args = (
+    ["--flagfile=experiments/smoke.cfg", "--max_images_per_split=40"]
+    if quick
+    else ["--flagfile=experiments/vit_scratch.cfg"]
+  )
   args += [f"--epochs={epochs}", "--report=false"]
   start = time.perf_counter()
   timing = common.run_timing(args, out, what="the benchmark's training run")
@@ -202,7 +246,7 @@ def main():
   rows = []
   for family, images in out_sets.items():
     scored = all_scores(model, state, extract, images)
-    refusals = refused(images)
+    refusals = refused(images, CUT_JPEGS if family == "truncated_jpeg" else None)
     for name in SCORES:
       row = {
         "family": family,

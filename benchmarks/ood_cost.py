@@ -7,7 +7,8 @@ the run's time without it. Serving: the run exported twice, with its OOD score a
 same run folder less ood.json/ood.npz), in each format whose runtime is installed; batch-1 calls
 alternate between the two exports, from the test images' file bytes (SavedModel's `serving_default`,
 as TF Serving gets them; the other formats through `predict`'s decoder) and from decoded pixels.
-Writes results/ood_cost.json: p50 latencies and the ratio with / without, per format and input.
+Writes results/ood_cost.json: p50 latencies and the median of the per-call ratios with / without,
+per format and input.
 """
 
 import argparse
@@ -28,14 +29,17 @@ FORMATS = ("saved_model", "onnx", "litert", "openvino")
 
 
 def _alternate(pair, inputs, calls):
-  """p50 milliseconds of each of `pair`'s two callables, called in turn on the same inputs."""
+  """p50 milliseconds of each of `pair`'s two callables, called in turn on the same inputs, and the
+  median of the per-input ratios (first / second): robust to the machine's speed drifting."""
   times = ([], [])
   for i in range(calls + 10):
-    for k in (0, 1):
+    for k in (0, 1) if i % 2 else (1, 0):
       start = time.perf_counter()
       pair[k](inputs[i % len(inputs)])
       times[k].append(time.perf_counter() - start)
-  return [round(float(np.percentile(np.array(t[10:]) * 1000, 50)), 3) for t in times]
+  first, second = (np.array(t[10:]) * 1000 for t in times)
+  p50 = [round(float(np.percentile(t, 50)), 3) for t in (first, second)]
+  return p50, round(float(np.median(first / second)), 3)
 
 
 def _test_split(run_dir, limit):
@@ -47,7 +51,8 @@ def _test_split(run_dir, limit):
 
   config = external.data_config(read_flags(os.path.join(run_dir, "flags.txt")))
   test = loader.load(config, need=("test",)).splits["test"]
-  files = [r.path for r in test.records[:limit] if os.path.isfile(r.path)]
+  paths = [os.path.join(config.data_dir or "", r.path) for r in test.records[:limit]]  # relative to the data folder
+  files = [path for path in paths if os.path.isfile(path)]
   return test.images[:limit].astype(np.float32), files
 
 
@@ -92,16 +97,15 @@ def main():
       runtimes = [runtime.Runtime(path) for path in exports]
       pixels = [image[None] for image in test_pixels]
       row = {"format": fmt, "has_ood": [r.ood_threshold is not None for r in runtimes]}
-      row["pixels_ms_p50"] = _alternate([lambda x, r=r: r.scores(x, 1) for r in runtimes], pixels, calls)
-      keys = ["pixels"]
+      row["pixels_ms_p50"], row["pixels_ratio_with_to_without"] = _alternate(
+        [lambda x, r=r: r.scores(x, 1) for r in runtimes], pixels, calls
+      )
       if encoded:
         predictors = [predict.load_predictor(path) for path in exports]
-        row["bytes_ms_p50"] = _alternate([lambda d, p=p: p(d, ood=True) for p in predictors], encoded, calls)
+        row["bytes_ms_p50"], row["bytes_ratio_with_to_without"] = _alternate(
+          [lambda d, p=p: p(d, ood=True) for p in predictors], encoded, calls
+        )
         row["bytes_mean_kb"] = round(float(np.mean([len(e) for e in encoded])) / 1024, 1)
-        keys.append("bytes")
-      for key in keys:
-        with_ood, without = row[f"{key}_ms_p50"]
-        row[f"{key}_ratio_with_to_without"] = round(with_ood / without, 3)
       rows.append(row)
       print(json.dumps(row), flush=True)
   payload = {"run": os.path.basename(os.path.normpath(args.run_dir)), "calls": calls, "quick": args.quick}

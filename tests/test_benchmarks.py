@@ -272,3 +272,17 @@ def test_ood_quick_mode_scores_every_family_with_each_candidate(tmp_path):
   }
   assert all(0 <= r["auroc_vs_builtin_test"] <= 1 for r in report["rows"])
   assert set(report["false_flag_rate"]) == {"combined", "mahalanobis", "thumbnail", "energy", "max_softmax"}
+
+
+@pytest.mark.slow
+def test_input_memory_quick_mode_measures_every_format_on_both_paths(tiny_run, tmp_path):
+  pytest.importorskip("pydicom")
+  out = tmp_path / "input_memory.json"
+  _run_in_process(["benchmarks/input_memory.py", "--quick", f"--run_dir={tiny_run[2]}", f"--output={out}"])
+  report = json.loads(out.read_text())
+  rows = {(r["case"], r["side"], r["path"]): r for r in report["rows"]}
+  assert not [r for r in report["rows"] if "error" in r], report["rows"]
+  for kind in ("png8_grey", "png16_rgba", "jpeg_grey", "jpeg_rgb", "gif"):
+    assert rows[kind, 1000, "serving"]["outcome"] == rows[kind, 1000, "host"]["outcome"] == "accepted"
+    assert rows[kind, 1000, "host"]["bytes_per_source_pixel"] > 0
+  assert ("dicom16", 1000, "host") in rows and ("dicom16", 1000, "serving") not in rows

@@ -84,7 +84,7 @@ def test_the_gaussian_sees_only_train_and_the_threshold_only_validation(monkeypa
   assert np.allclose(
     thumb_val, ood.mahalanobis(ood.thumbnail(splits["val"].images, 8), state["thumb_mean"], state["thumb_precision"])
   )
-  assert np.allclose(combined_val, np.maximum(feature_val / state["feature_scale"], thumb_val / state["thumb_scale"]))
+  assert np.allclose(combined_val, feature_val / state["feature_scale"] + thumb_val / state["thumb_scale"])
   assert state["feature_scale"] == pytest.approx(np.percentile(feature_val, 99))
   assert result["threshold"] == state["threshold"] == pytest.approx(np.percentile(combined_val, 99))
   assert result["val_flagged"] == 1 and 0 <= result["test_flagged"] <= 7 and result["test_n"] == 7

@@ -8,11 +8,17 @@ TensorFlow's kernel, so the rounded uint8 results are identical (tests/test_deco
 against each other).
 """
 
+import functools
+
 import numpy as np
 
 
+@functools.lru_cache(maxsize=64)
 def _spans(in_size, out_size):
-  """`(starts, weights)`: for each output index the first input index and the span's weights."""
+  """`(starts, weights)`: for each output index the first input index and the span's weights.
+
+  Computed once per pair of sizes (a Python loop: 2.6 ms for 224 to 64), read-only.
+  """
   f32 = np.float32
   scale = f32(out_size) / f32(in_size)
   inv_scale = f32(1.0 / float(scale))
@@ -37,6 +43,7 @@ def _spans(in_size, out_size):
       row = row * (f32(1.0) / total)
     starts[x] = first
     weights[x, : last - first] = row
+  starts.flags.writeable = weights.flags.writeable = False
   return starts, weights
 
 

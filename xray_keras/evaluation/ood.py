@@ -4,8 +4,7 @@ Two Gaussians are fitted to the train split (mean and Ledoit-Wolf shrinkage cova
 one to the model's penultimate activations (the input of its final Dense layer), which see what the
 model sees, and one to an 8x8 thumbnail of the image's grey levels, which sees the layout the
 features are blind to (an image upside down, or its grey levels inverted). Each Mahalanobis distance
-is divided by its own 99th percentile on the validation split, and the score is the larger of the
-two; the threshold is the 99th percentile of the validation split's scores, so about 1% of
+is divided by its own 99th percentile on the validation split, and the score is their sum; the threshold is the 99th percentile of the validation split's scores, so about 1% of
 in-distribution images are flagged. The run folder gets `ood.json` (method, threshold, layers,
 dims, validation inside-rate) and `ood.npz` (the means and precisions). Two baselines from the logits
 are kept for the benchmark: the energy score and max-softmax.
@@ -124,12 +123,12 @@ def thumbnail(pixels, grid):
 
 
 def combine(state, feature_distance, pixels):
-  """The score from the feature distance and, when `state` has one, the thumbnail's: each over its
-  validation 99th percentile, the larger of the two (a state from before thumbnails: the distance)."""
+  """The score from the feature distance and, when `state` has one, the thumbnail's: the sum of the two,
+  each over its validation 99th percentile (a state from before thumbnails: the distance)."""
   if "thumb_mean" not in state:
     return np.asarray(feature_distance, np.float64)
   thumb = mahalanobis(thumbnail(pixels, int(state["grid"])), state["thumb_mean"], state["thumb_precision"])
-  return np.maximum(np.asarray(feature_distance) / state["feature_scale"], thumb / state["thumb_scale"])
+  return np.asarray(feature_distance) / state["feature_scale"] + thumb / state["thumb_scale"]
 
 
 def centred_logits(logits):
@@ -234,7 +233,7 @@ def describe(state, val_scores):
         "grid": int(state["grid"]),
         "feature_scale": float(state["feature_scale"]),
         "thumb_scale": float(state["thumb_scale"]),
-        "combined": "max(feature distance / feature_scale, thumbnail distance / thumb_scale)",
+        "combined": "feature distance / feature_scale + thumbnail distance / thumb_scale",
       }
       if "thumb_mean" in state
       else {}

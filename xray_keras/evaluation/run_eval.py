@@ -122,9 +122,10 @@ def _fit_ood(model, data, batch_size):
     "test_flagged": int(np.sum(test_scores > state["threshold"])),
   }
   logging.info(
-    "OOD score (Mahalanobis, %d features of %s): threshold %.3f flags %d of %d val and %d of %d test images (%.1f s).",
+    "OOD score (Mahalanobis: %d features of %s%s): threshold %.3f flags %d of %d val and %d of %d test images (%.1f s).",
     len(state["mean"]),
     state["layer"],
+    f", {state['grid']}x{state['grid']} thumbnail" if "grid" in state else "",
     state["threshold"],
     flagged["val_flagged"],
     len(val_scores),

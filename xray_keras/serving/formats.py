@@ -86,7 +86,7 @@ class MahalanobisScore(keras.layers.Layer):
 
 class OODScore(keras.layers.Layer):
   """A run's OOD score (`evaluation/ood.py`) from `(features, pixels)`: the feature distance, and with a
-  thumbnail Gaussian in the state, the larger of the two distances each over its validation scale."""
+  thumbnail Gaussian in the state, the sum of the two distances each over its validation scale."""
 
   def __init__(self, state, **kwargs):
     super().__init__(**kwargs)
@@ -105,7 +105,7 @@ class OODScore(keras.layers.Layer):
     grey = keras.ops.mean(keras.ops.cast(pixels, "float32"), axis=-1)
     cells = keras.ops.mean(keras.ops.reshape(grey, (-1, g, size // g, g, size // g)), axis=(2, 4))
     thumb = self.thumb(keras.ops.reshape(cells, (-1, g * g)) / 255.0)
-    return keras.ops.maximum(distance / self.scales[0], thumb / self.scales[1])
+    return distance / self.scales[0] + thumb / self.scales[1]
 
 
 def serving_model(model, temperature, ood_state=None):
