@@ -1,9 +1,10 @@
 """Which out-of-distribution score separates chest X-rays from images the model was not made for?
 
 Scores of a trained run (`--run_dir`, or trained here with experiments/vit_scratch.cfg and
-`--epochs`): the package's score (`combined`: the sum of the feature and thumbnail distances,
-each over its validation scale, from the run's ood.npz), each of its two parts alone (the
-Mahalanobis distance of the penultimate features; that of the 8x8 thumbnail), and two baselines
+`--epochs`): the package's score (`combined`: the largest of the feature, thumbnail and histogram
+distances, each over its validation scale, from the run's ood.npz), each of its parts alone (the
+Mahalanobis distance of the penultimate features; of the 8x8 thumbnail; of the 16-bin grey-level
+histogram), and two baselines
 from the logits, the energy score and 1 - max-softmax. In-distribution: the built-in test split, and the 224 px
 copy's test split where XRAY_SHARED_DATA (or ../shared) has it. Out: images the package can make
 (blank, uniform noise, rendered text, pydicom's CT and MR samples, scikit-image's photographs and
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
-SCORES = ("combined", "mahalanobis", "thumbnail", "energy", "max_softmax")
+SCORES = ("combined", "mahalanobis", "thumbnail", "histogram", "energy", "max_softmax")
 CUT_JPEGS = []  # the truncated_jpeg family's bytes
 
 
@@ -179,15 +180,16 @@ def all_scores(model, state, extract, images):
     "combined": ood.combine(state, distance, images),
     "mahalanobis": distance,
     "thumbnail": ood.mahalanobis(ood.thumbnail(images, grid), state["thumb_mean"], state["thumb_precision"]),
+    "histogram": ood.mahalanobis(ood.histogram(images), state["hist_mean"], state["hist_precision"]),
     "energy": ood.energy(logits),
     "max_softmax": ood.max_softmax(logits),
   }
 
 
 def _train(epochs, quick, out):
-  # quick: smoke.cfg with 40 images per split and class, enough train images for a 2x2 thumbnail
+  # quick: smoke.cfg with 100 images per split and class, enough train images for the thumbnail and histogram
   args = (
-    ["--flagfile=experiments/smoke.cfg", "--max_images_per_split=40"]
+    ["--flagfile=experiments/smoke.cfg", "--max_images_per_split=100"]
     if quick
     else ["--flagfile=experiments/vit_scratch.cfg"]
   )
@@ -228,8 +230,8 @@ def main():
     run_dir = tempfile.mkdtemp(prefix="ood_bench_")
     training = _train(1 if args.quick else args.epochs, args.quick, run_dir)
   state = ood.load(run_dir)
-  if state is None or "thumb_mean" not in state:
-    raise SystemExit(f"{run_dir} has no {ood.NPZ} with a thumbnail: run it again with --ood (the default).")
+  if state is None or "thumb_mean" not in state or "hist_mean" not in state:
+    raise SystemExit(f"{run_dir} has no {ood.NPZ} with a thumbnail and histogram: run it again with --ood.")
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   size = int(model.input_shape[1])
   extract = ood.extractor(model, 64)

@@ -271,7 +271,14 @@ def test_ood_quick_mode_scores_every_family_with_each_candidate(tmp_path):
     ("dicom_ct_mr", "energy"),
   }
   assert all(0 <= r["auroc_vs_builtin_test"] <= 1 for r in report["rows"])
-  assert set(report["false_flag_rate"]) == {"combined", "mahalanobis", "thumbnail", "energy", "max_softmax"}
+  assert set(report["false_flag_rate"]) == {
+    "combined",
+    "mahalanobis",
+    "thumbnail",
+    "histogram",
+    "energy",
+    "max_softmax",
+  }
 
 
 @pytest.mark.slow

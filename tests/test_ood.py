@@ -75,22 +75,24 @@ def test_the_gaussian_sees_only_train_and_the_threshold_only_validation(monkeypa
   (state, val_scores), result, _ = run_eval._fit_ood(model, types.SimpleNamespace(splits=splits), 8)
   run_files.write_ood(str(tmp_path), state, val_scores)
   extract = ood.extractor(model, 8)
-  features, thumbnails = seen["gaussian"]  # the features' Gaussian, then the thumbnail's: train only
+  features, thumbnails, histograms = seen["gaussian"]  # features, thumbnail, histogram: train only
   assert np.allclose(features, extract(splits["train"].images)[0])
   assert np.allclose(thumbnails, ood.thumbnail(splits["train"].images, 8)) and thumbnails.shape == (700, 64)
+  assert np.allclose(histograms, ood.histogram(splits["train"].images)) and histograms.shape == (700, 16)
   state = ood.load(str(tmp_path))
-  feature_val, thumb_val, combined_val = seen["threshold"]  # every threshold from validation scores alone
-  assert np.allclose(feature_val, ood.mahalanobis(extract(splits["val"].images)[0], state["mean"], state["precision"]))
-  assert np.allclose(
-    thumb_val, ood.mahalanobis(ood.thumbnail(splits["val"].images, 8), state["thumb_mean"], state["thumb_precision"])
-  )
-  assert np.allclose(combined_val, feature_val / state["feature_scale"] + thumb_val / state["thumb_scale"])
+  feature_val, thumb_val, hist_val, combined_val = seen["threshold"]  # every threshold from validation alone
+  val = splits["val"].images
+  assert np.allclose(feature_val, ood.mahalanobis(extract(val)[0], state["mean"], state["precision"]))
+  assert np.allclose(thumb_val, ood.mahalanobis(ood.thumbnail(val, 8), state["thumb_mean"], state["thumb_precision"]))
+  assert np.allclose(hist_val, ood.mahalanobis(ood.histogram(val), state["hist_mean"], state["hist_precision"]))
+  parts = (feature_val / state["feature_scale"], thumb_val / state["thumb_scale"], hist_val / state["hist_scale"])
+  assert np.allclose(combined_val, np.maximum.reduce(parts))
   assert state["feature_scale"] == pytest.approx(np.percentile(feature_val, 99))
   assert result["threshold"] == state["threshold"] == pytest.approx(np.percentile(combined_val, 99))
   assert result["val_flagged"] == 1 and 0 <= result["test_flagged"] <= 7 and result["test_n"] == 7
   summary = json.loads((tmp_path / ood.JSON).read_text())
   assert summary["feature_layer"] == "head_dropout" and summary["dims"] == 56 and summary["train_n"] == 700
-  assert summary["grid"] == 8 and summary["val_inside_rate"] == pytest.approx(8 / 9)
+  assert summary["grid"] == 8 and summary["bins"] == 16 and summary["val_inside_rate"] == pytest.approx(8 / 9)
 
 
 def test_a_train_split_too_small_for_the_thumbnail_keeps_the_features_alone():
@@ -103,8 +105,15 @@ def test_a_train_split_too_small_for_the_thumbnail_keeps_the_features_alone():
   assert ood.grid_for(36, 10_000) == 4 and ood.grid_for(35, 10_000) is None  # a grid must divide the size
   train, val = rng.uniform(0, 255, (39, 32, 32, 1)), rng.uniform(0, 255, (5, 32, 32, 1))
   state, val_scores = ood.fit(model, train, val, 8)
-  assert "thumb_mean" not in state and "grid" not in ood.describe(state, val_scores)
+  assert "thumb_mean" not in state and "hist_mean" not in state and "grid" not in ood.describe(state, val_scores)
   assert np.allclose(val_scores, ood.mahalanobis(ood.features(model, val, 8)[0], state["mean"], state["precision"]))
+
+
+def test_the_histogram_counts_each_grey_level_once():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 12, 12, 1)).astype(np.float32)
+  expected = np.stack([np.bincount((image.ravel() // 16).astype(int), minlength=16) / 144 for image in images])
+  assert np.allclose(ood.histogram(images), expected) and np.allclose(ood.histogram(images).sum(1), 1)
 
 
 def test_the_thumbnail_sees_a_chest_upside_down_or_inverted():
@@ -178,7 +187,7 @@ def ood_exports(tiny_run, tmp_path_factory):
   model = models.load_model(str(run_dir / "model.keras"))
   train, val = (_builtin(s, 48, out / "cache") for s in ("train", "val"))
   state, val_scores = ood.fit(model, train, val, 64)
-  assert state["grid"] == 8
+  assert state["grid"] == 8 and state["bins"] == 16
   run_files.write_ood(str(with_ood), state, val_scores)
   exports = {}
   for run, tag in ((with_ood, "ood"), (without, "plain")):

@@ -31,13 +31,17 @@ NO_STRUCTURE = (
   f"no structure: {FLAT_PERCENT}% of its pixels within {FLAT_BAND} grey levels of one value (a blank image?)"
 )
 TRUNCATED = "truncated or corrupt JPEG data: an edge of the image is the JPEG decoder fill (mid-grey)"
+_CHUNK = 1 << 20  # values counted at a time
 BMP_DEPTHS = (24, 32)  # TensorFlow's BMP decoder reads a palette's indices as grey: 1-16 bit BMPs are refused
 BMP_PALETTE = "BMP with fewer than 24 bits per pixel (a palette): save it as PNG"
 
 
 def flat_share_exceeded(image):
   """Whether `FLAT_PERCENT`% of the values of uint8 `image` lie within `FLAT_BAND` of one value."""
-  counts = np.bincount(np.asarray(image, np.uint8).ravel(), minlength=256).astype(np.int64)
+  flat = np.asarray(image, np.uint8).reshape(-1)
+  counts = np.zeros(256, np.int64)
+  for start in range(0, flat.size, _CHUNK):  # bincount widens its input to int64: 8 bytes a pixel at once
+    counts += np.bincount(flat[start : start + _CHUNK], minlength=256)
   window = np.convolve(counts, np.ones(2 * FLAT_BAND + 1, np.int64), mode="same")
   return int(window.max()) * 100 >= FLAT_PERCENT * image.size
 

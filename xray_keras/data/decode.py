@@ -30,6 +30,7 @@ DECODER_VERSION = 8
 DRAFT_MARGIN = 4
 MAX_PIXELS = contract.MAX_PIXELS
 _RESIZE_CHUNK = 512  # images per batched resize in resize_array
+_COMPOSITE_ROWS = 256  # rows of an image with alpha composited at a time
 
 
 class DecodeError(ValueError):
@@ -83,13 +84,25 @@ def _to_mode(image, channels):
     span = high - low if high > low else 1.0
     image = Image.fromarray(((array - low) / span * 255).astype(np.uint8), "L")
   elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-    image = image.convert("RGBA")
-    background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-    image = Image.alpha_composite(background, image)
+    return _over_black(image if image.mode == "RGBA" else image.convert("RGBA"), channels)
   target = "L" if channels == 1 else "RGB"
   if image.mode not in ("L", "RGB"):
     image = image.convert("RGB")  # palette, CMYK, YCbCr, ...
   return image.convert(target) if image.mode != target else image
+
+
+def _over_black(rgba, channels):
+  """`rgba` composited over opaque black, as 'L' or 'RGB': Pillow's own compositing and conversion, a
+  band of rows at a time (three RGBA copies of a whole 25 Mpx image would be 300 MB)."""
+  target = "L" if channels == 1 else "RGB"
+  out = Image.new(target, rgba.size)
+  width, height = rgba.size
+  for top in range(0, height, _COMPOSITE_ROWS):
+    box = (0, top, width, min(top + _COMPOSITE_ROWS, height))
+    band = rgba.crop(box)
+    band = Image.alpha_composite(Image.new("RGBA", band.size, (0, 0, 0, 255)), band).convert("RGB")
+    out.paste(band.convert(target) if target != "RGB" else band, box[:2])
+  return out
 
 
 def resize_plan(height, width, size, resize_mode):
@@ -160,9 +173,12 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
       array = dicom.read_pixels(data, MAX_PIXELS)
     except dicom.DicomError as e:
       raise DecodeError(str(e)) from None
-    mode = "L" if array.ndim == 2 else "RGB"
-    array = np.asarray(_to_mode(Image.fromarray(array, mode), channels), dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array
+    if array.ndim == 2 and channels == 1:
+      array = array[:, :, None]  # grey already: no copy through Pillow
+    else:
+      mode = "L" if array.ndim == 2 else "RGB"
+      array = np.asarray(_to_mode(Image.fromarray(array, mode), channels), dtype=np.uint8)
+      array = array[:, :, None] if array.ndim == 2 else array
     _check_content(array, False)
     return fit_square(array, size, resize_mode) if size else array
   image_format = None

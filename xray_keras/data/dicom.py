@@ -179,27 +179,42 @@ def _apply_voi_lut(values, ds, low):
   return entries[index].astype(np.float64) * 255.0 / (2**bits - 1)
 
 
+STRIP = 1 << 18  # pixels converted at a time: float64 work arrays of 2 MB, not 8 bytes a pixel
+
+
 def _grey_to_8bit(ds, stored, name):
+  """Stored grey values to 0..255 uint8: modality LUT, then VOI LUT or window (or the stored range),
+  then MONOCHROME1 inverted; in strips, every step elementwise, so the result is that of one pass."""
   from pydicom.pixels import apply_modality_lut
 
-  values = apply_modality_lut(stored, ds).astype(np.float64)
   bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
   low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
   low, high = sorted(apply_modality_lut(np.array([low, high]), ds).astype(np.float64))
-  if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-    out = _apply_voi_lut(values, ds, low)
-  elif "WindowCenter" in ds and "WindowWidth" in ds:
+  voi = "VOILUTSequence" in ds and len(ds.VOILUTSequence)
+  window = not voi and "WindowCenter" in ds and "WindowWidth" in ds
+  if (
+    not (voi or window) and bits == 16 and stored.size and stored.max() < 4096 and (not signed or stored.min() >= -4096)
+  ):
+    logging.warning(
+      "%s: BitsStored 16 but every pixel within 12 bits (< 4096) and no window or VOI LUT: "
+      "shown over the full 16-bit range, it decodes dark",
+      name,
+    )
+  if window:
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-    out = _window_to_8bit(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
-  else:
-    if bits == 16 and stored.size and stored.max() < 4096 and (not signed or stored.min() >= -4096):
-      logging.warning(
-        "%s: BitsStored 16 but every pixel within 12 bits (< 4096) and no window or VOI LUT: "
-        "shown over the full 16-bit range, it decodes dark",
-        name,
-      )
-    out = (values - low) * 255.0 / max(high - low, 1)
-  out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+  flat = stored.reshape(-1)
+  out = np.empty(flat.shape, np.uint8)
+  for start in range(0, len(flat), STRIP):
+    values = apply_modality_lut(flat[start : start + STRIP], ds).astype(np.float64)
+    if voi:
+      strip = _apply_voi_lut(values, ds, low)
+    elif window:
+      strip = _window_to_8bit(values, center, width, function)
+    else:
+      strip = (values - low) * 255.0 / max(high - low, 1)
+    out[start : start + STRIP] = np.clip(np.round(strip), 0, 255).astype(np.uint8)
+  out = out.reshape(stored.shape)
   return 255 - out if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1" else out
 
 

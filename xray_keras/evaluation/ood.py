@@ -1,13 +1,15 @@
 """Out-of-distribution score from the model itself: is this image like the X-rays it was trained on?
 
-Two Gaussians are fitted to the train split (mean and Ledoit-Wolf shrinkage covariance, float64):
-one to the model's penultimate activations (the input of its final Dense layer), which see what the
-model sees, and one to an 8x8 thumbnail of the image's grey levels, which sees the layout the
-features are blind to (an image upside down, or its grey levels inverted). Each Mahalanobis distance
-is divided by its own 99th percentile on the validation split, and the score is their sum; the threshold is the 99th percentile of the validation split's scores, so about 1% of
-in-distribution images are flagged. The run folder gets `ood.json` (method, threshold, layers,
-dims, validation inside-rate) and `ood.npz` (the means and precisions). Two baselines from the logits
-are kept for the benchmark: the energy score and max-softmax.
+Three Gaussians are fitted to the train split (mean and Ledoit-Wolf shrinkage covariance, float64):
+to the model's penultimate activations (the input of its final Dense layer), which see what the
+model sees; to an 8x8 thumbnail of the image's grey levels, which sees the layout the features are
+blind to (an image upside down, or its grey levels inverted); and to a 16-bin histogram of its grey
+levels, which sees what neither does (a blank image, a photograph's exposure). Each Mahalanobis
+distance is divided by its own 99th percentile on the validation split, and the score is the
+largest of the three; the threshold is the 99th percentile of the validation split's scores, so
+about 1% of in-distribution images are flagged. The run folder gets `ood.json` (method, threshold,
+layers, dims, validation inside-rate) and `ood.npz` (the means and precisions). Two baselines from
+the logits are kept for the benchmark: the energy score and max-softmax.
 """
 
 import json
@@ -20,6 +22,8 @@ METHOD = "mahalanobis"
 PERCENTILE = 99.0
 GRIDS = (8, 4, 2)  # the thumbnail's cells a side: the first that divides the input size ...
 SAMPLES_PER_DIM = 10  # ... and has at least this many train images per cell for its Gaussian
+BINS = 16  # the grey-level histogram's bins, each 16 levels wide (with 10 train images a bin, as above)
+PARTS = ("thumb", "hist")  # the image's own parts of the score, beside the features
 
 
 def head_layer(model):
@@ -122,13 +126,36 @@ def thumbnail(pixels, grid):
   return out
 
 
+def histogram(pixels, bins=BINS):
+  """`(N, bins)` float64: the share of each image's grey levels (the channels' mean) in each bin."""
+  pixels = np.asarray(pixels)
+  out = np.empty((len(pixels), bins), np.float64)
+  width = 256 // bins
+  for start in range(0, len(pixels), 256):
+    grey = pixels[start : start + 256].astype(np.float32).mean(-1).reshape(len(pixels[start : start + 256]), -1)
+    for b in range(bins):
+      out[start : start + 256, b] = np.mean((grey >= b * width) & (grey < (b + 1) * width), axis=1)
+  return out
+
+
+def _part(state, name, pixels):
+  if name == "thumb":
+    return thumbnail(pixels, int(state["grid"]))
+  return histogram(pixels, int(state["bins"]))
+
+
 def combine(state, feature_distance, pixels):
-  """The score from the feature distance and, when `state` has one, the thumbnail's: the sum of the two,
-  each over its validation 99th percentile (a state from before thumbnails: the distance)."""
-  if "thumb_mean" not in state:
+  """The score: the largest of the feature distance and the image parts' distances the state has (the
+  thumbnail's, the histogram's), each over its validation 99th percentile; a state from before the
+  parts: the feature distance itself."""
+  parts = [name for name in PARTS if f"{name}_mean" in state]
+  if not parts:
     return np.asarray(feature_distance, np.float64)
-  thumb = mahalanobis(thumbnail(pixels, int(state["grid"])), state["thumb_mean"], state["thumb_precision"])
-  return np.asarray(feature_distance) / state["feature_scale"] + thumb / state["thumb_scale"]
+  scores = [np.asarray(feature_distance, np.float64) / state["feature_scale"]]
+  for name in parts:
+    distance = mahalanobis(_part(state, name, pixels), state[f"{name}_mean"], state[f"{name}_precision"])
+    scores.append(distance / state[f"{name}_scale"])
+  return np.maximum.reduce(scores)
 
 
 def centred_logits(logits):
@@ -166,10 +193,17 @@ def fit(model, train_images, val_images, batch_size=64, extract=None):
   val_scores = mahalanobis(extract(val_images)[0], **state)
   grid = grid_for(int(np.shape(train_images)[1]), len(train_features))
   if grid:
-    thumb = fit_gaussian(thumbnail(train_images, grid))
-    state["thumb_mean"], state["thumb_precision"], state["grid"] = thumb["mean"], thumb["precision"], grid
+    state["grid"] = grid
+  if len(train_features) >= SAMPLES_PER_DIM * BINS:
+    state["bins"] = BINS
+  parts = [name for name, key in (("thumb", "grid"), ("hist", "bins")) if key in state]
+  if parts:
     state["feature_scale"] = threshold_of(val_scores)
-    state["thumb_scale"] = threshold_of(mahalanobis(thumbnail(val_images, grid), **thumb))
+  for name in parts:
+    fitted = fit_gaussian(_part(state, name, train_images))
+    state[f"{name}_mean"], state[f"{name}_precision"] = fitted["mean"], fitted["precision"]
+    state[f"{name}_scale"] = threshold_of(mahalanobis(_part(state, name, val_images), **fitted))
+  if parts:
     val_scores = combine(state, val_scores, val_images)
   state["threshold"] = threshold_of(val_scores)
   state["layer"], state["head"] = _input_layer(model), head_layer(model).name
@@ -227,15 +261,28 @@ def describe(state, val_scores):
     "features": f"the input of the final Dense layer {state['head']!r}",
     "dims": int(len(state["mean"])),
     "covariance": "Ledoit-Wolf shrinkage, fitted on the train split",
+    **({"feature_scale": float(state["feature_scale"])} if "feature_scale" in state else {}),
     **(
       {
         "thumbnail": f"the mean grey level of each cell of a {state['grid']}x{state['grid']} grid over the image",
         "grid": int(state["grid"]),
-        "feature_scale": float(state["feature_scale"]),
         "thumb_scale": float(state["thumb_scale"]),
-        "combined": "feature distance / feature_scale + thumbnail distance / thumb_scale",
       }
       if "thumb_mean" in state
+      else {}
+    ),
+    **(
+      {
+        "histogram": f"the share of the grey levels in each of {state['bins']} equal bins",
+        "bins": int(state["bins"]),
+        "hist_scale": float(state["hist_scale"]),
+      }
+      if "hist_mean" in state
+      else {}
+    ),
+    **(
+      {"combined": "the largest of the distances (features, thumbnail, histogram), each over its scale"}
+      if "feature_scale" in state
       else {}
     ),
     "train_n": int(state["train_n"]),
@@ -252,9 +299,10 @@ def load(run_dir):
   with open(summary) as f:
     state = json.load(f)
   with np.load(npz, allow_pickle=False) as arrays:
-    for name in ("mean", "precision", "thumb_mean", "thumb_precision"):
+    for name in ("mean", "precision", *(f"{p}_{k}" for p in PARTS for k in ("mean", "precision"))):
       if name in arrays.files:
         state[name] = arrays[name].astype(np.float64)
-  if "thumb_mean" in state and not {"grid", "feature_scale", "thumb_scale"} <= set(state):
-    raise ValueError(f"{summary} lacks the thumbnail's grid or scales that {npz} needs.")
+  for part, key in (("thumb", "grid"), ("hist", "bins")):
+    if f"{part}_mean" in state and not {key, "feature_scale", f"{part}_scale"} <= set(state):
+      raise ValueError(f"{summary} lacks the {key} or scales that {npz} needs.")
   return state

@@ -85,27 +85,45 @@ class MahalanobisScore(keras.layers.Layer):
 
 
 class OODScore(keras.layers.Layer):
-  """A run's OOD score (`evaluation/ood.py`) from `(features, pixels)`: the feature distance, and with a
-  thumbnail Gaussian in the state, the sum of the two distances each over its validation scale."""
+  """A run's OOD score (`evaluation/ood.py`) from `(features, pixels)`: the feature distance, and with
+  the image's parts in the state (thumbnail, histogram), the largest distance each over its scale."""
 
   def __init__(self, state, **kwargs):
     super().__init__(**kwargs)
     self.features = MahalanobisScore(state["mean"], state["precision"], name="features")
     self.grid = int(state["grid"]) if "thumb_mean" in state else 0
+    self.bins = int(state["bins"]) if "hist_mean" in state else 0
+    self.scales = {"feature": float(state.get("feature_scale", 1.0))}
     if self.grid:
       self.thumb = MahalanobisScore(state["thumb_mean"], state["thumb_precision"], name="thumbnail")
-      self.scales = (float(state["feature_scale"]), float(state["thumb_scale"]))
+      self.scales["thumb"] = float(state["thumb_scale"])
+    if self.bins:
+      self.hist = MahalanobisScore(state["hist_mean"], state["hist_precision"], name="histogram")
+      self.scales["hist"] = float(state["hist_scale"])
     self.built = True
 
   def call(self, features, pixels):
     distance = self.features(features)
-    if not self.grid:
+    if not (self.grid or self.bins):
       return distance
-    size, g = pixels.shape[1], self.grid
+    scores = [distance / self.scales["feature"]]
     grey = keras.ops.mean(keras.ops.cast(pixels, "float32"), axis=-1)
-    cells = keras.ops.mean(keras.ops.reshape(grey, (-1, g, size // g, g, size // g)), axis=(2, 4))
-    thumb = self.thumb(keras.ops.reshape(cells, (-1, g * g)) / 255.0)
-    return distance / self.scales[0] + thumb / self.scales[1]
+    size = pixels.shape[1]
+    if self.grid:
+      g = self.grid
+      cells = keras.ops.mean(keras.ops.reshape(grey, (-1, g, size // g, g, size // g)), axis=(2, 4))
+      scores.append(self.thumb(keras.ops.reshape(cells, (-1, g * g)) / 255.0) / self.scales["thumb"])
+    if self.bins:
+      flat, width = keras.ops.reshape(grey, (-1, size * size)), 256 // self.bins
+      shares = [
+        keras.ops.mean(keras.ops.cast((flat >= b * width) & (flat < (b + 1) * width), "float32"), axis=-1)
+        for b in range(self.bins)
+      ]
+      scores.append(self.hist(keras.ops.stack(shares, axis=-1)) / self.scales["hist"])
+    out = scores[0]
+    for score in scores[1:]:
+      out = keras.ops.maximum(out, score)
+    return out
 
 
 def serving_model(model, temperature, ood_state=None):
