@@ -293,3 +293,13 @@ def test_input_memory_quick_mode_measures_every_format_on_both_paths(tiny_run, t
     assert rows[kind, 1000, "serving"]["outcome"] == rows[kind, 1000, "host"]["outcome"] == "accepted"
     assert rows[kind, 1000, "host"]["bytes_per_source_pixel"] > 0
   assert ("dicom16", 1000, "host") in rows and ("dicom16", 1000, "serving") not in rows
+
+
+def test_every_benchmark_script_is_in_the_index():
+  """benchmarks/README.md lists each script with its question and result file (retired ones too)."""
+  import re
+
+  folder = os.path.join(REPO, "benchmarks")
+  listed = set(re.findall(r"^\| `([a-z_0-9]+\.py)`", open(os.path.join(folder, "README.md")).read(), re.M))
+  scripts = {name for name in os.listdir(folder) if name.endswith(".py") and name not in ("common.py", "__init__.py")}
+  assert scripts <= listed, scripts - listed
