@@ -114,12 +114,8 @@ class OODScore(keras.layers.Layer):
       cells = keras.ops.mean(keras.ops.reshape(grey, (-1, g, size // g, g, size // g)), axis=(2, 4))
       scores.append(self.thumb(keras.ops.reshape(cells, (-1, g * g)) / 255.0) / self.scales["thumb"])
     if self.bins:
-      flat, width = keras.ops.reshape(grey, (-1, size * size)), 256 // self.bins
-      shares = [
-        keras.ops.mean(keras.ops.cast((flat >= b * width) & (flat < (b + 1) * width), "float32"), axis=-1)
-        for b in range(self.bins)
-      ]
-      scores.append(self.hist(keras.ops.stack(shares, axis=-1)) / self.scales["hist"])
+      shares = ood.bin_shares(keras.ops.reshape(grey, (-1, size * size)), self.bins, keras.ops)
+      scores.append(self.hist(shares) / self.scales["hist"])
     out = scores[0]
     for score in scores[1:]:
       out = keras.ops.maximum(out, score)
