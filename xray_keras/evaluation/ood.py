@@ -128,14 +128,14 @@ def thumbnail(pixels, grid):
 
 def bin_shares(grey, bins, xp=np):
   """`(N, bins)`: per row of `grey` `(N, P)`, the mean over its values of each bin's membership
-  `clip(v - lo + 1, 0, 1) - clip(v - lo - width + 1, 0, 1)`: 1 for an integer grey level inside the
-  bin [lo, lo + width), 0 outside, in between for a fraction. Arithmetic only (no comparisons or bool
-  casts), so every export runs it, LiteRT's integer-only files included; `xp` is NumPy or keras.ops."""
+  `ramp(lo) - ramp(lo + width)`, `ramp(t) = clip(v - t + 1, 0, 1)`: 1 for an integer grey level inside
+  the bin [lo, lo + width), 0 outside, in between for a fraction. One ramp per bin edge, averaged before
+  the differences (the mean is linear), and arithmetic only (no comparisons or bool casts), so every
+  export runs it, LiteRT's integer-only files included; `xp` is NumPy or keras.ops."""
   width = 256 // bins
-  low = xp.reshape(xp.arange(bins, dtype="float32") * width, (1, 1, bins))
-  v = xp.expand_dims(grey, -1) - low
-  member = xp.clip(v + 1.0, 0.0, 1.0) - xp.clip(v - (width - 1.0), 0.0, 1.0)
-  return xp.mean(member, axis=1)
+  edges = xp.reshape(xp.arange(bins, dtype="float32") * width, (1, 1, bins))
+  above = xp.mean(xp.clip(xp.expand_dims(grey, -1) - edges + 1.0, 0.0, 1.0), axis=1)  # share >= each edge
+  return above - xp.concatenate([above[:, 1:], xp.zeros_like(above[:, :1])], axis=1)
 
 
 def histogram(pixels, bins=BINS):
