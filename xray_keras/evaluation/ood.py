@@ -23,7 +23,8 @@ PERCENTILE = 99.0
 GRIDS = (8, 4, 2)  # the thumbnail's cells a side: the first that divides the input size ...
 SAMPLES_PER_DIM = 10  # ... and has at least this many train images per cell for its Gaussian
 BINS = 16  # the grey-level histogram's bins, each 16 levels wide (with 10 train images a bin, as above)
-PARTS = ("thumb", "hist")  # the image's own parts of the score, beside the features
+PARTS = {"thumb": "grid", "hist": "bins"}  # the image's own parts of the score, and the state key that sizes each
+ARRAYS = ("mean", "precision", *(f"{p}_{k}" for p in PARTS for k in ("mean", "precision")))  # ood.npz's
 
 
 def head_layer(model):
@@ -207,7 +208,7 @@ def fit(model, train_images, val_images, batch_size=64, extract=None):
     state["grid"] = grid
   if len(train_features) >= SAMPLES_PER_DIM * BINS:
     state["bins"] = BINS
-  parts = [name for name, key in (("thumb", "grid"), ("hist", "bins")) if key in state]
+  parts = [name for name, key in PARTS.items() if key in state]
   if parts:
     state["feature_scale"] = threshold_of(val_scores)
   for name in parts:
@@ -310,10 +311,10 @@ def load(run_dir):
   with open(summary) as f:
     state = json.load(f)
   with np.load(npz, allow_pickle=False) as arrays:
-    for name in ("mean", "precision", *(f"{p}_{k}" for p in PARTS for k in ("mean", "precision"))):
+    for name in ARRAYS:
       if name in arrays.files:
         state[name] = arrays[name].astype(np.float64)
-  for part, key in (("thumb", "grid"), ("hist", "bins")):
+  for part, key in PARTS.items():
     if f"{part}_mean" in state and not {key, "feature_scale", f"{part}_scale"} <= set(state):
       raise ValueError(f"{summary} lacks the {key} or scales that {npz} needs.")
   return state

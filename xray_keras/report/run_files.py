@@ -61,8 +61,7 @@ def write_tta(run_dir, by_split, augment, views, seed=0):
 def write_ood(run_dir, state, val_scores):
   """ood.npz (the means and precisions) and then ood.json (the rest), each atomically; returns ood.json's content."""
   tmp = os.path.join(run_dir, ood.NPZ + ".tmp.npz")
-  arrays = ("mean", "precision", *(f"{p}_{k}" for p in ood.PARTS for k in ("mean", "precision")))
-  np.savez(tmp, **{k: state[k] for k in arrays if k in state})
+  np.savez(tmp, **{k: state[k] for k in ood.ARRAYS if k in state})
   os.replace(tmp, os.path.join(run_dir, ood.NPZ))
   summary = ood.describe(state, val_scores)
   atomic.write_json(os.path.join(run_dir, ood.JSON), summary)
