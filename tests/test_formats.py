@@ -21,8 +21,13 @@ TEMPERATURE = 1.7
 # the layer norms, softmax and GELU: 98.7-99.0% (docs/serving.md).
 # Full int8 also quantizes the output (steps of 1/256 in probability), so images within a step or two of the
 # threshold can flip: 0.979 on one training of this (not bitwise repeatable) model; docs/serving.md has 0.973.
-MIN_INT8_AGREEMENT = {("onnx", "int8"): 0.99, ("litert", "int8"): 0.99, ("litert", "int8_full"): 0.97}
-MIN_INT8_AGREEMENT["openvino", "int8"] = 0.99
+# Labels near the threshold may flip (the tiny run puts many there): 98.1-99.7% agreed on the documented runs,
+# 98.9-100% on tiny runs. Away from it, none may: int8 moved a probability by at most 0.08 on the tiny runs
+# (integer-only LiteRT 0.2 on ResNet50), and a file whose mean error is that large is broken, not rounded.
+MIN_INT8_AGREEMENT = {("onnx", "int8"): 0.98, ("litert", "int8"): 0.98, ("litert", "int8_full"): 0.97}
+MIN_INT8_AGREEMENT["openvino", "int8"] = 0.98
+INT8_FLIP_BAND = {"int8": 0.1, "int8_full": 0.2}  # no label flips farther than this from the threshold
+MAX_INT8_MEAN_ERROR = 0.02
 MAX_INT8_AUC_CHANGE = 0.005
 
 
@@ -203,7 +208,10 @@ def test_int8_exports_agree_with_the_float_model_on_the_builtin_test_images(trai
     got = model.probabilities(test.images)
     agree = np.mean((got >= threshold) == (expected >= threshold))
     auc_change = metrics.roc_auc(labels, got) - metrics.roc_auc(labels, expected)
+    flipped = np.abs(expected[(got >= threshold) != (expected >= threshold)] - threshold)
     assert agree >= MIN_INT8_AGREEMENT[fmt, quantize], (fmt, quantize, agree, auc_change)
+    assert flipped.max(initial=0) < INT8_FLIP_BAND[quantize], (fmt, quantize, np.sort(flipped))
+    assert np.abs(got - expected).mean() < MAX_INT8_MEAN_ERROR, (fmt, quantize, np.abs(got - expected).mean())
     assert abs(auc_change) < MAX_INT8_AUC_CHANGE, (fmt, quantize, agree, auc_change)
     calibrated = (fmt, quantize) != ("litert", "int8")
     assert model.card["quantization"]["calibration"].startswith("256 validation" if calibrated else "none"), fmt
