@@ -8,11 +8,13 @@ format and depth, and one just over the limit, and measures in a fresh process p
 - serving: a SavedModel export of the run (`serving_default`, encoded bytes, as TF Serving calls it),
   the process's growth in resident memory for the request, after loading and one small request;
 - host: `decode.decode_image` to the model's size (what `predict`, `evaluate`, the demo and training
-  use), its growth in bytes per source pixel.
+  use), its growth in bytes per source pixel;
+- evaluate (not in --quick): `python -m xray_keras.evaluate` on a label list of eight 25 Mpx 16-bit DICOM
+  files, its peak resident memory with the decode threads it chose.
 
 Peak memory is Linux's VmHWM, reset before each request (`/proc/self/clear_refs`). Targets from the
 input contract: serving at most 300 MB for an accepted request and 64 MB for a refused one, host
-decoding at most 8 bytes per source pixel. Writes results/input_memory.json.
+decoding at most 8 bytes per source pixel, `evaluate` under 2 GB. Writes results/input_memory.json.
 """
 
 import argparse
@@ -30,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 SIDE = 5000  # 25,000,000 pixels: contract.MAX_PIXELS
-TARGETS = {"serving_accepted_mb": 300, "serving_refused_mb": 64, "host_bytes_per_pixel": 8}
+TARGETS = {"serving_accepted_mb": 300, "serving_refused_mb": 64, "host_bytes_per_pixel": 8, "evaluate_peak_mb": 2048}
 
 
 def _status_kb(field):
@@ -50,7 +52,7 @@ def _image(kind, side):
   ramp = np.add.outer(np.arange(side), np.arange(side)) % 4096
   if kind == "dicom16":
     return _dicom((ramp * 16).astype(np.uint16))
-  if kind == "png16_rgba":  # blocks of one value: a file of about 200 KB, under the SavedModel's 20 MiB
+  if kind == "png16_rgba":  # blocks of one value: a file of about 2 MB
     import zlib
 
     blocks = (np.add.outer(np.arange(side) // 50, np.arange(side) // 50) % 64) * 1000
@@ -59,8 +61,12 @@ def _image(kind, side):
     return _png_raw(rgba, zlib)
   grey = (ramp % 256).astype(np.uint8)
   buffer = io.BytesIO()
-  if kind == "png8_grey":
+  if kind in ("png8_grey", "png8_grey_x4"):
     Image.fromarray(grey, "L").save(buffer, "PNG")
+  elif kind == "bmp32":  # the largest file of a legal image: 100 MB, under the 128 MiB limit
+    Image.fromarray(np.dstack([grey, grey[::-1], grey[:, ::-1], np.full_like(grey, 255)]), "RGBA").save(buffer, "BMP")
+  elif kind == "png8_rgb":
+    Image.fromarray(np.dstack([grey, grey[::-1], grey[:, ::-1]]), "RGB").save(buffer, "PNG")
   elif kind == "jpeg_rgb":
     Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB").save(buffer, "JPEG", quality=90)
   elif kind == "jpeg_grey":
@@ -121,7 +127,8 @@ def worker(path, kind, export, size):
 
     signature = tf.saved_model.load(export).signatures["serving_default"]
     signature(images=tf.constant([small]))  # warm: traced, allocated once
-    call = lambda: signature(images=tf.constant([data]))  # noqa: E731
+    batch = [data] * (4 if kind.endswith("_x4") else 1)
+    call = lambda: signature(images=tf.constant(batch))  # noqa: E731
     refused = tf.errors.InvalidArgumentError
   else:
     decode.decode_image(small, size, 1)
@@ -136,6 +143,40 @@ def worker(path, kind, export, size):
     outcome = "refused: " + " ".join(str(getattr(e, "message", e)).split())[:160]
   growth_mb = (_status_kb("VmHWM") - baseline) / 1024
   print(json.dumps({"outcome": outcome, "growth_mb": round(growth_mb, 1)}))
+
+
+EVALUATE_FILES = 8  # 25 Mpx DICOM files, 50 MB each, in one `evaluate` call
+
+
+def _evaluate_peak(run_dir, work):
+  """Peak resident memory (MB) of `python -m xray_keras.evaluate` on a label list of the largest legal DICOMs."""
+  folder = os.path.join(work, "evaluate")
+  os.makedirs(folder)
+  data = _image("dicom16", SIDE)
+  with open(os.path.join(folder, "labels.csv"), "w") as f:
+    f.write("path,label\n")
+    for i in range(EVALUATE_FILES):
+      with open(os.path.join(folder, f"dx_{i}.dcm"), "wb") as image:
+        image.write(data)
+      f.write(f"dx_{i}.dcm,{('NORMAL', 'PNEUMONIA')[i % 2]}\n")
+  code = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['evaluate', *sys.argv[1:]]\n"
+    "try:\n  runpy.run_module('xray_keras.evaluate', run_name='__main__')\n"
+    "finally:\n  print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+  )
+  args = [f"--model={run_dir}", f"--data_dir={folder}/labels.csv", f"--output_dir={work}/evaluated"]
+  result = subprocess.run(
+    [sys.executable, "-c", code, *args, f"--cache_dir={work}/cache"], cwd=common.REPO, capture_output=True, text=True
+  )
+  peak = [line for line in result.stdout.splitlines() if line.startswith("peak_kb")]
+  if result.returncode or not peak:
+    return {"case": "evaluate_dicom16", "error": (result.stderr or result.stdout).strip()[-300:]}
+  from xray_keras.data import cache
+
+  return {"case": "evaluate_dicom16", "side": SIDE, "files": EVALUATE_FILES, "file_mb": round(len(data) / 2**20, 1),
+          "path": "evaluate", "decode_threads": cache.default_workers(),
+          "peak_mb": round(int(peak[0].split()[1]) / 1024, 1)}  # fmt: skip
 
 
 def _export(run_dir, work):
@@ -160,15 +201,16 @@ def main():
     with open(os.path.join(run_dir, "metrics.json")) as f:
       size = json.load(f)["model"]["input_shape"][0]
     export = _export(run_dir, work)
-    cases = [(k, side) for k in ("png8_grey", "png16_rgba", "jpeg_grey", "jpeg_rgb", "gif", "dicom16")]
+    kinds = ("png8_grey", "png8_rgb", "png16_rgba", "jpeg_grey", "jpeg_rgb", "gif", "bmp32", "dicom16", "png8_grey_x4")
+    cases = [(k, side) for k in kinds]
     cases.append(("png8_grey", side + 1))  # one pixel row over the limit
     for kind, n in cases:
       path = os.path.join(work, f"{kind}_{n}")
       with open(path, "wb") as f:
         f.write(_image(kind, n))
       for where in ("serving", "host"):
-        if where == "serving" and kind == "dicom16":
-          continue  # the serving graph does not decode DICOM (predict sends it its decoded pixels)
+        if (where, kind) in (("serving", "dicom16"), ("host", "png8_grey_x4")):
+          continue  # the serving graph does not decode DICOM (predict sends it its decoded pixels); x4: one request
         command = [sys.executable, os.path.abspath(__file__), "--worker", path, where, export, str(size)]
         result = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True)
         if result.returncode:
@@ -181,6 +223,9 @@ def main():
           row["bytes_per_source_pixel"] = round(row["growth_mb"] * 2**20 / (n * n), 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if not args.quick:
+      rows.append(_evaluate_peak(run_dir, work))
+      print(json.dumps(rows[-1]), flush=True)
   payload = {"quick": args.quick, "model_input": size, "targets": TARGETS, "rows": rows}
   path = common.write_result("input_memory", payload, args.output)
   print(path)

@@ -51,6 +51,7 @@ def run_row(study_dir, model, timed):
   tta = metrics.get("tta")
   return {
     "model": model,
+    "study": study_dir,
     "seed": int(flags.get("seed", 0)),
     "val_auc": metrics["val"]["auc"],
     "test_auc": metrics["test"]["auc"],
@@ -75,12 +76,46 @@ def run_row(study_dir, model, timed):
   }
 
 
+def _test_predictions(study_dir, model):
+  """{file: (label, probability)} of a run's test images."""
+  import csv
+
+  with open(os.path.join(study_dir, model, "predictions.csv"), newline="") as f:
+    return {r["file"]: (int(r["label"]), float(r["probability"])) for r in csv.DictReader(f) if r["split"] == "test"}
+
+
+def compare_models(studies, rows):
+  """DeLong (AUC) and McNemar (accuracy at 0.5) between every pair of models, per seed, on the same test images."""
+  from xray_keras.evaluation import statistics
+
+  out = []
+  for study_dir in studies:
+    seed = next((r["seed"] for r in rows if r["study"] == study_dir), None)
+    models = [m for m in ORDER if any(r["model"] == m and r["study"] == study_dir for r in rows)]
+    predictions = {m: _test_predictions(study_dir, m) for m in models}
+    for i, a in enumerate(models):
+      for b in models[i + 1 :]:
+        files = sorted(set(predictions[a]) & set(predictions[b]))
+        labels = np.array([predictions[a][f][0] for f in files])
+        pa, pb = (np.array([predictions[m][f][1] for f in files]) for m in (a, b))
+        if not (np.isfinite(pa).all() and np.isfinite(pb).all()):
+          raise ValueError(f"non-finite test probabilities in {study_dir} ({a} or {b})")
+        delong = statistics.delong_test(labels, pa, pb)
+        mcnemar = statistics.mcnemar_test(labels, pa >= 0.5, pb >= 0.5)
+        out.append({"seed": seed, "a": a, "b": b, "images": len(files),
+                    "auc_difference": delong["difference"], "delong_p": delong["p_value"],
+                    "mcnemar_a_only": mcnemar["a_only"], "mcnemar_b_only": mcnemar["b_only"],
+                    "mcnemar_p": mcnemar["p_value"]})  # fmt: skip
+  return out
+
+
 def summarise(rows):
   out = {}
   for model in [m for m in ORDER if any(r["model"] == m for r in rows)]:
     mine = [r for r in rows if r["model"] == model]
     entry = {"seeds": [r["seed"] for r in mine]}
-    for key in ("val_auc", "test_auc", "test_accuracy", "wall_s", "train_images_per_s"):
+    keys = ("val_auc", "test_auc", "test_accuracy", "wall_s", "train_images_per_s")
+    for key in (*keys, "sensitivity_at_val_threshold", "specificity_at_val_threshold"):
       values = np.array([r[key] for r in mine], np.float64)
       entry[key] = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
     out[model] = entry
@@ -89,17 +124,22 @@ def summarise(rows):
 
 def markdown(rows, models):
   lines = [
-    "| model | seeds | test ROC-AUC, mean [range] | test accuracy, mean [range] | val ROC-AUC | wall time, mean | train img/s |",
-    "|---|---|---|---|---|---|---|",
+    "| model | test ROC-AUC, mean [range] | seed 42 [95% CI] | test accuracy, mean [range] | sens. / spec. at val "
+    "threshold | val ROC-AUC | wall time, mean [range] | train img/s |",
+    "|---|---|---|---|---|---|---|---|",
   ]
 
-  def r(s, k, f):
-    return f"{s[k]['mean']:{f}} [{s[k]['min']:{f}}, {s[k]['max']:{f}}]"
+  def r(s, k, f, scale=1):
+    return f"{s[k]['mean'] * scale:{f}} [{s[k]['min'] * scale:{f}}, {s[k]['max'] * scale:{f}}]"
 
   for model, s in models.items():
+    first = next(x for x in rows if x["model"] == model and x["seed"] == s["seeds"][0])
+    low, high = first["test_auc_ci95"]
     lines.append(
-      f"| {model} | {', '.join(map(str, s['seeds']))} | {r(s, 'test_auc', '.3f')} | {r(s, 'test_accuracy', '.3f')} | "
-      f"{s['val_auc']['mean']:.4f} | {s['wall_s']['mean'] / 60:.1f} min | {s['train_images_per_s']['mean']:.0f} |"
+      f"| {model} | {r(s, 'test_auc', '.3f')} | {first['test_auc']:.3f} [{low:.3f}, {high:.3f}] | "
+      f"{r(s, 'test_accuracy', '.3f')} | {s['sensitivity_at_val_threshold']['mean']:.3f} / "
+      f"{s['specificity_at_val_threshold']['mean']:.3f} | {s['val_auc']['mean']:.4f} | "
+      f"{r(s, 'wall_s', '.1f', 1 / 60)} min | {s['train_images_per_s']['mean']:.0f} |"
     )
   return "\n".join(lines)
 
@@ -124,9 +164,13 @@ def main():
   for r in rows:
     per_seed.setdefault(r["seed"], 0.0)
     per_seed[r["seed"]] += r["wall_s"]
-  payload = {"runs": rows, "models": models, "study_wall_s_per_seed": per_seed}
+  comparisons = compare_models(args.studies.split(","), rows)
+  payload = {"runs": rows, "models": models, "study_wall_s_per_seed": per_seed, "comparisons": comparisons}
   path = common.write_result("study_cpu", payload, args.output)
   print(markdown(rows, models))
+  for c in comparisons:
+    print(f"seed {c['seed']}: {c['a']} - {c['b']}: AUC {c['auc_difference']:+.3f}, DeLong p = {c['delong_p']:.2g}; "
+          f"McNemar {c['mcnemar_a_only']} vs {c['mcnemar_b_only']}, p = {c['mcnemar_p']:.2g}")  # fmt: skip
   print(path)
 
 

@@ -1,6 +1,8 @@
 """Writes real X-rays (the built-in images) into DICOM files the way scanners and PACS exports store them."""
 
 import io
+import pathlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -207,3 +209,21 @@ def random_case(seed):
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return to_bytes(ds), case
   return without_preamble(ds, implicit, meta=case["preamble"] == "no"), case
+
+
+def dcmtk_grey(data, case, folder):
+  """dcm2pnm's 8-bit grey image of `data` with the VOI the package applies: VOI LUT, else window, else none."""
+  source, target = pathlib.Path(folder) / "in.dcm", pathlib.Path(folder) / "out.pgm"
+  source.write_bytes(data)
+  voi = ["+Wl", "1"] if case["voi"].startswith("lut") else ["+Wi", "1"] if case["voi"] == "window" else ["-W"]
+  result = subprocess.run(
+    ["dcm2pnm", "--quiet", *voi, "+op", str(source), str(target)], capture_output=True, text=True, timeout=60
+  )
+  if result.returncode:
+    raise RuntimeError(f"dcm2pnm failed on {case}: {result.stderr[-1000:]}")
+  raw = target.read_bytes()
+  magic, width, height, maximum = raw.split(maxsplit=4)[:4]
+  if magic != b"P5" or maximum != b"255":
+    raise RuntimeError(f"dcm2pnm wrote {raw[:20]!r}, not an 8-bit PGM")
+  width, height = int(width), int(height)
+  return np.frombuffer(raw[-width * height :], np.uint8).reshape(height, width)

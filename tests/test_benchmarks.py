@@ -289,10 +289,22 @@ def test_input_memory_quick_mode_measures_every_format_on_both_paths(tiny_run, t
   report = json.loads(out.read_text())
   rows = {(r["case"], r["side"], r["path"]): r for r in report["rows"]}
   assert not [r for r in report["rows"] if "error" in r], report["rows"]
-  for kind in ("png8_grey", "png16_rgba", "jpeg_grey", "jpeg_rgb", "gif"):
+  for kind in ("png8_grey", "png8_rgb", "png16_rgba", "jpeg_grey", "jpeg_rgb", "gif"):
     assert rows[kind, 1000, "serving"]["outcome"] == rows[kind, 1000, "host"]["outcome"] == "accepted"
     assert rows[kind, 1000, "host"]["bytes_per_source_pixel"] > 0
   assert ("dicom16", 1000, "host") in rows and ("dicom16", 1000, "serving") not in rows
+
+
+@pytest.mark.slow
+def test_input_fuzz_quick_mode_counts_every_outcome_and_finds_nothing_undocumented(tmp_path):
+  out = tmp_path / "input_fuzz.json"
+  _run_in_process(["benchmarks/input_fuzz.py", "--quick", f"--output={out}"])
+  report = json.loads(out.read_text())
+  images = report["images"]
+  assert sum(images["outcomes"].values()) == images["inputs"] == 60 and images["undocumented"] == 0, images
+  assert images["outcomes"]["same pixels"] > 0 and images["outcomes"]["same refusal"] > 0
+  if isinstance(report["dicom"], dict):  # dcmtk installed (.ci/run installs it)
+    assert report["dicom"]["inputs"] == 20 and report["dicom"]["worst_grey_levels"] <= 1, report["dicom"]
 
 
 def test_every_benchmark_script_is_in_the_index():

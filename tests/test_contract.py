@@ -1,12 +1,14 @@
 """Blank images and truncated JPEGs: refused with the same words by the host decoder and the serving graph."""
 
 import io
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests import image_files
 from tests.conftest import _builtin, real_jpeg, shared_data
 from xray_keras.data import builtin, contract, decode
 from xray_keras.serving import graph
@@ -113,49 +115,15 @@ def test_one_size_limit_on_both_decoders(fmt):
   assert host.startswith(contract.TOO_LARGE) and contract.TOO_LARGE in served, (host, served)
 
 
-def _generated_image(rng):
-  """`(name, bytes)`: a structured image of a random format, mode, bit depth, size and orientation."""
-  fmt = str(rng.choice(["PNG", "JPEG", "GIF", "BMP"]))
-  height, width = (int(x) for x in rng.integers(9, 400, 2))
-  base = np.linspace(0, 1, width)[None, :] * np.linspace(0.3, 1, height)[:, None]
-  base = np.clip(base + rng.normal(0, 0.08, (height, width)), 0, 1)
-  modes = {"PNG": ["L", "LA", "RGB", "RGBA", "P", "I;16"], "JPEG": ["L", "RGB"], "GIF": ["P"], "BMP": ["L", "RGB"]}
-  mode = str(rng.choice(modes[fmt]))
-  if mode == "I;16":
-    bits = int(rng.choice([10, 12, 16]))
-    image = Image.fromarray(np.round(base * (2**bits - 1)).astype(np.uint16))
-  else:
-    grey = Image.fromarray(np.round(base * 255).astype(np.uint8), "L")
-    rgb = Image.merge("RGB", [grey, grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grey])
-    image = {"L": grey, "LA": Image.merge("LA", [grey, grey]), "RGB": rgb, "RGBA": rgb.convert("RGBA"), "P": rgb}[mode]
-    if mode == "P":
-      image = rgb.convert("P")
-  kwargs, orientation = {}, int(rng.choice([1, 1, 2, 3, 4, 5, 6, 7, 8]))
-  if fmt in ("JPEG", "PNG") and orientation > 1:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    kwargs["exif"] = exif.tobytes()
-  if fmt == "JPEG":
-    kwargs.update(quality=int(rng.integers(60, 100)), progressive=bool(rng.integers(2)))
-  out = io.BytesIO()
-  image.save(out, fmt, **kwargs)
-  return f"{fmt.lower()}_{mode}_{height}x{width}_o{orientation}", out.getvalue()
-
-
 def _agree(seed, count):
+  """Generated images (tests/image_files.py) give the same pixels on both decoders and Pillow, or the same refusal."""
   rng = np.random.default_rng(seed)
   for _ in range(count):
-    name, data = _generated_image(rng)
+    name, data = image_files.generated(rng)
     channels, size = int(rng.choice([1, 3])), int(rng.choice([32, 48, 64]))
     mode = str(rng.choice(decode.RESIZE_MODES))
-    try:
-      expected = decode.decode_image(data, size, channels, mode)
-    except decode.DecodeError as e:
-      assert str(e) in _graph(data, channels), (name, str(e))
-      continue
-    image, full = graph.decode_one(tf.constant(data), channels, size)
-    got = graph.fit_square(image, size, mode, full).numpy()
-    np.testing.assert_array_equal(got, expected, err_msg=f"{name} {channels}ch {size}px {mode}")
+    outcome, detail = image_files.compare(data, channels, size, mode, name)
+    assert outcome in image_files.DOCUMENTED, f"{name} {channels}ch {size}px {mode}: {outcome}: {detail}"
 
 
 def test_generated_images_decode_to_the_same_pixels_on_both_decoders():
@@ -184,3 +152,40 @@ def test_bmps_with_a_palette_are_refused_alike(mode):
   assert host == contract.BMP_PALETTE and contract.BMP_PALETTE in served, (host, served)
   rgb = _encoded(np.dstack([ramp] * 3), "BMP")
   assert contract.bmp_bits(rgb) == 24 and _host(rgb, 1) == "" and _graph(rgb, 1) == ""
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_a_file_cut_short_is_refused_alike_before_any_decoder(fmt):
+  ramp = np.add.outer(np.arange(120), np.arange(150)).astype(np.uint8)
+  data = _encoded(np.dstack([ramp, ramp[::-1], ramp]) if fmt != "GIF" else ramp, fmt)
+  for cut in (0.5, 0.9, 0.99):
+    short = data[: int(len(data) * cut)]
+    host, served = _host(short, 1), _graph(short, 1)
+    assert host == contract.cut_short(fmt) and contract.cut_short(fmt) in served, (cut, host, served)
+  assert contract.end_missing(data[:-1], fmt) == (fmt != "GIF") and not contract.end_missing(data, fmt)
+
+
+def test_one_byte_limit_on_every_path_checked_before_reading(tmp_path):
+  path = tmp_path / "padded.png"
+  image = _encoded(np.add.outer(np.arange(60), np.arange(80)).astype(np.uint8), "PNG")
+  with open(path, "wb") as f:
+    f.write(image)
+    f.truncate(contract.MAX_BYTES + 1)  # sparse: nothing of it is read
+  with pytest.raises(decode.DecodeError, match=contract.TOO_MANY_BYTES):
+    decode.read_file(str(path))
+  path.write_bytes(image)
+  assert decode.read_file(str(path)) == image
+  padded = tf.constant([image + b"\0" * (contract.MAX_BYTES + 1 - len(image))])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=contract.TOO_MANY_BYTES):
+    graph.decode_batch(padded, 32, 1, "squash")
+
+
+def test_the_decode_pool_is_sized_by_memory_as_well_as_cores(monkeypatch):
+  from xray_keras.data import cache
+
+  by_cores = min(8, (os.cpu_count() or 1) * 2)
+  for available, expected in [(None, by_cores), (10**12, by_cores), (3 * cache.WORKER_BYTES, 1), (0, 1)]:
+    monkeypatch.setattr(cache, "_available_memory", lambda a=available: a)
+    assert cache.default_workers() == expected, available
+  monkeypatch.setattr(cache, "_available_memory", lambda: 4 * cache.WORKER_BYTES)
+  assert cache.default_workers() == min(by_cores, 2)

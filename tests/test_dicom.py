@@ -365,22 +365,6 @@ def test_a_1_bit_dicom_and_a_body_part_other_than_chest_are_refused_with_reasons
   np.testing.assert_array_equal(decode.decode_image(dicom_files.to_bytes(chest), None)[..., 0], image)
 
 
-def _dcmtk_grey(data, case, tmp_path):
-  """dcm2pnm's 8-bit grey image of `data` with the VOI the package applies: VOI LUT, else window, else none."""
-  source, target = tmp_path / "in.dcm", tmp_path / "out.pgm"
-  source.write_bytes(data)
-  voi = ["+Wl", "1"] if case["voi"].startswith("lut") else ["+Wi", "1"] if case["voi"] == "window" else ["-W"]
-  result = subprocess.run(
-    ["dcm2pnm", "--quiet", *voi, "+op", str(source), str(target)], capture_output=True, text=True, timeout=60
-  )
-  assert result.returncode == 0, (case, result.stderr[-1000:])
-  raw = target.read_bytes()
-  magic, width, height, maximum = raw.split(maxsplit=4)[:4]
-  assert magic == b"P5" and maximum == b"255", raw[:20]
-  width, height = int(width), int(height)
-  return np.frombuffer(raw[-width * height :], np.uint8).reshape(height, width)
-
-
 def _agrees_with_dcmtk(seeds, tmp_path):
   if shutil.which("dcm2pnm") is None:
     pytest.skip("dcmtk's dcm2pnm is not installed (apt-get install -y dcmtk)")
@@ -389,7 +373,7 @@ def _agrees_with_dcmtk(seeds, tmp_path):
   for seed in seeds:
     data, case = dicom_files.random_case(seed)
     got = dicom.read_pixels(data, decode.MAX_PIXELS).astype(int)  # full size, before any resizing
-    difference = np.abs(got - _dcmtk_grey(data, case, tmp_path)).max()
+    difference = np.abs(got - dicom_files.dcmtk_grey(data, case, tmp_path)).max()
     # 1 grey level: the two round the same real value to 8 bits differently (dcmtk truncates in places)
     assert difference <= 1, (f"{difference} grey levels from dcmtk", case)
     worst = max(worst, difference)

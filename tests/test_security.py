@@ -111,7 +111,7 @@ def test_serving_rejects_oversized_requests_cleanly(exported):
   assert serve(images=tf.constant([jpeg] * graph.MAX_BATCH))["label"].shape == (graph.MAX_BATCH,)
   cases = {
     "batch larger": [jpeg] * (graph.MAX_BATCH + 1),
-    "bytes": [jpeg + b"\0" * (graph.MAX_IMAGE_BYTES + 1)],
+    "file too large": [jpeg + b"\0" * (graph.MAX_IMAGE_BYTES + 1)],
     "pixels": [png_bomb()],
   }
   cases["pixels "] = [jpeg_bomb(jpeg)]

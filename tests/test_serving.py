@@ -589,8 +589,8 @@ def test_refusals_are_short_reasons_of_our_own_on_every_path(trained, tmp_path):
   jpeg = real_jpeg("test", "NORMAL", real_files("test", "NORMAL", 1)[0])
   gif = jpeg_free_gif()
   bad = {
-    "truncated.jpeg": (jpeg[: len(jpeg) // 2], "truncated JPEG (no end-of-image marker)", "truncated JPEG file"),
-    "truncated.gif": (gif[: len(gif) // 2], "damaged or truncated GIF", "truncated GIF file"),
+    "truncated.jpeg": (jpeg[: len(jpeg) // 2], "truncated JPEG file", "truncated JPEG file"),
+    "truncated.gif": (gif[: len(gif) // 2], "truncated GIF file", "truncated GIF file"),
     "notes.png": (b"these are notes, not an image", "unsupported image format", "not an image format the decoder"),
   }
   serve = tf.saved_model.load(str(export_dir / "vit_scratch" / "1")).signatures["serving_default"]

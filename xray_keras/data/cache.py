@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from xray_keras import atomic
-from xray_keras.data import decode
+from xray_keras.data import contract, decode
 from xray_keras.data.records import Skipped
 
 
@@ -43,15 +43,36 @@ def cache_key(root, paths, image_size, channels, resize_mode):
 def _decode_file(root, rel, image_size, channels, resize_mode):
   path = os.path.join(root, rel)
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = decode.read_file(path)
   except OSError as e:
     return None, f"unreadable ({e.strerror or type(e).__name__})", None
+  except decode.DecodeError as e:
+    return None, str(e), None
   try:
     array = decode.decode_image(data, image_size, channels, resize_mode)
   except decode.DecodeError as e:
     return None, str(e), None
   return array, None, hashlib.sha1(data).hexdigest()
+
+
+# What one decode thread may hold at worst: the largest file it reads and 8 bytes a pixel of the largest image.
+WORKER_BYTES = contract.MAX_BYTES + 8 * contract.MAX_PIXELS
+
+
+def default_workers():
+  """Decode threads: two a core, at most 8, and no more than half the available memory holds at worst."""
+  by_cores = min(8, (os.cpu_count() or 1) * 2)
+  available = _available_memory()
+  return by_cores if available is None else max(1, min(by_cores, available // 2 // WORKER_BYTES))
+
+
+def _available_memory():
+  """Bytes the system can give without swapping (Linux's MemAvailable: free and reclaimable), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+  except (OSError, StopIteration, ValueError):
+    return None
 
 
 def decode_files(root, paths, image_size, channels, resize_mode, workers=None):
@@ -62,7 +83,7 @@ def decode_files(root, paths, image_size, channels, resize_mode, workers=None):
     files in input order, their paths, `Skipped` for the rest, and the SHA-1 of
     each kept file's bytes.
   """
-  workers = workers or min(8, (os.cpu_count() or 1) * 2)
+  workers = workers or default_workers()
   images = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
   kept, skipped, digests = [], [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:

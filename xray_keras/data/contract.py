@@ -22,6 +22,10 @@ import numpy as np
 # about 4300 x 4300 (43 cm at 100 um), the largest Kermany original about 2900 x 2900.
 MAX_PIXELS = 25_000_000
 TOO_LARGE = f"image too large: larger than {MAX_PIXELS} pixels"
+# And one limit on a file's bytes, every path and format: the largest legal image in any accepted form fits
+# (a 5000 x 5000 32-bit BMP is 100,000,054 bytes; a 16-bit grey DICOM of 25 Mpx 50 MB).
+MAX_BYTES = 128 * 2**20
+TOO_MANY_BYTES = f"file too large: larger than {MAX_BYTES} bytes"
 FLAT_PERCENT = 95
 FLAT_BAND = 2
 TAIL_PERCENT = 10
@@ -68,6 +72,34 @@ def bmp_bits(data):
   if data[:2] != b"BM" or len(data) < 30:
     return None
   return int.from_bytes(data[28:30], "little")
+
+
+def cut_short(fmt):
+  """The refusal of a `fmt` ("JPEG", "PNG", "GIF", "BMP") file whose end is missing."""
+  return f"truncated {fmt} file"
+
+
+def end_missing(data, fmt):
+  """Whether encoded `data` of format `fmt` lacks the end its format requires (read from the bytes, before any
+  decoder, by the same rule as the serving graph): a JPEG's end-of-image marker, a PNG's IEND chunk, a BMP's
+  last row. A GIF's first frame is walked to its end by each decoder."""
+  if fmt == "JPEG":
+    return b"\xff\xd9" not in data
+  if fmt == "PNG":
+    return PNG_END not in data
+  if fmt == "BMP":
+    return len(data) < bmp_end(data)
+  return False
+
+
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and its (fixed) checksum
+
+
+def bmp_end(data):
+  """The byte after a BMP's last pixel row, from its header: pixel offset + rows x row stride."""
+  offset, width = int.from_bytes(data[10:14], "little"), int.from_bytes(data[18:22], "little", signed=True)
+  height, bits = int.from_bytes(data[22:26], "little", signed=True), int.from_bytes(data[28:30], "little")
+  return offset + abs(height) * ((bits * abs(width) + 31) // 32) * 4
 
 
 def problem(image, is_jpeg):

@@ -12,6 +12,7 @@ serving, whatever the Keras backend.
 """
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -147,6 +148,14 @@ def fit_square(array, size, resize_mode="squash", full_shape=None):
   return canvas
 
 
+def read_file(path):
+  """A file's bytes, or DecodeError (`contract.TOO_MANY_BYTES`) before reading one over the byte limit."""
+  if os.path.getsize(path) > contract.MAX_BYTES:
+    raise DecodeError(contract.TOO_MANY_BYTES)
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
   """Decode encoded image bytes to a `(size, size, channels)` uint8 array.
 
@@ -168,6 +177,8 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
     raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
   if not data:
     raise DecodeError("empty file")
+  if len(data) > contract.MAX_BYTES:
+    raise DecodeError(contract.TOO_MANY_BYTES)
   if dicom.is_dicom(data):
     try:
       array = dicom.read_pixels(data, MAX_PIXELS)
@@ -192,6 +203,8 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
           raise DecodeError(contract.TOO_LARGE)
         if image.format == "BMP" and contract.bmp_bits(data) not in contract.BMP_DEPTHS:
           raise DecodeError(contract.BMP_PALETTE)
+        if contract.end_missing(data, image.format):
+          raise DecodeError(contract.cut_short(image.format))
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         orientation = _exif_orientation(image)

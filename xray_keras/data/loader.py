@@ -451,8 +451,7 @@ def _tfds_left_out(manual_dir, kept):
     if record.path in kept:
       continue
     try:
-      with open(os.path.join(root, record.path), "rb") as f:
-        decode.decode_image(f.read(), None, 1)
+      decode.decode_image(decode.read_file(os.path.join(root, record.path)), None, 1)
       reason = "left out by the TFDS builder (prepared before this file was added?)"
     except (OSError, decode.DecodeError) as e:
       reason = str(e)

@@ -119,7 +119,7 @@ def explanations(runs, study_dir):
       pixels = np.stack(
         [
           decode.decode_image(
-            open(os.path.join(root, f), "rb").read(), size, channels, flags.get("resize_mode", "squash")
+            decode.read_file(os.path.join(root, f)), size, channels, flags.get("resize_mode", "squash")
           )
           for f in files
         ]

@@ -154,8 +154,7 @@ class DemoModel:
 
   def _pixels(self, path):
     """The file decoded as the model takes it (the card's size, channels and resize)."""
-    with open(path, "rb") as f:
-      data = f.read()
+    data = decode.read_file(path)
     contract = self.card["input"]
     return decode.decode_image(
       data, contract["image_size"], contract["channels"], contract.get("resize_mode", "squash")

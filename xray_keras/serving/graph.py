@@ -17,7 +17,7 @@ from xray_keras.data import contract, decode
 
 # Request bounds of the serving signature: larger inputs get an InvalidArgument error.
 MAX_BATCH = 64
-MAX_IMAGE_BYTES = 20 * 2**20
+MAX_IMAGE_BYTES = contract.MAX_BYTES  # the one limit of every path
 MAX_IMAGE_PIXELS = contract.MAX_PIXELS  # the one limit of every path
 ACCEPTED = "JPEG, PNG, GIF or BMP"
 _JPEG, _PNG, _GIF, _BMP = range(4)
@@ -82,7 +82,7 @@ def check_request(encoded):
     _require(tf.size(encoded) <= MAX_BATCH, f"batch larger than {MAX_BATCH} images"),
     _require(
       tf.reduce_max(tf.concat([tf.strings.length(encoded), [0]], 0)) <= MAX_IMAGE_BYTES,
-      f"an image is larger than {MAX_IMAGE_BYTES} bytes",
+      contract.TOO_MANY_BYTES,
     ),
   ]
   with tf.control_dependencies(checks):
@@ -158,27 +158,41 @@ def _jpeg(data, size, orientation):
   return _orient(image, orientation)
 
 
-def _scale_bit_depth(image):
-  """16-bit grey data scaled by the bit depth it uses (8, 10, 12, 14 or 16), as training does."""
-  high = tf.reduce_max(tf.cast(image, tf.int64))
-  bits = tf.reduce_min(
-    tf.boolean_mask(
-      tf.constant([8, 10, 12, 14, 16], tf.int64), high < tf.constant([2**8, 2**10, 2**12, 2**14, 2**16], tf.int64)
-    )
+def _in_bands(fn, image, rows=256):
+  """`fn` over bands of `rows` rows, one band after another: a band's int32 arithmetic is in memory, not the
+  whole image's (a 25 Mpx RGB image is 300 MB as int32, one band 15 MB)."""
+  count = (tf.shape(image)[0] + rows - 1) // rows
+  parts = tf.TensorArray(tf.uint8, size=count, infer_shape=False)
+  _, parts = tf.while_loop(
+    lambda i, _: i < count,
+    lambda i, parts: (i + 1, parts.write(i, fn(image[i * rows : (i + 1) * rows]))),
+    (tf.constant(0), parts),
+    parallel_iterations=1,
   )
-  scaled = tf.round(tf.cast(image, tf.float64) * 255.0 / tf.cast(2**bits - 1, tf.float64))
-  return tf.cast(tf.clip_by_value(scaled, 0, 255), tf.uint8)
+  bands = parts.concat()
+  bands.set_shape([None] * 3)  # (H, W, C), as every image here: ops such as rot90 branch on a known rank
+  return bands
+
+
+def _scale_bit_depth(image):
+  """16-bit grey data scaled by the bit depth it uses (8, 10, 12, 14 or 16), as training does.
+
+  Python's round(x * 255 / (2**bits - 1)) in integers: with an odd divisor no quotient ends in .5.
+  """
+  high = tf.cast(tf.reduce_max(image), tf.int32)
+  bits = tf.reduce_min(
+    tf.boolean_mask(tf.constant([8, 10, 12, 14, 16]), high < tf.constant([2**8, 2**10, 2**12, 2**14, 2**16]))
+  )
+  divisor = tf.bitwise.left_shift(1, bits) - 1
+  return _in_bands(lambda band: tf.cast((510 * tf.cast(band, tf.int32) + divisor) // (2 * divisor), tf.uint8), image)
 
 
 def _png(data):
+  """16-bit colour is read at 8 bits by libpng (the high byte, as training's `// 256`), grey at 16 to be scaled."""
   sixteen = tf.equal(_uint(data, 24, 1, False), 16)
   grey = tf.equal(_uint(data, 25, 1, False), 0)
-
-  def deep():
-    image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
-    return tf.cond(grey, lambda: _scale_bit_depth(image), lambda: tf.cast(image // 256, tf.uint8))
-
-  return tf.cond(sixteen, deep, lambda: tf.io.decode_png(data, channels=0))
+  deep_grey = lambda: _scale_bit_depth(tf.io.decode_png(data, channels=0, dtype=tf.uint16))  # noqa: E731
+  return tf.cond(tf.logical_and(sixteen, grey), deep_grey, lambda: tf.io.decode_png(data, channels=0))
 
 
 def _shift(x, bits):
@@ -187,21 +201,26 @@ def _shift(x, bits):
 
 def _to_channels(image, channels):
   """Composites transparency on black (Pillow's integer alpha_composite), then grey or RGB as asked."""
-  image = tf.cast(image, tf.int32)
-  count = tf.shape(image)[-1]
 
-  def composite():
-    colour, alpha = image[..., :-1], image[..., -1:]
-    t = colour * alpha * 128 + 0x4000
-    return _shift(_shift(t, 8) + t, 15)
+  def convert(band):
+    band = tf.cast(band, tf.int32)
+    count = tf.shape(band)[-1]
 
-  image = tf.cond(tf.logical_or(tf.equal(count, 2), tf.equal(count, 4)), composite, lambda: image)
-  if channels == 1:
-    grey = lambda: _shift(image[..., 0:1] * 19595 + image[..., 1:2] * 38470 + image[..., 2:3] * 7471 + 0x8000, 16)  # noqa: E731
-    image = tf.cond(tf.equal(tf.shape(image)[-1], 3), grey, lambda: image)
-  else:
-    image = tf.cond(tf.equal(tf.shape(image)[-1], 1), lambda: tf.tile(image, [1, 1, 3]), lambda: image)
-  image = tf.cast(image, tf.uint8)
+    def composite():
+      colour, alpha = band[..., :-1], band[..., -1:]
+      t = colour * alpha * 128 + 0x4000
+      return _shift(_shift(t, 8) + t, 15)
+
+    band = tf.cond(tf.logical_or(tf.equal(count, 2), tf.equal(count, 4)), composite, lambda: band)
+    if channels == 1:
+      grey = lambda: _shift(band[..., 0:1] * 19595 + band[..., 1:2] * 38470 + band[..., 2:3] * 7471 + 0x8000, 16)  # noqa: E731
+      band = tf.cond(tf.equal(tf.shape(band)[-1], 3), grey, lambda: band)
+    else:
+      band = tf.cond(tf.equal(tf.shape(band)[-1], 1), lambda: tf.tile(band, [1, 1, 3]), lambda: band)
+    return tf.cast(band, tf.uint8)
+
+  ready = tf.equal(tf.shape(image)[-1], channels)  # nothing to do: no int32 copy at all
+  image = tf.cond(ready, lambda: image, lambda: _in_bands(convert, image))
   image.set_shape([None, None, channels])
   return image
 
@@ -294,10 +313,22 @@ def _gif(data, first):
   alone = tf.strings.join(
     [tf.strings.substr(data, 0, at + 1), b"\0\0\0\0", tf.strings.substr(data, at + 5, end - at - 5), b";"]
   )
-  frame = tf.cast(tf.io.decode_gif(alone)[0], tf.int32)
+  frame = tf.io.decode_gif(alone)[0]
   shape = tf.shape(frame)
-  paddings = [[top, height - top - shape[0]], [left, width - left - shape[1]], [0, 0]]
-  return tf.cast(tf.pad(frame - fill, paddings) + fill, tf.uint8)
+  paddings = [[top, height - top - shape[0]], [left, width - left - shape[1]]]
+  fill = tf.cast(fill, tf.uint8)
+  return tf.stack([tf.pad(frame[..., c], paddings, constant_values=fill[c]) for c in range(3)], -1)
+
+
+def _has_end(data, fmt):
+  """`contract.end_missing`'s rule, negated, for format code `fmt`: checked before any decoder runs."""
+  if fmt == _BMP:
+    height, width = _declared_size(data, tf.constant(_BMP))
+    width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
+    end = _uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4
+    return tf.cast(tf.strings.length(data), tf.int64) >= end
+  marker = b"\xff\xd9" if fmt == _JPEG else contract.PNG_END
+  return tf.equal(tf.size(tf.strings.split(data, marker, maxsplit=1)), 2)
 
 
 def decode_one(data, channels, size=None):
@@ -312,16 +343,8 @@ def decode_one(data, channels, size=None):
     lambda: _gif_first_frame(data),
     lambda: (tf.constant(True), (0, 0), (0, 0), tf.zeros([3], tf.int32), tf.constant(0), tf.constant(0)),
   )
-  gif_ok = _require(first[0], "damaged or truncated GIF")
-  jpeg_ok = _require(
-    tf.cond(
-      tf.equal(fmt, _JPEG),
-      lambda: tf.equal(tf.size(tf.strings.split(data, b"\xff\xd9", maxsplit=1)), 2),
-      lambda: tf.constant(True),
-    ),
-    "truncated JPEG (no end-of-image marker)",
-  )
-  with tf.control_dependencies([gif_ok, jpeg_ok]):
+  gif_ok = _require(first[0], contract.cut_short("GIF"))
+  with tf.control_dependencies([gif_ok]):
     height, width = tf.cond(
       is_gif, lambda: tuple(tf.cast(x, tf.int64) for x in first[1]), lambda: _declared_size(data, fmt)
     )
@@ -334,7 +357,15 @@ def decode_one(data, channels, size=None):
     ),
     contract.BMP_PALETTE,
   )
-  with tf.control_dependencies([too_large, bmp_ok]):  # checked before any decoder allocates
+  with tf.control_dependencies([too_large, bmp_ok]):  # in the host decoder's order
+    ends = [
+      _require(
+        tf.cond(tf.equal(fmt, code), lambda code=code: _has_end(data, code), lambda: tf.constant(True)),
+        contract.cut_short(name),
+      )
+      for code, name in ((_JPEG, "JPEG"), (_PNG, "PNG"), (_BMP, "BMP"))
+    ]
+  with tf.control_dependencies(ends):  # all checked before any decoder allocates
     image = tf.switch_case(
       fmt,
       [
@@ -362,24 +393,40 @@ def _jpeg_fill_tail(image):
 
 def _content_checks(image, is_jpeg):
   """`contract.problem` in TensorFlow ops (integer arithmetic, so both paths refuse the same images)."""
-  values = tf.reshape(tf.cast(image, tf.int32), [-1])
-  counts = tf.math.bincount(values, minlength=256, maxlength=256, dtype=tf.int64)
+  rows = 256  # bands of rows, as `_in_bands`: no int32 copy of the whole image
+  _, counts = tf.while_loop(
+    lambda i, _: i * rows < tf.shape(image)[0],
+    lambda i, counts: (
+      i + 1,
+      counts
+      + tf.math.bincount(
+        tf.cast(image[i * rows : (i + 1) * rows], tf.int32), minlength=256, maxlength=256, dtype=tf.int64
+      ),
+    ),
+    (tf.constant(0), tf.zeros([256], tf.int64)),
+    parallel_iterations=1,
+  )
   band = contract.FLAT_BAND
   cumulative = tf.concat([tf.zeros([band + 1], tf.int64), tf.cumsum(counts), tf.fill([band], tf.reduce_sum(counts))], 0)
   window = cumulative[2 * band + 1 :] - cumulative[: -(2 * band + 1)]
-  size = tf.cast(tf.size(values), tf.int64)
+  size = tf.cast(tf.size(image), tf.int64)
   structured = tf.logical_or(tf.equal(size, 0), tf.reduce_max(window) * 100 < contract.FLAT_PERCENT * size)
-  turned = tf.transpose(image, [1, 0, 2])
-  edges = []
-  for view in (image, tf.reverse(image, [0]), turned, tf.reverse(turned, [0])):
-    tail = _jpeg_fill_tail(view)
-    edges.append(tf.logical_and(tail >= contract.TAIL_MIN, tail * 100 >= contract.TAIL_PERCENT * tf.shape(view)[0]))
-  whole = tf.logical_not(tf.logical_and(is_jpeg, tf.logical_and(size > 0, tf.reduce_any(tf.stack(edges)))))
+
+  def cut_short():
+    turned = tf.transpose(image, [1, 0, 2])
+    edges = []
+    for view in (image, tf.reverse(image, [0]), turned, tf.reverse(turned, [0])):
+      tail = _jpeg_fill_tail(view)
+      edges.append(tf.logical_and(tail >= contract.TAIL_MIN, tail * 100 >= contract.TAIL_PERCENT * tf.shape(view)[0]))
+    return tf.logical_and(size > 0, tf.reduce_any(tf.stack(edges)))
+
+  whole = tf.logical_not(tf.cond(is_jpeg, cut_short, lambda: tf.constant(False)))
   return [_require(structured, contract.NO_STRUCTURE), _require(whole, contract.TRUNCATED)]
 
 
 def _resize(image, height, width):
-  resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([height, width]), method="bilinear", antialias=True)
+  # From uint8: the op converts each pixel as it reads it (the same floats as a float32 copy, without the copy).
+  resized = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 

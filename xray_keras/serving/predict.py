@@ -282,8 +282,7 @@ def assess_files(predictor, files, ood=True):
   rows, skipped = [], []
   for path in files:
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = decode.read_file(path)
       probability, score = predictor(data, ood=True) if ood else (predictor(data), None)
     except OSError as e:
       skipped.append(Skipped(path, f"unreadable ({e.strerror or type(e).__name__})"))
