@@ -13,7 +13,9 @@ random model size, channel count and resize mode, through:
 
 DICOM (`tests/dicom_files.random_case`: bits allocated and stored x signedness x photometric x rescale x
 window / VOI LUT with 8- and 16-bit entries x preamble x VR encoding) through the host decoder at full size
-against dcmtk's `dcm2pnm` (the serving graph takes no DICOM: `predict` sends it decoded pixels).
+against dcmtk's `dcm2pnm` (the serving graph takes no DICOM: `predict` sends it decoded pixels); and each
+file with a preamble rewritten by dcmtk (dcmcrle, dcmcjpeg lossless SV1 and baseline, dcmcjpls lossless)
+and decoded by us against the original and against dcmtk's own decompression.
 
 Each input must give the same pixels or the same refusal; the counts and every disagreement go to
 results/input_fuzz.json.
@@ -56,9 +58,13 @@ def fuzz_images(count, seed):
 
 
 def fuzz_dicom(count, first_seed, scratch):
+  """Each generated file: its 8-bit grey image against dcm2pnm's (the VOI the package picks), and, for a file
+  with the preamble, the same file rewritten by dcmtk in a random transfer syntax: decoded by us against the
+  uncompressed original and against dcmtk's own decompression."""
   from xray_keras.data import decode, dicom
 
   worst, outcomes, findings, pixels, off = 0, collections.Counter(), [], 0, 0
+  syntaxes = collections.defaultdict(lambda: {"files": 0, "max_vs_original": 0, "max_vs_dcmtk_decoded": 0})
   for seed in range(first_seed, first_seed + count):
     data, case = dicom_files.random_case(seed)
     try:
@@ -73,8 +79,25 @@ def fuzz_dicom(count, first_seed, scratch):
     outcomes[f"max {difference} grey levels from dcmtk"] += 1
     if difference > 1:
       findings.append({"seed": seed, "outcome": f"{difference} grey levels from dcmtk", "case": str(case)})
+    if case["preamble"] != "yes":
+      continue
+    syntax = list(dicom_files.DCMTK_SYNTAXES)[seed % len(dicom_files.DCMTK_SYNTAXES)]
+    encoded = dicom_files.dcmtk_encoded(data, syntax, scratch)
+    if encoded is None:
+      syntaxes[syntax]["dcmtk does not encode"] = syntaxes[syntax].get("dcmtk does not encode", 0) + 1
+      continue
+    compressed = dicom.read_pixels(encoded, decode.MAX_PIXELS).astype(int)
+    theirs = dicom.read_pixels(dicom_files.dcmtk_decoded(encoded, scratch), decode.MAX_PIXELS).astype(int)
+    entry = syntaxes[syntax]
+    entry["files"] += 1
+    entry["max_vs_original"] = max(entry["max_vs_original"], int(np.abs(compressed - ours).max()))
+    entry["max_vs_dcmtk_decoded"] = max(entry["max_vs_dcmtk_decoded"], int(np.abs(compressed - theirs).max()))
+    lossless = dicom_files.DCMTK_SYNTAXES[syntax][1]
+    if lossless and (entry["max_vs_original"] or entry["max_vs_dcmtk_decoded"]):
+      findings.append({"seed": seed, "outcome": f"{syntax} differs", "case": str(case)})
   return {"inputs": count, "first_seed": first_seed, "outcomes": dict(outcomes), "worst_grey_levels": worst,
-          "pixels": pixels, "pixels_off_by_one": off, "findings": findings}  # fmt: skip
+          "pixels": pixels, "pixels_off_by_one": off, "transfer_syntaxes": dict(syntaxes),
+          "findings": findings}  # fmt: skip
 
 
 def main():

@@ -227,3 +227,34 @@ def dcmtk_grey(data, case, folder):
     raise RuntimeError(f"dcm2pnm wrote {raw[:20]!r}, not an 8-bit PGM")
   width, height = int(width), int(height)
   return np.frombuffer(raw[-width * height :], np.uint8).reshape(height, width)
+
+
+# dcmtk's encoders (Debian's dcmtk) for the transfer syntaxes a generated file is rewritten in.
+DCMTK_SYNTAXES = {
+  "rle": (["dcmcrle"], True),
+  "jpeg_lossless": (["dcmcjpeg", "+e1"], True),  # JPEG lossless, first-order prediction (SV1)
+  "jpeg_ls_lossless": (["dcmcjpls", "+el"], True),
+  "jpeg_baseline": (["dcmcjpeg", "+eb", "+q", "90"], False),  # 8 bits stored only
+}
+
+
+def dcmtk_encoded(data, syntax, folder):
+  """`data` (a file with its preamble and meta group) rewritten by dcmtk in `syntax`, or None where dcmtk
+  does not encode it (e.g. JPEG baseline of more than 8 bits)."""
+  command, _ = DCMTK_SYNTAXES[syntax]
+  source, target = pathlib.Path(folder) / "plain.dcm", pathlib.Path(folder) / f"{syntax}.dcm"
+  source.write_bytes(data)
+  target.unlink(missing_ok=True)
+  result = subprocess.run([*command, str(source), str(target)], capture_output=True, text=True, timeout=60)
+  return target.read_bytes() if result.returncode == 0 and target.is_file() else None
+
+
+def dcmtk_decoded(data, folder):
+  """dcmtk's own decompression of `data` to explicit VR little endian (dcmdjpeg, dcmdjpls or dcmdrle by syntax)."""
+  source, target = pathlib.Path(folder) / "compressed.dcm", pathlib.Path(folder) / "decompressed.dcm"
+  source.write_bytes(data)
+  for tool in ("dcmdjpeg", "dcmdjpls", "dcmdrle"):
+    target.unlink(missing_ok=True)
+    if subprocess.run([tool, str(source), str(target)], capture_output=True, timeout=60).returncode == 0:
+      return target.read_bytes()
+  raise RuntimeError("no dcmtk decompressor read the file")

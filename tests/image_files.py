@@ -1,6 +1,8 @@
 """Generated encoded images over the input contract's parameters, and Pillow's reading of them as an oracle."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -18,9 +20,32 @@ def _exif(orientation, fmt, rng):
   return payload
 
 
+def _segment(marker, payload):
+  return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _chunk(kind, payload):
+  return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def with_decoys(data, fmt, rng, kind=None):
+  """`data` with EXIF-looking bytes where a reader must not take them: in a JPEG, a comment segment holding
+  "Exif\0\0" and an orientation, or 128 KiB of ICC-like APP2 segments before the real APP1; in a PNG, a text
+  chunk holding "eXIf" and an orientation, before any real eXIf chunk. `(bytes, what was added)`."""
+  fake = Image.Exif()
+  fake[0x0112] = 3
+  if fmt == "PNG":
+    text = _chunk(b"tEXt", b"Comment\x00eXIf" + fake.tobytes())
+    return data[:33] + text + data[33:], "_text"  # after the 8-byte signature and the 25-byte IHDR chunk
+  if kind == "comment" or (kind is None and rng.integers(2)):
+    return data[:2] + _segment(0xFE, b"Exif\x00\x00" + fake.tobytes()) + data[2:], "_comment"
+  padding = _segment(0xE2, b"ICC_PROFILE\x00" + bytes(65500))
+  return data[:2] + padding + padding + data[2:], "_app2pad"
+
+
 def generated(rng, truncate=True):
-  """`(name, bytes)`: a structured image over format x mode x bit depth x size x orientation x JPEG
-  quality and progressive x truncation (a cut file, with or without a JPEG end marker after the cut)."""
+  """`(name, bytes)`: a structured image over format x mode x bit depth x size x orientation x EXIF-looking
+  decoys x JPEG quality and progressive x truncation (a cut file, with or without a JPEG end marker after the cut)."""
   fmt = str(rng.choice(FORMATS))
   height, width = (int(x) for x in rng.integers(9, 400, 2))
   base = np.linspace(0, 1, width)[None, :] * np.linspace(0.3, 1, height)[:, None]
@@ -43,10 +68,13 @@ def generated(rng, truncate=True):
   out = io.BytesIO()
   image.save(out, fmt, **kwargs)
   data, cut = out.getvalue(), ""
+  if fmt in ("JPEG", "PNG") and rng.random() < 0.25:
+    data, decoy = with_decoys(data, fmt, rng)
+    cut = decoy
   if truncate and rng.random() < 0.15:
     fraction = float(rng.uniform(0.3, 0.97))
     data = data[: int(len(data) * fraction)]
-    cut = f"_cut{fraction:.2f}"
+    cut += f"_cut{fraction:.2f}"
     if fmt == "JPEG" and rng.integers(2):
       data, cut = data + b"\xff\xd9", cut + "+eoi"
   return f"{fmt.lower()}_{mode}_{height}x{width}_o{orientation}{cut}", data

@@ -189,3 +189,21 @@ def test_the_decode_pool_is_sized_by_memory_as_well_as_cores(monkeypatch):
     assert cache.default_workers() == expected, available
   monkeypatch.setattr(cache, "_available_memory", lambda: 4 * cache.WORKER_BYTES)
   assert cache.default_workers() == min(by_cores, 2)
+  monkeypatch.setattr(cache, "_available_memory", lambda: 10**12)
+  dicom_50_mb = 50 * 2**20  # a 25 Mpx 16-bit radiograph: two threads share the decode budget
+  assert cache.default_workers(dicom_50_mb) == min(by_cores, 2) and cache.default_workers(200_000) == by_cores
+
+
+@pytest.mark.parametrize("fmt,decoy", [("JPEG", "comment"), ("JPEG", "app2pad"), ("PNG", "text")])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_exif_is_read_from_its_own_segment_or_chunk_not_from_bytes_that_look_like_it(fmt, decoy, orientation):
+  """A comment or text chunk holding EXIF-like bytes (orientation 3), or 128 KiB of APP2 segments before the real
+  APP1: both decoders find the EXIF Pillow finds, by walking the file's segments or chunks."""
+  ramp = np.add.outer(np.arange(50), 2 * np.arange(70)).astype(np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  plain = _encoded(np.dstack([ramp, ramp[::-1], ramp]), fmt, **({"exif": exif.tobytes()} if orientation > 1 else {}))
+  data, _ = image_files.with_decoys(plain, fmt, np.random.default_rng(0), decoy)
+  for channels in (1, 3):
+    assert image_files.compare(data, channels, 48, "pad") == (image_files.SAME_PIXELS, "")
+  np.testing.assert_array_equal(decode.decode_image(data, None), decode.decode_image(plain, None))

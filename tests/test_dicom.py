@@ -387,3 +387,27 @@ def test_decoded_dicom_pixels_agree_with_dcmtk(tmp_path):
 @pytest.mark.slow
 def test_decoded_dicom_pixels_agree_with_dcmtk_on_500_files(tmp_path):
   _agrees_with_dcmtk(range(1000, 1500), tmp_path)
+
+
+def test_a_file_dcmtk_rewrites_in_each_lossless_syntax_decodes_to_the_same_pixels(tmp_path):
+  """RLE, JPEG lossless (SV1) and JPEG-LS lossless, written by dcmtk's own encoders: the same 8-bit image as the
+  uncompressed original, and as dcmtk's own decompression of the same file."""
+  if shutil.which("dcmcrle") is None:
+    pytest.skip("dcmtk is not installed (apt-get install -y dcmtk)")
+  dicom_files.pydicom()
+  compared = 0
+  for seed in range(16):
+    data, case = dicom_files.random_case(seed)
+    if case["preamble"] != "yes":
+      continue
+    original = dicom.read_pixels(data, decode.MAX_PIXELS)
+    for syntax, (_, lossless) in dicom_files.DCMTK_SYNTAXES.items():
+      encoded = dicom_files.dcmtk_encoded(data, syntax, tmp_path) if lossless else None
+      if encoded is None:
+        continue
+      got = dicom.read_pixels(encoded, decode.MAX_PIXELS)
+      np.testing.assert_array_equal(got, original, err_msg=f"{syntax} {case}")
+      theirs = dicom.read_pixels(dicom_files.dcmtk_decoded(encoded, tmp_path), decode.MAX_PIXELS)
+      np.testing.assert_array_equal(got, theirs, err_msg=f"{syntax} {case}")
+      compared += 1
+  assert compared >= 12, compared

@@ -57,13 +57,28 @@ def _decode_file(root, rel, image_size, channels, resize_mode):
 
 # What one decode thread may hold at worst: the largest file it reads and 8 bytes a pixel of the largest image.
 WORKER_BYTES = contract.MAX_BYTES + 8 * contract.MAX_PIXELS
+# Large files (DICOM radiographs of 50 MB) share this much between the threads; a file takes about four times
+# its bytes while it is decoded (the file, pydicom's copy of its pixel data, the stored array, the output).
+DECODE_BUDGET = 512 * 2**20
 
 
-def default_workers():
-  """Decode threads: two a core, at most 8, and no more than half the available memory holds at worst."""
-  by_cores = min(8, (os.cpu_count() or 1) * 2)
+def default_workers(largest_file=0):
+  """Decode threads: two a core, at most 8, no more than half the available memory holds at worst, and no
+  more than `DECODE_BUDGET` holds of files the size of `largest_file` (bytes)."""
+  workers = min(8, (os.cpu_count() or 1) * 2)
   available = _available_memory()
-  return by_cores if available is None else max(1, min(by_cores, available // 2 // WORKER_BYTES))
+  if available is not None:
+    workers = min(workers, available // 2 // WORKER_BYTES)
+  if largest_file:
+    workers = min(workers, DECODE_BUDGET // (4 * largest_file))
+  return max(1, workers)
+
+
+def _size(path):
+  try:
+    return os.path.getsize(path)
+  except OSError:
+    return 0
 
 
 def _available_memory():
@@ -83,7 +98,7 @@ def decode_files(root, paths, image_size, channels, resize_mode, workers=None):
     files in input order, their paths, `Skipped` for the rest, and the SHA-1 of
     each kept file's bytes.
   """
-  workers = workers or default_workers()
+  workers = workers or default_workers(max((_size(os.path.join(root, p)) for p in paths), default=0))
   images = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
   kept, skipped, digests = [], [], []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -22,9 +22,9 @@ import numpy as np
 # about 4300 x 4300 (43 cm at 100 um), the largest Kermany original about 2900 x 2900.
 MAX_PIXELS = 25_000_000
 TOO_LARGE = f"image too large: larger than {MAX_PIXELS} pixels"
-# And one limit on a file's bytes, every path and format: the largest legal image in any accepted form fits
-# (a 5000 x 5000 32-bit BMP is 100,000,054 bytes; a 16-bit grey DICOM of 25 Mpx 50 MB).
-MAX_BYTES = 128 * 2**20
+# And one limit on a file's bytes, every path and format: a 25 Mpx image fits as a 24-bit BMP (75 MB), an 8-bit
+# RGB or 16-bit grey DICOM (75 or 50 MB); a SavedModel request holding it stays within 300 MB.
+MAX_BYTES = 80 * 2**20
 TOO_MANY_BYTES = f"file too large: larger than {MAX_BYTES} bytes"
 FLAT_PERCENT = 95
 FLAT_BAND = 2
@@ -72,6 +72,19 @@ def bmp_bits(data):
   if data[:2] != b"BM" or len(data) < 30:
     return None
   return int.from_bytes(data[28:30], "little")
+
+
+def format_of(data):
+  """ "JPEG", "PNG", "GIF" or "BMP" from the first bytes, as the serving graph tells them apart; None otherwise."""
+  if data[:3] == b"\xff\xd8\xff":
+    return "JPEG"
+  if data[:8] == b"\x89PNG\r\n\x1a\n":
+    return "PNG"
+  if data[:6] in (b"GIF87a", b"GIF89a"):
+    return "GIF"
+  if data[:2] == b"BM" and len(data) >= 26:
+    return "BMP"
+  return None
 
 
 def cut_short(fmt):

@@ -192,7 +192,9 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
       array = array[:, :, None] if array.ndim == 2 else array
     _check_content(array, False)
     return fit_square(array, size, resize_mode) if size else array
-  image_format = None
+  image_format = contract.format_of(data)
+  if image_format and contract.end_missing(data, image_format):  # before any decoder, as the serving graph
+    raise DecodeError(contract.cut_short(image_format))
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -203,8 +205,6 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
           raise DecodeError(contract.TOO_LARGE)
         if image.format == "BMP" and contract.bmp_bits(data) not in contract.BMP_DEPTHS:
           raise DecodeError(contract.BMP_PALETTE)
-        if contract.end_missing(data, image.format):
-          raise DecodeError(contract.cut_short(image.format))
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         orientation = _exif_orientation(image)

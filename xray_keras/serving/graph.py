@@ -89,6 +89,61 @@ def check_request(encoded):
     return tf.identity(encoded)
 
 
+def _after(found, skip):
+  return tf.where(found >= 0, found + skip, -1)
+
+
+def _text(data, start, length):
+  """`length` bytes of `data` from `start` as a string (shorter or empty past the end)."""
+  start = tf.minimum(tf.cast(start, tf.int64), tf.cast(tf.strings.length(data), tf.int64))
+  return tf.strings.substr(data, start, tf.constant(length, tf.int64))
+
+
+def _walk(data, step, start, limit=100_000):
+  """Walks `data`'s blocks from `start`: `step(pos) -> (next pos, found at or -1, stop)`; the first find, or -1."""
+  _, found, _ = tf.while_loop(
+    lambda pos, found, stop: tf.logical_not(stop),
+    lambda pos, found, stop: step(pos),
+    (tf.constant(start, tf.int64), tf.constant(-1, tf.int64), tf.constant(False)),
+    maximum_iterations=limit,
+  )
+  return found
+
+
+def _jpeg_exif(data):
+  """Where a JPEG's first APP1 segment holding "Exif\0\0" starts its payload, walking the markers up to the
+  first scan as Pillow does (so bytes inside other segments are never taken for EXIF); -1 without one."""
+  size = tf.cast(tf.strings.length(data), tf.int64)
+
+  def step(pos):
+    first, marker = _uint(data, pos, 1, False), _uint(data, pos + 1, 1, False)
+    exif = tf.logical_and(tf.equal(marker, 0xE1), tf.equal(_text(data, pos + 4, 6), b"Exif\x00\x00"))
+    exif = tf.logical_and(tf.equal(first, 0xFF), exif)
+    stop = tf.logical_or(pos + 4 > size, tf.logical_and(tf.equal(first, 0xFF), (marker == 0xDA) | (marker == 0xD9)))
+    standalone = (marker == 0xD8) | (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD7)) | (marker == 0xFF)
+    advance = tf.where(
+      tf.not_equal(first, 0xFF),
+      1,
+      tf.where(marker == 0xFF, 1, tf.where(standalone, 2, 2 + _uint(data, pos + 2, 2, False))),
+    )
+    return pos + advance, tf.where(exif, pos + 4, -1), tf.logical_or(stop, exif)
+
+  return _walk(data, step, 2)
+
+
+def _png_exif(data):
+  """Where a PNG's eXIf chunk's data starts, walking the chunks (before or after the image data); -1 without one."""
+  size = tf.cast(tf.strings.length(data), tf.int64)
+
+  def step(pos):
+    kind = _text(data, pos + 4, 4)
+    exif = tf.equal(kind, b"eXIf")
+    stop = tf.logical_or(tf.logical_or(exif, tf.equal(kind, b"IEND")), pos + 12 > size)
+    return pos + 12 + _uint(data, pos, 4, False), tf.where(exif, pos + 8, -1), stop
+
+  return _walk(data, step, 8)
+
+
 def _exif_orientation(data, fmt):
   """The EXIF orientation (1-8) of a JPEG (APP1 segment) or PNG (eXIf chunk, with or without an "Exif\0\0" prefix).
 
@@ -96,12 +151,14 @@ def _exif_orientation(data, fmt):
 
   Only EXIF is read: an orientation given in XMP alone is ignored, here and in `data.decode`.
   """
-  marker = tf.where(tf.equal(fmt, _PNG), b"eXIf", b"Exif\x00\x00")
-  parts = tf.strings.split(tf.where(tf.equal(fmt, _PNG), data, tf.strings.substr(data, 0, 65536)), marker, maxsplit=1)
-  has_exif = tf.logical_and(tf.equal(tf.size(parts), 2), fmt <= _PNG)
+  start = tf.switch_case(
+    tf.clip_by_value(fmt, 0, 2),
+    [lambda: _after(_jpeg_exif(data), 6), lambda: _png_exif(data), lambda: tf.constant(-1, tf.int64)],
+  )
+  has_exif = start >= 0
 
   def read():
-    tiff = tf.strings.length(parts[0]) + tf.strings.length(marker)
+    tiff = tf.cast(start, tf.int32)
     # Some writers start a PNG's eXIf payload with JPEG's "Exif\0\0" too; Pillow skips it, and so must this.
     prefixed = tf.logical_and(tf.equal(fmt, _PNG), tf.equal(tf.strings.substr(data, tiff, 6), b"Exif\x00\x00"))
     tiff = tiff + tf.where(prefixed, 6, 0)
@@ -337,6 +394,15 @@ def decode_one(data, channels, size=None):
   known = _require(fmt >= 0, f"unsupported image format: the serving signature accepts {ACCEPTED}")
   with tf.control_dependencies([known]):
     fmt = tf.maximum(fmt, 0)
+  ends = [
+    _require(
+      tf.cond(tf.equal(fmt, code), lambda code=code: _has_end(data, code), lambda: tf.constant(True)),
+      contract.cut_short(name),
+    )
+    for code, name in ((_JPEG, "JPEG"), (_PNG, "PNG"), (_BMP, "BMP"))
+  ]
+  with tf.control_dependencies(ends):  # first, as on the host: a cut file's header may be cut too
+    data = tf.identity(data)
   is_gif = tf.equal(fmt, _GIF)
   first = tf.cond(
     is_gif,
@@ -357,15 +423,7 @@ def decode_one(data, channels, size=None):
     ),
     contract.BMP_PALETTE,
   )
-  with tf.control_dependencies([too_large, bmp_ok]):  # in the host decoder's order
-    ends = [
-      _require(
-        tf.cond(tf.equal(fmt, code), lambda code=code: _has_end(data, code), lambda: tf.constant(True)),
-        contract.cut_short(name),
-      )
-      for code, name in ((_JPEG, "JPEG"), (_PNG, "PNG"), (_BMP, "BMP"))
-    ]
-  with tf.control_dependencies(ends):  # all checked before any decoder allocates
+  with tf.control_dependencies([too_large, bmp_ok]):  # checked before any decoder allocates
     image = tf.switch_case(
       fmt,
       [
