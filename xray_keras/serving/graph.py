@@ -90,7 +90,7 @@ def check_request(encoded):
 
 
 def _after(found, skip):
-  return tf.where(found >= 0, found + skip, -1)
+  return tf.where(found >= 0, found + skip, tf.constant(-1, tf.int64))
 
 
 def _text(data, start, length):
@@ -121,12 +121,10 @@ def _jpeg_exif(data):
     exif = tf.logical_and(tf.equal(first, 0xFF), exif)
     stop = tf.logical_or(pos + 4 > size, tf.logical_and(tf.equal(first, 0xFF), (marker == 0xDA) | (marker == 0xD9)))
     standalone = (marker == 0xD8) | (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD7)) | (marker == 0xFF)
-    advance = tf.where(
-      tf.not_equal(first, 0xFF),
-      1,
-      tf.where(marker == 0xFF, 1, tf.where(standalone, 2, 2 + _uint(data, pos + 2, 2, False))),
-    )
-    return pos + advance, tf.where(exif, pos + 4, -1), tf.logical_or(stop, exif)
+    one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
+    advance = tf.where(standalone, two, two + _uint(data, pos + 2, 2, False))
+    advance = tf.where(tf.logical_or(tf.not_equal(first, 0xFF), tf.equal(marker, 0xFF)), one, advance)
+    return pos + advance, tf.where(exif, pos + 4, tf.constant(-1, tf.int64)), tf.logical_or(stop, exif)
 
   return _walk(data, step, 2)
 
@@ -139,7 +137,7 @@ def _png_exif(data):
     kind = _text(data, pos + 4, 4)
     exif = tf.equal(kind, b"eXIf")
     stop = tf.logical_or(tf.logical_or(exif, tf.equal(kind, b"IEND")), pos + 12 > size)
-    return pos + 12 + _uint(data, pos, 4, False), tf.where(exif, pos + 8, -1), stop
+    return pos + 12 + _uint(data, pos, 4, False), tf.where(exif, pos + 8, tf.constant(-1, tf.int64)), stop
 
   return _walk(data, step, 8)
 
