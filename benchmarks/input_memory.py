@@ -159,11 +159,12 @@ def _evaluate_peak(run_dir, work):
       with open(os.path.join(folder, f"dx_{i}.dcm"), "wb") as image:
         image.write(data)
       f.write(f"dx_{i}.dcm,{('NORMAL', 'PNEUMONIA')[i % 2]}\n")
+  # VmHWM, not ru_maxrss: Linux carries a forked child's ru_maxrss over from its parent (this process) across exec.
   code = (
-    "import resource, runpy, sys\n"
+    "import runpy, sys\n"
     "sys.argv = ['evaluate', *sys.argv[1:]]\n"
     "try:\n  runpy.run_module('xray_keras.evaluate', run_name='__main__')\n"
-    "finally:\n  print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    "finally:\n  print('peak_kb', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
   )
   args = [f"--model={run_dir}", f"--data_dir={folder}/labels.csv", f"--output_dir={work}/evaluated"]
   result = subprocess.run(
@@ -175,7 +176,7 @@ def _evaluate_peak(run_dir, work):
   from xray_keras.data import cache
 
   return {"case": "evaluate_dicom16", "side": SIDE, "files": EVALUATE_FILES, "file_mb": round(len(data) / 2**20, 1),
-          "path": "evaluate", "decode_threads": cache.default_workers(),
+          "path": "evaluate", "decode_threads": cache.default_workers(len(data)),
           "peak_mb": round(int(peak[0].split()[1]) / 1024, 1)}  # fmt: skip
 
 
