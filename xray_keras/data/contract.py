@@ -94,14 +94,37 @@ def cut_short(fmt):
 
 def end_missing(data, fmt):
   """Whether encoded `data` of format `fmt` lacks the end its format requires (read from the bytes, before any
-  decoder, by the same rule as the serving graph): a JPEG's end-of-image marker, a PNG's IEND chunk, a BMP's
-  last row. A GIF's first frame is walked to its end by each decoder."""
+  decoder, by the same rule as the serving graph): a JPEG's end-of-image marker and, walking its segments, its
+  frame header; a PNG's IEND chunk; a BMP's last row. A GIF's first frame is walked to its end by each decoder."""
   if fmt == "JPEG":
-    return b"\xff\xd9" not in data
+    return b"\xff\xd9" not in data or not jpeg_headers_whole(data)
   if fmt == "PNG":
     return PNG_END not in data
   if fmt == "BMP":
     return len(data) < bmp_end(data)
+  return False
+
+
+JPEG_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # SOF markers
+
+
+def jpeg_headers_whole(data):
+  """Whether walking a JPEG's marker segments from the start reaches a frame header and then a whole
+  start-of-scan segment (the headers a decoder reads before any pixel data)."""
+  pos, frame = 2, False
+  while pos + 4 <= len(data):
+    marker = data[pos + 1]
+    if data[pos] != 0xFF or marker == 0xFF:  # junk or fill bytes between segments
+      pos += 1
+    elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+      pos += 2
+    elif marker == 0xD9:
+      return False
+    else:
+      end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+      if marker == 0xDA:
+        return frame and end <= len(data)
+      frame, pos = frame or marker in JPEG_FRAMES, end
   return False
 
 

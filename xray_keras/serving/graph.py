@@ -110,23 +110,38 @@ def _walk(data, step, start, limit=100_000):
   return found
 
 
-def _jpeg_exif(data):
-  """Where a JPEG's first APP1 segment holding "Exif\0\0" starts its payload, walking the markers up to the
-  first scan as Pillow does (so bytes inside other segments are never taken for EXIF); -1 without one."""
+def _jpeg_segment(data, wanted):
+  """Where the first marker segment for which `wanted(marker, pos)` holds starts, walking a JPEG's markers up to
+  its first scan as Pillow does (bytes inside other segments are never taken for one); -1 without one."""
   size = tf.cast(tf.strings.length(data), tf.int64)
 
   def step(pos):
     first, marker = _uint(data, pos, 1, False), _uint(data, pos + 1, 1, False)
-    exif = tf.logical_and(tf.equal(marker, 0xE1), tf.equal(_text(data, pos + 4, 6), b"Exif\x00\x00"))
-    exif = tf.logical_and(tf.equal(first, 0xFF), exif)
+    found = tf.logical_and(tf.equal(first, 0xFF), wanted(marker, pos))
     stop = tf.logical_or(pos + 4 > size, tf.logical_and(tf.equal(first, 0xFF), (marker == 0xDA) | (marker == 0xD9)))
     standalone = (marker == 0xD8) | (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD7)) | (marker == 0xFF)
     one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
     advance = tf.where(standalone, two, two + _uint(data, pos + 2, 2, False))
     advance = tf.where(tf.logical_or(tf.not_equal(first, 0xFF), tf.equal(marker, 0xFF)), one, advance)
-    return pos + advance, tf.where(exif, pos + 4, tf.constant(-1, tf.int64)), tf.logical_or(stop, exif)
+    return pos + advance, tf.where(found, pos, tf.constant(-1, tf.int64)), tf.logical_or(stop, found)
 
   return _walk(data, step, 2)
+
+
+def _jpeg_exif(data):
+  """Where a JPEG's first APP1 segment holding "Exif\0\0" starts its payload; -1 without one."""
+  exif = lambda marker, pos: tf.equal(marker, 0xE1) & tf.equal(_text(data, pos + 4, 6), b"Exif\x00\x00")  # noqa: E731
+  return _after(_jpeg_segment(data, exif), 4)
+
+
+def _jpeg_headers_whole(data):
+  """`contract.jpeg_headers_whole`: a frame header, then a whole start-of-scan segment, walking the markers."""
+  frames = tf.constant(contract.JPEG_FRAMES, tf.int64)
+  frame = _jpeg_segment(data, lambda marker, pos: tf.reduce_any(tf.equal(marker, frames)))
+  scan = _jpeg_segment(data, lambda marker, pos: tf.equal(marker, 0xDA))
+  scan_end = scan + 2 + _uint(data, scan + 2, 2, False)
+  whole = (frame >= 0) & (scan > frame) & (scan_end <= tf.cast(tf.strings.length(data), tf.int64))
+  return whole
 
 
 def _png_exif(data):
@@ -383,7 +398,10 @@ def _has_end(data, fmt):
     end = _uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4
     return tf.cast(tf.strings.length(data), tf.int64) >= end
   marker = b"\xff\xd9" if fmt == _JPEG else contract.PNG_END
-  return tf.equal(tf.size(tf.strings.split(data, marker, maxsplit=1)), 2)
+  ends = tf.equal(tf.size(tf.strings.split(data, marker, maxsplit=1)), 2)
+  if fmt == _JPEG:  # and its headers whole
+    ends = tf.logical_and(ends, _jpeg_headers_whole(data))
+  return ends
 
 
 def decode_one(data, channels, size=None):
