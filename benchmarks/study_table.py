@@ -122,11 +122,15 @@ def summarise(rows):
   return out
 
 
+NAMES = {"cnn_scratch": "CNN_scratch", "vit_scratch": "ViT_scratch", "resnet50": "ResNet50", "vit_base": "ViT_Base"}
+
+
 def markdown(rows, models):
+  """The table the README and docs/study.md show."""
   lines = [
-    "| model | test ROC-AUC, mean [range] | seed 42 [95% CI] | test accuracy, mean [range] | sens. / spec. at val "
-    "threshold | val ROC-AUC | wall time, mean [range] | train img/s |",
-    "|---|---|---|---|---|---|---|---|",
+    "| model | input | test ROC-AUC, mean [range] | seed 42 [95% CI] | test accuracy | sens. / spec. | val AUC "
+    "| wall time | train img/s |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
 
   def r(s, k, f, scale=1):
@@ -136,10 +140,10 @@ def markdown(rows, models):
     first = next(x for x in rows if x["model"] == model and x["seed"] == s["seeds"][0])
     low, high = first["test_auc_ci95"]
     lines.append(
-      f"| {model} | {r(s, 'test_auc', '.3f')} | {first['test_auc']:.3f} [{low:.3f}, {high:.3f}] | "
-      f"{r(s, 'test_accuracy', '.3f')} | {s['sensitivity_at_val_threshold']['mean']:.3f} / "
-      f"{s['specificity_at_val_threshold']['mean']:.3f} | {s['val_auc']['mean']:.4f} | "
-      f"{r(s, 'wall_s', '.1f', 1 / 60)} min | {s['train_images_per_s']['mean']:.0f} |"
+      f"| {NAMES.get(model, model)} | {first['image_size']} px | {r(s, 'test_auc', '.3f')} | "
+      f"{first['test_auc']:.3f} [{low:.3f}, {high:.3f}] | {s['test_accuracy']['mean']:.3f} | "
+      f"{s['sensitivity_at_val_threshold']['mean']:.3f} / {s['specificity_at_val_threshold']['mean']:.3f} | "
+      f"{s['val_auc']['mean']:.4f} | {r(s, 'wall_s', '.0f', 1 / 60)} min | {s['train_images_per_s']['mean']:.0f} |"
     )
   return "\n".join(lines)
 
