@@ -105,10 +105,10 @@ def main():
   parser.add_argument("--images", type=int, default=3000)
   parser.add_argument("--dicoms", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=2026)
-  parser.add_argument("--quick", action="store_true", help="60 images and 20 DICOM files (CI)")
+  parser.add_argument("--quick", action="store_true", help="40 images and 12 DICOM files (CI)")
   parser.add_argument("--output", default=os.path.join(common.RESULTS, "input_fuzz.json"))
   args = parser.parse_args()
-  images, dicoms = (60, 20) if args.quick else (args.images, args.dicoms)
+  images, dicoms = (40, 12) if args.quick else (args.images, args.dicoms)
   start = time.perf_counter()
   payload = {"quick": args.quick, "images": fuzz_images(images, args.seed)}
   print({k: v for k, v in payload["images"].items() if k != "findings"}, flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import REPO, make_tree
-from xray_keras.data import decode
+from xray_keras.data import contract, decode
 
 FOLDERS = [os.path.join(s, c) for s in ("train", "test") for c in ("NORMAL", "PNEUMONIA")]
 
@@ -93,6 +93,10 @@ def plant(root, rng):
     put(FOLDERS[i % 4], name, rng.randbytes(300))
   for i in range(10):
     put(FOLDERS[i % 4], f"report_{i}.txt", b"not an image")
+  for i in range(4):  # refused on every path: the serving graph's decoder reads no CMYK
+    cmyk = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("CMYK").save(cmyk, "JPEG", quality=95)
+    put(FOLDERS[i % 4], f"cmyk_{i}.jpeg", cmyk.getvalue())
   for i in range(5):
     put(FOLDERS[i % 4], f".hidden_{i}.jpeg", jpeg)
   put(FOLDERS[0], ".DS_Store", b"\x00\x00\x00\x01Bud1")
@@ -111,14 +115,13 @@ def plant(root, rng):
     folder = FOLDERS[i % 4]
     Image.fromarray(pixels.astype(np.uint16) * 257).save(os.path.join(root, folder, f"sixteen_bit_{i}.png"))
     base.convert("P").save(os.path.join(root, folder, f"palette_{i}.png"))
-    base.convert("CMYK").save(os.path.join(root, folder, f"cmyk_{i}.jpeg"), quality=95)
     rotated = base.transpose(Image.Transpose.ROTATE_90)  # stored sideways, EXIF says turn it back
     exif = Image.Exif()
     exif[0x0112] = 6
     rotated.save(os.path.join(root, folder, f"exif_rotated_{i}.jpeg"), exif=exif, quality=95)
     good = os.fsdecode(b"NORMAL2-IM-9%03d-0001_\xe9.jpeg" % i)  # a real image with a Latin-1 name
     base.save(os.path.join(root, folder, good), quality=95)
-    for name in (f"sixteen_bit_{i}.png", f"palette_{i}.png", f"cmyk_{i}.jpeg", f"exif_rotated_{i}.jpeg", good):
+    for name in (f"sixteen_bit_{i}.png", f"palette_{i}.png", f"exif_rotated_{i}.jpeg", good):
       unusual[os.path.join(folder, name)] = name
   return bad, unusual, pixels
 
@@ -166,6 +169,7 @@ def test_run_survives_200_bad_files_and_uses_every_real_image_once(tmp_path):
   assert "too large" in reasons[os.path.join(FOLDERS[0], "bomb_0.jpeg")]
   assert "not a regular file" in reasons[os.path.join(FOLDERS[0], "pipe_0.jpeg")]
   assert "symbolic link" in reasons[os.path.join(FOLDERS[0], "loop_0_a.jpeg")]
+  assert reasons[os.path.join(FOLDERS[0], "cmyk_0.jpeg")] == contract.CMYK_JPEG
 
 
 def test_unusual_valid_images_decode_to_the_right_pixels(tmp_path):

@@ -38,6 +38,7 @@ TRUNCATED = "truncated or corrupt JPEG data: an edge of the image is the JPEG de
 _CHUNK = 1 << 20  # values counted at a time
 BMP_DEPTHS = (24, 32)  # TensorFlow's BMP decoder reads a palette's indices as grey: 1-16 bit BMPs are refused
 BMP_PALETTE = "BMP with fewer than 24 bits per pixel (a palette): save it as PNG"
+CMYK_JPEG = "CMYK JPEGs are not accepted: convert the image to RGB or grey"  # TensorFlow's decoder reads no CMYK
 
 
 def flat_share_exceeded(image):

@@ -1,7 +1,7 @@
 """Decode image bytes into fixed-size uint8 arrays (NumPy and Pillow only: no TensorFlow, no Keras).
 
-Handles what real folders hold: grayscale, RGB, RGBA, palette, CMYK, 16-bit and
-EXIF-rotated images (JPEG APP1 or PNG eXIf; not XMP alone), any size, and DICOM radiographs
+Handles what real folders hold: grayscale, RGB, RGBA, palette, 16-bit and
+EXIF-rotated images (not CMYK JPEGs: the serving graph cannot read them) (JPEG APP1 or PNG eXIf; not XMP alone), any size, and DICOM radiographs
 (`dicom.py`, with the optional pydicom). Undecodable input raises `DecodeError` with a
 one-line reason, which callers turn into a logged skip.
 
@@ -205,6 +205,8 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
           raise DecodeError(contract.TOO_LARGE)
         if image.format == "BMP" and contract.bmp_bits(data) not in contract.BMP_DEPTHS:
           raise DecodeError(contract.BMP_PALETTE)
+        if image.format == "JPEG" and image.mode == "CMYK":
+          raise DecodeError(contract.CMYK_JPEG)
         if draft and size and image.format == "JPEG":
           image.draft(image.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         orientation = _exif_orientation(image)

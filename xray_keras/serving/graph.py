@@ -213,7 +213,7 @@ def _orient(image, orientation):
 def _jpeg(data, size, orientation):
   """A JPEG as Pillow decodes it for training: draft scale, native channels, EXIF orientation."""
   shape = tf.image.extract_jpeg_shape(data)
-  not_cmyk = _require(shape[2] < 4, "CMYK JPEGs are not accepted: convert the image to RGB or grey")
+  not_cmyk = _require(shape[2] < 4, contract.CMYK_JPEG)
   ratio = tf.constant(1, tf.int32)
   if size:  # decode.DRAFT_MARGIN: the largest of 8, 4, 2 that keeps DRAFT_MARGIN x size per side
     scale = tf.minimum(shape[0] // (decode.DRAFT_MARGIN * size), shape[1] // (decode.DRAFT_MARGIN * size))
