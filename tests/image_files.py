@@ -11,10 +11,16 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 MODES = {"PNG": ["L", "LA", "RGB", "RGBA", "P", "I;16"], "JPEG": ["L", "RGB"], "GIF": ["P"], "BMP": ["L", "RGB"]}
 
 
+def tiff_orientation(orientation, big_endian=False, long_type=False):
+  """A minimal EXIF (TIFF) block holding one Orientation entry, as SHORT or LONG, in either byte order."""
+  order = ">" if big_endian else "<"
+  value = struct.pack(order + "I", orientation) if long_type else struct.pack(order + "HH", orientation, 0)
+  entry = struct.pack(order + "HHHI", 1, 0x0112, 4 if long_type else 3, 1) + value
+  return (b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, 8) + entry + b"\0\0\0\0"
+
+
 def _exif(orientation, fmt, rng):
-  exif = Image.Exif()
-  exif[0x0112] = orientation
-  payload = exif.tobytes()
+  payload = tiff_orientation(orientation, bool(rng.integers(2)), bool(rng.integers(2)))
   if fmt == "PNG" and rng.integers(2):  # several writers start a PNG's eXIf payload with JPEG's "Exif\0\0"
     payload = b"Exif\x00\x00" + payload
   return payload
@@ -147,3 +153,19 @@ def compare(data, channels, size, mode, name=""):
   if full_host.shape != reference.shape or not np.array_equal(full_host, reference):
     return "host differs from Pillow", f"{full_host.shape} against {reference.shape}"
   return SAME_PIXELS, ""
+
+
+def bmp32(rgb, masks=(0xFF0000, 0xFF00, 0xFF, 0), header=40, alpha=None):
+  """A 32-bit BI_BITFIELDS BMP of `(H, W, 3)` uint8 `rgb` with the given red, green, blue and alpha masks."""
+  height, width = rgb.shape[:2]
+  alpha = np.full((height, width), 255) if alpha is None else alpha
+
+  def placed(values, mask):
+    return 0 if not mask else values.astype(np.int64) << ((mask & -mask).bit_length() - 1)
+
+  words = placed(rgb[..., 0], masks[0]) | placed(rgb[..., 1], masks[1]) | placed(rgb[..., 2], masks[2])
+  pixels = (words | placed(alpha, masks[3])).astype("<u4")[::-1].tobytes()
+  info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+  info += struct.pack("<III", *masks[:3]) + (struct.pack("<I", masks[3]) if header >= 108 else b"")
+  info += bytes(header + (12 if header == 40 else 0) - len(info))
+  return b"BM" + struct.pack("<IHHI", 14 + len(info) + len(pixels), 0, 0, 14 + len(info)) + info + pixels

@@ -207,3 +207,46 @@ def test_exif_is_read_from_its_own_segment_or_chunk_not_from_bytes_that_look_lik
   for channels in (1, 3):
     assert image_files.compare(data, channels, 48, "pad") == (image_files.SAME_PIXELS, "")
   np.testing.assert_array_equal(decode.decode_image(data, None), decode.decode_image(plain, None))
+
+
+def _png_with_chunks(grey, chunks):
+  import struct
+  import zlib
+
+  def chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+  header = struct.pack(">IIBBBBB", grey.shape[1], grey.shape[0], 8, 0, 0, 0, 0)
+  rows = b"".join(b"\0" + row.tobytes() for row in grey)
+  middle = b"".join(chunk(k, p) for k, p in chunks)
+  return (
+    b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + middle + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+  )
+
+
+def _outside_tester_cases():
+  """The cases an outside tester's generator found (2026-12-07), each now one answer on both decoders."""
+  grey = np.add.outer(np.arange(40) * 5, np.arange(60) * 3).astype(np.uint8)
+  rgb = np.dstack([grey, grey[::-1], 255 - grey])
+  big_long = image_files.tiff_orientation(6, big_endian=True, long_type=True)
+  jpeg = _encoded(rgb, "JPEG", quality=90, exif=b"Exif\x00\x00" + big_long)
+  twice = [(b"eXIf", image_files.tiff_orientation(6)), (b"eXIf", image_files.tiff_orientation(3))]
+  alpha = np.where(np.arange(grey.size).reshape(grey.shape) % 3 == 0, 60, 255)
+  return {
+    "png_exif_big_endian_long": (_png_with_chunks(grey, [(b"eXIf", big_long)]), ""),
+    "jpeg_exif_big_endian_long": (jpeg, ""),
+    "png_two_exif_chunks": (_png_with_chunks(grey, twice), contract.PNG_EXIF_TWICE),
+    "bmp_trailing_bytes": (_encoded(rgb, "BMP") + b"\0\0", ""),
+    "bmp_red_in_low_byte": (image_files.bmp32(rgb, (0xFF, 0xFF00, 0xFF0000, 0)), contract.BMP_FIELDS),
+    "bmp_10_10_10": (image_files.bmp32(rgb, (0x3FF00000, 0xFFC00, 0x3FF, 0)), contract.BMP_FIELDS),
+    "bmp_v4_alpha": (image_files.bmp32(rgb, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), 108, alpha), ""),
+  }
+
+
+@pytest.mark.parametrize("name", sorted(_outside_tester_cases()))
+def test_what_an_outside_tester_found_is_one_answer_on_both_decoders(name):
+  data, refusal = _outside_tester_cases()[name]
+  for channels in (1, 3):
+    outcome, detail = image_files.compare(data, channels, 32, "squash")
+    assert outcome == (image_files.SAME_REFUSAL if refusal else image_files.SAME_PIXELS), (name, outcome, detail)
+    assert detail == refusal, (name, detail)

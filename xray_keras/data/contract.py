@@ -75,6 +75,34 @@ def bmp_bits(data):
   return int.from_bytes(data[28:30], "little")
 
 
+BMP_FIELDS = "BMP with colour masks other than 8-bit red, green, blue (and alpha): save it as PNG"
+PNG_EXIF_TWICE = "PNG with more than one eXIf chunk (the PNG standard allows one): which orientation holds is unclear"
+
+
+def bmp_layout_problem(data):
+  """Why a 24/32-bit BMP's pixel layout is refused, or "": compression other than none, or bit fields other than
+  TensorFlow's fixed blue, green, red (and alpha) bytes, which it would read without looking at them."""
+  field = lambda at: int.from_bytes(data[at : at + 4], "little")  # noqa: E731
+  compression, header = field(30), field(14)
+  if compression == 0 or bmp_bits(data) not in BMP_DEPTHS:  # 1-16 bits: BMP_PALETTE's rule
+    return ""
+  alpha = field(66) if header >= 56 or compression == 6 else 0
+  standard = (field(54), field(58), field(62)) == (0xFF0000, 0xFF00, 0xFF) and alpha in (0, 0xFF000000)
+  return "" if compression in (3, 6) and standard and bmp_bits(data) == 32 else BMP_FIELDS
+
+
+def png_exif_count(data):
+  """How many eXIf chunks a PNG holds, walking its chunks to IEND."""
+  pos, count = 8, 0
+  while pos + 12 <= len(data):
+    kind = data[pos + 4 : pos + 8]
+    count += kind == b"eXIf"
+    if kind == b"IEND":
+      break
+    pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+  return count
+
+
 def format_of(data):
   """ "JPEG", "PNG", "GIF" or "BMP" from the first bytes, as the serving graph tells them apart; None otherwise."""
   if data[:3] == b"\xff\xd8\xff":

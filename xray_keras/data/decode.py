@@ -195,6 +195,8 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
   image_format = contract.format_of(data)
   if image_format and contract.end_missing(data, image_format):  # before any decoder, as the serving graph
     raise DecodeError(contract.cut_short(image_format))
+  if image_format == "BMP" and contract.bmp_layout_problem(data):  # Pillow refuses some in its own words
+    raise DecodeError(contract.BMP_FIELDS)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -205,6 +207,8 @@ def decode_image(data, size, channels=1, resize_mode="squash", draft=True):
           raise DecodeError(contract.TOO_LARGE)
         if image.format == "BMP" and contract.bmp_bits(data) not in contract.BMP_DEPTHS:
           raise DecodeError(contract.BMP_PALETTE)
+        if image.format == "PNG" and contract.png_exif_count(data) > 1:
+          raise DecodeError(contract.PNG_EXIF_TWICE)
         if image.format == "JPEG" and image.mode == "CMYK":
           raise DecodeError(contract.CMYK_JPEG)
         if draft and size and image.format == "JPEG":

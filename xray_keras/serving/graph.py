@@ -104,7 +104,7 @@ def _walk(data, step, start, limit=100_000):
   _, found, _ = tf.while_loop(
     lambda pos, found, stop: tf.logical_not(stop),
     lambda pos, found, stop: step(pos),
-    (tf.constant(start, tf.int64), tf.constant(-1, tf.int64), tf.constant(False)),
+    (tf.cast(start, tf.int64), tf.constant(-1, tf.int64), tf.constant(False)),
     maximum_iterations=limit,
   )
   return found
@@ -144,8 +144,9 @@ def _jpeg_headers_whole(data):
   return whole
 
 
-def _png_exif(data):
-  """Where a PNG's eXIf chunk's data starts, walking the chunks (before or after the image data); -1 without one."""
+def _png_exif(data, start=8):
+  """Where a PNG's eXIf chunk's data starts, walking the chunks from `start` (before or after the image data);
+  -1 without one."""
   size = tf.cast(tf.strings.length(data), tf.int64)
 
   def step(pos):
@@ -154,7 +155,13 @@ def _png_exif(data):
     stop = tf.logical_or(tf.logical_or(exif, tf.equal(kind, b"IEND")), pos + 12 > size)
     return pos + 12 + _uint(data, pos, 4, False), tf.where(exif, pos + 8, tf.constant(-1, tf.int64)), stop
 
-  return _walk(data, step, 8)
+  return _walk(data, step, start)
+
+
+def _png_one_exif(data):
+  """`contract.png_exif_count(data) <= 1`: a second eXIf chunk after the first."""
+  first = _png_exif(data)
+  return tf.logical_or(first < 0, _png_exif(data, first + 4 + _uint(data, first - 8, 4, False)) < 0)
 
 
 def _exif_orientation(data, fmt):
@@ -184,7 +191,11 @@ def _exif_orientation(data, fmt):
     )
     entries = tf.reshape(_bytes(data, ifd + 2, 12 * 64), [64, 12])[:count]
     tags = tf.where(little, entries[:, 0] + 256 * entries[:, 1], 256 * entries[:, 0] + entries[:, 1])
-    values = tf.where(little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9])
+    kinds = tf.where(little, entries[:, 2] + 256 * entries[:, 3], 256 * entries[:, 2] + entries[:, 3])
+    word = tf.where(little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9])
+    high = tf.where(little, entries[:, 10] + 256 * entries[:, 11], 256 * entries[:, 10] + entries[:, 11])
+    # A LONG (type 4) holds 4 bytes: its low word is the first in little endian, the second in big endian.
+    values = tf.where(tf.equal(kinds, 4), tf.where(little, word + 65536 * high, 65536 * word + high), word)
     found = tf.boolean_mask(values, tf.equal(tags, 0x0112))
     value = tf.cond(tf.size(found) > 0, lambda: found[0], lambda: tf.constant(1, tf.int64))
     return tf.where(tf.logical_and(value >= 1, value <= 8), value, 1)
@@ -404,6 +415,46 @@ def _has_end(data, fmt):
   return ends
 
 
+def _bmp_mask(data, at):
+  return _uint(data, at, 4, True)
+
+
+def _bmp_alpha(data):
+  """Whether a 32-bit BMP's bit fields declare an 8-bit alpha (Pillow then reads it as RGBA)."""
+  fields = tf.logical_or(tf.equal(_uint(data, 30, 4, True), 3), tf.equal(_uint(data, 30, 4, True), 6))
+  declared = tf.logical_or(_uint(data, 14, 4, True) >= 56, tf.equal(_uint(data, 30, 4, True), 6))
+  alpha = tf.logical_and(declared, tf.equal(_bmp_mask(data, 66), 0xFF000000))
+  return tf.logical_and(tf.equal(_uint(data, 28, 2, True), 32), tf.logical_and(fields, alpha))
+
+
+def _bmp(data):
+  """A BMP as Pillow reads it: bytes after its last row ignored, an alpha from its bit fields kept."""
+  height, width = _declared_size(data, tf.constant(_BMP))
+  width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
+  rows = tf.strings.substr(
+    data, 0, tf.cast(_uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4, tf.int32)
+  )
+  return tf.cond(
+    _bmp_alpha(data), lambda: tf.io.decode_bmp(rows, channels=4), lambda: tf.io.decode_bmp(rows, channels=3)
+  )
+
+
+def _bmp_layout_ok(data):
+  """`contract.bmp_layout_problem(data) == ""` in TensorFlow ops."""
+  compression, bits = _uint(data, 30, 4, True), _uint(data, 28, 2, True)
+  fields = tf.logical_or(tf.equal(compression, 3), tf.equal(compression, 6))
+  declared = tf.logical_or(_uint(data, 14, 4, True) >= 56, tf.equal(compression, 6))
+  alpha = tf.where(declared, _bmp_mask(data, 66), 0)
+  masks = tf.stack([_bmp_mask(data, 54), _bmp_mask(data, 58), _bmp_mask(data, 62)])
+  standard = tf.reduce_all(tf.equal(masks, tf.constant([0xFF0000, 0xFF00, 0xFF], tf.int64)))
+  standard = tf.logical_and(standard, tf.logical_or(tf.equal(alpha, 0), tf.equal(alpha, 0xFF000000)))
+  palette = tf.logical_not(tf.reduce_any(tf.equal(bits, tf.constant(contract.BMP_DEPTHS, tf.int64))))
+  return tf.logical_or(
+    tf.logical_or(tf.equal(compression, 0), palette),
+    tf.logical_and(fields, tf.logical_and(standard, tf.equal(bits, 32))),
+  )
+
+
 def decode_one(data, channels, size=None):
   """One encoded image to `(H, W, channels)` uint8 and its full `(height, width)` for the square fit."""
   fmt = image_format(data)
@@ -418,6 +469,10 @@ def decode_one(data, channels, size=None):
     for code, name in ((_JPEG, "JPEG"), (_PNG, "PNG"), (_BMP, "BMP"))
   ]
   with tf.control_dependencies(ends):  # first, as on the host: a cut file's header may be cut too
+    layout_ok = _require(
+      tf.cond(tf.equal(fmt, _BMP), lambda: _bmp_layout_ok(data), lambda: tf.constant(True)), contract.BMP_FIELDS
+    )
+  with tf.control_dependencies([layout_ok]):
     data = tf.identity(data)
   is_gif = tf.equal(fmt, _GIF)
   first = tf.cond(
@@ -439,14 +494,18 @@ def decode_one(data, channels, size=None):
     ),
     contract.BMP_PALETTE,
   )
-  with tf.control_dependencies([too_large, bmp_ok]):  # checked before any decoder allocates
+  with tf.control_dependencies([too_large, bmp_ok]):  # in the host decoder's order
+    one_exif = _require(
+      tf.cond(tf.equal(fmt, _PNG), lambda: _png_one_exif(data), lambda: tf.constant(True)), contract.PNG_EXIF_TWICE
+    )
+  with tf.control_dependencies([too_large, bmp_ok, one_exif]):  # checked before any decoder allocates
     image = tf.switch_case(
       fmt,
       [
         lambda: _jpeg(data, size, orientation),
         lambda: _orient(_png(data), orientation),
         lambda: _gif(data, first),
-        lambda: tf.io.decode_bmp(data, channels=3),
+        lambda: _bmp(data),
       ],
     )
   image = _to_channels(image, channels)
