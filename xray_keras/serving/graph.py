@@ -25,7 +25,8 @@ _JPEG, _PNG, _GIF, _BMP = range(4)
 
 def _bytes(data, start, length):
   """`length` bytes of `data` from `start` as int64 (zeros past the end)."""
-  start = tf.minimum(tf.cast(start, tf.int32), tf.strings.length(data))
+  size = tf.cast(tf.strings.length(data), tf.int64)
+  start = tf.cast(tf.clip_by_value(tf.cast(start, tf.int64), 0, size), tf.int32)  # a header's wild offset: no bytes
   raw = tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8)
   return tf.pad(tf.cast(raw, tf.int64), [[0, length - tf.size(raw)]])
 
@@ -95,7 +96,7 @@ def _after(found, skip):
 
 def _text(data, start, length):
   """`length` bytes of `data` from `start` as a string (shorter or empty past the end)."""
-  start = tf.minimum(tf.cast(start, tf.int64), tf.cast(tf.strings.length(data), tf.int64))
+  start = tf.clip_by_value(tf.cast(start, tf.int64), 0, tf.cast(tf.strings.length(data), tf.int64))
   return tf.strings.substr(data, start, tf.constant(length, tf.int64))
 
 
@@ -161,7 +162,8 @@ def _png_exif(data, start=8):
 def _png_one_exif(data):
   """`contract.png_exif_count(data) <= 1`: a second eXIf chunk after the first."""
   first = _png_exif(data)
-  return tf.logical_or(first < 0, _png_exif(data, first + 4 + _uint(data, first - 8, 4, False)) < 0)
+  second = lambda: _png_exif(data, first + 4 + _uint(data, first - 8, 4, False))  # noqa: E731
+  return tf.cond(first < 0, lambda: tf.constant(True), lambda: second() < 0)
 
 
 def _exif_orientation(data, fmt):
@@ -180,9 +182,9 @@ def _exif_orientation(data, fmt):
   def read():
     tiff = tf.cast(start, tf.int32)
     # Some writers start a PNG's eXIf payload with JPEG's "Exif\0\0" too; Pillow skips it, and so must this.
-    prefixed = tf.logical_and(tf.equal(fmt, _PNG), tf.equal(tf.strings.substr(data, tiff, 6), b"Exif\x00\x00"))
+    prefixed = tf.logical_and(tf.equal(fmt, _PNG), tf.equal(_text(data, tiff, 6), b"Exif\x00\x00"))
     tiff = tiff + tf.where(prefixed, 6, 0)
-    little = tf.equal(tf.strings.substr(data, tiff, 2), b"II")
+    little = tf.equal(_text(data, tiff, 2), b"II")
     ifd = tiff + tf.cast(
       tf.cond(little, lambda: _uint(data, tiff + 4, 4, True), lambda: _uint(data, tiff + 4, 4, False)), tf.int32
     )
