@@ -433,9 +433,9 @@ def _bmp(data):
   """A BMP as Pillow reads it: bytes after its last row ignored, an alpha from its bit fields kept."""
   height, width = _declared_size(data, tf.constant(_BMP))
   width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
-  rows = tf.strings.substr(
-    data, 0, tf.cast(_uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4, tf.int32)
-  )
+  end = tf.cast(_uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4, tf.int32)
+  exact = tf.equal(tf.strings.length(data), end)
+  rows = tf.cond(exact, lambda: data, lambda: tf.strings.substr(data, 0, end))  # a copy only with bytes after
   return tf.cond(
     _bmp_alpha(data), lambda: tf.io.decode_bmp(rows, channels=4), lambda: tf.io.decode_bmp(rows, channels=3)
   )
