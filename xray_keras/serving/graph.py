@@ -406,15 +406,26 @@ def _gif(data, first):
 def _has_end(data, fmt):
   """`contract.end_missing`'s rule, negated, for format code `fmt`: checked before any decoder runs."""
   if fmt == _BMP:
-    height, width = _declared_size(data, tf.constant(_BMP))
-    width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
-    end = _uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4
-    return tf.cast(tf.strings.length(data), tf.int64) >= end
+    return tf.cast(tf.strings.length(data), tf.int64) >= _bmp_end(data)
   marker = b"\xff\xd9" if fmt == _JPEG else contract.PNG_END
   ends = tf.equal(tf.size(tf.strings.split(data, marker, maxsplit=1)), 2)
   if fmt == _JPEG:  # and its headers whole
     ends = tf.logical_and(ends, _jpeg_headers_whole(data))
   return ends
+
+
+def _bmp_end(data):
+  """`contract.bmp_end`: the byte after a BMP's last pixel row, from its header."""
+  height, width = _declared_size(data, tf.constant(_BMP))
+  width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
+  return _uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4
+
+
+def _bmp_alpha_mask(data):
+  """A BMP's alpha bit field where its header or compression declares one, else 0."""
+  compression = _uint(data, 30, 4, True)
+  declared = tf.logical_or(_uint(data, 14, 4, True) >= 56, tf.equal(compression, 6))
+  return tf.where(declared, _bmp_mask(data, 66), 0)
 
 
 def _bmp_mask(data, at):
@@ -424,16 +435,13 @@ def _bmp_mask(data, at):
 def _bmp_alpha(data):
   """Whether a 32-bit BMP's bit fields declare an 8-bit alpha (Pillow then reads it as RGBA)."""
   fields = tf.logical_or(tf.equal(_uint(data, 30, 4, True), 3), tf.equal(_uint(data, 30, 4, True), 6))
-  declared = tf.logical_or(_uint(data, 14, 4, True) >= 56, tf.equal(_uint(data, 30, 4, True), 6))
-  alpha = tf.logical_and(declared, tf.equal(_bmp_mask(data, 66), 0xFF000000))
+  alpha = tf.equal(_bmp_alpha_mask(data), 0xFF000000)
   return tf.logical_and(tf.equal(_uint(data, 28, 2, True), 32), tf.logical_and(fields, alpha))
 
 
 def _bmp(data):
   """A BMP as Pillow reads it: bytes after its last row ignored, an alpha from its bit fields kept."""
-  height, width = _declared_size(data, tf.constant(_BMP))
-  width, bits = tf.where(width >= 2**31, 2**32 - width, width), _uint(data, 28, 2, True)
-  end = tf.cast(_uint(data, 10, 4, True) + height * ((bits * width + 31) // 32) * 4, tf.int32)
+  end = tf.cast(_bmp_end(data), tf.int32)
   exact = tf.equal(tf.strings.length(data), end)
   rows = tf.cond(exact, lambda: data, lambda: tf.strings.substr(data, 0, end))  # a copy only with bytes after
   return tf.cond(
@@ -445,8 +453,7 @@ def _bmp_layout_ok(data):
   """`contract.bmp_layout_problem(data) == ""` in TensorFlow ops."""
   compression, bits = _uint(data, 30, 4, True), _uint(data, 28, 2, True)
   fields = tf.logical_or(tf.equal(compression, 3), tf.equal(compression, 6))
-  declared = tf.logical_or(_uint(data, 14, 4, True) >= 56, tf.equal(compression, 6))
-  alpha = tf.where(declared, _bmp_mask(data, 66), 0)
+  alpha = _bmp_alpha_mask(data)
   masks = tf.stack([_bmp_mask(data, 54), _bmp_mask(data, 58), _bmp_mask(data, 62)])
   standard = tf.reduce_all(tf.equal(masks, tf.constant([0xFF0000, 0xFF00, 0xFF], tf.int64)))
   standard = tf.logical_and(standard, tf.logical_or(tf.equal(alpha, 0), tf.equal(alpha, 0xFF000000)))
