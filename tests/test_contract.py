@@ -225,7 +225,7 @@ def _png_with_chunks(grey, chunks):
 
 
 def _outside_tester_cases():
-  """The cases an outside tester's generator found (2026-12-07), each now one answer on both decoders."""
+  """Unusual files a second, independent generator found decoded differently (2026-12-07), each now one answer."""
   grey = np.add.outer(np.arange(40) * 5, np.arange(60) * 3).astype(np.uint8)
   rgb = np.dstack([grey, grey[::-1], 255 - grey])
   big_long = image_files.tiff_orientation(6, big_endian=True, long_type=True)
