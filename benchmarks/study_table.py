@@ -1,12 +1,13 @@
 """The study's table from its runs: one row per model and seed, and each model's mean and range.
 
   python benchmarks/study_table.py --studies=runs/study_cpu/seed42,runs/study_cpu/seed7,runs/study_cpu/seed1
+  python benchmarks/study_table.py --levers=runs/levers/resnet50_epochs2_seed42,...   # results/study_levers.json
 
 Reads each study folder's finished runs (metrics.json, timing.json, flags.txt, run.log, study.json)
 and writes results/study_cpu.json: `{"runs": [{model, seed, val_auc, test_auc, test_accuracy, wall_s,
 train_images_per_s, commit, cpu, date, ...}], "models": {model: {mean and range over seeds}}}`.
 wall_s is the model's whole run, start to report: the study runner's process time where it timed
-the run, else run.log's first to last line. Prints the Markdown table the README and docs/study.md show.
+the run, else the sum of run.log's stretches (one per process; a resumed run has several). Prints the Markdown table the README and docs/study.md show.
 """
 
 import argparse
@@ -25,15 +26,36 @@ ORDER = ("cnn_scratch", "vit_scratch", "resnet50", "vit_base")
 
 
 def _log_span(path):
-  """(first line's time, seconds from the first to the last line) of a run.log."""
-  stamps = []
+  """(first line's time, seconds the run's processes logged): a resumed run's log holds one stretch per
+  process, each opened by its "Model <name>:" line; the gaps between them (and an unlogged tail of a
+  stopped process) are not counted."""
+  stretches = []
   with open(path, encoding="utf-8", errors="replace") as f:
     for line in f:
       try:
-        stamps.append(datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+        stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
       except ValueError:
         continue
-  return stamps[0], (stamps[-1] - stamps[0]).total_seconds()
+      opens = " INFO Model " in line
+      if not stretches or (opens and stretches[-1][2]):
+        stretches.append([stamp, stamp, False])
+      stretches[-1][1] = stamp
+      stretches[-1][2] |= opens
+  return stretches[0][0], sum((end - start).total_seconds() for start, end, _ in stretches), len(stretches)
+
+
+def _train_speed(folder, timing):
+  """Median train img/s over every epoch in history.csv (a resumed run's timing.json holds only its last
+  process's epochs), as timing.json counts it; timing.json's figure where the history has none."""
+  import csv
+
+  path = os.path.join(folder, "history.csv")
+  if os.path.isfile(path):
+    with open(path, newline="") as f:
+      speeds = sorted(float(r["train_images_per_s"]) for r in csv.DictReader(f) if r.get("train_images_per_s"))
+    if speeds:
+      return speeds[len(speeds) // 2]
+  return timing.get("train_images_per_s")
 
 
 def run_row(study_dir, model, timed):
@@ -45,7 +67,9 @@ def run_row(study_dir, model, timed):
   with open(os.path.join(folder, "timing.json")) as f:
     timing = json.load(f)
   flags = read_flags(os.path.join(folder, "flags.txt"))
-  started, span = _log_span(os.path.join(folder, "run.log"))
+  started, span, processes = _log_span(os.path.join(folder, "run.log"))
+  if processes > 1:
+    timed = None  # the runner timed only the last process
   testbed = timing.get("testbed", {})
   at_val = metrics["test"]["at_val_threshold"]
   tta = metrics.get("tta")
@@ -57,8 +81,8 @@ def run_row(study_dir, model, timed):
     "test_auc": metrics["test"]["auc"],
     "test_accuracy": metrics["test"]["accuracy"],
     "wall_s": round(timed if timed else span, 1),
-    "wall_source": "study runner (process)" if timed else "run.log span",
-    "train_images_per_s": timing.get("train_images_per_s"),
+    "wall_source": "study runner (process)" if timed else f"run.log, {processes} process(es)",
+    "train_images_per_s": _train_speed(folder, timing),
     "commit": testbed.get("commit"),
     "cpu": f"{testbed.get('cpu')} x{testbed.get('cpu_cores')}",
     "date": started.strftime("%Y-%m-%d"),
@@ -148,11 +172,36 @@ def markdown(rows, models):
   return "\n".join(lines)
 
 
+def write_levers(folders):
+  """One row per run of a recipe tried for the study's time, with the flags a lever changes."""
+  from xray_keras.training.run_dir import read_flags
+
+  rows = []
+  for folder in folders:
+    folder = folder.rstrip("/")
+    row = run_row(os.path.dirname(folder), os.path.basename(folder), None)
+    with open(os.path.join(folder, "metrics.json")) as f:
+      row["model"] = json.load(f)["model"]["name"]
+    flags = read_flags(os.path.join(folder, "flags.txt"))
+    row["recipe"] = {k: flags.get(k) for k in ("epochs", "head_epochs", "image_size", "batch_size", "mixed_precision")}
+    rows.append(row)
+    print(f"{row['model']} {row['recipe']}: val AUC {row['val_auc']:.4f}, test AUC {row['test_auc']:.4f}, "
+          f"{row['wall_s'] / 60:.1f} min, {row['train_images_per_s']:.1f} train img/s")  # fmt: skip
+  print(common.write_result("study_levers", {"runs": rows}, None))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--studies", required=True, help="Comma-separated study folders (one per seed).")
+  parser.add_argument("--studies", default="", help="Comma-separated study folders (one per seed).")
+  parser.add_argument(
+    "--levers",
+    default="",
+    help="Comma-separated single runs of a changed recipe: written to results/study_levers.json.",
+  )
   parser.add_argument("--output", default=os.path.join(common.RESULTS, "study_cpu.json"))
   args = parser.parse_args()
+  if args.levers:
+    return write_levers(args.levers.split(","))
   rows = []
   for study_dir in args.studies.split(","):
     timed = {}
