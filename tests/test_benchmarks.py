@@ -315,3 +315,67 @@ def test_every_benchmark_script_is_in_the_index():
   listed = set(re.findall(r"^\| `([a-z_0-9]+\.py)`", open(os.path.join(folder, "README.md")).read(), re.M))
   scripts = {name for name in os.listdir(folder) if name.endswith(".py") and name not in ("common.py", "__init__.py")}
   assert scripts <= listed, scripts - listed
+
+
+def test_op_groups_name_the_convolution_gradients_of_both_frameworks():
+  from benchmarks import op_profile
+
+  tf_events = (
+    "m/conv1_conv/BiasAdd:_MklNativeFusedConv2D",
+    "gradient_tape/m/conv1_conv/convolution/Conv2DBackpropInput:_MklNativeConv2DBackpropInput",
+    "gradient_tape/m/conv1_conv/convolution/Conv2DBackpropFilter:_MklNativeConv2DBackpropFilterWithBias",
+    "gradient_tape/m/conv1_bn_1/moments/SquaredDifference:SquaredDifference",
+    "adam/Sqrt_409:Sqrt",
+    "m/Cast_3:Cast",
+    "m/dense/MatMul:_MklMatMul",
+  )
+  assert [op_profile.tf_group(e) for e in tf_events] == [
+    "convolution forward",
+    "convolution input gradient",
+    "convolution filter gradient",
+    "batch norm",
+    "optimizer",
+    "casts and copies",
+    "matrix products",
+  ]
+  torch_ops = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::native_batch_norm", "aten::_to_copy")
+  assert [op_profile.torch_group(op) for op in torch_ops] == [
+    "convolution forward",
+    "convolution filter gradient",
+    "batch norm",
+    "casts and copies",
+  ]
+
+
+@pytest.mark.slow
+def test_op_profile_quick_mode_splits_both_frameworks_steps_into_op_groups(tmp_path):
+  pytest.importorskip("torch")
+  out = tmp_path / "ops.json"
+  _run_script(["benchmarks/op_profile.py", "--quick", "--models=cnn_scratch", f"--output={out}"], timeout=600)
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["framework"], r["precision"]) for r in rows] == [
+    ("keras-tensorflow", "float32"),
+    ("torch", "float32"),
+    ("keras-tensorflow", "bfloat16"),
+    ("torch", "bfloat16"),
+  ]
+  for row in rows:
+    assert row["groups_ms"]["convolution forward"] > 0 and row["groups_ms"]["convolution filter gradient"] > 0
+    assert row["train_images_per_s"] > 0
+
+
+def test_a_resumed_runs_wall_time_counts_each_process_and_not_the_gap(tmp_path):
+  from benchmarks import study_table
+
+  log = tmp_path / "run.log"
+  log.write_text(
+    "2026-12-07 03:48:50,000 INFO Mixed precision mixed_bfloat16\n"
+    "2026-12-07 03:48:52,000 INFO Model ResNet50: 23589761 parameters, weights none\n"
+    "2026-12-07 04:27:29,000 INFO epoch 3: 1031.5s\n"
+    "a traceback line without a time\n"
+    "2026-12-07 05:01:15,000 INFO Model ResNet50: 23589761 parameters, weights none\n"
+    "2026-12-07 05:08:28,000 INFO Done\n"
+  )
+  started, seconds, processes = study_table._log_span(str(log))
+  assert started.strftime("%H:%M:%S") == "03:48:50" and processes == 2
+  assert seconds == (4 * 3600 + 27 * 60 + 29 - (3 * 3600 + 48 * 60 + 50)) + (7 * 60 + 13)
