@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 from epoch_profile import self_times  # noqa: E402
-from step_speed import _batch  # noqa: E402
+from step_speed import _batch, torch_step  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLAN = {"cnn_scratch": 32, "vit_scratch": 32, "resnet50": 16, "vit_base": 8}  # batch, as in cpu_vs_torch.py
@@ -142,29 +142,10 @@ def profile_keras(model_name, size, batch, precision, steps):
 
 
 def profile_torch(model_name, size, batch, precision, steps):
-  import contextlib
-
   import torch
-  import torch_peers
 
-  torch.manual_seed(0)
-  model = torch_peers.build(model_name, size, None).train()
-  images, labels = _batch(size, batch)
-  images, labels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
-  optimizer = torch.optim.Adam(model.parameters(), 1e-4)
-  loss_fn = torch.nn.BCEWithLogitsLoss()
-  autocast = (
-    (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bfloat16" else contextlib.nullcontext
-  )
-
-  def step():
-    optimizer.zero_grad(set_to_none=True)
-    with autocast():
-      loss = loss_fn(model(images).float(), labels)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
+  model, step, _ = torch_step(model_name, size, batch, precision, None)
+  model.train()
   for _ in range(2):
     step()
   walls = []

@@ -111,7 +111,9 @@ def keras_speed(
   }
 
 
-def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, compile_model, device):
+def torch_step(model_name, size, batch, precision, patch, compile_model=False, device="cpu"):
+  """The PyTorch peer on our batch: `(model, train_step, infer_step)`, Adam and binary cross-entropy,
+  `torch.autocast` for bfloat16."""
   import contextlib
 
   import torch
@@ -119,7 +121,6 @@ def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
 
   torch.manual_seed(0)
   model = torch_peers.build(model_name, size, patch).to(device)
-  params = sum(p.numel() for p in model.parameters())
   images, labels = _batch(size, batch)
   images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
   labels = torch.from_numpy(labels).to(device)
@@ -144,6 +145,14 @@ def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, mi
     with torch.inference_mode(), autocast():
       return runner(images).float().cpu()
 
+  return model, train_step, infer_step
+
+
+def torch_speed(model_name, size, batch, precision, patch, warmup, min_steps, min_seconds, compile_model, device):
+  import torch
+
+  model, train_step, infer_step = torch_step(model_name, size, batch, precision, patch, compile_model, device)
+  params = sum(p.numel() for p in model.parameters())
   model.train()
   train_warm, train = _time_steps(train_step, warmup, min_steps, min_seconds)
   peak = common.peak_rss_mb()
