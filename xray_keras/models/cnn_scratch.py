@@ -4,6 +4,7 @@ Layers (default 224x224x1 input, 17.5M parameters, the paper's 17.6M within 1%):
 
   Rescaling(1/255)                      raw 0..255 pixels in
   4 x [Conv2D 3x3 (32, 64, 128, 128 filters), BatchNorm, ReLU, MaxPool 2x2]
+                                        (BatchNorm: Keras' layer, fused kernel on TensorFlow)
   Flatten                               14 x 14 x 128 = 25,088 features
   Dropout, Dense(dense_units) + ReLU    holds ~97% of the parameters
   Dropout, Dense(1, sigmoid)            PNEUMONIA probability
@@ -14,6 +15,8 @@ scales with the input, so smaller inputs give fewer parameters.
 
 import keras
 from keras import layers
+
+from xray_keras.models.fused_batch_norm import FusedBatchNormalization
 
 
 def cnn_scratch(
@@ -39,7 +42,7 @@ def cnn_scratch(
   x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
   for i, n in enumerate(filters):
     x = layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
-    x = layers.BatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
+    x = FusedBatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
     x = layers.ReLU(name=f"block{i + 1}_relu")(x)
     x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
   x = layers.Flatten(name="flatten")(x)

@@ -20,6 +20,7 @@ from absl import logging
 from xray_keras import choices
 from xray_keras.models import weights as weights_lib
 from xray_keras.models.adapters import ApplicationPreprocessing, ClassTokenPooling, GrayscaleToRGB
+from xray_keras.models.fused_batch_norm import with_fused_batch_norm
 
 APPLICATIONS = choices.APPLICATIONS
 KERAS_HUB = choices.KERAS_HUB
@@ -122,7 +123,11 @@ def applications_classifier(name, input_shape=(224, 224, 1), weights="imagenet",
   else:
     backbone = constructor(weights=None, **kwargs)
   return classifier(
-    input_shape, ApplicationPreprocessing(application_module(name), name="preprocess"), backbone, dropout, name
+    input_shape,
+    ApplicationPreprocessing(application_module(name), name="preprocess"),
+    with_fused_batch_norm(backbone),
+    dropout,
+    name,
   )
 
 
