@@ -54,14 +54,16 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 
 def with_fused_batch_norm(model):
-  """A copy of functional `model` with every `BatchNormalization` a `FusedBatchNormalization`, same weights."""
+  """On TensorFlow, a copy of functional `model` with every `BatchNormalization` a `FusedBatchNormalization`, same weights."""
 
   def clone(layer):
     cls = FusedBatchNormalization if type(layer) is layers.BatchNormalization else type(layer)
     return cls.from_config(layer.get_config())
 
-  if not any(type(layer) is layers.BatchNormalization for layer in model._flatten_layers(include_self=False)):
-    return model
+  if keras.backend.backend() != "tensorflow" or not any(
+    type(layer) is layers.BatchNormalization for layer in model._flatten_layers(include_self=False)
+  ):
+    return model  # elsewhere the layer would run Keras' code anyway: no clone at start-up
   try:
     inputs = keras.tree.map_structure(
       lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history[0].name), model.input
