@@ -4,11 +4,13 @@ import sys
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPO
 from xray_keras.config import TrainConfig
 from xray_keras.models import schedules
-from xray_keras.training import trainer, transfer
+from xray_keras.training import device, trainer, transfer
 from xray_keras.training.timing import TimingCallback
 
 
@@ -84,6 +86,42 @@ def test_jit_auto_is_off_for_tensorflow_and_explicit_values_win():
   assert keras.backend.backend() == "tensorflow"
   assert trainer.resolve_jit("auto") is False
   assert trainer.resolve_jit("true") is True and trainer.resolve_jit("false") is False
+
+
+_NATIVE_BFLOAT16 = {"avx512_bf16", "amx_bf16", "bf16"}
+_OTHER_FLAGS = ["avx2", "avx512f", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_int8", "avx_vnni", "sve", "i8mm"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+  flags=st.lists(st.sampled_from(sorted(_NATIVE_BFLOAT16) + _OTHER_FLAGS), unique=True),
+  arm=st.booleans(),
+  processors=st.integers(1, 3),
+)
+def test_mixed_precision_auto_is_bfloat16_exactly_where_the_cpu_has_it(tmp_path_factory, flags, arm, processors):
+  """/proc/cpuinfo as x86 Linux writes it (a `flags` line per processor) or as Arm's does (`Features`)."""
+  key = "Features\t" if arm else "flags\t\t"
+  block = f"processor\t: {{}}\nmodel name\t: some cpu bf16-ready\n{key}: {' '.join(flags)}\n\n"
+  path = tmp_path_factory.mktemp("cpu") / "cpuinfo"
+  path.write_text("".join(block.format(i) for i in range(processors)))
+  native = bool(_NATIVE_BFLOAT16 & set(flags))
+  assert device.cpu_has_bfloat16(str(path)) is native
+  assert device.mixed_precision_policy("auto", "cpu", str(path)) == ("mixed_bfloat16" if native else "none")
+  assert device.mixed_precision_policy("auto", "gpu x1", str(path)) == "none"
+  for explicit in ("none", "mixed_float16", "mixed_bfloat16"):
+    assert device.mixed_precision_policy(explicit, "cpu", str(path)) == explicit
+
+
+def test_mixed_precision_auto_is_float32_where_the_cpu_cannot_be_read(tmp_path):
+  assert device.mixed_precision_policy("auto", "cpu", str(tmp_path / "no-cpuinfo")) == "none"
+
+
+def test_set_precision_returns_and_sets_the_policy_it_resolved():
+  try:
+    assert trainer.set_precision_and_seeds(TrainConfig(mixed_precision="mixed_bfloat16")) == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
 
 
 def test_building_the_optimizer_first_changes_no_result():

@@ -175,8 +175,9 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
 _MIXED_PRECISION = flags.DEFINE_enum(
   "mixed_precision",
   "none",
-  ["none", "mixed_float16", "mixed_bfloat16"],
-  "Compute dtype policy: mixed_float16 (GPU, with loss scaling) or mixed_bfloat16 (CPU, JAX).",
+  ["none", "mixed_float16", "mixed_bfloat16", "auto"],
+  "Compute dtype policy: mixed_float16 (GPU, with loss scaling), mixed_bfloat16 (CPU, JAX), or auto: "
+  "mixed_bfloat16 on a CPU with native bfloat16 arithmetic (AVX-512 BF16, AMX, Arm BF16), else float32.",
 )
 _DETERMINISTIC = flags.DEFINE_bool(
   "deterministic", False, "Deterministic ops (with --seed, repeat runs give identical metrics)."

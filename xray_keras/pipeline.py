@@ -51,7 +51,6 @@ def finish(config, trained):
   timing["eval"] = evaluation.inference
   timing["total_run_s"] = time.perf_counter() - trained.start
   timing["device"] = trained.device
-  timing["mixed_precision"] = config.train.mixed_precision
   timing["testbed"] = testbed.describe()
   timing["synthetic"] = data.synthetic
   run_files.write_finished(run_dir, timing, result)

@@ -111,7 +111,7 @@ def _run(config, fed, run_dir, resuming, used_device, grid=None, context=None):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
-  trainer.set_precision_and_seeds(config.train)
+  trainer.set_precision_and_seeds(config.train, used_device)
   spec, size, _ = config.model_input()
   classes = trainer.num_classes(config)
   weights_name = models.default_weights(spec, config.model.weights)

@@ -1,4 +1,4 @@
-"""`--device`: make auto/cpu/gpu real for the active Keras backend."""
+"""`--device`: make auto/cpu/gpu real for the active Keras backend; `--mixed_precision=auto` likewise."""
 
 import os
 
@@ -82,3 +82,27 @@ def compilation_cache(cache_dir):
   jax_cache.set_cache_dir(folder)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return folder
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether the CPU does bfloat16 arithmetic natively (x86 AVX-512 BF16 or AMX, Arm BF16): elsewhere
+  a bfloat16 step is emulated and slower than float32. False where the CPU cannot be read."""
+  try:
+    with open(cpuinfo) as f:
+      lines = [line for line in f if line.split(":", 1)[0].strip() in ("flags", "Features")]
+  except OSError:
+    return False
+  words = set(lines[0].split(":", 1)[1].split()) if lines else set()
+  return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def mixed_precision_policy(value, used_device, cpuinfo="/proc/cpuinfo"):
+  """`--mixed_precision` made concrete: `auto` is mixed_bfloat16 on a CPU with native bfloat16, else none."""
+  if value != "auto":
+    return value
+  if used_device == "cpu" and cpu_has_bfloat16(cpuinfo):
+    logging.info("--mixed_precision=auto: mixed_bfloat16 (the CPU has native bfloat16 arithmetic)")
+    return "mixed_bfloat16"
+  reason = "a GPU is in use" if used_device != "cpu" else "the CPU has no native bfloat16 arithmetic"
+  logging.info("--mixed_precision=auto: float32 (%s)", reason)
+  return "none"

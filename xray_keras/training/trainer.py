@@ -278,10 +278,12 @@ def train(config, where):
   return _run(config, where.run_dir, where.resuming, where.plan, where.device)
 
 
-def set_precision_and_seeds(train):
-  if train.mixed_precision != "none":
-    keras.mixed_precision.set_global_policy(train.mixed_precision)
-    logging.info("Mixed precision %s (model outputs stay float32)", train.mixed_precision)
+def set_precision_and_seeds(train, used_device="cpu"):
+  """Sets the dtype policy (returns the `--mixed_precision` value it resolved to) and the seeds."""
+  policy = device.mixed_precision_policy(train.mixed_precision, used_device)
+  if policy != "none":
+    keras.mixed_precision.set_global_policy(policy)
+    logging.info("Mixed precision %s (model outputs stay float32)", policy)
   if keras.backend.backend() == "tensorflow":
     keras.utils.set_random_seed(train.seed)
   else:
@@ -295,6 +297,7 @@ def set_precision_and_seeds(train):
 
       tf.config.experimental.enable_op_determinism()
     logging.info("Deterministic ops on, seed %d", train.seed)
+  return policy
 
 
 def _train_head(
@@ -357,7 +360,7 @@ def _run(config, run_dir, resuming, plan, used_device):
   start = time.perf_counter()
   with open(os.path.join(run_dir, "flags.txt"), "w") as f:
     f.write(config.flags_text)
-  set_precision_and_seeds(config.train)
+  precision = set_precision_and_seeds(config.train, used_device)
   spec, size, channels = config.model_input()
   classes = num_classes(config)
 
@@ -479,5 +482,6 @@ def _run(config, run_dir, resuming, plan, used_device):
     timing_report["head_phase"] = phase1
   timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["jit_compile"] = jit_compile
+  timing_report["mixed_precision"] = precision
   timing_report["resumed"] = resuming
   return Trained(run_dir, model, data, weights, batch_size, timing_report, used_device, start)
