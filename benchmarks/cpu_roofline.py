@@ -55,11 +55,9 @@ MODELS = ("vit_scratch", "cnn_scratch", "resnet50", "vit_base")
 
 def vector_extensions():
   """The CPU's vector extensions that matter for float32/bfloat16 math, from /proc/cpuinfo."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = next(line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features")))
-  except (OSError, StopIteration):
-    return []
+  from xray_keras.training.device import cpu_flags
+
+  flags = cpu_flags()
   return [f for f in VECTOR_FLAGS if f in flags]
 
 

@@ -84,16 +84,20 @@ def compilation_cache(cache_dir):
   return folder
 
 
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-  """Whether the CPU does bfloat16 arithmetic natively (x86 AVX-512 BF16 or AMX, Arm BF16): elsewhere
-  a bfloat16 step is emulated and slower than float32. False where the CPU cannot be read."""
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+  """The CPU's feature flags (x86 `flags`, Arm `Features` in /proc/cpuinfo); empty where it cannot be read."""
   try:
     with open(cpuinfo) as f:
       lines = [line for line in f if line.split(":", 1)[0].strip() in ("flags", "Features")]
   except OSError:
-    return False
-  words = set(lines[0].split(":", 1)[1].split()) if lines else set()
-  return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+    return set()
+  return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether the CPU does bfloat16 arithmetic natively (x86 AVX-512 BF16 or AMX, Arm BF16): elsewhere
+  a bfloat16 step is emulated and slower than float32. False where the CPU cannot be read."""
+  return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def mixed_precision_policy(value, used_device, cpuinfo="/proc/cpuinfo"):
