@@ -7,7 +7,11 @@ Reads each study folder's finished runs (metrics.json, timing.json, flags.txt, r
 and writes results/study_cpu.json: `{"runs": [{model, seed, val_auc, test_auc, test_accuracy, wall_s,
 train_images_per_s, commit, cpu, date, ...}], "models": {model: {mean and range over seeds}}}`.
 wall_s is the model's whole run, start to report: the study runner's process time where it timed
-the run, else the sum of run.log's stretches (one per process; a resumed run has several). Prints the Markdown table the README and docs/study.md show.
+the run, else the sum of run.log's stretches (one per process; a resumed run has several).
+val_auc, test_auc, test_accuracy, the sensitivity and specificity and the comparisons are those of the
+prediction validation chose, as the run's closing lines report it: the TTA views where the run has them
+and they lowered validation's log loss (metrics.json's "tta"), else the one view; the one view's figures
+stay beside. Prints the Markdown table the README and docs/study.md show.
 """
 
 import argparse
@@ -71,26 +75,27 @@ def run_row(study_dir, model, timed):
   if processes > 1:
     timed = None  # the runner timed only the last process
   testbed = timing.get("testbed", {})
-  at_val = metrics["test"]["at_val_threshold"]
   tta = metrics.get("tta")
+  chosen = _chosen_prediction(folder, metrics)
+  wall_s, wall_source = (timed, "study runner (process)") if timed else (span, f"run.log, {processes} process(es)")
+  added = _tta_added_afterwards(folder)
+  if added is not None:  # the views a run with --tta computes at its end, made by xray_keras.evaluate instead
+    wall_s += added
+    wall_source += f" + {added:.0f} s of TTA views made afterwards by xray_keras.evaluate"
   return {
     "model": model,
     "study": study_dir,
     "seed": int(flags.get("seed", 0)),
-    "val_auc": metrics["val"]["auc"],
-    "test_auc": metrics["test"]["auc"],
-    "test_accuracy": metrics["test"]["accuracy"],
-    "wall_s": round(timed if timed else span, 1),
-    "wall_source": "study runner (process)" if timed else f"run.log, {processes} process(es)",
+    **chosen,
+    "wall_s": round(wall_s, 1),
+    "wall_source": wall_source,
     "train_images_per_s": _train_speed(folder, timing),
     "commit": testbed.get("commit"),
     "cpu": f"{testbed.get('cpu')} x{testbed.get('cpu_cores')}",
     "date": started.strftime("%Y-%m-%d"),
-    "test_auc_ci95": metrics["test"]["ci95"].get("auc"),
-    "test_accuracy_ci95": metrics["test"]["ci95"].get("accuracy"),
-    "val_threshold": at_val["threshold"],
-    "sensitivity_at_val_threshold": at_val["recall"],
-    "specificity_at_val_threshold": at_val["specificity"],
+    "one_view_val_auc": metrics["val"]["auc"],
+    "one_view_test_auc": metrics["test"]["auc"],
+    "one_view_test_accuracy": metrics["test"]["accuracy"],
     "tta_test_auc": tta["test"]["auc"] if tta else None,
     "tta_chosen_by_validation": (tta["validation_chooses"] == "TTA") if tta else None,
     "image_size": metrics["model"]["input_shape"][0],
@@ -100,11 +105,66 @@ def run_row(study_dir, model, timed):
   }
 
 
+def _tta_added_afterwards(folder):
+  """Seconds of TTA predictions that `xray_keras.evaluate --tta` added to a finished run; None if the run made its own."""
+  path = os.path.join(folder, "tta.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    tta = json.load(f)
+  return float(tta["seconds"]) if tta.get("made_by") == "xray_keras.evaluate" and tta.get("seconds") else None
+
+
+def _chooses_tta(metrics):
+  return (metrics.get("tta") or {}).get("validation_chooses") == "TTA"
+
+
+def _chosen_prediction(folder, metrics):
+  """The row's figures from the prediction validation chose: its val AUC, test accuracy and ROC-AUC with
+  95% CIs, and the sensitivity and specificity at its validation-chosen (Youden) threshold."""
+  if not _chooses_tta(metrics):
+    at_val = metrics["test"]["at_val_threshold"]
+    return {
+      "prediction": "one view",
+      "val_auc": metrics["val"]["auc"],
+      "test_auc": metrics["test"]["auc"],
+      "test_accuracy": metrics["test"]["accuracy"],
+      "test_auc_ci95": metrics["test"]["ci95"].get("auc"),
+      "test_accuracy_ci95": metrics["test"]["ci95"].get("accuracy"),
+      "val_threshold": at_val["threshold"],
+      "sensitivity_at_val_threshold": at_val["recall"],
+      "specificity_at_val_threshold": at_val["specificity"],
+    }
+  from xray_keras.evaluation import clinical
+  from xray_keras.evaluation import metrics as metrics_lib
+
+  tta = metrics["tta"]
+  threshold = clinical.decision_thresholds(folder, tta=True)["youden"]
+  _, labels, probabilities = clinical.read_predictions(folder, clinical.TTA_PREDICTIONS)["test"]
+  at_val = metrics_lib.binary_metrics(labels, probabilities, threshold)
+  return {
+    "prediction": f"{tta['views']}-view TTA",
+    "val_auc": tta["val_auc"],
+    "test_auc": tta["test"]["auc"],
+    "test_accuracy": tta["test"]["accuracy"],
+    "test_auc_ci95": tta["test"]["auc_ci"],
+    "test_accuracy_ci95": tta["test"]["accuracy_ci"],
+    "val_threshold": threshold,
+    "sensitivity_at_val_threshold": at_val["recall"],
+    "specificity_at_val_threshold": at_val["specificity"],
+  }
+
+
 def _test_predictions(study_dir, model):
-  """{file: (label, probability)} of a run's test images."""
+  """{file: (label, probability)} of a run's test images, from the prediction validation chose."""
   import csv
 
-  with open(os.path.join(study_dir, model, "predictions.csv"), newline="") as f:
+  from xray_keras.evaluation import clinical
+
+  folder = os.path.join(study_dir, model)
+  with open(os.path.join(folder, "metrics.json")) as f:
+    name = clinical.TTA_PREDICTIONS if _chooses_tta(json.load(f)) else clinical.PREDICTIONS
+  with open(os.path.join(folder, name), newline="") as f:
     return {r["file"]: (int(r["label"]), float(r["probability"])) for r in csv.DictReader(f) if r["split"] == "test"}
 
 

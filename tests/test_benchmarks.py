@@ -379,3 +379,57 @@ def test_a_resumed_runs_wall_time_counts_each_process_and_not_the_gap(tmp_path):
   started, seconds, processes = study_table._log_span(str(log))
   assert started.strftime("%H:%M:%S") == "03:48:50" and processes == 2
   assert seconds == (4 * 3600 + 27 * 60 + 29 - (3 * 3600 + 48 * 60 + 50)) + (7 * 60 + 13)
+
+
+def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_path):
+  """A row and the DeLong comparison take the TTA views where validation's log loss chose them, else the one view."""
+  import shutil
+
+  from benchmarks import study_table
+  from xray_keras import evaluate
+  from xray_keras.evaluation import calibration, clinical, metrics
+
+  study = tmp_path / "study"
+  for model in ("vit_scratch", "cnn_scratch"):
+    shutil.copytree(tiny_run[2], study / model)
+  run = study / "vit_scratch"
+  flags_txt = (run / "flags.txt").read_text()
+  assert "--augment=\n" in flags_txt  # the tiny run trained without augmentation; TTA's views need one
+  (run / "flags.txt").write_text(flags_txt.replace("--augment=\n", "--augment=rotation,contrast\n"))
+  evaluate.add_tta(str(run), 3)
+
+  single = clinical.read_predictions(str(run))
+  views = clinical.read_predictions(str(run), clinical.TTA_PREDICTIONS)
+  written = json.loads((run / "metrics.json").read_text())
+  losses = [calibration.log_loss(single["val"][1], p["val"][2]) for p in (single, views)]
+  assert written["tta"]["validation_chooses"] == clinical.tta_choice(*losses)
+  for choice in ("TTA", "single view"):
+    written["tta"]["validation_chooses"] = choice
+    (run / "metrics.json").write_text(json.dumps(written))
+    row = study_table.run_row(str(study), "vit_scratch", None)
+    if choice == "TTA":
+      _, val_labels, val_p = views["val"]
+      _, labels, p = views["test"]
+      at = metrics.binary_metrics(labels, p, metrics.choose_threshold(val_labels, val_p))
+      assert row["prediction"] == "3-view TTA"
+      assert row["test_auc"] == pytest.approx(metrics.roc_auc(labels, p), abs=1e-12)
+      assert row["val_auc"] == pytest.approx(metrics.roc_auc(val_labels, val_p), abs=1e-12)
+      assert (row["sensitivity_at_val_threshold"], row["specificity_at_val_threshold"]) == (
+        at["recall"],
+        at["specificity"],
+      )
+    else:
+      assert row["prediction"] == "one view"
+      assert (row["test_auc"], row["val_auc"]) == (written["test"]["auc"], written["val"]["auc"])
+      assert row["sensitivity_at_val_threshold"] == written["test"]["at_val_threshold"]["recall"]
+    assert row["one_view_test_auc"] == written["test"]["auc"]
+    # the views the run did not make count in its wall time
+    seconds = json.loads((run / "tta.json").read_text())["seconds"]
+    assert seconds > 0 and row["wall_s"] == round(study_table._log_span(str(run / "run.log"))[1] + seconds, 1)
+    assert "made afterwards by xray_keras.evaluate" in row["wall_source"]
+    other = study_table.run_row(str(study), "cnn_scratch", None)
+    (compared,) = study_table.compare_models([str(study)], [row, other])
+    chosen = views if choice == "TTA" else single
+    expected = metrics.roc_auc(*chosen["test"][1:]) - metrics.roc_auc(*single["test"][1:])
+    assert (compared["a"], compared["b"]) == ("cnn_scratch", "vit_scratch")
+    assert compared["auc_difference"] == pytest.approx(-expected, abs=1e-9)

@@ -213,7 +213,9 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
   fitted = json.loads((run_dir / "calibration.json").read_text())
   assert fitted["fitted_on"] == "val" and fitted["val_log_loss_after"] <= fitted["val_log_loss_before"] + 1e-12
   tta = clinical.read_predictions(str(run_dir), clinical.TTA_PREDICTIONS)
-  assert set(tta) == {"val", "test"} and json.loads((run_dir / "tta.json").read_text())["views"] == 3
+  made = json.loads((run_dir / "tta.json").read_text())
+  assert set(tta) == {"val", "test"} and made["views"] == 3 and made["made_by"] == "xray_keras.run"
+  assert made["seconds"] == json.loads((run_dir / "timing.json").read_text())["tta_s"] > 0
   # metrics.json and the closing lines say which of one view and TTA validation's log loss chooses.
   single, chosen = clinical.read_predictions(str(run_dir)), metrics_json["tta"]
   val_labels = single["val"][1]
@@ -228,11 +230,16 @@ def test_calibrated_three_class_run_with_tta_and_preprocess_exports_and_predicts
   assert chosen["test"]["auc"] == pytest.approx(metrics.roc_auc(tta["test"][1], tta["test"][2]), abs=1e-12)
   assert "Test with 3-view TTA, " in trained.stderr
 
-  # The same TTA predictions again from the finished run (reloading its model and images).
+  # The same TTA predictions and validation's choice again from the finished run (reloading its
+  # model and images), as a run trained without --tta gets them.
   shutil.copy(run_dir / clinical.TTA_PREDICTIONS, tmp_path / "first.csv")
   (run_dir / clinical.TTA_PREDICTIONS).unlink()
-  _run(["-m", "xray_keras.evaluate", f"--run_dir={run_dir}", "--tta=3"])
+  (run_dir / "metrics.json").write_text(json.dumps({k: v for k, v in metrics_json.items() if k != "tta"}))
+  evaluated = _run(["-m", "xray_keras.evaluate", f"--run_dir={run_dir}", "--tta=3"])
   assert (run_dir / clinical.TTA_PREDICTIONS).read_text() == (tmp_path / "first.csv").read_text()
+  assert json.loads((run_dir / "metrics.json").read_text())["tta"] == chosen
+  assert json.loads((run_dir / "tta.json").read_text())["made_by"] == "xray_keras.evaluate"
+  assert "Test with 3-view TTA, " in evaluated.stderr
 
   card = json.loads(next(export_dir.glob("*/1/assets.extra/model_card.json")).read_text())
   assert card["calibration"]["temperature"] == pytest.approx(fitted["temperature"])

@@ -10,15 +10,17 @@ unchanged to the set's test images (every row of a label list without a split co
 to <run>/external/<name>/ (an export: ./external/<name>/; or --output_dir).
 
 `--calibrate` fits the temperature on the run's validation predictions (calibration.json);
-`--tta=N` reloads the run's model and its val/test images (the run's own data flags) and writes
-predictions_tta.csv. Both are what `xray_keras.run --calibrate --tta=N` writes at the end of
-training; the report, `predict` and the export read them.
+`--tta=N` reloads the run's model and its val/test images (the run's own data flags), writes
+predictions_tta.csv and tta.json, and records in metrics.json which of one view and N views
+validation's log loss chooses, with the views' test result. Both are what `xray_keras.run
+--calibrate --tta=N` writes at the end of training; the report, `predict` and the export read them.
 """
 
 import dataclasses
 import json
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -79,8 +81,26 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
     splits[split] = (files, (arrays.labels > 0).astype(int), arrays.images)
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   batch_size = batch_size or int(values.get("batch_size", 32))
+  start = time.perf_counter()
   by_split = clinical.tta_by_split(model, splits, augment, views, batch_size, seed)
-  run_files.write_tta(run_dir, by_split, augment, views, seed)
+  seconds = time.perf_counter() - start
+  run_files.write_tta(run_dir, by_split, augment, views, seed, seconds, made_by="xray_keras.evaluate")
+  if "val" in saved and "test" in saved and len(saved["val"][1]) and len(saved["test"][1]):
+    from xray_keras import atomic, pipeline
+    from xray_keras.evaluation import run_eval
+
+    result = run_eval.tta_result(
+      views,
+      {s: saved[s][1] for s in ("val", "test")},
+      {s: saved[s][2] for s in ("val", "test")},
+      {s: by_split[s][2] for s in ("val", "test")},
+    )
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    with open(metrics_path) as f:
+      run_metrics = json.load(f)
+    run_metrics["tta"] = result
+    atomic.write_json(metrics_path, run_metrics)
+    pipeline.log_tta(result)
   return by_split
 
 

@@ -41,8 +41,14 @@ def finish(config, trained):
   if evaluation.calibration:
     run_files.write_calibration(run_dir, evaluation.calibration)
   if evaluation.tta:
-    run_files.write_tta(run_dir, evaluation.tta, config.train.augment, config.tta)
-    logging.info("Test-time augmentation: %d views of each val/test image in %s", config.tta, clinical.TTA_PREDICTIONS)
+    run_files.write_tta(run_dir, evaluation.tta, config.train.augment, config.tta, seconds=evaluation.tta_s)
+    timing["tta_s"] = evaluation.tta_s
+    logging.info(
+      "Test-time augmentation: %d views of each val/test image in %s (%.1f s)",
+      config.tta,
+      clinical.TTA_PREDICTIONS,
+      evaluation.tta_s,
+    )
   if evaluation.ood:
     run_files.write_ood(run_dir, *evaluation.ood)
     timing["ood_fit_s"] = evaluation.ood_fit_s
@@ -99,12 +105,13 @@ def _log_summary(run_dir, result, threshold, timing, synthetic, report):
     *ci.get("auc", (math.nan, math.nan)),
   )
   if "tta" in result:
-    _log_tta(result["tta"])
+    log_tta(result["tta"])
   if report:
     logging.info("Figures and tables: python -m webbrowser -t %s", report)
 
 
-def _log_tta(tta):
+def log_tta(tta):
+  """The closing line of TTA: validation's choice and the test result with the views."""
   test = tta["test"]
   logging.info(
     "Test with %d-view TTA, %s (validation log loss %.3f with it, %.3f without): accuracy %.3f [95%% CI %.3f, %.3f], "

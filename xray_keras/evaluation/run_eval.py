@@ -26,6 +26,7 @@ class RunEvaluation:
   threshold: float  # chosen on validation (0.5 without it)
   calibration: dict | None = None  # calibration.json's content
   tta: dict | None = None  # split -> (files, labels, probabilities as written)
+  tta_s: float | None = None
   ood: tuple | None = None  # (state, validation scores) for ood.npz/ood.json
   ood_fit_s: float | None = None
   inference: dict | None = None  # timing.json's "eval"
@@ -82,6 +83,7 @@ def evaluate(config, model, data, weights, batch_size):
       out.calibration["val_log_loss_after"],
     )
   if config.tta > 1:
+    start = time.perf_counter()
     out.tta = clinical.tta_by_split(
       model,
       {
@@ -92,6 +94,7 @@ def evaluate(config, model, data, weights, batch_size):
       config.tta,
       batch_size,
     )
+    out.tta_s = time.perf_counter() - start
     if len(val_split.labels) and len(test_split.labels):
       single = {s: clinical.as_written(p) for s, p in probabilities.items()}  # as the report reads them
       result["tta"] = tta_result(config.tta, binary, single, {s: p for s, (_, _, p) in out.tta.items()})

@@ -49,12 +49,20 @@ def write_calibration(run_dir, fitted):
   atomic.write_json(os.path.join(run_dir, clinical.CALIBRATION), fitted)
 
 
-def write_tta(run_dir, by_split, augment, views, seed=0):
-  """predictions_tta.csv and tta.json: `by_split` from `clinical.tta_by_split`."""
+def write_tta(run_dir, by_split, augment, views, seed=0, seconds=None, made_by="xray_keras.run"):
+  """predictions_tta.csv and tta.json: `by_split` from `clinical.tta_by_split`, which took `seconds`
+  in `made_by` (the run at its end, or `xray_keras.evaluate` afterwards)."""
   write_predictions(os.path.join(run_dir, clinical.TTA_PREDICTIONS), by_split)
   atomic.write_json(
     os.path.join(run_dir, clinical.TTA),
-    {"views": int(views), "augment": list(augment), "seed": seed, "first_view": "the image itself"},
+    {
+      "views": int(views),
+      "augment": list(augment),
+      "seed": seed,
+      "first_view": "the image itself",
+      "seconds": seconds,
+      "made_by": made_by,
+    },
   )
 
 
