@@ -2,6 +2,7 @@
 
   python benchmarks/study_table.py --studies=runs/study_cpu/seed42,runs/study_cpu/seed7,runs/study_cpu/seed1
   python benchmarks/study_table.py --levers=runs/levers/resnet50_epochs2_seed42,...   # results/study_levers.json
+  python benchmarks/study_table.py --levers=... --output=benchmarks/results/study_levers_tta.json
 
 Reads each study folder's finished runs (metrics.json, timing.json, flags.txt, run.log, study.json)
 and writes results/study_cpu.json: `{"runs": [{model, seed, val_auc, test_auc, test_accuracy, wall_s,
@@ -232,8 +233,10 @@ def markdown(rows, models):
   return "\n".join(lines)
 
 
-def write_levers(folders):
-  """One row per run of a recipe tried for the study's time, with the flags a lever changes."""
+def write_levers(folders, output=None, append=False):
+  """One row per run of a recipe tried for the study's time, with the flags a lever changes; with `append`,
+  after the rows already in `output` (a row of the same run folder is replaced). Each row names its CPU."""
+  from xray_keras.evaluation import clinical
   from xray_keras.training.run_dir import read_flags
 
   rows = []
@@ -244,10 +247,19 @@ def write_levers(folders):
       row["model"] = json.load(f)["model"]["name"]
     flags = read_flags(os.path.join(folder, "flags.txt"))
     row["recipe"] = {k: flags.get(k) for k in ("epochs", "head_epochs", "image_size", "batch_size", "mixed_precision")}
+    row["recipe"]["tta"] = clinical.tta_views(folder)
+    row["folder"] = folder
     rows.append(row)
-    print(f"{row['model']} {row['recipe']}: val AUC {row['val_auc']:.4f}, test AUC {row['test_auc']:.4f}, "
-          f"{row['wall_s'] / 60:.1f} min, {row['train_images_per_s']:.1f} train img/s")  # fmt: skip
-  print(common.write_result("study_levers", {"runs": rows}, None))
+    print(f"{row['model']} {row['recipe']}: {row['prediction']}: val AUC {row['val_auc']:.4f}, "
+          f"test AUC {row['test_auc']:.4f}, {row['wall_s'] / 60:.1f} min, "
+          f"{row['train_images_per_s']:.1f} train img/s")  # fmt: skip
+  output = output or os.path.join(common.RESULTS, "study_levers.json")
+  if append and os.path.isfile(output):
+    with open(output) as f:
+      earlier = json.load(f)["runs"]
+    again = {r["folder"] for r in rows}
+    rows = [r for r in earlier if r.get("folder") not in again] + rows
+  print(common.write_result("study_levers", {"runs": rows}, output))
 
 
 def main():
@@ -258,10 +270,13 @@ def main():
     default="",
     help="Comma-separated single runs of a changed recipe: written to results/study_levers.json.",
   )
-  parser.add_argument("--output", default=os.path.join(common.RESULTS, "study_cpu.json"))
+  parser.add_argument("--append", action="store_true", help="--levers: add the runs to those already in the file.")
+  parser.add_argument(
+    "--output", default="", help="The result file; empty: results/study_cpu.json (--levers: results/study_levers.json)."
+  )
   args = parser.parse_args()
   if args.levers:
-    return write_levers(args.levers.split(","))
+    return write_levers(args.levers.split(","), args.output or None, args.append)
   rows = []
   for study_dir in args.studies.split(","):
     timed = {}
@@ -279,7 +294,7 @@ def main():
     per_seed[r["seed"]] += r["wall_s"]
   comparisons = compare_models(args.studies.split(","), rows)
   payload = {"runs": rows, "models": models, "study_wall_s_per_seed": per_seed, "comparisons": comparisons}
-  path = common.write_result("study_cpu", payload, args.output)
+  path = common.write_result("study_cpu", payload, args.output or os.path.join(common.RESULTS, "study_cpu.json"))
   print(markdown(rows, models))
   for c in comparisons:
     print(f"seed {c['seed']}: {c['a']} - {c['b']}: AUC {c['auc_difference']:+.3f}, DeLong p = {c['delong_p']:.2g}; "

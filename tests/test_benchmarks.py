@@ -433,3 +433,10 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
     expected = metrics.roc_auc(*chosen["test"][1:]) - metrics.roc_auc(*single["test"][1:])
     assert (compared["a"], compared["b"]) == ("cnn_scratch", "vit_scratch")
     assert compared["auc_difference"] == pytest.approx(-expected, abs=1e-9)
+
+  # Lever rows: --append keeps the file's earlier rows and replaces those of a folder given again.
+  levers = tmp_path / "levers.json"
+  study_table.write_levers([str(run)], str(levers))
+  study_table.write_levers([str(study / "cnn_scratch"), str(run)], str(levers), append=True)
+  rows = json.loads(levers.read_text())["runs"]
+  assert [(r["folder"], r["recipe"]["tta"]) for r in rows] == [(str(study / "cnn_scratch"), 1), (str(run), 3)]

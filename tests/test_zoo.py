@@ -229,6 +229,22 @@ def test_offline_imagenet_fails_fast_naming_the_file(tmp_path):
     assert "Traceback" not in result.stderr
     assert elapsed < 120, elapsed  # process start and TensorFlow import included
 
+  # A file of that name that is not Keras' (a converted copy, say): Keras tries a fresh download and deletes
+  # the file when it fails. Offline, the file is put back, unchanged, and the error names it.
+  cached = tmp_path / "keras_home" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+  cached.parent.mkdir(parents=True, exist_ok=True)
+  cached.write_bytes(b"a converted copy " * 1000)
+  result = subprocess.run(
+    [sys.executable, "-m", "xray_keras.run", "--model=resnet50", "--weights=imagenet", "--epochs=1",
+     f"--output_dir={tmp_path / 'kept'}", f"--cache_dir={tmp_path / 'cache'}"],
+    cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
+  )  # fmt: skip
+  assert result.returncode == 1, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and f"--weights={cached}" in errors[0] and "is kept" in errors[0], result.stderr[-2000:]
+  assert cached.read_bytes() == b"a converted copy " * 1000
+  assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no second name left behind
+
 
 def test_scratch_models_have_no_imagenet_weights():
   with pytest.raises(weights_lib.WeightsError, match="from scratch"):

@@ -68,7 +68,13 @@ def _download_timeout():
 
 
 def application_imagenet(constructor, name, **kwargs):
-  """Calls a `keras.applications` constructor with `weights="imagenet"`, failing clearly offline."""
+  """Calls a `keras.applications` constructor with `weights="imagenet"`, failing clearly offline.
+
+  Keras re-downloads a cached file whose hash is not the one it expects and deletes it when that
+  download fails; offline, such a file (a user's converted copy, say) is put back and named instead.
+  """
+  cache = keras_cache_dir()
+  kept = _second_names(cache)
   try:
     with _download_timeout():
       return constructor(weights="imagenet", **kwargs)
@@ -78,12 +84,52 @@ def application_imagenet(constructor, name, **kwargs):
       raise
     url = match.group(1)
     file_name = url.rsplit("/", 1)[-1]
-    cache = keras_cache_dir()
+    reason = str(e).split(" -- ")[-1].strip()[:200]
+    path = os.path.join(cache, file_name)
+    if _put_back(kept.get(path), path):
+      raise WeightsError(
+        f"{path} is not the ImageNet file of {name} that Keras checks for (its hash differs), and a fresh "
+        f"download failed ({reason}). The file is kept: pass --weights={path} to use it as it is, or replace "
+        f"it with {url}, or pass --weights=none for random initialisation."
+      ) from None
     raise WeightsError(
-      f"Could not download the ImageNet weights of {name} ({str(e).split(' -- ')[-1].strip()[:200]}): "
+      f"Could not download the ImageNet weights of {name} ({reason}): "
       f"{file_name} is not in {cache}. Put the file there (from {url}), or pass "
       f"--weights=/path/to/{file_name}, or --weights=none for random initialisation."
     ) from None
+  finally:
+    for second, _ in kept.values():
+      with contextlib.suppress(OSError):
+        os.remove(second)
+
+
+def _second_names(folder):
+  """`{path: (a hard link to it, its (size, mtime))}` for each .h5 file in `folder` (none where links fail)."""
+  out = {}
+  with contextlib.suppress(OSError):
+    for entry in os.scandir(folder):
+      if entry.is_file(follow_symlinks=False) and entry.name.endswith(".h5"):
+        second = os.path.join(folder, f".{entry.name}.kept-{os.getpid()}")
+        with contextlib.suppress(OSError):
+          stat = entry.stat(follow_symlinks=False)
+          os.link(entry.path, second)
+          out[entry.path] = (second, (stat.st_size, stat.st_mtime_ns))
+  return out
+
+
+def _put_back(kept, path):
+  """Renames the hard link `kept` back to `path` if Keras deleted `path` and the file is unchanged."""
+  if kept is None or os.path.exists(path):
+    return False
+  second, before = kept
+  try:
+    stat = os.stat(second)
+    if (stat.st_size, stat.st_mtime_ns) != before:  # a download began and truncated it
+      return False
+    os.replace(second, path)
+  except OSError:
+    return False
+  return True
 
 
 def hub_from_preset(cls, preset, what, **kwargs):

@@ -20,7 +20,10 @@ _COMPARE_RUNS = flags.DEFINE_list(
   "Two study folders of the same models on two test beds (e.g. CPU, GPU): writes <first>/compare_test_beds.md.",
 )
 _ENSEMBLE = flags.DEFINE_bool(
-  "ensemble", False, "Add ensembles of the study's runs (all models; each model's seeds), weights chosen on validation."
+  "ensemble",
+  None,
+  "Add ensembles of the study's runs (all models; each model's seeds), weights chosen on validation; "
+  "unset: yes in a study runner's folder (it has a study.json), as the runner's own report, else no.",
 )
 _ENSEMBLE_SPACE = flags.DEFINE_enum(
   "ensemble_space",

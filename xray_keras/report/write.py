@@ -262,11 +262,14 @@ def _run_row(run):
   ]
 
 
-def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemble=False, ensemble_space="probability"):
+def write_report(study_dir, resamples=1000, seed=0, parameter_table=None, ensemble=None, ensemble_space="probability"):
   """Writes the report files into `study_dir`; returns the path of report.md.
 
-  `ensemble`: also average the runs' probabilities (weights chosen on validation).
+  `ensemble`: also average the runs' probabilities (weights chosen on validation); None: as the study
+  runner does in its own folders (those with a study.json), and not elsewhere.
   """
+  if ensemble is None:
+    ensemble = os.path.isfile(os.path.join(study_dir, "study.json"))
   runs, missing = collect.read_study(study_dir)
   if not runs:
     raise FileNotFoundError(f"No finished runs in {study_dir}")
