@@ -108,11 +108,9 @@ def run_row(study_dir, model, timed):
 
 def _tta_added_afterwards(folder):
   """Seconds of TTA predictions that `xray_keras.evaluate --tta` added to a finished run; None if the run made its own."""
-  path = os.path.join(folder, "tta.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    tta = json.load(f)
+  from xray_keras.evaluation import clinical
+
+  tta = clinical.tta_info(folder)
   return float(tta["seconds"]) if tta.get("made_by") == "xray_keras.evaluate" and tta.get("seconds") else None
 
 

@@ -121,12 +121,17 @@ def tta_choice(val_log_loss_single_view, val_log_loss_tta):
   return "TTA" if val_log_loss_tta < val_log_loss_single_view else "single view"
 
 
-def tta_views(run_dir):
+def tta_info(run_dir):
+  """tta.json's content (views, augmentations, seed, seconds, made_by), or {} where the run has no TTA."""
   path = os.path.join(run_dir, TTA)
   if not os.path.isfile(path):
-    return 1
+    return {}
   with open(path) as f:
-    return int(json.load(f).get("views", 1))
+    return json.load(f)
+
+
+def tta_views(run_dir):
+  return int(tta_info(run_dir).get("views", 1))
 
 
 def decision_thresholds(run_dir, tta=False):
