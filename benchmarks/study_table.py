@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from xray_keras.errors import UserError  # noqa: E402
 
 ORDER = ("cnn_scratch", "vit_scratch", "resnet50", "vit_base")
 
@@ -79,7 +80,7 @@ def run_row(study_dir, model, timed):
   tta = metrics.get("tta")
   chosen = _chosen_prediction(folder, metrics)
   wall_s, wall_source = (timed, "study runner (process)") if timed else (span, f"run.log, {processes} process(es)")
-  added = _tta_added_afterwards(folder)
+  added = _tta_added_afterwards(folder, tta)
   if added is not None:  # the views a run with --tta computes at its end, made by xray_keras.evaluate instead
     wall_s += added
     wall_source += f" + {added:.0f} s of TTA views made afterwards by xray_keras.evaluate"
@@ -106,12 +107,18 @@ def run_row(study_dir, model, timed):
   }
 
 
-def _tta_added_afterwards(folder):
-  """Seconds of TTA predictions that `xray_keras.evaluate --tta` added to a finished run; None if the run made its own."""
+def _tta_added_afterwards(folder, recorded):
+  """Seconds of the TTA views that `xray_keras.evaluate --tta` added to a finished run (those metrics.json's
+  `recorded` entry is about); None if the run made its own or records none."""
   from xray_keras.evaluation import clinical
 
-  tta = clinical.tta_info(folder)
-  return float(tta["seconds"]) if tta.get("made_by") == "xray_keras.evaluate" and tta.get("seconds") else None
+  made = clinical.tta_info(folder)
+  if made.get("made_by") != "xray_keras.evaluate" or not recorded or made.get("views") != recorded["views"]:
+    return None
+  seconds = made.get("seconds")
+  if not isinstance(seconds, (int, float)) or not np.isfinite(seconds) or seconds < 0:
+    raise ValueError(f"{folder}/tta.json: seconds is {seconds!r}, not a duration")
+  return float(seconds)
 
 
 def _chooses_tta(metrics):
@@ -138,8 +145,20 @@ def _chosen_prediction(folder, metrics):
   from xray_keras.evaluation import metrics as metrics_lib
 
   tta = metrics["tta"]
+  views = clinical.read_predictions(folder, clinical.TTA_PREDICTIONS)
+  again = f"; rerun python -m xray_keras.evaluate --run_dir={folder} --tta={tta['views']}"
+  if not {"val", "test"} <= set(views):
+    raise ValueError(
+      f"{folder}: metrics.json says validation chose TTA, but has no val/test {clinical.TTA_PREDICTIONS}{again}"
+    )
+  if clinical.tta_info(folder).get("views") != tta["views"]:
+    raise ValueError(f"{folder}: tta.json and metrics.json disagree on the number of views{again}")
+  _, labels, probabilities = views["test"]
+  if abs(metrics_lib.roc_auc(labels, probabilities) - tta["test"]["auc"]) > 1e-9:
+    raise ValueError(
+      f"{folder}: {clinical.TTA_PREDICTIONS} is not the prediction metrics.json's TTA entry was computed from{again}"
+    )
   threshold = clinical.decision_thresholds(folder, tta=True)["youden"]
-  _, labels, probabilities = clinical.read_predictions(folder, clinical.TTA_PREDICTIONS)["test"]
   at_val = metrics_lib.binary_metrics(labels, probabilities, threshold)
   return {
     "prediction": f"{tta['views']}-view TTA",
@@ -261,6 +280,13 @@ def write_levers(folders, output=None, append=False):
 
 
 def main():
+  try:
+    _main()
+  except (OSError, KeyError, ValueError, UserError) as e:
+    sys.exit(f"error: {type(e).__name__ + ': ' if isinstance(e, KeyError) else ''}{e}")
+
+
+def _main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--studies", default="", help="Comma-separated study folders (one per seed).")
   parser.add_argument(

@@ -434,6 +434,24 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
     assert (compared["a"], compared["b"]) == ("cnn_scratch", "vit_scratch")
     assert compared["auc_difference"] == pytest.approx(-expected, abs=1e-9)
 
+  # A run whose files disagree is refused in one line, never reported from a mix of them.
+  written["tta"]["validation_chooses"] = "TTA"
+  (run / "metrics.json").write_text(json.dumps(written))
+  made = json.loads((run / "tta.json").read_text())
+  (run / "tta.json").write_text(json.dumps({**made, "views": 9}))
+  with pytest.raises(ValueError, match="disagree on the number of views"):
+    study_table.run_row(str(study), "vit_scratch", None)
+  (run / "tta.json").write_text(json.dumps(made))
+  shutil.copy(run / clinical.TTA_PREDICTIONS, tmp_path / "views.csv")
+  (run / clinical.TTA_PREDICTIONS).write_text((run / clinical.PREDICTIONS).read_text())  # the one view's rows
+  if metrics.roc_auc(*single["test"][1:]) != pytest.approx(written["tta"]["test"]["auc"], abs=1e-9):
+    with pytest.raises(ValueError, match="is not the prediction metrics.json's TTA entry was computed from"):
+      study_table.run_row(str(study), "vit_scratch", None)
+  (run / clinical.TTA_PREDICTIONS).unlink()
+  with pytest.raises(ValueError, match="rerun python -m xray_keras.evaluate"):
+    study_table.run_row(str(study), "vit_scratch", None)
+  shutil.copy(tmp_path / "views.csv", run / clinical.TTA_PREDICTIONS)
+
   # Lever rows: --append keeps the file's earlier rows and replaces those of a folder given again.
   levers = tmp_path / "levers.json"
   study_table.write_levers([str(run)], str(levers))

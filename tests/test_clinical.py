@@ -343,3 +343,53 @@ def test_three_class_counts_on_the_224px_copy():
   names = [n for _, _, files in os.walk(SHARED_DATA) for n in files if n.lower().endswith((".jpeg", ".jpg"))]
   kinds = [patients.subtype(n, 0 if n.startswith(("IM-", "NORMAL2")) else 1) for n in names]
   assert {k: kinds.count(k) for k in patients.SUBTYPES} == {"NORMAL": 1583, "BACTERIA": 2780, "VIRUS": 1493}
+
+
+def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_disagreeing_entry(
+  tiny_run, tmp_path, monkeypatch
+):
+  from xray_keras import evaluate
+  from xray_keras.errors import UserError
+  from xray_keras.report import run_files
+
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run[2], run)
+  flags_txt = (run / "flags.txt").read_text()
+  (run / "flags.txt").write_text(flags_txt.replace("--augment=\n", "--augment=rotation\n"))
+  good = (run / "predictions.csv").read_text()
+  header, first, *rest = good.splitlines()
+  columns = header.split(",")
+
+  def with_cell(column, value):
+    cells = first.split(",")
+    cells[columns.index(column)] = value
+    return "\n".join([header, ",".join(cells), *rest]) + "\n"
+
+  cases = {
+    "an empty probability": with_cell("probability", ""),
+    "a label that is not a number": with_cell("label", "x"),
+    "no probability column": "\n".join(",".join(r.split(",")[:-1]) for r in good.splitlines()) + "\n",
+    "a NaN": with_cell("probability", "nan"),
+  }
+  assert columns[-1] == "probability"
+  for what, text in cases.items():
+    (run / "predictions.csv").write_text(text)
+    with pytest.raises(UserError, match=r"predictions\.csv"):
+      evaluate.add_tta(str(run), 2)
+    assert not (run / clinical.TTA_PREDICTIONS).exists(), what
+  (run / "predictions.csv").unlink()
+  with pytest.raises(UserError, match="no validation and test predictions"):
+    evaluate.add_tta(str(run), 2)
+
+  (run / "predictions.csv").write_text(good)
+  evaluate.add_tta(str(run), 3)
+  assert json.loads((run / "metrics.json").read_text())["tta"]["views"] == 3
+
+  def full_disk(run_dir, *args, **kwargs):
+    raise OSError(28, "No space left on device", os.path.join(run_dir, clinical.TTA_PREDICTIONS))
+
+  monkeypatch.setattr(run_files, "write_tta", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    evaluate.add_tta(str(run), 2)
+  assert "tta" not in json.loads((run / "metrics.json").read_text())  # no entry for views the files do not hold
+  assert not list(run.glob("*.tmp"))

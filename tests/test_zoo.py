@@ -229,21 +229,29 @@ def test_offline_imagenet_fails_fast_naming_the_file(tmp_path):
     assert "Traceback" not in result.stderr
     assert elapsed < 120, elapsed  # process start and TensorFlow import included
 
-  # A file of that name that is not Keras' (a converted copy, say): Keras tries a fresh download and deletes
-  # the file when it fails. Offline, the file is put back, unchanged, and the error names it.
+  # A file of that name that is not Keras' (a converted copy, or a link to one): Keras tries a fresh download
+  # and deletes it when that fails. Offline, it is put back unchanged and the error names it; the second
+  # name a killed run left behind is removed.
   cached = tmp_path / "keras_home" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
   cached.parent.mkdir(parents=True, exist_ok=True)
-  cached.write_bytes(b"a converted copy " * 1000)
-  result = subprocess.run(
-    [sys.executable, "-m", "xray_keras.run", "--model=resnet50", "--weights=imagenet", "--epochs=1",
-     f"--output_dir={tmp_path / 'kept'}", f"--cache_dir={tmp_path / 'cache'}"],
-    cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
-  )  # fmt: skip
-  assert result.returncode == 1, result.stderr[-2000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and f"--weights={cached}" in errors[0] and "is kept" in errors[0], result.stderr[-2000:]
-  assert cached.read_bytes() == b"a converted copy " * 1000
-  assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no second name left behind
+  content = b"a converted copy " * 1000
+  (tmp_path / "converted.h5").write_bytes(content)
+  ended = subprocess.Popen([sys.executable, "-c", "pass"])
+  ended.wait()
+  for kind in ("file", "link"):
+    (cached.parent / f".{cached.name}.kept-{ended.pid}").write_bytes(b"left by a killed run")
+    cached.write_bytes(content) if kind == "file" else cached.symlink_to(tmp_path / "converted.h5")
+    result = subprocess.run(
+      [sys.executable, "-m", "xray_keras.run", "--model=resnet50", "--weights=imagenet", "--epochs=1",
+       f"--output_dir={tmp_path / kind}", f"--cache_dir={tmp_path / 'cache'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and f"--weights={cached}" in errors[0] and "is kept" in errors[0], result.stderr[-2000:]
+    assert cached.is_symlink() == (kind == "link") and cached.read_bytes() == content, kind
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no second name left behind
+    cached.unlink()
 
 
 def test_scratch_models_have_no_imagenet_weights():

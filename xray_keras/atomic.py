@@ -4,6 +4,7 @@ Temporary folders are named `.tmp-<pid>-<random>` beside their target, so a late
 writer can remove those left by processes that no longer exist.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,14 +33,21 @@ def current_umask():
 
 
 def write_json(path, obj):
-  """Writes `obj` as JSON to `path` through a temporary file and a rename."""
+  """Writes `obj` as JSON to `path` through a temporary file and a rename; on failure `path` is unchanged,
+  no temporary file is left, and the `OSError` names `path`."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, allow_nan=True)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, allow_nan=True)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise OSError(e.errno, e.strerror, path) from None
 
 
-def _alive(pid):
+def alive(pid):
+  """Whether a process with this id exists."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -56,7 +64,7 @@ def remove_stale(parent):
     if not name.startswith(PREFIX):
       continue
     pid = name[len(PREFIX) :].split("-", 1)[0]
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not alive(int(pid)):
       shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
       removed += 1
   return removed

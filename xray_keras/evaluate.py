@@ -66,15 +66,22 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   augment = [a for a in values.get("augment", "").split(",") if a]
   if not augment:
     raise UserError(f"{run_dir} was trained without --augment: no training augmentations to take views with.")
-  with open(os.path.join(run_dir, "metrics.json")) as f:
-    size = json.load(f)["model"]["input_shape"][0]
-  data = loader.load(dataclasses.replace(external.data_config(values), image_size=size))
+  metrics_path = os.path.join(run_dir, "metrics.json")
+  with open(metrics_path) as f:
+    try:
+      run_metrics = json.load(f)
+      size = int(run_metrics["model"]["input_shape"][0])
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+      raise UserError(f"{metrics_path} is not a run's metrics.json ({type(e).__name__}: {e}).") from None
   saved = clinical.read_predictions(run_dir)
+  if not all(s in saved and len(saved[s][1]) for s in ("val", "test")):
+    raise UserError(f"{run_dir} has no validation and test predictions (predictions.csv) to set the views against.")
+  data = loader.load(dataclasses.replace(external.data_config(values), image_size=size))
   splits = {}
   for split in ("val", "test"):
     arrays = data.splits[split]
     files = [printable(r.path) for r in arrays.records]
-    if split in saved and saved[split][0] != files:
+    if saved[split][0] != files:
       raise UserError(
         f"{run_dir}: the {split} images read now differ from its predictions.csv; is --data_dir the same?"
       )
@@ -84,23 +91,20 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   start = time.perf_counter()
   by_split = clinical.tta_by_split(model, splits, augment, views, batch_size, seed)
   seconds = time.perf_counter() - start
-  run_files.write_tta(run_dir, by_split, augment, views, seed, seconds, made_by="xray_keras.evaluate")
-  if "val" in saved and "test" in saved and len(saved["val"][1]) and len(saved["test"][1]):
-    from xray_keras import atomic, pipeline
-    from xray_keras.evaluation import run_eval
+  from xray_keras import atomic, pipeline
+  from xray_keras.evaluation import run_eval
 
-    result = run_eval.tta_result(
-      views,
-      {s: saved[s][1] for s in ("val", "test")},
-      {s: saved[s][2] for s in ("val", "test")},
-      {s: by_split[s][2] for s in ("val", "test")},
-    )
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    with open(metrics_path) as f:
-      run_metrics = json.load(f)
-    run_metrics["tta"] = result
-    atomic.write_json(metrics_path, run_metrics)
-    pipeline.log_tta(result)
+  result = run_eval.tta_result(
+    views,
+    {s: saved[s][1] for s in ("val", "test")},
+    {s: saved[s][2] for s in ("val", "test")},
+    {s: by_split[s][2] for s in ("val", "test")},
+  )
+  # metrics.json first loses its old "tta", so a failed write below leaves no entry that disagrees with the files.
+  atomic.write_json(metrics_path, {k: v for k, v in run_metrics.items() if k != "tta"})
+  run_files.write_tta(run_dir, by_split, augment, views, seed, seconds, made_by="xray_keras.evaluate")
+  atomic.write_json(metrics_path, {**run_metrics, "tta": result})
+  pipeline.log_tta(result)
   return by_split
 
 
@@ -166,6 +170,8 @@ def main(argv):
         fitted["val_log_loss_before"],
         fitted["val_log_loss_after"],
       )
+    if not (_CALIBRATE.value or _TTA.value > 1):
+      raise UserError("Nothing to do for --run_dir: pass --calibrate, --tta=N (N >= 2) or both.")
     if _TTA.value > 1:
       add_tta(run_dir, _TTA.value, _TTA_SEED.value, _BATCH_SIZE.value)
       logging.info("%d-view predictions written to %s", _TTA.value, os.path.join(run_dir, clinical.TTA_PREDICTIONS))

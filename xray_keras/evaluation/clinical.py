@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from xray_keras.errors import UserError
 from xray_keras.evaluation import calibration, metrics, operating_points
 
 PREDICTIONS = "predictions.csv"
@@ -65,11 +66,15 @@ def read_predictions(run_dir, name=PREDICTIONS):
     return {}
   out = {}
   with open(path, newline="", encoding="utf-8") as f:
-    for row in csv.DictReader(f):
-      files, labels, probabilities = out.setdefault(row["split"], ([], [], []))
-      files.append(row["file"])
-      labels.append(int(row["label"]))
-      probabilities.append(float(row["probability"]))
+    for line, row in enumerate(csv.DictReader(f), start=2):
+      try:
+        split, file, label, probability = row["split"], row["file"], int(row["label"]), float(row["probability"])
+      except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}, line {line}: not a prediction row ({type(e).__name__}: {e}).") from None
+      files, labels, probabilities = out.setdefault(split, ([], [], []))
+      files.append(file)
+      labels.append(label)
+      probabilities.append(probability)
   out = {s: (files, np.array(labels), np.array(probabilities)) for s, (files, labels, probabilities) in out.items()}
   for split, (_, labels, probabilities) in out.items():
     metrics.require_finite(labels, probabilities, f"{split} predictions in {path}")

@@ -15,6 +15,7 @@ import socket
 
 import keras
 
+from xray_keras import atomic
 from xray_keras.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 20
@@ -71,7 +72,7 @@ def application_imagenet(constructor, name, **kwargs):
   """Calls a `keras.applications` constructor with `weights="imagenet"`, failing clearly offline.
 
   Keras re-downloads a cached file whose hash is not the one it expects and deletes it when that
-  download fails; offline, such a file (a user's converted copy, say) is put back and named instead.
+  download fails; offline, such a file (a user's converted copy, or a link to one) is put back and named.
   """
   cache = keras_cache_dir()
   kept = _second_names(cache)
@@ -79,12 +80,13 @@ def application_imagenet(constructor, name, **kwargs):
     with _download_timeout():
       return constructor(weights="imagenet", **kwargs)
   except Exception as e:  # get_file raises a bare Exception for every fetch failure
-    match = re.search(r"(https?://\S+?):? ", str(e))
-    if "fetch failure" not in str(e) or not match:
+    failure = _fetch_failure(e)
+    match = failure and re.search(r"(https?://\S+?):? ", str(failure))
+    if not match:
       raise
     url = match.group(1)
     file_name = url.rsplit("/", 1)[-1]
-    reason = str(e).split(" -- ")[-1].strip()[:200]
+    reason = str(failure).split(" -- ")[-1].strip()[:200]
     path = os.path.join(cache, file_name)
     if _put_back(kept.get(path), path):
       raise WeightsError(
@@ -103,28 +105,56 @@ def application_imagenet(constructor, name, **kwargs):
         os.remove(second)
 
 
+def _fetch_failure(error):
+  """get_file's "URL fetch failure" exception: `error`, or the one it was raised while handling (Keras' own
+  clean-up can fail after it, e.g. in a read-only folder); None if neither is one."""
+  for e in (error, error.__context__):
+    if e is not None and "fetch failure" in str(e):
+      return e
+  return None
+
+
+KEPT = re.compile(r"^\..+\.kept-(\d+)$")
+
+
+def _fingerprint(path):
+  """What a started download would change: the entry's own (size, mtime) and, for a link, its target's."""
+  own = os.lstat(path)
+  target = os.stat(path) if os.path.islink(path) else own
+  return own.st_size, own.st_mtime_ns, target.st_size, target.st_mtime_ns
+
+
 def _second_names(folder):
-  """`{path: (a hard link to it, its (size, mtime))}` for each .h5 file in `folder` (none where links fail)."""
+  """`{path: (a hard link to it, its fingerprint)}` for each .h5 file or link in `folder` (none where links
+  fail); first removes the second names that ended processes left behind."""
+  try:
+    entries = list(os.scandir(folder))
+  except OSError:
+    return {}
   out = {}
-  with contextlib.suppress(OSError):
-    for entry in os.scandir(folder):
-      if entry.is_file(follow_symlinks=False) and entry.name.endswith(".h5"):
-        second = os.path.join(folder, f".{entry.name}.kept-{os.getpid()}")
-        with contextlib.suppress(OSError):
-          stat = entry.stat(follow_symlinks=False)
-          os.link(entry.path, second)
-          out[entry.path] = (second, (stat.st_size, stat.st_mtime_ns))
+  for entry in entries:
+    stale = KEPT.match(entry.name)
+    if stale and int(stale.group(1)) != os.getpid() and not atomic.alive(int(stale.group(1))):
+      with contextlib.suppress(OSError):
+        os.remove(entry.path)
+    elif (entry.is_symlink() or entry.is_file(follow_symlinks=False)) and entry.name.endswith(".h5"):
+      second = os.path.join(folder, f".{entry.name}.kept-{os.getpid()}")
+      with contextlib.suppress(OSError):
+        before = _fingerprint(entry.path)
+        os.link(entry.path, second, follow_symlinks=False)
+        out[entry.path] = (second, before)
   return out
 
 
 def _put_back(kept, path):
-  """Renames the hard link `kept` back to `path` if Keras deleted `path` and the file is unchanged."""
-  if kept is None or os.path.exists(path):
+  """True if `path` is still the file it was before the call, or was deleted unchanged and is renamed back."""
+  if kept is None:
     return False
   second, before = kept
   try:
-    stat = os.stat(second)
-    if (stat.st_size, stat.st_mtime_ns) != before:  # a download began and truncated it
+    if os.path.lexists(path):  # Keras could not delete it (a read-only folder)
+      return _fingerprint(path) == before
+    if _fingerprint(second) != before:  # a download began and truncated it
       return False
     os.replace(second, path)
   except OSError:
