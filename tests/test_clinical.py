@@ -1,6 +1,7 @@
 """Clinical evaluation: calibration, operating points, subtypes, three classes, ensembles, TTA, --preprocess."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -118,6 +119,57 @@ def _fake_run(name, val_labels, val_p, test_labels, test_p):
     val_probabilities=np.asarray(val_p),
     val_files=[f"v{i}" for i in range(len(val_labels))],
   )
+
+
+def _write_tta(run_dir, views, val, test):
+  run_dir.mkdir()
+  (run_dir / clinical.TTA).write_text(json.dumps({"views": views}))
+  with open(run_dir / clinical.TTA_PREDICTIONS, "w", newline="") as f:
+    f.write("split,file,label,probability\n")
+    for split, (files, labels, probabilities) in (("val", val), ("test", test)):
+      for file, label, p in zip(files, labels, probabilities):
+        f.write(f"{split},{file},{label},{clinical.written(p)}\n")
+
+
+def test_ensembles_take_each_run_as_validation_chose_it(tmp_path):
+  """A member whose views lower validation log loss enters with its views; one whose views do not, or whose
+  views are of other images, with its single view."""
+  rng = np.random.default_rng(5)
+  val_labels, test_labels = rng.integers(0, 2, 200), rng.integers(0, 2, 150)
+
+  def probabilities(labels, noise):
+    return clinical.as_written(1 / (1 + np.exp(-(2 * labels - 1 + rng.normal(0, noise, len(labels))))))
+
+  runs, expected = [], []
+  for name, views_noise in (("helped", 0.5), ("hurt", 4.0), ("other_images", 0.5), ("none", None)):
+    run = _fake_run(name, val_labels, probabilities(val_labels, 2.0), test_labels, probabilities(test_labels, 2.0))
+    run = dataclasses.replace(run, run_dir=str(tmp_path / name))
+    if views_noise is None:
+      expected.append((name, run.val_probabilities, run.test_probabilities))
+    else:
+      val_tta, test_tta = probabilities(val_labels, views_noise), probabilities(test_labels, views_noise)
+      files = run.test_files if name != "other_images" else [f"x{i}" for i in range(len(test_labels))]
+      _write_tta(tmp_path / name, 8, (run.val_files, val_labels, val_tta), (files, test_labels, test_tta))
+      lower = calibration.log_loss(val_labels, val_tta) < calibration.log_loss(val_labels, run.val_probabilities)
+      assert lower == (name != "hurt")
+      if name == "helped":
+        expected.append((f"{name} (TTA x8)", val_tta, test_tta))
+      else:
+        expected.append((name, run.val_probabilities, run.test_probabilities))
+    runs.append(run)
+  for run, (name, val, test) in zip(runs, expected):
+    got = report_clinical.chosen_prediction(run)
+    assert got[0] == name
+    np.testing.assert_array_equal(got[1], val)
+    np.testing.assert_array_equal(got[2], test)
+  equal = next(e for e in report_clinical.ensemble_rows(runs, 20, 0) if e["ensemble"].endswith("equal weights"))
+  assert equal["members"] == [e[0] for e in expected]
+  mean_val, mean_test = np.mean([e[1] for e in expected], axis=0), np.mean([e[2] for e in expected], axis=0)
+  assert equal["val_log_loss"] == pytest.approx(calibration.log_loss(val_labels, mean_val), abs=1e-12)
+  assert equal["test"]["auc"] == pytest.approx(metrics.roc_auc(test_labels, mean_test), abs=1e-12)
+  best = min(expected, key=lambda e: calibration.log_loss(val_labels, e[1]))
+  assert equal["best_single"] == best[0] == "helped (TTA x8)"
+  assert equal["best_single_auc"] == pytest.approx(metrics.roc_auc(test_labels, best[2]), abs=1e-12)
 
 
 def test_ensemble_weights_are_chosen_on_validation_only():
@@ -345,6 +397,25 @@ def test_three_class_counts_on_the_224px_copy():
   assert {k: kinds.count(k) for k in patients.SUBTYPES} == {"NORMAL": 1583, "BACTERIA": 2780, "VIRUS": 1493}
 
 
+def _refused_before_views_where_immutable(run, evaluate, monkeypatch):
+  """An immutable run folder or metrics.json (chattr +i: root writes through plain permissions) is refused before
+  any view is computed."""
+  chattr = shutil.which("chattr")
+  if not chattr or subprocess.run([chattr, "+i", str(run)], capture_output=True).returncode:
+    return  # no chattr, or a file system without the flag: the rest of the test still runs
+  try:
+    with monkeypatch.context() as m:
+      m.setattr(clinical, "tta_by_split", lambda *a, **k: pytest.fail("views computed for a folder it cannot write"))
+      for target in (run, run / "metrics.json"):
+        subprocess.run([chattr, "-i", str(run)], check=True)
+        subprocess.run([chattr, "+i", str(target)], check=True)
+        with pytest.raises(UserError, match=f"Cannot write into {run}: Operation not permitted"):
+          evaluate.add_tta(str(run), 2)
+  finally:
+    for target in (run, run / "metrics.json"):
+      subprocess.run([chattr, "-i", str(target)], check=True)
+
+
 def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_disagreeing_entry(
   tiny_run, tmp_path, monkeypatch
 ):
@@ -382,6 +453,7 @@ def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_
     evaluate.add_tta(str(run), 2)
 
   (run / "predictions.csv").write_text(good)
+  _refused_before_views_where_immutable(run, evaluate, monkeypatch)
   evaluate.add_tta(str(run), 3)
   assert json.loads((run / "metrics.json").read_text())["tta"]["views"] == 3
 

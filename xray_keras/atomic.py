@@ -7,10 +7,12 @@ writer can remove those left by processes that no longer exist.
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
 PREFIX = ".tmp-"
+TEMP = re.compile(rf"^{re.escape(PREFIX)}(\d+)-")
 
 
 def temp_dir(parent):
@@ -57,14 +59,20 @@ def alive(pid):
   return True
 
 
-def remove_stale(parent):
-  """Removes temporary folders in `parent` whose writing process has ended; returns how many."""
+def remove_stale(parent, pattern=None):
+  """Removes the files and folders in `parent` named by `pattern` (a regex whose first group is the writing
+  process's id; default: this module's temporary folders) whose process has ended; returns how many."""
+  pattern = pattern or TEMP
   removed = 0
   for name in os.listdir(parent):
-    if not name.startswith(PREFIX):
+    match = pattern.match(name)
+    if not match or alive(int(match.group(1))):
       continue
-    pid = name[len(PREFIX) :].split("-", 1)[0]
-    if pid.isdigit() and not alive(int(pid)):
-      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-      removed += 1
+    path = os.path.join(parent, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    removed += 1
   return removed

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -46,6 +47,7 @@ _TTA = flags.DEFINE_integer(
   1,
   "Test-time views of each val/test image (the image and N-1 copies through the run's --augment); 1: none.",
   lower_bound=1,
+  upper_bound=64,
 )
 _TTA_SEED = flags.DEFINE_integer("tta_seed", 0, "Seed of the test-time augmentations.")
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -73,6 +75,11 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
       size = int(run_metrics["model"]["input_shape"][0])
     except (ValueError, KeyError, IndexError, TypeError) as e:
       raise UserError(f"{metrics_path} is not a run's metrics.json ({type(e).__name__}: {e}).") from None
+  try:  # before minutes of views, not after
+    tempfile.TemporaryFile(dir=run_dir).close()
+    open(metrics_path, "a").close()
+  except OSError as e:
+    raise UserError(f"Cannot write into {run_dir}: {e.strerror}.") from None
   saved = clinical.read_predictions(run_dir)
   if not all(s in saved and len(saved[s][1]) for s in ("val", "test")):
     raise UserError(f"{run_dir} has no validation and test predictions (predictions.csv) to set the views against.")

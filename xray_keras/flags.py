@@ -224,6 +224,7 @@ _TTA = flags.DEFINE_integer(
   1,
   "Test-time augmentation: also evaluate the mean of N views (the image and N-1 copies through --augment) into predictions_tta.csv; 1: off.",
   lower_bound=1,
+  upper_bound=64,
 )
 _OOD = flags.DEFINE_bool(
   "ood",

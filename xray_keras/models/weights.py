@@ -128,16 +128,13 @@ def _second_names(folder):
   """`{path: (a hard link to it, its fingerprint)}` for each .h5 file or link in `folder` (none where links
   fail); first removes the second names that ended processes left behind."""
   try:
+    atomic.remove_stale(folder, KEPT)
     entries = list(os.scandir(folder))
   except OSError:
     return {}
   out = {}
   for entry in entries:
-    stale = KEPT.match(entry.name)
-    if stale and int(stale.group(1)) != os.getpid() and not atomic.alive(int(stale.group(1))):
-      with contextlib.suppress(OSError):
-        os.remove(entry.path)
-    elif (entry.is_symlink() or entry.is_file(follow_symlinks=False)) and entry.name.endswith(".h5"):
+    if (entry.is_symlink() or entry.is_file(follow_symlinks=False)) and entry.name.endswith(".h5"):
       second = os.path.join(folder, f".{entry.name}.kept-{os.getpid()}")
       with contextlib.suppress(OSError):
         before = _fingerprint(entry.path)

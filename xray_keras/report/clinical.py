@@ -127,9 +127,25 @@ def _same_images(runs):
   return [r for r in runs if r.test_files == first.test_files and list(r.val_files) == list(first.val_files)]
 
 
+def chosen_prediction(run):
+  """`(name, val, test)`: the run's probabilities as validation chose them, the TTA views' where they lower
+  validation's log loss over the same images, else the single view's."""
+  by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
+  same = all(s in by_split for s in ("val", "test")) and (
+    by_split["val"][0] == list(run.val_files) and by_split["test"][0] == list(run.test_files)
+  )
+  if same:
+    val_tta, test_tta = by_split["val"][2], by_split["test"][2]
+    single = calibration.log_loss(run.val_labels, run.val_probabilities)
+    if clinical_files.tta_choice(single, calibration.log_loss(run.val_labels, val_tta)) == "TTA":
+      return f"{run.display_name} (TTA x{clinical_files.tta_views(run.run_dir)})", val_tta, test_tta
+  return run.display_name, run.val_probabilities, run.test_probabilities
+
+
 def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
-  """Weighted averages chosen on validation: all models, and each model's seeds; DeLong against the
-  single run validation ranks best (lowest validation log loss)."""
+  """Weighted averages chosen on validation: all models, and each model's seeds, each run's prediction as
+  validation chose it (TTA or one view); DeLong against the single run validation ranks best (lowest
+  validation log loss)."""
   runs = [r for r in runs if len(r.val_labels)]
   if len(runs) < 2:
     return []
@@ -147,10 +163,11 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
   for title, members in groups:
     if len(members) < 2:
       continue
-    val = np.stack([r.val_probabilities for r in members])
-    test = np.stack([r.test_probabilities for r in members])
+    chosen = [chosen_prediction(r) for r in members]
+    val = np.stack([c[1] for c in chosen])
+    test = np.stack([c[2] for c in chosen])
     labels, val_labels = members[0].test_labels, members[0].val_labels
-    best = min(members, key=lambda r: calibration.log_loss(val_labels, r.val_probabilities))
+    best = min(chosen, key=lambda c: calibration.log_loss(val_labels, c[1]))
     for kind, weights in (
       ("validation-chosen weights", ensemble.choose_weights(val_labels, val, space, step)),
       ("equal weights", [1.0 / len(members)] * len(members)),
@@ -158,11 +175,11 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
       combined_val = ensemble.combine(val, weights, space)
       combined = ensemble.combine(test, weights, space)
       threshold = metrics.choose_threshold(val_labels, combined_val)
-      delong = statistics.delong_test(labels, combined, best.test_probabilities)
+      delong = statistics.delong_test(labels, combined, best[2])
       out.append(
         {
           "ensemble": f"{title}, {kind}",
-          "members": [r.display_name for r in members],
+          "members": [c[0] for c in chosen],
           "weights": [float(w) for w in weights],
           "space": space,
           "val_log_loss": calibration.log_loss(val_labels, combined_val),
@@ -170,8 +187,8 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
           "test": statistics.accuracy_auc(labels, combined, 0.5, resamples, seed),
           "test_accuracy_at_val_threshold": metrics.binary_metrics(labels, combined, threshold)["accuracy"],
           "val_threshold": threshold,
-          "best_single": best.display_name,
-          "best_single_auc": metrics.roc_auc(labels, best.test_probabilities),
+          "best_single": best[0],
+          "best_single_auc": metrics.roc_auc(labels, best[2]),
           "delong_vs_best_single": delong["p_value"],
           "auc_minus_best_single": delong["difference"],
         }
@@ -375,7 +392,7 @@ def sections(runs, study_dir, resamples, seed, with_ensemble, ensemble_space="pr
     md += [
       "## Ensembles",
       "",
-      f"Weighted means of the models' PNEUMONIA {'probabilities' if ensemble_space == 'probability' else 'logits'}; weights on a 0.1 grid chosen by validation log loss "
+      f"Weighted means of the models' PNEUMONIA {'probabilities' if ensemble_space == 'probability' else 'logits'}, each model's as validation chose it (TTA where named); weights on a 0.1 grid chosen by validation log loss "
       "(validation labels only), beside equal weights. Test at threshold 0.5 with 95% bootstrap intervals; DeLong "
       "against the single model with the lowest validation log loss.",
       "",
