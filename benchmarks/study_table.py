@@ -65,6 +65,7 @@ def _train_speed(folder, timing):
 
 
 def run_row(study_dir, model, timed):
+  from xray_keras.evaluation import clinical
   from xray_keras.training.run_dir import read_flags
 
   folder = os.path.join(study_dir, model)
@@ -77,10 +78,10 @@ def run_row(study_dir, model, timed):
   if processes > 1:
     timed = None  # the runner timed only the last process
   testbed = timing.get("testbed", {})
-  tta = metrics.get("tta")
-  chosen = _chosen_prediction(folder, metrics)
+  tta, made = metrics.get("tta"), clinical.tta_info(folder)
+  chosen = _chosen_prediction(folder, metrics, made)
   wall_s, wall_source = (timed, "study runner (process)") if timed else (span, f"run.log, {processes} process(es)")
-  added = _tta_added_afterwards(folder, tta)
+  added = _tta_added_afterwards(folder, made, tta)
   if added is not None:  # the views a run with --tta computes at its end, made by xray_keras.evaluate instead
     wall_s += added
     wall_source += f" + {added:.0f} s of TTA views made afterwards by xray_keras.evaluate"
@@ -107,12 +108,9 @@ def run_row(study_dir, model, timed):
   }
 
 
-def _tta_added_afterwards(folder, recorded):
-  """Seconds of the TTA views that `xray_keras.evaluate --tta` added to a finished run (those metrics.json's
-  `recorded` entry is about); None if the run made its own or records none."""
-  from xray_keras.evaluation import clinical
-
-  made = clinical.tta_info(folder)
+def _tta_added_afterwards(folder, made, recorded):
+  """Seconds of the TTA views (tta.json's content `made`) that `xray_keras.evaluate --tta` added to a finished
+  run (those metrics.json's `recorded` entry is about); None if the run made its own or records none."""
   if made.get("made_by") != "xray_keras.evaluate" or not recorded or made.get("views") != recorded["views"]:
     return None
   seconds = made.get("seconds")
@@ -125,9 +123,10 @@ def _chooses_tta(metrics):
   return (metrics.get("tta") or {}).get("validation_chooses") == "TTA"
 
 
-def _chosen_prediction(folder, metrics):
+def _chosen_prediction(folder, metrics, made):
   """The row's figures from the prediction validation chose: its val AUC, test accuracy and ROC-AUC with
-  95% CIs, and the sensitivity and specificity at its validation-chosen (Youden) threshold."""
+  95% CIs, and the sensitivity and specificity at its validation-chosen (Youden) threshold; `made`: tta.json's
+  content, which must be the views metrics.json's TTA entry is about."""
   if not _chooses_tta(metrics):
     at_val = metrics["test"]["at_val_threshold"]
     return {
@@ -151,7 +150,7 @@ def _chosen_prediction(folder, metrics):
     raise ValueError(
       f"{folder}: metrics.json says validation chose TTA, but has no val/test {clinical.TTA_PREDICTIONS}{again}"
     )
-  if clinical.tta_info(folder).get("views") != tta["views"]:
+  if made.get("views") != tta["views"]:
     raise ValueError(f"{folder}: tta.json and metrics.json disagree on the number of views{again}")
   _, labels, probabilities = views["test"]
   if abs(metrics_lib.roc_auc(labels, probabilities) - tta["test"]["auc"]) > 1e-9:
