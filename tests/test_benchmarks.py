@@ -386,8 +386,7 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
   import shutil
 
   from benchmarks import study_table
-  from xray_keras import evaluate
-  from xray_keras.evaluation import calibration, clinical, metrics
+  from xray_keras.evaluation import calibration, clinical, metrics, tta_after_run
 
   study = tmp_path / "study"
   for model in ("vit_scratch", "cnn_scratch"):
@@ -396,7 +395,7 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
   flags_txt = (run / "flags.txt").read_text()
   assert "--augment=\n" in flags_txt  # the tiny run trained without augmentation; TTA's views need one
   (run / "flags.txt").write_text(flags_txt.replace("--augment=\n", "--augment=rotation,contrast\n"))
-  evaluate.add_tta(str(run), 3)
+  tta_after_run.add_tta(str(run), 3)
 
   single = clinical.read_predictions(str(run))
   views = clinical.read_predictions(str(run), clinical.TTA_PREDICTIONS)

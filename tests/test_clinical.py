@@ -397,7 +397,7 @@ def test_three_class_counts_on_the_224px_copy():
   assert {k: kinds.count(k) for k in patients.SUBTYPES} == {"NORMAL": 1583, "BACTERIA": 2780, "VIRUS": 1493}
 
 
-def _refused_before_views_where_immutable(run, evaluate, monkeypatch):
+def _refused_before_views_where_immutable(run, tta_after_run, monkeypatch):
   """An immutable run folder or metrics.json (chattr +i: root writes through plain permissions) is refused before
   any view is computed."""
   chattr = shutil.which("chattr")
@@ -410,7 +410,7 @@ def _refused_before_views_where_immutable(run, evaluate, monkeypatch):
         subprocess.run([chattr, "-i", str(run)], check=True)
         subprocess.run([chattr, "+i", str(target)], check=True)
         with pytest.raises(UserError, match=f"Cannot write into {run}: Operation not permitted"):
-          evaluate.add_tta(str(run), 2)
+          tta_after_run.add_tta(str(run), 2)
   finally:
     for target in (run, run / "metrics.json"):
       subprocess.run([chattr, "-i", str(target)], check=True)
@@ -419,8 +419,8 @@ def _refused_before_views_where_immutable(run, evaluate, monkeypatch):
 def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_disagreeing_entry(
   tiny_run, tmp_path, monkeypatch
 ):
-  from xray_keras import evaluate
   from xray_keras.errors import UserError
+  from xray_keras.evaluation import tta_after_run
   from xray_keras.report import run_files
 
   run = tmp_path / "run"
@@ -446,15 +446,15 @@ def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_
   for what, text in cases.items():
     (run / "predictions.csv").write_text(text)
     with pytest.raises(UserError, match=r"predictions\.csv"):
-      evaluate.add_tta(str(run), 2)
+      tta_after_run.add_tta(str(run), 2)
     assert not (run / clinical.TTA_PREDICTIONS).exists(), what
   (run / "predictions.csv").unlink()
   with pytest.raises(UserError, match="no validation and test predictions"):
-    evaluate.add_tta(str(run), 2)
+    tta_after_run.add_tta(str(run), 2)
 
   (run / "predictions.csv").write_text(good)
-  _refused_before_views_where_immutable(run, evaluate, monkeypatch)
-  evaluate.add_tta(str(run), 3)
+  _refused_before_views_where_immutable(run, tta_after_run, monkeypatch)
+  tta_after_run.add_tta(str(run), 3)
   assert json.loads((run / "metrics.json").read_text())["tta"]["views"] == 3
 
   def full_disk(run_dir, *args, **kwargs):
@@ -462,6 +462,6 @@ def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_
 
   monkeypatch.setattr(run_files, "write_tta", full_disk)
   with pytest.raises(OSError, match="No space left"):
-    evaluate.add_tta(str(run), 2)
+    tta_after_run.add_tta(str(run), 2)
   assert "tta" not in json.loads((run / "metrics.json").read_text())  # no entry for views the files do not hold
   assert not list(run.glob("*.tmp"))
