@@ -386,7 +386,8 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
   import shutil
 
   from benchmarks import study_table
-  from xray_keras.evaluation import calibration, clinical, metrics, tta_after_run
+  from xray_keras.evaluation import calibration, clinical, metrics
+  from xray_keras.report import tta_after_run
 
   study = tmp_path / "study"
   for model in ("vit_scratch", "cnn_scratch"):

@@ -131,9 +131,9 @@ def _write_tta(run_dir, views, val, test):
         f.write(f"{split},{file},{label},{clinical.written(p)}\n")
 
 
-def test_ensembles_take_each_run_as_validation_chose_it(tmp_path):
+def test_ensembles_take_each_run_as_validation_chose_it(tmp_path, monkeypatch):
   """A member whose views lower validation log loss enters with its views; one whose views do not, or whose
-  views are of other images, with its single view."""
+  views are of other images or labels, with its single view; the TTA table skips the latter, saying so."""
   rng = np.random.default_rng(5)
   val_labels, test_labels = rng.integers(0, 2, 200), rng.integers(0, 2, 150)
 
@@ -141,7 +141,8 @@ def test_ensembles_take_each_run_as_validation_chose_it(tmp_path):
     return clinical.as_written(1 / (1 + np.exp(-(2 * labels - 1 + rng.normal(0, noise, len(labels))))))
 
   runs, expected = [], []
-  for name, views_noise in (("helped", 0.5), ("hurt", 4.0), ("other_images", 0.5), ("none", None)):
+  cases = (("helped", 0.5), ("hurt", 4.0), ("other_images", 0.5), ("other_labels", 0.5), ("none", None))
+  for name, views_noise in cases:
     run = _fake_run(name, val_labels, probabilities(val_labels, 2.0), test_labels, probabilities(test_labels, 2.0))
     run = dataclasses.replace(run, run_dir=str(tmp_path / name))
     if views_noise is None:
@@ -149,7 +150,9 @@ def test_ensembles_take_each_run_as_validation_chose_it(tmp_path):
     else:
       val_tta, test_tta = probabilities(val_labels, views_noise), probabilities(test_labels, views_noise)
       files = run.test_files if name != "other_images" else [f"x{i}" for i in range(len(test_labels))]
-      _write_tta(tmp_path / name, 8, (run.val_files, val_labels, val_tta), (files, test_labels, test_tta))
+      labels = test_labels if name != "other_labels" else np.roll(test_labels, 1)
+      assert name != "other_labels" or not np.array_equal(labels, test_labels)
+      _write_tta(tmp_path / name, 8, (run.val_files, val_labels, val_tta), (files, labels, test_tta))
       lower = calibration.log_loss(val_labels, val_tta) < calibration.log_loss(val_labels, run.val_probabilities)
       assert lower == (name != "hurt")
       if name == "helped":
@@ -170,6 +173,12 @@ def test_ensembles_take_each_run_as_validation_chose_it(tmp_path):
   best = min(expected, key=lambda e: calibration.log_loss(val_labels, e[1]))
   assert equal["best_single"] == best[0] == "helped (TTA x8)"
   assert equal["best_single_auc"] == pytest.approx(metrics.roc_auc(test_labels, best[2]), abs=1e-12)
+  warnings = []
+  monkeypatch.setattr(report_clinical.logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+  rows = report_clinical.tta_rows(runs, 20, 0)
+  assert [r["model"] for r in rows] == ["helped", "hurt"]
+  assert [r["validation_chooses"] for r in rows] == ["TTA", "single view"]
+  assert len(warnings) == 1 and "2 run(s) skipped" in warnings[0] and "other_images, other_labels" in warnings[0]
 
 
 def test_ensemble_weights_are_chosen_on_validation_only():
@@ -420,8 +429,7 @@ def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_
   tiny_run, tmp_path, monkeypatch
 ):
   from xray_keras.errors import UserError
-  from xray_keras.evaluation import tta_after_run
-  from xray_keras.report import run_files
+  from xray_keras.report import run_files, tta_after_run
 
   run = tmp_path / "run"
   shutil.copytree(tiny_run[2], run)

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from xray_keras import path_flags
 from xray_keras.errors import UserError
-from xray_keras.evaluation.tta_after_run import add_tta
+from xray_keras.report.tta_after_run import add_tta
 
 _RUN_DIR = path_flags.DEFINE_path("run_dir", "", "A finished run directory (--calibrate, --tta).")
 _MODEL = path_flags.DEFINE_path(

@@ -105,25 +105,6 @@ def _log_summary(run_dir, result, threshold, timing, synthetic, report):
     *ci.get("auc", (math.nan, math.nan)),
   )
   if "tta" in result:
-    log_tta(result["tta"])
+    logging.info(run_eval.tta_line(result["tta"]))
   if report:
     logging.info("Figures and tables: python -m webbrowser -t %s", report)
-
-
-def log_tta(tta):
-  """The closing line of TTA: validation's choice and the test result with the views."""
-  test = tta["test"]
-  logging.info(
-    "Test with %d-view TTA, %s (validation log loss %.3f with it, %.3f without): accuracy %.3f [95%% CI %.3f, %.3f], "
-    "ROC-AUC %.3f [95%% CI %.3f, %.3f]",
-    tta["views"],
-    "which validation chooses"
-    if tta["validation_chooses"] == "TTA"
-    else "for the record: validation keeps the single view",
-    tta["val_log_loss"],
-    tta["val_log_loss_single_view"],
-    test["accuracy"],
-    *test["accuracy_ci"],
-    test["auc"],
-    *test["auc_ci"],
-  )

@@ -175,3 +175,19 @@ def inference_timing(model, images, batch_size):
     "batch_size": batch_size,
     "latency_ms_per_image": 1000 * float(np.median(latencies)),
   }
+
+
+def tta_line(tta):
+  """The closing line of TTA: validation's choice and the test result with the views."""
+  test = tta["test"]
+  choice = (
+    "which validation chooses"
+    if tta["validation_chooses"] == "TTA"
+    else "for the record: validation keeps the single view"
+  )
+  test_ci, auc_ci = test["accuracy_ci"], test["auc_ci"]
+  return (
+    f"Test with {tta['views']}-view TTA, {choice} (validation log loss {tta['val_log_loss']:.3f} with it, "
+    f"{tta['val_log_loss_single_view']:.3f} without): accuracy {test['accuracy']:.3f} "
+    f"[95% CI {test_ci[0]:.3f}, {test_ci[1]:.3f}], ROC-AUC {test['auc']:.3f} [95% CI {auc_ci[0]:.3f}, {auc_ci[1]:.3f}]"
+  )

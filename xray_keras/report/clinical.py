@@ -4,6 +4,7 @@ three classes, ensembles, and the best validation-chosen result against the stud
 import os
 
 import numpy as np
+from absl import logging
 
 from xray_keras.data import patients
 from xray_keras.evaluation import calibration, ensemble, metrics, operating_points, statistics
@@ -88,15 +89,16 @@ def subtype_rows(runs, resamples, seed):
 
 
 def tta_rows(runs, resamples, seed):
-  rows = []
+  rows, unmatched = [], []
   for run in runs:
-    by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
-    if "test" not in by_split or "val" not in by_split:
+    tta = tta_predictions(run)
+    if tta is None:
+      if os.path.isfile(os.path.join(run.run_dir, clinical_files.TTA_PREDICTIONS)):
+        unmatched.append(run.display_name)
       continue
-    _, val_labels, val_tta = by_split["val"]
-    _, test_labels, test_tta = by_split["test"]
+    val_tta, test_tta = tta
     plain_loss = calibration.log_loss(run.val_labels, run.val_probabilities)
-    tta_loss = calibration.log_loss(val_labels, val_tta)
+    tta_loss = calibration.log_loss(run.val_labels, val_tta)
     rows.append(
       {
         "model": run.display_name,
@@ -104,11 +106,18 @@ def tta_rows(runs, resamples, seed):
         "val_log_loss": plain_loss,
         "val_log_loss_tta": tta_loss,
         "val_auc": metrics.roc_auc(run.val_labels, run.val_probabilities),
-        "val_auc_tta": metrics.roc_auc(val_labels, val_tta),
+        "val_auc_tta": metrics.roc_auc(run.val_labels, val_tta),
         "test": statistics.accuracy_auc(run.test_labels, run.test_probabilities, 0.5, resamples, seed),
-        "test_tta": statistics.accuracy_auc(test_labels, test_tta, 0.5, resamples, seed),
+        "test_tta": statistics.accuracy_auc(run.test_labels, test_tta, 0.5, resamples, seed),
         "validation_chooses": clinical_files.tta_choice(plain_loss, tta_loss),
       }
+    )
+  if unmatched:
+    logging.warning(
+      "TTA table: %d run(s) skipped whose %s covers other images than predictions.csv: %s",
+      len(unmatched),
+      clinical_files.TTA_PREDICTIONS,
+      ", ".join(unmatched),
     )
   return rows
 
@@ -127,15 +136,26 @@ def _same_images(runs):
   return [r for r in runs if r.test_files == first.test_files and list(r.val_files) == list(first.val_files)]
 
 
+def tta_predictions(run):
+  """`(val, test)`: the run's TTA probabilities where its TTA file covers the same images with the same labels
+  as predictions.csv; None otherwise (no TTA, or views of other images that cannot be set beside them)."""
+  by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
+  expected = {"val": (run.val_files, run.val_labels), "test": (run.test_files, run.test_labels)}
+  for split, (files, labels) in expected.items():
+    if split not in by_split:
+      return None
+    tta_files, tta_labels, _ = by_split[split]
+    if tta_files != list(files) or not np.array_equal(tta_labels, labels):
+      return None
+  return by_split["val"][2], by_split["test"][2]
+
+
 def chosen_prediction(run):
   """`(name, val, test)`: the run's probabilities as validation chose them, the TTA views' where they lower
   validation's log loss over the same images, else the single view's."""
-  by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
-  same = all(s in by_split for s in ("val", "test")) and (
-    by_split["val"][0] == list(run.val_files) and by_split["test"][0] == list(run.test_files)
-  )
-  if same:
-    val_tta, test_tta = by_split["val"][2], by_split["test"][2]
+  tta = tta_predictions(run)
+  if tta is not None:
+    val_tta, test_tta = tta
     single = calibration.log_loss(run.val_labels, run.val_probabilities)
     if clinical_files.tta_choice(single, calibration.log_loss(run.val_labels, val_tta)) == "TTA":
       return f"{run.display_name} (TTA x{clinical_files.tta_views(run.run_dir)})", val_tta, test_tta

@@ -6,6 +6,8 @@ import os
 import tempfile
 import time
 
+from absl import logging
+
 from xray_keras.errors import UserError
 
 
@@ -52,7 +54,7 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   start = time.perf_counter()
   by_split = clinical.tta_by_split(model, splits, augment, views, batch_size, seed)
   seconds = time.perf_counter() - start
-  from xray_keras import atomic, pipeline
+  from xray_keras import atomic
   from xray_keras.evaluation import run_eval
 
   result = run_eval.tta_result(
@@ -65,5 +67,5 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   atomic.write_json(metrics_path, {k: v for k, v in run_metrics.items() if k != "tta"})
   run_files.write_tta(run_dir, by_split, augment, views, seed, seconds, made_by="xray_keras.evaluate")
   atomic.write_json(metrics_path, {**run_metrics, "tta": result})
-  pipeline.log_tta(result)
+  logging.info(run_eval.tta_line(result))
   return by_split
