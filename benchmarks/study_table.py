@@ -262,7 +262,7 @@ def write_levers(folders, output=None, append=False):
     with open(os.path.join(folder, "metrics.json")) as f:
       row["model"] = json.load(f)["model"]["name"]
     flags = read_flags(os.path.join(folder, "flags.txt"))
-    lever_flags = ("epochs", "head_epochs", "image_size", "patch_size", "batch_size", "mixed_precision")
+    lever_flags = ("epochs", "head_epochs", "image_size", "patch_size", "batch_size", "mixed_precision", "ema_momentum")
     row["recipe"] = {k: flags.get(k) for k in lever_flags + ("preprocess", "augment")}
     row["recipe"]["tta"] = clinical.tta_views(folder)
     row["folder"] = folder

@@ -458,4 +458,4 @@ def test_the_study_table_reports_the_prediction_validation_chose(tiny_run, tmp_p
   study_table.write_levers([str(study / "cnn_scratch"), str(run)], str(levers), append=True)
   rows = json.loads(levers.read_text())["runs"]
   assert [(r["folder"], r["recipe"]["tta"]) for r in rows] == [(str(study / "cnn_scratch"), 1), (str(run), 3)]
-  assert {"preprocess", "augment", "patch_size"} <= set(rows[0]["recipe"])  # the flags a recipe lever changes
+  assert {"preprocess", "augment", "patch_size", "ema_momentum"} <= set(rows[0]["recipe"])  # what a lever changes
