@@ -181,6 +181,52 @@ def test_ensembles_take_each_run_as_validation_chose_it(tmp_path, monkeypatch):
   assert len(warnings) == 1 and "2 run(s) skipped" in warnings[0] and "other_images, other_labels" in warnings[0]
 
 
+def test_a_tampered_predictions_file_or_tta_record_is_refused_in_one_line_naming_it(tmp_path):
+  """Every single-cell or single-row change that no run writes (a label not 0/1, a probability outside [0, 1],
+  an image twice, a split other than val/test, bytes that are not UTF-8) and every malformed tta.json is a
+  `UserError` naming the file (and the line), never a number computed from it."""
+  rng = np.random.default_rng(11)
+  rows = [("val" if i < 12 else "test", f"img{i}.jpeg", int(rng.integers(0, 2)), rng.random()) for i in range(20)]
+  header = "file,split,label,probability"
+
+  def text(rows):
+    return "\n".join([header] + [f"{f},{s},{label},{p}" for s, f, label, p in rows]) + "\n"
+
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / clinical.PREDICTIONS).write_text(text(rows))
+  assert sorted(clinical.read_predictions(str(run))) == ["test", "val"]
+  mutations = {
+    "label": lambda r: (r[0], r[1], int(rng.choice([-1, 2, 7])), r[3]),
+    "probability": lambda r: (r[0], r[1], r[2], float(rng.choice([-0.3, 1.000001, 1.5, -1e-9]))),
+    "split": lambda r: (str(rng.choice(["train", "external", "VAL", ""])), r[1], r[2], r[3]),
+  }
+  for trial in range(24):
+    i = int(rng.integers(len(rows)))
+    kind = ["label", "probability", "split", "twice", "bytes"][trial % 5]
+    changed = list(rows)
+    if kind in mutations:
+      changed[i] = mutations[kind](rows[i])
+      content = text(changed).encode()
+    elif kind == "twice":
+      changed.insert(i + 1, rows[i])
+      content = text(changed).encode()
+    else:
+      content = text(rows).encode()
+      at = int(rng.integers(len(header) + 1, len(content)))
+      content = content[:at] + b"\xff" + content[at:]
+    (run / clinical.PREDICTIONS).write_bytes(content)
+    with pytest.raises(UserError, match=r"predictions\.csv") as raised:
+      clinical.read_predictions(str(run))
+    assert "\n" not in str(raised.value), (kind, str(raised.value))
+  for content in ("[3]", '{"views": 0}', '{"views": 1}', '{"views": 2.5}', '{"views": true}', "{views: 3}", "\xff"):
+    (run / clinical.TTA).write_text(content, encoding="latin-1")
+    with pytest.raises(UserError, match=r"tta\.json"):
+      clinical.tta_views(str(run))
+  (run / clinical.TTA).write_text('{"views": 8}')
+  assert clinical.tta_views(str(run)) == 8
+
+
 def test_ensemble_weights_are_chosen_on_validation_only():
   rng = np.random.default_rng(2)
   val_labels, test_labels = rng.integers(0, 2, 300), rng.integers(0, 2, 200)
@@ -449,6 +495,9 @@ def test_evaluate_tta_refuses_bad_prediction_files_and_a_failed_write_leaves_no_
     "a label that is not a number": with_cell("label", "x"),
     "no probability column": "\n".join(",".join(r.split(",")[:-1]) for r in good.splitlines()) + "\n",
     "a NaN": with_cell("probability", "nan"),
+    "a probability above 1": with_cell("probability", "1.5"),
+    "a label swapped": with_cell("label", str(1 - int(first.split(",")[columns.index("label")]))),
+    "a row twice": "\n".join([header, first, first, *rest]) + "\n",
   }
   assert columns[-1] == "probability"
   for what, text in cases.items():

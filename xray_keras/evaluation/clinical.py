@@ -59,22 +59,36 @@ def as_written(probabilities):
 def read_predictions(run_dir, name=PREDICTIONS):
   """`{split: (files, labels, probabilities)}` from a run's predictions file; `{}` if it has none.
 
-  Raises `UserError` if a split holds a NaN or infinite probability: nothing is computed from them.
+  Raises `UserError` for a row that is not a val or test image's 0/1 label and probability in [0, 1], for an
+  image listed twice in a split, and if a split holds a NaN or infinite probability: nothing is computed
+  from them.
   """
   path = os.path.join(run_dir, name)
   if not os.path.isfile(path):
     return {}
-  out = {}
-  with open(path, newline="", encoding="utf-8") as f:
-    for line, row in enumerate(csv.DictReader(f), start=2):
-      try:
-        split, file, label, probability = row["split"], row["file"], int(row["label"]), float(row["probability"])
-      except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}, line {line}: not a prediction row ({type(e).__name__}: {e}).") from None
-      files, labels, probabilities = out.setdefault(split, ([], [], []))
-      files.append(file)
-      labels.append(label)
-      probabilities.append(probability)
+  out, seen = {}, set()
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      for line, row in enumerate(csv.DictReader(f), start=2):
+        try:
+          split, file, label, probability = row["split"], row["file"], int(row["label"]), float(row["probability"])
+        except (KeyError, TypeError, ValueError) as e:
+          raise UserError(f"{path}, line {line}: not a prediction row ({type(e).__name__}: {e}).") from None
+        if split not in ("val", "test"):
+          raise UserError(f"{path}, line {line}: split {split!r} is neither val nor test.")
+        if label not in (0, 1):
+          raise UserError(f"{path}, line {line}: label {label} is neither 0 (NORMAL) nor 1 (PNEUMONIA).")
+        if math.isfinite(probability) and not 0 <= probability <= 1:
+          raise UserError(f"{path}, line {line}: probability {probability} is outside [0, 1].")
+        if (split, file) in seen:
+          raise UserError(f"{path}, line {line}: {file} is listed twice in the {split} split.")
+        seen.add((split, file))
+        files, labels, probabilities = out.setdefault(split, ([], [], []))
+        files.append(file)
+        labels.append(label)
+        probabilities.append(probability)
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
   out = {s: (files, np.array(labels), np.array(probabilities)) for s, (files, labels, probabilities) in out.items()}
   for split, (_, labels, probabilities) in out.items():
     metrics.require_finite(labels, probabilities, f"{split} predictions in {path}")
@@ -127,12 +141,22 @@ def tta_choice(val_log_loss_single_view, val_log_loss_tta):
 
 
 def tta_info(run_dir):
-  """tta.json's content (views, augmentations, seed, seconds, made_by), or {} where the run has no TTA."""
+  """tta.json's content (views, augmentations, seed, seconds, made_by), or {} where the run has no TTA.
+
+  Raises `UserError` if the file is not a JSON object whose "views" is a whole number of at least 2.
+  """
   path = os.path.join(run_dir, TTA)
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not JSON ({e}).") from None
+  views = info.get("views") if isinstance(info, dict) else None
+  if not (isinstance(views, int) and not isinstance(views, bool) and views >= 2):
+    raise UserError(f'{path} is not a TTA record: it needs "views", a whole number of at least 2.')
+  return info
 
 
 def tta_views(run_dir):

@@ -114,7 +114,8 @@ def tta_rows(runs, resamples, seed):
     )
   if unmatched:
     logging.warning(
-      "TTA table: %d run(s) skipped whose %s covers other images than predictions.csv: %s",
+      "TTA table: %d run(s) skipped whose %s covers other images or labels than predictions.csv, or has no "
+      "tta.json: %s",
       len(unmatched),
       clinical_files.TTA_PREDICTIONS,
       ", ".join(unmatched),
@@ -133,13 +134,23 @@ def three_class_rows(runs):
 
 def _same_images(runs):
   first = runs[0]
-  return [r for r in runs if r.test_files == first.test_files and list(r.val_files) == list(first.val_files)]
+  same = [r for r in runs if r.test_files == first.test_files and list(r.val_files) == list(first.val_files)]
+  if len(same) < len(runs):
+    logging.warning(
+      "Ensembles: %d run(s) left out whose predictions.csv lists other val or test images than %s's: %s",
+      len(runs) - len(same),
+      first.display_name,
+      ", ".join(r.display_name for r in runs if r not in same),
+    )
+  return same
 
 
 def tta_predictions(run):
   """`(val, test)`: the run's TTA probabilities where its TTA file covers the same images with the same labels
   as predictions.csv; None otherwise (no TTA, or views of other images that cannot be set beside them)."""
   by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
+  if not by_split or not clinical_files.tta_info(run.run_dir):
+    return None
   expected = {"val": (run.val_files, run.val_labels), "test": (run.test_files, run.test_labels)}
   for split, (files, labels) in expected.items():
     if split not in by_split:

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from xray_keras.errors import UserError
 from xray_keras.evaluation import clinical
 from xray_keras.training import run_dir as run_dirs
 
@@ -64,6 +65,8 @@ def read_run(run_dir, name=None):
   with open(os.path.join(run_dir, "timing.json")) as f:
     timing = json.load(f)
   predictions = clinical.read_predictions(run_dir)
+  if predictions and "test" not in predictions:
+    raise UserError(f"{os.path.join(run_dir, clinical.PREDICTIONS)} has no test split: not a run's predictions.")
   empty = ([], np.zeros(0, int), np.zeros(0))
   test_files, test_labels, test_probabilities = predictions.get("test", empty)
   val_files, val_labels, val_probabilities = predictions.get("val", empty)

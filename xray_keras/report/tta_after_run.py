@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 
+import numpy as np
 from absl import logging
 
 from xray_keras.errors import UserError
@@ -44,11 +45,14 @@ def add_tta(run_dir, views, seed=0, batch_size=0):
   for split in ("val", "test"):
     arrays = data.splits[split]
     files = [printable(r.path) for r in arrays.records]
+    labels = (arrays.labels > 0).astype(int)
     if saved[split][0] != files:
       raise UserError(
         f"{run_dir}: the {split} images read now differ from its predictions.csv; is --data_dir the same?"
       )
-    splits[split] = (files, (arrays.labels > 0).astype(int), arrays.images)
+    if not np.array_equal(saved[split][1], labels):
+      raise UserError(f"{run_dir}: the {split} labels in its predictions.csv differ from the images' folders.")
+    splits[split] = (files, labels, arrays.images)
   model = models.load_model(os.path.join(run_dir, "model.keras"))
   batch_size = batch_size or int(values.get("batch_size", 32))
   start = time.perf_counter()
