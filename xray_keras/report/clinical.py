@@ -96,13 +96,13 @@ def tta_rows(runs, resamples, seed):
       if os.path.isfile(os.path.join(run.run_dir, clinical_files.TTA_PREDICTIONS)):
         unmatched.append(run.display_name)
       continue
-    val_tta, test_tta = tta
+    views, val_tta, test_tta = tta
     plain_loss = calibration.log_loss(run.val_labels, run.val_probabilities)
     tta_loss = calibration.log_loss(run.val_labels, val_tta)
     rows.append(
       {
         "model": run.display_name,
-        "views": clinical_files.tta_views(run.run_dir),
+        "views": views,
         "val_log_loss": plain_loss,
         "val_log_loss_tta": tta_loss,
         "val_auc": metrics.roc_auc(run.val_labels, run.val_probabilities),
@@ -146,10 +146,12 @@ def _same_images(runs):
 
 
 def tta_predictions(run):
-  """`(val, test)`: the run's TTA probabilities where its TTA file covers the same images with the same labels
-  as predictions.csv; None otherwise (no TTA, or views of other images that cannot be set beside them)."""
+  """`(views, val, test)`: tta.json's number of views and the run's TTA probabilities where its TTA file covers
+  the same images with the same labels as predictions.csv; None otherwise (no TTA, or views of other images
+  that cannot be set beside them)."""
   by_split = clinical_files.read_predictions(run.run_dir, clinical_files.TTA_PREDICTIONS)
-  if not by_split or not clinical_files.tta_info(run.run_dir):
+  info = by_split and clinical_files.tta_info(run.run_dir)
+  if not info:
     return None
   expected = {"val": (run.val_files, run.val_labels), "test": (run.test_files, run.test_labels)}
   for split, (files, labels) in expected.items():
@@ -158,7 +160,7 @@ def tta_predictions(run):
     tta_files, tta_labels, _ = by_split[split]
     if tta_files != list(files) or not np.array_equal(tta_labels, labels):
       return None
-  return by_split["val"][2], by_split["test"][2]
+  return info["views"], by_split["val"][2], by_split["test"][2]
 
 
 def chosen_prediction(run):
@@ -166,10 +168,10 @@ def chosen_prediction(run):
   validation's log loss over the same images, else the single view's."""
   tta = tta_predictions(run)
   if tta is not None:
-    val_tta, test_tta = tta
+    views, val_tta, test_tta = tta
     single = calibration.log_loss(run.val_labels, run.val_probabilities)
     if clinical_files.tta_choice(single, calibration.log_loss(run.val_labels, val_tta)) == "TTA":
-      return f"{run.display_name} (TTA x{clinical_files.tta_views(run.run_dir)})", val_tta, test_tta
+      return f"{run.display_name} (TTA x{views})", val_tta, test_tta
   return run.display_name, run.val_probabilities, run.test_probabilities
 
 
@@ -181,6 +183,7 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
   if len(runs) < 2:
     return []
   runs = _same_images(runs)
+  chosen_by_run = {id(r): chosen_prediction(r) for r in runs}  # each run's files read once, not per group
   groups = [("all models", runs)]
   by_model = {}
   for run in runs:
@@ -194,7 +197,7 @@ def ensemble_rows(runs, resamples, seed, space="probability", step=0.1):
   for title, members in groups:
     if len(members) < 2:
       continue
-    chosen = [chosen_prediction(r) for r in members]
+    chosen = [chosen_by_run[id(r)] for r in members]
     val = np.stack([c[1] for c in chosen])
     test = np.stack([c[2] for c in chosen])
     labels, val_labels = members[0].test_labels, members[0].val_labels
