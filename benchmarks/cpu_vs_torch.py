@@ -69,13 +69,13 @@ def add_ratios(rows, peer_framework):
 
 def print_table(rows):
   print(
-    f"{'model':<13}{'framework':<18}{'precision':<10}{'batch':>6}{'train img/s':>13}{'ratio':>7}"
+    f"{'model':<13}{'framework':<31}{'precision':<10}{'batch':>6}{'train img/s':>13}{'ratio':>7}"
     f"{'infer img/s':>13}{'ratio':>7}{'peak RSS MB':>13}"
   )
   for r in rows:
     ratio = r.get("ratio_vs_peer", {})
     print(
-      f"{NAMES.get(r['model'], r['model']):<13}{r['framework']:<18}{r['precision']:<10}{r['batch_size']:>6}"
+      f"{NAMES.get(r['model'], r['model']):<13}{r['framework']:<31}{r['precision']:<10}{r['batch_size']:>6}"
       f"{r['train_images_per_s']:>13.1f}{ratio.get('train', 1.0):>7.2f}{r['infer_images_per_s']:>13.1f}"
       f"{ratio.get('infer', 1.0):>7.2f}{r['peak_rss_mb']:>13.0f}"
     )
@@ -88,6 +88,9 @@ def main():
   parser.add_argument("--backends", default="tensorflow,jax")
   parser.add_argument("--min_seconds", type=float, default=15.0)
   parser.add_argument("--quick", action="store_true", help="32 px, batch 2, one timed step: checks the script runs")
+  parser.add_argument(
+    "--keras_adam", action="store_true", help="also a TensorFlow row with keras.optimizers.Adam (the unfused update)"
+  )
   parser.add_argument("--output", default=None)
   flags = parser.parse_args()
   size = 32 if flags.quick else 224
@@ -105,13 +108,17 @@ def main():
       for framework, backend in FRAMEWORKS:
         if backend and backend not in backends:
           continue
-        row = run_worker(framework, backend, model, precision, size, batch, patch, timing)
-        print(
-          f"  {model} {row['framework']} {precision}: train {row['train_images_per_s']:.1f} img/s, "
-          f"infer {row['infer_images_per_s']:.1f} img/s",
-          flush=True,
-        )
-        rows.append(row)
+        extras = [()] + ([("--optimizer_update=keras",)] if flags.keras_adam and backend == "tensorflow" else [])
+        for extra in extras:
+          row = run_worker(framework, backend, model, precision, size, batch, patch, timing, extra)
+          if extra:
+            row["framework"] += " (Keras Adam)"
+          print(
+            f"  {model} {row['framework']} {precision}: train {row['train_images_per_s']:.1f} img/s, "
+            f"infer {row['infer_images_per_s']:.1f} img/s",
+            flush=True,
+          )
+          rows.append(row)
   add_ratios(rows, "torch")
   print_table(rows)
   path = common.write_result("cpu_vs_torch", {"quick": flags.quick, "image_size": size, "rows": rows}, flags.output)

@@ -115,11 +115,12 @@ def profile_keras(model_name, size, batch, precision, steps):
   import tensorflow as tf
 
   from xray_keras import models
+  from xray_keras.models import fused_adam
 
   if precision == "bfloat16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
   model = models.build_model(model_name, (size, size, 1), weights="none")
-  model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.BinaryCrossentropy(), jit_compile=False)
+  model.compile(optimizer=fused_adam.FusedAdam(1e-4), loss=keras.losses.BinaryCrossentropy(), jit_compile=False)
   images, labels = (keras.ops.convert_to_tensor(a) for a in _batch(size, batch))
   for _ in range(2):
     model.train_on_batch(images, labels)

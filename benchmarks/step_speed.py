@@ -6,7 +6,7 @@ model, so each figure comes from a fresh process (and its peak resident memory i
   KERAS_BACKEND=jax python benchmarks/step_speed.py --framework=keras --model=resnet50 --result=r.json
 
 Both sides train the same architecture on the same in-memory batch of raw 0..255 grey pixels with
-Adam and binary cross-entropy, and time whole steps (the loss is read back, so queued work is
+Adam (ours the package's, `--optimizer_update=keras` for Keras' own) and binary cross-entropy, and time whole steps (the loss is read back, so queued work is
 done), after warm-up steps that absorb tracing and compilation.
 """
 
@@ -78,10 +78,12 @@ def keras_speed(
   jit_compile,
   plain=False,
   flash_attention=False,
+  optimizer_update="fused",
 ):
   import keras
 
   from xray_keras import models
+  from xray_keras.models import fused_adam
   from xray_keras.training import testbed, trainer
 
   if precision == "bfloat16":
@@ -93,7 +95,8 @@ def keras_speed(
     model = plain_backbone(model_name, size)
   else:
     model = models.build_model(model_name, (size, size, 1), patch_size=patch, weights="none")
-  model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.BinaryCrossentropy(), jit_compile=jit_compile)
+  optimizer = keras.optimizers.Adam(1e-4) if optimizer_update == "keras" else fused_adam.FusedAdam(1e-4)
+  model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(), jit_compile=jit_compile)
   images, labels = _batch(size, batch)
   if plain:
     images = images.repeat(3, axis=-1) / 127.5 - 1.0
@@ -210,6 +213,12 @@ def main():
   parser.add_argument("--result", required=True, help="JSON file for this run's figures")
   parser.add_argument("--plain", action="store_true", help="Keras: the bare backbone on RGB input (no wrapper)")
   parser.add_argument("--flash_attention", action="store_true", help="Keras: keras.config.enable_flash_attention()")
+  parser.add_argument(
+    "--optimizer_update",
+    choices=["fused", "keras"],
+    default="fused",
+    help="Keras: the package's Adam (one kernel a variable on TensorFlow) or keras.optimizers.Adam",
+  )
   flags = parser.parse_args()
   common_args = (
     flags.model,
@@ -222,10 +231,15 @@ def main():
     flags.min_seconds,
   )
   if flags.framework == "keras":
-    row = keras_speed(*common_args, flags.jit_compile, flags.plain, flags.flash_attention)
+    row = keras_speed(*common_args, flags.jit_compile, flags.plain, flags.flash_attention, flags.optimizer_update)
     row["tensorflow_imported"] = "tensorflow" in sys.modules
     row.update(
-      {"plain": flags.plain, "flash_attention": flags.flash_attention, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+      {
+        "plain": flags.plain,
+        "flash_attention": flags.flash_attention,
+        "optimizer_update": flags.optimizer_update,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      }
     )
   else:
     row = torch_speed(*common_args, flags.framework == "torch.compile", flags.device)

@@ -140,7 +140,8 @@ def load_model(path, **kwargs):
 
   from xray_keras.models import (  # noqa: F401  (registers the custom layers)
     adapters,
-    schedules,  # noqa: F401  (and the learning-rate schedule of the saved optimizer)
+    fused_adam,  # noqa: F401  (and the saved optimizer
+    schedules,  # noqa: F401  and its learning-rate schedule)
     vit_layers,
   )
 

@@ -20,7 +20,7 @@ from absl import logging
 from xray_keras import choices, models
 from xray_keras.data import device_feeder, feeder, loader
 from xray_keras.errors import UserError
-from xray_keras.models import schedules
+from xray_keras.models import fused_adam, schedules
 from xray_keras.training import device, distribution, progress, room, transfer
 from xray_keras.training import run_dir as run_dirs
 from xray_keras.training.checkpoint import CHECKPOINT, HEAD_WEIGHTS, LastGoodCheckpoint
@@ -66,9 +66,9 @@ def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warm
     raise UserError(f"Unknown schedule: {train.schedule!r}. Expected one of {SCHEDULES}.")
   ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
   if train.optimizer == "adam":
-    return keras.optimizers.Adam(lr, **ema)
+    return fused_adam.FusedAdam(lr, **ema)
   if train.optimizer == "adamw":
-    return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 1e-4, **ema)
+    return fused_adam.FusedAdamW(lr, weight_decay=train.weight_decay or 1e-4, **ema)
   if train.optimizer == "sgd":
     return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
   raise UserError(f"Unknown optimizer: {train.optimizer!r}. Expected one of {OPTIMIZERS}.")
