@@ -265,6 +265,8 @@ def write_levers(folders, output=None, append=False):
     lever_flags = ("epochs", "head_epochs", "image_size", "patch_size", "batch_size", "mixed_precision", "ema_momentum")
     row["recipe"] = {k: flags.get(k) for k in lever_flags + ("preprocess", "augment")}
     row["recipe"]["tta"] = clinical.tta_views(folder)
+    with open(os.path.join(folder, "timing.json")) as f:
+      row["recipe"]["optimizer"] = json.load(f).get("optimizer")  # the class; older runs: Keras' own, unrecorded
     row["folder"] = folder
     rows.append(row)
     print(f"{row['model']} {row['recipe']}: {row['prediction']}: val AUC {row['val_auc']:.4f}, "

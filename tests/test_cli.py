@@ -66,6 +66,7 @@ def test_one_epoch_run_on_real_images(real_tree, tmp_path):
   assert m["model"]["display_name"] == "ViT_scratch" and m["model"]["params"] > 100_000
   timing = json.loads((out / "timing.json").read_text())
   assert timing["epochs_run"] == 1 and timing["first_step_s"] > 0
+  assert timing["optimizer"] in ("FusedAdam", "FusedAdamW")  # models/fused_adam.py, recorded with the run
   assert timing["eval"]["images_per_s"] > 0 and timing["eval"]["latency_ms_per_image"] > 0
   assert timing["testbed"]["cpu_cores"] >= 1 and timing["testbed"]["versions"]["keras"]
   with open(out / "skipped_files.csv") as f:

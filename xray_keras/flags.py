@@ -114,7 +114,7 @@ _PER_REPLICA_BATCH = flags.DEFINE_integer(
 )
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", choices.OPTIMIZERS, "Optimizer.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw).", lower_bound=0.0)
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Weight decay (adamw; 0: none).", lower_bound=0.0)
 _SCHEDULE = flags.DEFINE_enum("schedule", "constant", choices.SCHEDULES, "Learning-rate schedule.")
 _WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).", lower_bound=0)
 _EMA_MOMENTUM = flags.DEFINE_float(

@@ -5,7 +5,10 @@ sqrt, divide), each a pass over every weight and its two moments. On a CPU that 
 model's step outside the matrix products (ViT_Base: 1.5 s of a 2.9 s bfloat16 step on a 2-core Xeon,
 `benchmarks/results/op_profile_vit_base_xeon.json`). On TensorFlow these classes hand the same
 arithmetic to `ResourceApplyAdam`, one pass, and AdamW's decay to `ResourceApplyGradientDescent`
-(`w -= lr * wd * w`); elsewhere, with AMSGrad, or under a distribution strategy they are Keras' own.
+(`w -= lr * wd * w`); elsewhere, with AMSGrad, under a distribution strategy or for a sparse gradient
+(an embedding's `tf.IndexedSlices`, whose repeated rows Keras squares one by one) they are Keras' own.
+A model compiled with them and saved loads through `xray_keras.models.load_model` (run folders'
+`model.keras` holds no optimizer, so plain Keras loads those).
 """
 
 import keras
@@ -24,6 +27,9 @@ class _Fused:
     if not _fusable(self, variable):
       return super().update_step(gradient, variable, learning_rate)
     import tensorflow as tf
+
+    if isinstance(gradient, tf.IndexedSlices):
+      return super().update_step(gradient, variable, learning_rate)
 
     dtype = variable.dtype
     index = self._get_variable_index(variable)
@@ -44,7 +50,7 @@ class _Fused:
     )
 
   def _apply_weight_decay(self, variables):
-    if self.weight_decay is None:
+    if not self.weight_decay:
       return None
     plain = [v.value if isinstance(v, keras.Variable) else v for v in variables]
     if not all(_fusable(self, v) for v in plain):

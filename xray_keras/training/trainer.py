@@ -68,7 +68,7 @@ def make_optimizer(train, steps_per_epoch, learning_rate=None, epochs=None, warm
   if train.optimizer == "adam":
     return fused_adam.FusedAdam(lr, **ema)
   if train.optimizer == "adamw":
-    return fused_adam.FusedAdamW(lr, weight_decay=train.weight_decay or 1e-4, **ema)
+    return fused_adam.FusedAdamW(lr, weight_decay=train.weight_decay, **ema)
   if train.optimizer == "sgd":
     return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
   raise UserError(f"Unknown optimizer: {train.optimizer!r}. Expected one of {OPTIMIZERS}.")
@@ -483,5 +483,6 @@ def _run(config, run_dir, resuming, plan, used_device):
   timing_report["distribution"] = {"name": plan.name, "replicas": plan.replicas, "workers": plan.num_workers}
   timing_report["jit_compile"] = jit_compile
   timing_report["mixed_precision"] = precision
+  timing_report["optimizer"] = type(trainee.optimizer).__name__
   timing_report["resumed"] = resuming
   return Trained(run_dir, model, data, weights, batch_size, timing_report, used_device, start)
