@@ -1,12 +1,12 @@
 """Adam and AdamW whose update is one TensorFlow kernel a variable, not a dozen.
 
 Keras' Adam runs its update as separate element-wise operations (subtract, multiply, add, square,
-sqrt, divide), each a pass over every weight and its two moments. On a CPU that is most of a large
-model's step outside the matrix products (ViT_Base: 1.5 s of a 2.9 s bfloat16 step on a 2-core Xeon,
-`benchmarks/results/op_profile_vit_base_xeon.json`). On TensorFlow these classes hand the same
-arithmetic to `ResourceApplyAdam`, one pass, and AdamW's decay to `ResourceApplyGradientDescent`
-(`w -= lr * wd * w`); elsewhere, with AMSGrad, under a distribution strategy or for a sparse gradient
-(an embedding's `tf.IndexedSlices`, whose repeated rows Keras squares one by one) they are Keras' own.
+sqrt, divide), each a pass over every weight and its two moments; on a CPU a large model feels it
+(ViT_Base's float32 step 1.16x faster fused, `benchmarks/results/cpu_vs_torch_xeon_fused_adam.json`).
+On TensorFlow these classes hand the same arithmetic to `ResourceApplyAdam`, one pass, and AdamW's
+decay to `ResourceApplyGradientDescent` (`w -= lr * wd * w`); elsewhere, with AMSGrad, under a
+distribution strategy or for a sparse gradient (an embedding's `tf.IndexedSlices`, whose repeated
+rows Keras squares one by one) they are Keras' own.
 A model compiled with them and saved loads through `xray_keras.models.load_model` (run folders'
 `model.keras` holds no optimizer, so plain Keras loads those).
 """
@@ -14,22 +14,24 @@ A model compiled with them and saved loads through `xray_keras.models.load_model
 import keras
 
 
-def _fusable(optimizer, variable):
+def _fusable(optimizer, variable, gradient=None):
   if keras.backend.backend() != "tensorflow" or optimizer.amsgrad:
     return False
   import tensorflow as tf
 
-  return not tf.distribute.has_strategy() and variable.dtype in (tf.float32, tf.float64) and hasattr(variable, "handle")
+  return (
+    not tf.distribute.has_strategy()
+    and variable.dtype in (tf.float32, tf.float64)
+    and hasattr(variable, "handle")
+    and not isinstance(gradient, tf.IndexedSlices)
+  )
 
 
 class _Fused:
   def update_step(self, gradient, variable, learning_rate):
-    if not _fusable(self, variable):
+    if not _fusable(self, variable, gradient):
       return super().update_step(gradient, variable, learning_rate)
     import tensorflow as tf
-
-    if isinstance(gradient, tf.IndexedSlices):
-      return super().update_step(gradient, variable, learning_rate)
 
     dtype = variable.dtype
     index = self._get_variable_index(variable)
